@@ -1,0 +1,349 @@
+"""The only module that talks to the Kubernetes API.
+
+Objects stay plain dicts: requests go through the client's low-level `call_api` with our
+own discovery (one request per group-version, cached), so custom resources and
+cluster-scoped kinds work like any other and nothing is decoded into typed models. Every
+request runs under one retry policy (tenacity): transient failures (429, 5xx, timeouts,
+dropped connections) are retried with exponential backoff and jitter; permanent ones
+(400, 403, 404, 409, 422, unknown kind) are raised at once as `KubeError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import tenacity
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from controller.config import ApplySettings, Config
+from controller.errors import KubernetesError
+
+log = logging.getLogger(__name__)
+
+Body = dict[str, Any]
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+# Observer of every attempt: (verb, status code or 0 for a connection failure, seconds).
+RequestObserver = Callable[[str, int, float], None]
+
+
+class KubeError(KubernetesError):
+    """An API request failed; `status` is the HTTP status (0 when no answer came)."""
+
+    def __init__(self, message: str, *, status: int = 0, reason: str = "",
+                 details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message, {"status": status, "reason": reason, **(details or {})})
+        self.status = status
+        self.reason = reason
+
+    @property
+    def transient(self) -> bool:
+        return self.status == 0 or self.status in TRANSIENT_STATUS
+
+
+class UnknownKindError(KubeError):
+    """The API server serves no resource for this apiVersion and kind (permanent)."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """How to reach one kind: its REST path pieces and whether it is namespaced."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool
+    verbs: frozenset[str]
+
+    def path(self, namespace: str = "", name: str = "", subresource: str = "") -> str:
+        base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+        if subresource:
+            base += f"/{subresource}"
+        return base
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, KubeError) and exc.transient
+
+
+def default_retry(settings: ApplySettings) -> tenacity.Retrying:
+    """The retry policy; tests may pass another (it is a plain tenacity object)."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_transient),
+        wait=tenacity.wait_exponential_jitter(multiplier=settings.backoff_initial,
+                                              max=settings.backoff_max,
+                                              jitter=settings.backoff_initial),
+        stop=tenacity.stop_after_attempt(settings.attempts),
+        reraise=True,
+        before_sleep=lambda rs: log.info("retrying %s after %s", rs.fn, rs.outcome),
+    )
+
+
+class Kube:
+    """A connection to one API server: discovery, CRUD on plain dicts, apply, watch."""
+
+    def __init__(self, api: k8s.ApiClient, settings: ApplySettings,
+                 retry: tenacity.Retrying | None = None,
+                 observer: RequestObserver | None = None) -> None:
+        self.api = api
+        self.settings = settings
+        self.retry = retry or default_retry(settings)
+        self.observer = observer
+        self._resources: dict[str, dict[str, Resource]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, cfg: Config, observer: RequestObserver | None = None) -> Kube:
+        """Connect with the kubeconfig (or the in-cluster service account)."""
+        conf = k8s.Configuration()
+        try:
+            if cfg.kubeconfig or not _in_cluster():
+                k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=cfg.kubeconfig or None, context=cfg.context or None,
+                    client_configuration=conf)
+            else:
+                k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=conf)
+        except (k8s_config.ConfigException, OSError) as e:
+            raise KubeError(f"cannot load Kubernetes credentials: {e}") from e
+        # One retry policy (ours): urllib3 must not retry underneath it.
+        conf.retries = False
+        conf.connection_pool_maxsize = max(4, cfg.apply.concurrency * 2)
+        return cls(k8s.ApiClient(conf), cfg.apply, observer=observer)
+
+    def close(self) -> None:
+        self.api.close()  # type: ignore[no-untyped-call]
+
+    # -- raw requests -------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
+                body: Any = None, content_type: str = "application/json",
+                timeout: float | None = None, retry: bool = True) -> Body:
+        """One API request with the retry policy; returns the decoded JSON answer."""
+        def attempt() -> Body:
+            return self._once(method, path, query, body, content_type, timeout)
+
+        if not retry:
+            return attempt()
+        result: Body = self.retry(attempt)
+        return result
+
+    def _once(self, method: str, path: str, query: Mapping[str, Any] | None, body: Any,
+              content_type: str, timeout: float | None) -> Body:
+        started = time.monotonic()
+        status = 0
+        try:
+            resp = self._send(method, path, query, body, content_type,
+                              timeout or self.settings.request_timeout)
+            status = int(resp.status)
+            raw = resp.read()
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise KubeError(f"{method} {path}: {type(e).__name__}: {e}", status=0,
+                            reason="ConnectionError") from e
+        finally:
+            if self.observer:
+                self.observer(method, status, time.monotonic() - started)
+        if not 200 <= status < 300:
+            raise _api_error(status, raw, resp.headers, method, path)
+        return json.loads(raw) if raw else {}
+
+    def _send(self, method: str, path: str, query: Mapping[str, Any] | None, body: Any,
+              content_type: str, timeout: float | tuple[float, float]) -> Any:
+        """One HTTP exchange through the client (auth, TLS, pool); no status check."""
+        _method, url, headers, body, _post = self.api.param_serialize(
+            method, path, query_params=list((query or {}).items()),
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body, auth_settings=["BearerToken"],
+        )
+        return self.api.call_api(method, url, header_params=headers, body=body,
+                                 _request_timeout=timeout)
+
+    # -- discovery ------------------------------------------------------------------------
+
+    def resource(self, api_version: str, kind: str) -> Resource:
+        """The REST resource for a kind, discovered once per group-version."""
+        found = self._resources.get(api_version, {}).get(kind)
+        if found:
+            return found
+        with self._lock:
+            self._resources[api_version] = self._discover(api_version)
+        found = self._resources[api_version].get(kind)
+        if not found:
+            raise UnknownKindError(f"the server has no resource for {api_version} {kind}",
+                                   status=404, reason="UnknownKind",
+                                   details={"apiVersion": api_version, "kind": kind})
+        return found
+
+    def forget(self, api_version: str) -> None:
+        """Drop a cached group-version (after a CRD change)."""
+        with self._lock:
+            self._resources.pop(api_version, None)
+
+    def _discover(self, api_version: str) -> dict[str, Resource]:
+        path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        try:
+            doc = self.request("GET", path)
+        except KubeError as e:
+            if e.status == 404:
+                return {}
+            raise
+        out = {}
+        for r in doc.get("resources", []):
+            if "/" in r["name"]:  # subresources
+                continue
+            out[r["kind"]] = Resource(api_version, r["kind"], r["name"], bool(r["namespaced"]),
+                                      frozenset(r.get("verbs", [])))
+        return out
+
+    # -- object operations -----------------------------------------------------------------
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str = "") -> Body | None:
+        res = self.resource(api_version, kind)
+        try:
+            return self.request("GET", res.path(namespace, name))
+        except KubeError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list(self, api_version: str, kind: str, namespace: str = "",
+             label_selector: str = "", field_selector: str = "") -> tuple[list[Body], str]:
+        """Items (with apiVersion/kind filled in) and the list's resourceVersion."""
+        res = self.resource(api_version, kind)
+        query = {"labelSelector": label_selector} if label_selector else {}
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        doc = self.request("GET", res.path(namespace), query=query)
+        items = doc.get("items") or []
+        for item in items:
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items, str(doc.get("metadata", {}).get("resourceVersion", ""))
+
+    def apply(self, body: Body, *, force: bool | None = None, dry_run: bool = False) -> Body:
+        """Server-side apply one object as our field manager."""
+        meta = body["metadata"]
+        res = self.resource(body["apiVersion"], body["kind"])
+        query: dict[str, Any] = {"fieldManager": self.settings.field_manager}
+        if self.settings.conflicts == "force" if force is None else force:
+            query["force"] = "true"
+        if dry_run:
+            query["dryRun"] = "All"
+        path = res.path(meta.get("namespace", ""), meta["name"])
+        return self.request("PATCH", path, query=query, body=body,
+                            content_type="application/apply-patch+yaml")
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str = "",
+               propagation: str = "Background") -> bool:
+        """Delete; False when it was already gone."""
+        res = self.resource(api_version, kind)
+        try:
+            self.request("DELETE", res.path(namespace, name),
+                         body={"propagationPolicy": propagation})
+        except KubeError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def patch(self, api_version: str, kind: str, name: str, patch: Body, namespace: str = "",
+              subresource: str = "") -> Body:
+        """JSON merge patch (e.g. a resource's status subresource)."""
+        res = self.resource(api_version, kind)
+        return self.request("PATCH", res.path(namespace, name, subresource), body=patch,
+                            content_type="application/merge-patch+json")
+
+    def create(self, body: Body) -> Body:
+        meta = body["metadata"]
+        res = self.resource(body["apiVersion"], body["kind"])
+        return self.request("POST", res.path(meta.get("namespace", "")), body=body)
+
+    def watch(self, api_version: str, kind: str, namespace: str = "",
+              resource_version: str = "", label_selector: str = "",
+              timeout_seconds: int = 300, field_selector: str = "") -> Iterator[tuple[str, Body]]:
+        """Stream (type, object) events until the server closes the watch.
+
+        Raises KubeError(status=410) when the resourceVersion is too old: relist then.
+        """
+        res = self.resource(api_version, kind)
+        query: dict[str, Any] = {"watch": "true", "timeoutSeconds": timeout_seconds,
+                                 "allowWatchBookmarks": "true"}
+        if resource_version:
+            query["resourceVersion"] = resource_version
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        path = res.path(namespace)
+        try:
+            resp = self._send("GET", path, query, None, "application/json",
+                              (self.settings.request_timeout, timeout_seconds + 30))
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise KubeError(f"watch {path}: {e}", reason="ConnectionError") from e
+        if resp.status != 200:
+            raise _api_error(int(resp.status), resp.read(), resp.headers, "WATCH", path)
+        try:
+            for line in _lines(resp.response):
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    raise KubeError(obj.get("message", "watch error"),
+                                    status=int(obj.get("code", 0)), reason=obj.get("reason", ""))
+                obj.setdefault("apiVersion", api_version)
+                obj.setdefault("kind", kind)
+                yield str(event.get("type")), obj
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise KubeError(f"watch {path} dropped: {e}",
+                            reason="ConnectionError") from e
+        finally:
+            resp.response.release_conn()
+
+
+def _lines(resp: Any) -> Iterator[bytes]:
+    buf = b""
+    for chunk in resp.stream(amt=65536, decode_content=False):
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        yield from (line for line in lines if line.strip())
+    if buf.strip():
+        yield buf
+
+
+def _api_error(status: int, raw: bytes | None, headers: Any, method: str,
+               path: str) -> KubeError:
+    """A KubeError from a Status answer, keeping its reason, message and causes."""
+    reason, message = "", ""
+    details: dict[str, Any] = {}
+    try:
+        doc = json.loads(raw or b"{}")
+        reason = str(doc.get("reason") or "")
+        message = str(doc.get("message") or "")
+        details = doc.get("details") or {}
+    except (ValueError, TypeError, AttributeError):
+        message = (raw or b"")[:500].decode(errors="replace")
+    extra: dict[str, Any] = {"method": method, "path": path}
+    if details.get("causes"):
+        extra["causes"] = details["causes"]
+    retry_after = headers.get("Retry-After") if headers else None
+    if retry_after:
+        extra["retryAfter"] = retry_after
+    return KubeError(message or f"{method} {path}: HTTP {status} {reason}", status=status,
+                     reason=reason, details=extra)
+
+
+def _in_cluster() -> bool:
+    import os
+
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))

@@ -1,0 +1,116 @@
+"""Keep a local, always-current copy of a set of objects: list once, then watch.
+
+The loop, the health view and the kubelet simulation all need "tell me when these objects
+change" without polling the API server. A `Reflector` lists, then follows the watch from the
+list's resourceVersion; when the watch ends it resumes, and when the version is too old
+(410 Gone) it relists, so a consumer never misses a change for long. Handlers run on the
+reflector's thread and must be quick.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from controller.kube import Body, Kube, KubeError
+from controller.objects import ObjectKey
+
+log = logging.getLogger(__name__)
+
+# (event type: ADDED | MODIFIED | DELETED | SYNCED, object). SYNCED follows each (re)list.
+Handler = Callable[[str, Body], None]
+
+
+@dataclass(frozen=True)
+class Selector:
+    api_version: str
+    kind: str
+    namespace: str = ""
+    label_selector: str = ""
+    field_selector: str = ""
+
+
+class Reflector:
+    """Mirrors the objects matching one selector into `self.items`, calling `handler`."""
+
+    def __init__(self, kube: Kube, selector: Selector, handler: Handler | None = None,
+                 backoff: float = 1.0, watch_timeout: int = 300) -> None:
+        self.kube = kube
+        self.selector = selector
+        self.handler = handler
+        self.backoff = backoff
+        self.watch_timeout = watch_timeout
+        self.items: dict[ObjectKey, Body] = {}
+        self.synced = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Reflector:
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"reflector-{self.selector.kind}")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _emit(self, kind: str, obj: Body) -> None:
+        if self.handler is None:
+            return
+        try:
+            self.handler(kind, obj)
+        except Exception:  # a handler bug must not kill the watch
+            log.exception("watch handler failed for %s", self.selector.kind)
+
+    def _run(self) -> None:
+        sel = self.selector
+        version = ""
+        delay = self.backoff
+        while not self._stop.is_set():
+            try:
+                if not version:
+                    version = self._relist()
+                for kind, obj in self.kube.watch(
+                        sel.api_version, sel.kind, sel.namespace, version,
+                        sel.label_selector, self.watch_timeout, sel.field_selector):
+                    if self._stop.is_set():
+                        return
+                    version = obj.get("metadata", {}).get("resourceVersion", version)
+                    if kind == "BOOKMARK":
+                        continue
+                    key = ObjectKey.of(obj)
+                    if kind == "DELETED":
+                        self.items.pop(key, None)
+                    else:
+                        self.items[key] = obj
+                    self._emit(kind, obj)
+                delay = self.backoff
+            except KubeError as e:
+                if e.status == 410:
+                    version = ""  # too old: relist
+                    continue
+                log.warning("watch %s failed: %s; retrying in %.1fs", sel.kind, e.message, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+                version = ""
+
+    def _relist(self) -> str:
+        sel = self.selector
+        items, version = self.kube.list(sel.api_version, sel.kind, sel.namespace,
+                                        sel.label_selector, sel.field_selector)
+        fresh = {ObjectKey.of(o): o for o in items}
+        for key in set(self.items) - set(fresh):
+            self._emit("DELETED", self.items.pop(key))
+        for key, obj in fresh.items():
+            old = self.items.get(key)
+            self.items[key] = obj
+            if old is None:
+                self._emit("ADDED", obj)
+            elif old.get("metadata", {}).get("resourceVersion") != obj["metadata"].get(
+                    "resourceVersion"):
+                self._emit("MODIFIED", obj)
+        self.synced.set()
+        self._emit("SYNCED", {})
+        return version
