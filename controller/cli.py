@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from controller.cluster import building, running
+from controller.config import Config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,6 +26,31 @@ def _parser() -> argparse.ArgumentParser:
         description="GitOps reconcile-loop controller for multi-service Kubernetes apps.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the controller and its REST API (gunicorn)",
+                         description="Run the reconcile loop and the REST API. Every "
+                         "option can also be set as CONDUCTOR_<GROUP>_<NAME> in the "
+                         "environment (e.g. CONDUCTOR_LOOP_INTERVAL=30); flags win.")
+    run.add_argument("--kubeconfig", help="default: $KUBECONFIG, ~/.kube/config, in-cluster")
+    run.add_argument("--context")
+    run.add_argument("--manifests", type=Path, help="manifests root (default: ./manifests "
+                     "of the installed package)")
+    run.add_argument("--app-name")
+    run.add_argument("--namespace", help="namespace of the DeploymentParameters object")
+    run.add_argument("--instance", help="name of the DeploymentParameters object")
+    run.add_argument("--source", choices=["resource", "git"])
+    run.add_argument("--git-url")
+    run.add_argument("--git-ref")
+    run.add_argument("--git-params-path")
+    run.add_argument("--git-manifests-path")
+    run.add_argument("--git-token-file")
+    run.add_argument("--git-ssh-key-file")
+    run.add_argument("--git-poll-interval", type=float)
+    run.add_argument("--interval", type=float, help="seconds between passes (default 60)")
+    run.add_argument("--conflicts", choices=["force", "fail"],
+                     help="server-side apply conflicts: take the fields over, or fail")
+    run.add_argument("--host", help="API bind address (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="API port (default 8081)")
 
     cl = sub.add_parser("cluster", help="a local Kubernetes control plane on loopback",
                         description="etcd + kube-apiserver + kube-controller-manager on "
@@ -56,7 +84,43 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "cluster":
         return _cluster(args)
+    if args.command == "run":
+        return _run(args)
     return 2
+
+
+def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    """Environment first, then flags: the one place configuration is assembled."""
+    cfg = Config.from_env(env)
+    top = {"kubeconfig": args.kubeconfig, "context": args.context,
+           "manifest_root": args.manifests, "app_name": args.app_name,
+           "namespace": args.namespace, "instance": args.instance, "source": args.source}
+    cfg = replace(cfg, **{k: v for k, v in top.items() if v is not None})
+    git = {"url": args.git_url, "ref": args.git_ref, "params_path": args.git_params_path,
+           "manifests_path": args.git_manifests_path, "token_file": args.git_token_file,
+           "ssh_key_file": args.git_ssh_key_file, "poll_interval": args.git_poll_interval}
+    loop = {"interval": args.interval}
+    api = {"host": args.host, "port": args.port}
+    apply = {"conflicts": args.conflicts}
+    return replace(
+        cfg,
+        git=replace(cfg.git, **{k: v for k, v in git.items() if v is not None}),
+        loop=replace(cfg.loop, **{k: v for k, v in loop.items() if v is not None}),
+        api=replace(cfg.api, **{k: v for k, v in api.items() if v is not None}),
+        apply=replace(cfg.apply, **{k: v for k, v in apply.items() if v is not None}),
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from controller.api.server import serve
+
+    env = dict(os.environ)
+    cfg = config_from_args(args, env)
+    if cfg.source == "git" and not cfg.git.url:
+        _say("conductor run: --source git needs --git-url (or CONDUCTOR_GIT_URL)")
+        return 2
+    serve(cfg, env)
+    return 0
 
 
 def _say(line: str) -> None:
@@ -91,7 +155,6 @@ def _cluster(args: argparse.Namespace) -> int:
 
 def _kubelet(args: argparse.Namespace) -> int:
     from controller.cluster import kubelet
-    from controller.config import Config
     from controller.kube import Kube
 
     stop = threading.Event()

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 Body = dict[str, Any]
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+# Older API servers answer 500 when an apply body cannot be typed (e.g. a keyed list item
+# without its key field): the same body fails the same way every time.
+_PERMANENT_500 = "failed to create typed patch object"
 # Observer of every attempt: (verb, status code or 0 for a connection failure, seconds).
 RequestObserver = Callable[[str, int, float], None]
 
@@ -45,6 +48,8 @@ class KubeError(KubernetesError):
 
     @property
     def transient(self) -> bool:
+        if self.status == 500 and _PERMANENT_500 in self.message:
+            return False
         return self.status == 0 or self.status in TRANSIENT_STATUS
 
 

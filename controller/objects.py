@@ -18,6 +18,9 @@ MANAGED_BY = "conductor"
 LABEL_APP = "conductor.io/app"
 LABEL_INSTANCE = "conductor.io/instance"
 LABEL_SERVICE = "conductor.io/service"
+# Instances are DeploymentParameters objects, named per namespace: "default" in two
+# namespaces are two instances, so the namespace is part of the ownership selector.
+LABEL_INSTANCE_NAMESPACE = "conductor.io/instance-namespace"
 ANNOTATION_SOURCE = "conductor.io/source"
 # `conductor.io/prune: disabled` on a live or rendered object keeps it when it stops rendering.
 ANNOTATION_PRUNE = "conductor.io/prune"

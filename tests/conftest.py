@@ -68,3 +68,11 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def crd(kube: Kube) -> dict[str, Any]:
+    """The DeploymentParameters CRD from config/crd, installed and served."""
+    from controller.crds import ensure_crd
+
+    return ensure_crd(kube)

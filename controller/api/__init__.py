@@ -1,0 +1,1 @@
+"""The REST API (Falcon): thin resources over the controller, errors mapped in one place."""

@@ -1,0 +1,285 @@
+"""Turn a plan into API calls: normalize, observe live state, apply in order, prune.
+
+This is where ordering, concurrency and the no-write guarantee live. Live state is read
+with one LIST per (kind, namespace) and our label selector, never object by object; only
+objects the plan marks create/update are sent (server-side apply as our field manager),
+phase by phase (CRDs, Namespaces, ... workloads, the rest), concurrently within a phase.
+Deletions run in the reverse order. Every object gets a result: applied, unchanged,
+deleted, kept or failed (with the API's reason), so a partial failure is never hidden.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from controller.config import Config
+from controller.kube import Body, Kube, KubeError, UnknownKindError
+from controller.objects import (
+    LABEL_APP,
+    LABEL_INSTANCE,
+    LABEL_INSTANCE_NAMESPACE,
+    Manifest,
+    ObjectKey,
+)
+from controller.planning import Plan, PlannedChange, live_fingerprint, with_digest
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["applied", "unchanged", "deleted", "kept", "failed"]
+CRD_KIND = "CustomResourceDefinition"
+
+
+@dataclass(frozen=True)
+class ObjectResult:
+    """What happened to one object in one pass."""
+
+    key: ObjectKey
+    service: str
+    outcome: Outcome
+    action: str = ""  # the planned action: create, update, unchanged, prune, keep, delete
+    reason: str = ""
+    error: dict[str, Any] | None = None
+    fields: str = ""  # our managedFields fingerprint after an apply
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"resource": str(self.key), "service": self.service,
+                               "result": self.outcome}
+        if self.action:
+            out["action"] = self.action
+        if self.reason:
+            out["reason"] = self.reason
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
+class Results:
+    items: list[ObjectResult] = field(default_factory=list)
+
+    def add(self, result: ObjectResult) -> None:
+        self.items.append(result)
+
+    @property
+    def failed(self) -> list[ObjectResult]:
+        return [r for r in self.items if r.outcome == "failed"]
+
+    def counts(self) -> dict[str, int]:
+        out = {"applied": 0, "unchanged": 0, "deleted": 0, "kept": 0, "failed": 0}
+        for r in self.items:
+            out[r.outcome] += 1
+        return out
+
+
+def selector(cfg: Config) -> str:
+    """The label selector of everything this app instance owns."""
+    return (f"{LABEL_APP}={cfg.app_name},{LABEL_INSTANCE}={cfg.instance},"
+            f"{LABEL_INSTANCE_NAMESPACE}={cfg.namespace}")
+
+
+class Applier:
+    """Applies plans for one app instance through one `Kube` connection."""
+
+    def __init__(self, kube: Kube, cfg: Config,
+                 on_result: Callable[[ObjectResult], None] | None = None) -> None:
+        self.kube = kube
+        self.cfg = cfg
+        self.on_result = on_result
+
+    # -- before planning ----------------------------------------------------------------
+
+    def normalize(self, manifests: Sequence[Manifest],
+                  namespaces: Mapping[str, str] | None = None) -> list[Manifest]:
+        """Set or drop metadata.namespace by the kind's scope, and stamp the digest.
+
+        A namespaced object that names no namespace goes to its service's namespace
+        (`namespaces[service]`) or the default one. A kind defined by a CRD in the same
+        render takes its scope from that CRD, since the server does not know it yet.
+        """
+        crd_scopes = {
+            (m.body["spec"]["group"], m.body["spec"]["names"]["kind"]):
+                m.body["spec"].get("scope") == "Namespaced"
+            for m in manifests if m.key.kind == CRD_KIND and m.key.group.startswith(
+                "apiextensions.k8s.io")
+        }
+        out = []
+        for m in manifests:
+            namespaced = self._namespaced(m, crd_scopes)
+            body = copy.deepcopy(m.body)
+            meta = body.setdefault("metadata", {})
+            meta.setdefault("labels", {})[LABEL_INSTANCE_NAMESPACE] = self.cfg.namespace
+            if namespaced and not meta.get("namespace"):
+                meta["namespace"] = (namespaces or {}).get(m.service) or \
+                    self.cfg.default_namespace
+            elif not namespaced:
+                meta.pop("namespace", None)
+            out.append(with_digest(Manifest(m.service, body, m.source, m.line)))
+        return out
+
+    def _namespaced(self, m: Manifest, crd_scopes: Mapping[tuple[str, str], bool]) -> bool:
+        try:
+            return self.kube.resource(m.api_version, m.key.kind).namespaced
+        except UnknownKindError:
+            scope = crd_scopes.get((m.key.group, m.key.kind))
+            if scope is None:
+                raise
+            return scope
+
+    def observe(self, desired: Iterable[Manifest],
+                inventory_keys: Iterable[tuple[ObjectKey, str]]) -> dict[ObjectKey, Body]:
+        """Live objects: one labelled LIST per (apiVersion, kind, namespace), concurrently.
+
+        `inventory_keys` are (key, apiVersion) pairs of what we applied before, so that
+        kinds no longer rendered are still listed (and can be pruned).
+        """
+        groups: set[tuple[str, str, str]] = set()
+        for m in desired:
+            groups.add((m.api_version, m.key.kind, m.key.namespace))
+        for key, api_version in inventory_keys:
+            groups.add((api_version, key.kind, key.namespace))
+        sel = selector(self.cfg)
+
+        def one(group: tuple[str, str, str]) -> list[Body]:
+            api_version, kind, namespace = group
+            try:
+                return self.kube.list(api_version, kind, namespace, sel)[0]
+            except UnknownKindError:
+                return []  # its CRD is not (yet, or any more) installed: nothing live
+            except KubeError as e:
+                if e.status == 404:  # e.g. the namespace does not exist yet
+                    return []
+                raise
+
+        live: dict[ObjectKey, Body] = {}
+        with ThreadPoolExecutor(max_workers=self.cfg.apply.concurrency) as pool:
+            for items in pool.map(one, sorted(groups)):
+                for item in items:
+                    live[ObjectKey.of(item)] = item
+        return live
+
+    # -- applying -----------------------------------------------------------------------
+
+    def apply(self, plan: Plan, results: Results, dry_run: bool = False) -> None:
+        """Apply creates/updates phase by phase; unchanged objects only get a result."""
+        for item in plan.items:
+            if item.action == "unchanged":
+                self._record(results, ObjectResult(item.key, item.service, "unchanged",
+                                                   item.action, item.reason))
+        for phase in plan.apply_phases():
+            outcomes = self._map(lambda c: self._apply_one(c, dry_run), phase)
+            for r in outcomes:
+                self._record(results, r)
+            crds = [c for c, r in zip(phase, outcomes, strict=True)
+                    if c.key.kind == CRD_KIND and r.outcome == "applied"]
+            if crds and not dry_run:
+                self._wait_established(crds)
+
+    def _apply_one(self, change: PlannedChange, dry_run: bool) -> ObjectResult:
+        assert change.manifest is not None
+        try:
+            live = self.kube.apply(change.manifest.body, dry_run=dry_run)
+        except KubeError as e:
+            return ObjectResult(change.key, change.service, "failed", change.action,
+                                change.reason, _error(e, change.key))
+        return ObjectResult(change.key, change.service, "applied", change.action,
+                            change.reason, fields=live_fingerprint(live, change.manifest.body))
+
+    def _wait_established(self, crds: Sequence[PlannedChange], timeout: float = 30.0) -> None:
+        """Custom resources can only be applied once their CRD is served."""
+        deadline = time.monotonic() + timeout
+        for change in crds:
+            assert change.manifest is not None
+            spec = change.manifest.body["spec"]
+            for version in spec.get("versions", []):
+                api_version = f"{spec['group']}/{version['name']}"
+                while True:
+                    self.kube.forget(api_version)
+                    try:
+                        self.kube.resource(api_version, spec["names"]["kind"])
+                        break
+                    except UnknownKindError:
+                        if time.monotonic() > deadline:
+                            log.warning("CRD %s not served after %.0fs", change.key.name,
+                                        timeout)
+                            return
+                        time.sleep(0.1)
+
+    # -- deleting -------------------------------------------------------------------------
+
+    def prune(self, plan: Plan, results: Results, dry_run: bool = False) -> None:
+        """Delete what the plan prunes (reverse phase order); record kept objects."""
+        for item in plan.items:
+            if item.action == "keep":
+                self._record(results, ObjectResult(item.key, item.service, "kept",
+                                                   item.action, item.reason))
+        for phase in plan.prune_phases():
+            for r in self._map(lambda c: self._delete_one(c, dry_run), phase):
+                self._record(results, r)
+
+    def _delete_one(self, change: PlannedChange, dry_run: bool) -> ObjectResult:
+        if dry_run:
+            return ObjectResult(change.key, change.service, "deleted", change.action,
+                                change.reason)
+        try:
+            self.kube.delete(change.api_version, change.key.kind, change.key.name,
+                             change.key.namespace)
+        except UnknownKindError:
+            pass  # its CRD is gone, and with it the object
+        except KubeError as e:
+            return ObjectResult(change.key, change.service, "failed", change.action,
+                                change.reason, _error(e, change.key))
+        return ObjectResult(change.key, change.service, "deleted", change.action,
+                            change.reason)
+
+    def wait_gone(self, changes: Sequence[PlannedChange], timeout: float) -> list[ObjectKey]:
+        """Poll (one LIST per kind and namespace) until deleted objects are gone.
+
+        Returns the keys still present at the deadline.
+        """
+        pending = {c.key: c.api_version for c in changes}
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        while pending:
+            groups = {(v, k.kind, k.namespace) for k, v in pending.items()}
+            present: set[ObjectKey] = set()
+            for api_version, kind, namespace in groups:
+                try:
+                    items = self.kube.list(api_version, kind, namespace, selector(self.cfg))[0]
+                except KubeError:
+                    continue
+                present |= {ObjectKey.of(i) for i in items}
+            pending = {k: v for k, v in pending.items() if k in present}
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        return sorted(pending)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _map(self, fn: Callable[[PlannedChange], ObjectResult],
+             changes: Sequence[PlannedChange]) -> list[ObjectResult]:
+        if len(changes) <= 1:
+            return [fn(c) for c in changes]
+        with ThreadPoolExecutor(max_workers=self.cfg.apply.concurrency) as pool:
+            return list(pool.map(fn, changes))
+
+    def _record(self, results: Results, result: ObjectResult) -> None:
+        results.add(result)
+        if self.on_result:
+            self.on_result(result)
+
+
+def _error(e: KubeError, key: ObjectKey) -> dict[str, Any]:
+    out: dict[str, Any] = {"resource": str(key), "error": e.reason or "Error",
+                           "message": e.message, "status": e.status}
+    causes = e.details.get("causes")
+    if causes:
+        out["causes"] = causes
+    return out

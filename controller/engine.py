@@ -1,0 +1,383 @@
+"""One reconcile pass, and the up / update / down operations built from the same steps.
+
+source -> validate -> render -> normalize -> observe -> plan -> apply -> prune -> status.
+Any failure before applying (bad parameters, a template that does not render, invalid
+YAML) applies nothing: the error is recorded and the last good state keeps running. One
+lock makes passes and operations strictly sequential. Operations on named services plan
+only those services (plus the shared objects), so they never touch another service's
+objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from controller import planning, rendering
+from controller.applying import Applier, ObjectResult, Results
+from controller.config import Config
+from controller.crds import CRD_FILE
+from controller.errors import ConductorError, NotFoundError, ReconciliationError
+from controller.kube import Body, Kube, KubeError
+from controller.objects import SHARED_SERVICE, Manifest
+from controller.parameters import Parameters, effective, load_schema, validate_spec
+from controller.sources import ParameterSource, Snapshot
+from controller.sources.resource import ParametersResource
+
+log = logging.getLogger(__name__)
+
+Operation = Literal["reconcile", "up", "update", "down", "plan"]
+# Event hook: (type: info|success|warning|error, reason, message, details).
+EventSink = Callable[[str, str, str, Mapping[str, Any]], None]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Report:
+    """The outcome of one pass or operation, with a result per object."""
+
+    operation: Operation
+    services: list[str]
+    trigger: str = ""
+    started: str = field(default_factory=now_rfc3339)
+    duration: float = 0.0
+    revision: str = ""
+    results: Results = field(default_factory=Results)
+    error: ConductorError | None = None
+    plan: planning.Plan | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.results.failed
+
+    def summary(self) -> str:
+        """One line: the error, or the failed objects, or the counts."""
+        if self.error:
+            return f"{self.operation}: {self.error.code}: {self.error.message} " \
+                   f"{self.error.details}"
+        failed = [f"{r.key}: {(r.error or {}).get('message')}" for r in self.results.failed]
+        return f"{self.operation}: {self.results.counts()}" + (
+            f"; failed: {failed}" if failed else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "operation": self.operation, "services": self.services, "trigger": self.trigger,
+            "started": self.started, "duration": round(self.duration, 4),
+            "revision": self.revision, "result": "success" if self.ok else "failed",
+            "counts": self.results.counts(),
+            "objects": [r.to_dict() for r in self.results.items],
+        }
+        if self.error:
+            out["error"] = self.error.to_dict()
+        return out
+
+
+class Engine:
+    """Reconciles one app instance: the DeploymentParameters object `cfg.instance`."""
+
+    def __init__(self, cfg: Config, kube: Kube, source: ParameterSource,
+                 on_event: EventSink | None = None,
+                 on_result: Callable[[ObjectResult], None] | None = None) -> None:
+        self.cfg = cfg
+        self.kube = kube
+        self.source = source
+        self.resource = ParametersResource(kube, cfg)
+        self.applier = Applier(kube, cfg, on_result)
+        self.on_event = on_event or (lambda *_: None)
+        self.schema = load_schema(CRD_FILE)
+        self.lock = threading.Lock()
+        self.last: Report | None = None
+        self.last_good_revision = ""
+
+    # -- public operations ----------------------------------------------------------------
+
+    def reconcile(self, trigger: str = "interval") -> Report:
+        """A full pass over every deployed service; prunes what is no longer rendered."""
+        return self._run("reconcile", None, trigger)
+
+    def up(self, services: Iterable[str] = ()) -> Report:
+        """Mark services deployed (all when none are named) and apply them now."""
+        return self._run("up", list(services), "api")
+
+    def update(self, services: Iterable[str] = ()) -> Report:
+        """Re-read parameters, re-render and apply these services (all deployed if none)."""
+        return self._run("update", list(services), "api")
+
+    def down(self, services: Iterable[str] = ()) -> Report:
+        """Mark services not deployed and delete their objects (reverse order, waited)."""
+        return self._run("down", list(services), "api")
+
+    def plan(self, services: Iterable[str] = ()) -> Report:
+        """What up/update would do, computed with server-side dry-run; changes nothing."""
+        return self._run("plan", list(services), "api")
+
+    # -- the pass -------------------------------------------------------------------------
+
+    def _run(self, op: Operation, services: list[str] | None, trigger: str) -> Report:
+        report = Report(op, sorted(services or []), trigger)
+        started = time.monotonic()
+        with self.lock:
+            try:
+                self._pass(report, services)
+            except ConductorError as e:
+                report.error = e
+            except Exception as e:  # report, don't crash the loop; keep the traceback
+                log.exception("%s failed", op)
+                report.error = ReconciliationError(f"{op} failed: {e}",
+                                                   {"exception": type(e).__name__})
+            report.duration = time.monotonic() - started
+            if report.error is not None and op != "plan":
+                self._record_failure(report)
+            self.last = report if op != "plan" else self.last
+        self._emit_finished(report)
+        return report
+
+    def _pass(self, report: Report, services: list[str] | None) -> None:
+        op = report.operation
+        obj = self.resource.ensure()
+        down = self.resource.down_services(obj)
+        snap = self.source.snapshot(obj)
+        report.revision = snap.revision
+        self.on_event("info", "PassStarted", f"{op} started ({report.trigger})",
+                      {"revision": snap.revision, "services": report.services})
+        tree = rendering.load_tree(snap.manifest_root)
+        known = set(tree.names)
+        unknown = sorted(set(services or []) - known)
+        if unknown:
+            raise NotFoundError(f"unknown service(s): {', '.join(unknown)}",
+                                {"services": unknown, "available": sorted(known)})
+        named = set(services) if services else set(known)
+        if op == "up":
+            down = down - named
+            obj = self._set_down(obj, down)
+        elif op == "down":
+            down = down | named
+            obj = self._set_down(obj, down)
+        inventory = _inventory(obj)
+
+        if op == "down":
+            self._delete(report, named, inventory, obj)
+            return
+        deployed = sorted((named if services else known) - down)
+        if op == "reconcile":
+            deployed = sorted(known - down)
+        validate_spec(snap.spec, self.schema)
+        params = Parameters.from_spec(snap.spec)
+        desired = rendering.render(tree, params, services=deployed,
+                                   instance=self.cfg.instance, app=self.cfg.app_name) \
+            if deployed else []
+        namespaces = {name: str(effective(params, name).get("namespace") or "")
+                      for name in [*known, SHARED_SERVICE]}
+        desired = self.applier.normalize(desired, namespaces)
+        scope: set[str] | None = None if op == "reconcile" else {*deployed, SHARED_SERVICE}
+        if op == "reconcile" and not deployed:
+            scope = None
+        live = self.applier.observe(desired, ((k, e.api_version) for k, e in inventory.items()
+                                              if scope is None or e.service in scope))
+        settings = self.cfg.prune
+        if op == "reconcile" and not deployed:
+            from dataclasses import replace as _replace
+            settings = _replace(settings, allow_empty=True)  # everything is down on purpose
+        plan = planning.plan(desired, live, inventory, services=scope, settings=settings,
+                             field_manager=self.cfg.apply.field_manager,
+                             app=self.cfg.app_name, instance=self.cfg.instance)
+        report.plan = plan
+        dry_run = op == "plan"
+        if not dry_run:
+            obj = self._record_intent(obj, plan, inventory)
+        self.applier.apply(plan, report.results, dry_run=dry_run)
+        if op == "reconcile" or dry_run:
+            self.applier.prune(plan, report.results, dry_run=dry_run)
+        if dry_run:
+            return
+        self._finish(report, plan, inventory, obj, snap, down, known)
+
+    def _delete(self, report: Report, services: set[str],
+                inventory: Mapping[Any, planning.InventoryEntry], obj: Body) -> None:
+        scope = set(services)
+        live = self.applier.observe([], ((k, e.api_version) for k, e in inventory.items()
+                                         if e.service in scope))
+        plan = planning.plan_delete(scope, inventory, live, settings=self.cfg.prune,
+                                    app=self.cfg.app_name, instance=self.cfg.instance)
+        report.plan = plan
+        self.applier.prune(plan, report.results)
+        deleted = [c for c in plan.items if c.action == "prune"]
+        still = set(self.applier.wait_gone(deleted, self.cfg.apply.delete_timeout))
+        for key in still:
+            report.results.add(ObjectResult(key, next(c.service for c in deleted
+                                                      if c.key == key),
+                                            "failed", "delete", "timeout",
+                                            {"resource": str(key), "error": "Timeout",
+                                             "message": "still present after "
+                                             f"{self.cfg.apply.delete_timeout:.0f}s"}))
+        done = {r.key for r in report.results.items if r.outcome in ("deleted", "kept")}
+        new_inventory = plan.next_inventory({}, succeeded=done - still)
+        self._write_status(obj, new_inventory, report, None, None)
+
+    def _finish(self, report: Report, plan: planning.Plan,
+                inventory: Mapping[Any, planning.InventoryEntry], obj: Body, snap: Snapshot,
+                down: frozenset[str], known: set[str]) -> None:
+        applied = {r.key: r.fields for r in report.results.items if r.outcome == "applied"}
+        done = {r.key for r in report.results.items if r.outcome != "failed"}
+        new_inventory = plan.next_inventory(applied, succeeded=done)
+        if report.ok:
+            self.last_good_revision = snap.revision
+        self._write_status(obj, new_inventory, report, snap, (down, known))
+
+    # -- status -----------------------------------------------------------------------------
+
+    def _record_intent(self, obj: Body, plan: planning.Plan,
+                       inventory: Mapping[Any, planning.InventoryEntry]) -> Body:
+        """Before creating objects, add them to the durable inventory.
+
+        If the process dies mid-pass, the next controller then knows every object this
+        pass may have created, and prunes what is no longer rendered. Objects already in
+        the inventory need no write, so a pass that creates nothing writes nothing here.
+        """
+        new = {c.key: planning.InventoryEntry(c.service, c.api_version, "", "")
+               for c in plan.items if c.action in ("create", "update")
+               and c.key not in inventory}
+        if not new:
+            return obj
+        merged = {**inventory, **new}
+        status = {"inventory": [e.to_dict(k) for k, e in sorted(merged.items())]}
+        return self.resource.patch_status(status)
+
+    def _record_failure(self, report: Report) -> None:
+        """A pass that failed before applying: conditions say so, inventory unchanged."""
+        try:
+            obj = self.resource.get()
+        except KubeError as e:
+            log.warning("cannot read %s to record a failure: %s", self.cfg.instance, e.message)
+            return
+        if obj is not None:
+            self._write_status(obj, _inventory(obj), report, None, None)
+
+    def _set_down(self, obj: Body, down: frozenset[str]) -> Body:
+        if down == self.resource.down_services(obj):
+            return obj
+        return self.resource.set_down(down)
+
+    def _write_status(self, obj: Body, inventory: Mapping[Any, planning.InventoryEntry],
+                      report: Report, snap: Snapshot | None,
+                      selection: tuple[frozenset[str], set[str]] | None) -> None:
+        """Write status only when something other than timestamps changed (no-op passes
+        make no write request)."""
+        old = obj.get("status") or {}
+        new = dict(old)
+        new["inventory"] = [e.to_dict(k) for k, e in sorted(inventory.items())]
+        new["observedGeneration"] = int(obj.get("metadata", {}).get("generation", 0))
+        if snap is not None and report.ok:
+            new["lastAppliedRevision"] = snap.revision
+        down = self.resource.down_services(obj)
+        known = selection[1] if selection else set(old.get("services", {}))
+        new["services"] = _service_states(report, down, known, old.get("services") or {})
+        new["conditions"] = _conditions(report, old.get("conditions") or [])
+        if _comparable(new) == _comparable(old):
+            return
+        new["lastPassTime"] = report.started
+        new["lastPassDuration"] = f"{report.duration:.3f}s"
+        try:
+            self.resource.patch_status(new)
+        except KubeError as e:
+            log.warning("cannot write status: %s", e.message)
+            if report.error is None:
+                report.error = e
+
+    def _emit_finished(self, report: Report) -> None:
+        counts = report.results.counts()
+        if report.error:
+            self.on_event("error", f"{report.operation.capitalize()}Failed",
+                          f"{report.operation} failed: {report.error.message}",
+                          {**report.error.to_dict(), "revision": report.revision})
+        elif report.results.failed:
+            self.on_event("error", f"{report.operation.capitalize()}Failed",
+                          f"{report.operation}: {counts['failed']} object(s) failed",
+                          {"counts": counts, "revision": report.revision})
+        else:
+            self.on_event("success", f"{report.operation.capitalize()}Succeeded",
+                          f"{report.operation} finished in {report.duration:.2f}s",
+                          {"counts": counts, "revision": report.revision})
+
+
+def _inventory(obj: Body) -> dict[Any, planning.InventoryEntry]:
+    out = {}
+    for raw in (obj.get("status") or {}).get("inventory") or []:
+        try:
+            key, entry = planning.InventoryEntry.from_dict(raw)
+        except (KeyError, ValueError, TypeError):
+            log.warning("ignoring malformed inventory entry %r", raw)
+            continue
+        out[key] = entry
+    return out
+
+
+def _service_states(report: Report, down: frozenset[str], known: set[str],
+                    old: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    failed: dict[str, ObjectResult] = {}
+    touched = set()
+    for r in report.results.items:
+        touched.add(r.service)
+        if r.outcome == "failed":
+            failed.setdefault(r.service, r)
+    for name in sorted(known):
+        if name in down:
+            out[name] = {"state": "down", "reason": "marked down"}
+        elif name in failed:
+            err = failed[name].error or {}
+            out[name] = {"state": "failed",
+                         "reason": f"{err.get('resource', '')}: {err.get('message', '')}"[:500]}
+        elif report.error is not None and (not report.services or name in report.services):
+            out[name] = {"state": "failed", "reason": report.error.message[:500]}
+        elif name in touched:
+            out[name] = {"state": "deployed", "reason": ""}
+        else:
+            out[name] = dict(old.get(name) or {"state": "deployed", "reason": ""})
+    return out
+
+
+def _conditions(report: Report, old: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """kstatus: Ready, Reconciling, Stalled; lastTransitionTime kept while status holds."""
+    if report.error is not None:
+        ready = ("False", report.error.code, report.error.message)
+        stalled = ("True", report.error.code, report.error.message)
+    elif report.results.failed:
+        first = report.results.failed[0]
+        msg = f"{len(report.results.failed)} object(s) failed; first: " \
+              f"{(first.error or {}).get('resource')}: {(first.error or {}).get('message')}"
+        ready = ("False", "ApplyFailed", msg)
+        stalled = ("True", "ApplyFailed", msg)
+    else:
+        ready = ("True", "Succeeded", f"Applied revision {report.revision}")
+        stalled = ("False", "Succeeded", "")
+    reconciling = ("False", "Succeeded", "")
+    previous = {c.get("type"): c for c in old}
+    out = []
+    for kind, (status, reason, message) in (("Ready", ready), ("Reconciling", reconciling),
+                                            ("Stalled", stalled)):
+        before = previous.get(kind) or {}
+        changed = before.get("status") != status
+        out.append({"type": kind, "status": status, "reason": reason,
+                    "message": message[:1000],
+                    "lastTransitionTime": now_rfc3339() if changed or not before.get(
+                        "lastTransitionTime") else before["lastTransitionTime"]})
+    return out
+
+
+def _comparable(status: Mapping[str, Any]) -> Any:
+    out = {k: v for k, v in status.items() if k not in ("lastPassTime", "lastPassDuration")}
+    out["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
+                         for c in status.get("conditions") or []]
+    return out
+
+
+__all__ = ["Engine", "Manifest", "Report"]

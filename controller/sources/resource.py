@@ -1,0 +1,158 @@
+"""The DeploymentParameters object: parameters (resource source), selection, status.
+
+Whatever the parameter source, this object is the app instance's home in the cluster: its
+annotation records which services are down (persisted, shared by replicas, survives
+restarts), and its status holds conditions, the applied revision and the inventory of what
+we applied (so a restarted controller prunes exactly what it owns). With the resource
+source its spec is also the parameters, and a change to it wakes the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.config import Config
+from controller.errors import NotFoundError, ValidationError
+from controller.kube import Body, Kube, KubeError
+from controller.sources import Snapshot
+from controller.watching import Reflector, Selector
+
+log = logging.getLogger(__name__)
+
+GROUP = "conductor.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "DeploymentParameters"
+ANNOTATION_DOWN = "conductor.io/services-down"
+ANNOTATION_SOURCE = "conductor.io/parameter-source"
+SEED_FILE = "parameters.yaml"
+
+
+class ParametersResource:
+    """Reads and writes one DeploymentParameters object (namespace/instance)."""
+
+    def __init__(self, kube: Kube, cfg: Config, instance: str | None = None) -> None:
+        self.kube = kube
+        self.cfg = cfg
+        self.namespace = cfg.namespace
+        self.name = instance or cfg.instance
+
+    def get(self) -> Body | None:
+        return self.kube.get(API_VERSION, KIND, self.name, self.namespace)
+
+    def read(self) -> Body:
+        obj = self.get()
+        if obj is None:
+            raise NotFoundError(f"DeploymentParameters {self.namespace}/{self.name} not found",
+                                {"namespace": self.namespace, "instance": self.name})
+        return obj
+
+    def ensure(self, seed: Mapping[str, Any] | None = None) -> Body:
+        """The object, created first (from `seed` or manifests/parameters.yaml) if absent."""
+        obj = self.get()
+        if obj is not None:
+            return obj
+        spec = dict(seed) if seed is not None else load_seed(self.cfg.manifest_root)
+        body: Body = {"apiVersion": API_VERSION, "kind": KIND,
+                      "metadata": {"name": self.name, "namespace": self.namespace,
+                                   "annotations": {ANNOTATION_SOURCE: self.cfg.source}},
+                      "spec": spec}
+        try:
+            return self.kube.create(body)
+        except KubeError as e:
+            if e.status == 409:  # another replica created it first
+                return self.read()
+            raise
+
+    def replace_spec(self, spec: Mapping[str, Any]) -> Body:
+        """Replace the whole spec: a merge patch that also nulls every key no longer there."""
+        current = self.read().get("spec") or {}
+        return self.kube.patch(API_VERSION, KIND, self.name, {"spec": _replace(current, spec)},
+                               self.namespace)
+
+    def down_services(self, obj: Body) -> frozenset[str]:
+        raw = (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_DOWN, "[]")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            log.warning("ignoring malformed annotation %s=%r", ANNOTATION_DOWN, raw)
+            return frozenset()
+        return frozenset(str(v) for v in value) if isinstance(value, list) else frozenset()
+
+    def set_down(self, services: frozenset[str]) -> Body:
+        value = json.dumps(sorted(services))
+        return self.kube.patch(API_VERSION, KIND, self.name,
+                               {"metadata": {"annotations": {ANNOTATION_DOWN: value}}},
+                               self.namespace)
+
+    def patch_status(self, status: Mapping[str, Any]) -> Body:
+        return self.kube.patch(API_VERSION, KIND, self.name, {"status": dict(status)},
+                               self.namespace, subresource="status")
+
+    def watch(self, on_change: Callable[[Body], None]) -> Reflector:
+        """Call `on_change` when the object's spec or annotations change (not status)."""
+        seen: dict[str, Any] = {}
+
+        def handler(kind: str, obj: Body) -> None:
+            if kind not in ("ADDED", "MODIFIED"):
+                return
+            meta = obj.get("metadata", {})
+            mark = (meta.get("generation"), json.dumps(meta.get("annotations") or {},
+                                                       sort_keys=True))
+            if seen.get("mark") != mark:
+                first = "mark" not in seen
+                seen["mark"] = mark
+                if not first:
+                    on_change(obj)
+
+        return Reflector(self.kube, Selector(API_VERSION, KIND, self.namespace,
+                                             field_selector=f"metadata.name={self.name}"),
+                         handler).start()
+
+
+class ResourceSource:
+    """Parameters from the DeploymentParameters object's spec."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def snapshot(self, resource: dict[str, Any]) -> Snapshot:
+        generation = int(resource.get("metadata", {}).get("generation", 0))
+        return Snapshot(spec=resource.get("spec") or {}, revision=f"generation/{generation}",
+                        manifest_root=self.cfg.manifest_root, source="resource")
+
+
+def load_seed(root: Path) -> dict[str, Any]:
+    """The default parameters shipped beside the manifests ({} when there are none)."""
+    path = root / SEED_FILE
+    if not path.exists():
+        return {}
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValidationError(f"{path}: not valid YAML: {e}", {"file": str(path)}) from e
+    if doc is not None and not isinstance(doc, dict):
+        raise ValidationError(f"{path}: expected a mapping with global/services",
+                              {"file": str(path)})
+    return doc or {}
+
+
+def _replace(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch turning `current` into exactly `new` (nulls for removed keys)."""
+    patch: dict[str, Any] = {}
+    for key in current:
+        if key not in new:
+            patch[key] = None
+    for key, value in new.items():
+        old = current.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            patch[key] = _replace(old, value)
+        else:
+            patch[key] = value
+    return patch

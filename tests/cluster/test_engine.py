@@ -1,0 +1,316 @@
+"""The reconcile engine on the real control plane, with the example app."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.config import ApplySettings, Config, LoopSettings
+from controller.engine import Engine
+from controller.kube import Kube, KubeError
+from controller.main import Controller
+from controller.objects import LABEL_INSTANCE
+from controller.sources.resource import API_VERSION, KIND, ResourceSource
+from tests.conftest import LocalCluster
+from tests.helpers import wait_for
+from tests.proxy import ApiProxy
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[2]
+APP_KINDS = {("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"), ("v1", "Service"),
+             ("v1", "Secret"), ("v1", "PersistentVolumeClaim"), ("v1", "ConfigMap")}
+
+
+class App:
+    """The example app, copied so a test may edit it, deployed into one namespace."""
+
+    def __init__(self, cluster: LocalCluster, kube: Kube, namespace: str, root: Path) -> None:
+        self.cluster = cluster
+        self.kube = kube
+        self.namespace = namespace
+        self.root = root
+        self.cfg = Config(kubeconfig=cluster.kubeconfig, namespace=namespace,
+                          manifest_root=root, default_namespace=namespace,
+                          loop=LoopSettings(interval=3600),
+                          apply=ApplySettings(backoff_initial=0.05, backoff_max=0.5))
+
+    def engine(self, cfg: Config | None = None, kube: Kube | None = None) -> Engine:
+        cfg = cfg or self.cfg
+        return Engine(cfg, kube or self.kube, ResourceSource(cfg))
+
+    def objects(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Our objects in the namespace: (Kind, name) -> body."""
+        out = {}
+        for api_version, kind in APP_KINDS:
+            for item in self.kube.list(api_version, kind, self.namespace,
+                                       f"{LABEL_INSTANCE}=default")[0]:
+                out[(kind, item["metadata"]["name"])] = item
+        return out
+
+    def versions(self) -> dict[tuple[str, str], str]:
+        """resourceVersions once the controller manager has caught up with every workload
+        (its status writes would otherwise change them behind the test's back): all
+        observed, and no version moved over half a second."""
+        seen: list[tuple[float, dict[tuple[str, str], str]]] = []
+
+        def settled() -> dict[tuple[str, str], str] | None:
+            objects = self.objects()
+            for (kind, _), body in objects.items():
+                status = body.get("status", {})
+                if kind in ("Deployment", "StatefulSet") and (
+                        status.get("observedGeneration") != body["metadata"]["generation"]
+                        or status.get("replicas") != body["spec"]["replicas"]):
+                    return None
+            current = {k: v["metadata"]["resourceVersion"] for k, v in objects.items()}
+            now = time.monotonic()
+            if not seen or seen[-1][1] != current:
+                seen.append((now, current))
+                return None
+            return current if now - seen[-1][0] >= 0.5 else None
+        result: dict[tuple[str, str], str] = wait_for(settled, message="workloads settled")
+        return result
+
+    def resource(self) -> dict[str, Any]:
+        obj = self.kube.get(API_VERSION, KIND, "default", self.namespace)
+        assert obj is not None
+        return obj
+
+    def patch_spec(self, patch: dict[str, Any]) -> None:
+        self.kube.patch(API_VERSION, KIND, "default", {"spec": patch}, self.namespace)
+
+
+@pytest.fixture
+def app(cluster: LocalCluster, kube: Kube, namespace: str, tmp_path: Path,
+        crd: dict[str, Any]) -> App:
+    root = tmp_path / "manifests"
+    shutil.copytree(REPO / "manifests", root)
+    params = yaml.safe_load((root / "parameters.yaml").read_text())
+    params.setdefault("global", {})["namespace"] = namespace
+    (root / "parameters.yaml").write_text(yaml.safe_dump(params))
+    return App(cluster, kube, namespace, root)
+
+
+def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == kind)
+
+
+def test_deploy_example_app(app: App) -> None:
+    report = app.engine().up()
+    assert report.ok, report.summary()
+    objects = app.objects()
+    for kind, name in [("Deployment", "frontend"), ("Service", "frontend"),
+                       ("Deployment", "redis"), ("Service", "redis"),
+                       ("StatefulSet", "postgres"), ("Service", "postgres"),
+                       ("PersistentVolumeClaim", "postgres-data")]:
+        assert (kind, name) in objects, sorted(objects)
+    assert any(k == "Secret" for k, _ in objects)
+    status = app.resource()["status"]
+    assert _condition(app.resource(), "Ready")["status"] == "True"
+    assert _condition(app.resource(), "Stalled")["status"] == "False"
+    assert status["lastAppliedRevision"].startswith("generation/")
+    assert {s["state"] for s in status["services"].values()} == {"deployed"}
+    assert len(status["inventory"]) == len(report.results.items)
+    # The controller manager acts on what we applied.
+    wait_for(lambda: app.kube.list("apps/v1", "ReplicaSet", app.namespace)[0],
+             message="ReplicaSets")
+
+
+def test_noop_pass_makes_no_writes_and_no_per_object_gets(app: App, tmp_path: Path) -> None:
+    assert app.engine().up().ok
+    with ApiProxy(app.cluster.kubeconfig, tmp_path) as proxy:
+        cfg = replace(app.cfg, kubeconfig=str(proxy.kubeconfig))
+        kube = Kube.connect(cfg)
+        engine = app.engine(cfg, kube)
+        proxy.stats.reset()
+        report = engine.reconcile()
+        assert report.ok, report.summary()
+        assert report.results.counts()["applied"] == 0
+        assert proxy.stats.writes == 0, proxy.stats.log
+        gets = [path for method, path, _ in proxy.stats.log if method == "GET"]
+        single = [p for p in gets if "labelSelector=" not in p
+                  and not p.endswith("/deploymentparameters/default")
+                  and not p.rstrip("/").split("?")[0].endswith(("/v1", "/apps/v1",
+                                                                 "/conductor.io/v1alpha1"))]
+        assert single == [], single
+        kube.close()
+
+
+def test_parameter_change_applied_by_the_loop(app: App) -> None:
+    controller = Controller(app.cfg, kube=app.kube).start()
+    try:
+        wait_for(lambda: ("Deployment", "redis") in app.objects(), timeout=30,
+                 message="first pass")
+        app.patch_spec({"services": {"redis": {"replicas": 3}}})
+        wait_for(lambda: app.objects()[("Deployment", "redis")]["spec"]["replicas"] == 3,
+                 timeout=20, message="the watch wakes the loop and the change is applied")
+        wait_for(lambda: app.resource()["status"].get("observedGeneration")
+                 == app.resource()["metadata"]["generation"], message="observedGeneration")
+    finally:
+        controller.stop()
+
+
+def test_drift_is_corrected_in_the_next_pass(app: App) -> None:
+    engine = app.engine()
+    assert engine.up().ok
+    subprocess.run(["kubectl", "--kubeconfig", app.cluster.kubeconfig, "-n", app.namespace,
+                    "scale", "deployment/redis", "--replicas=4"], check=True,
+                   capture_output=True)
+    subprocess.run(["kubectl", "--kubeconfig", app.cluster.kubeconfig, "-n", app.namespace,
+                    "patch", "service/frontend", "-p",
+                    '{"spec":{"ports":[{"port":80,"targetPort":9999}]}}'],
+                   check=True, capture_output=True)
+    assert app.objects()[("Deployment", "redis")]["spec"]["replicas"] == 4
+    report = engine.reconcile()
+    assert report.ok, report.summary()
+    corrected = {(r.key.kind, r.key.name): r.reason for r in report.results.items
+                 if r.outcome == "applied"}
+    assert corrected == {("Deployment", "redis"): "drift", ("Service", "frontend"): "drift"}
+    objects = app.objects()
+    assert objects[("Deployment", "redis")]["spec"]["replicas"] == 1
+    assert [p["targetPort"] for p in objects[("Service", "frontend")]["spec"]["ports"]] \
+        != [9999]
+
+
+def test_removed_service_is_pruned_and_others_untouched(app: App) -> None:
+    engine = app.engine()
+    assert engine.up().ok
+    before = app.versions()
+    shutil.rmtree(app.root / "frontend")
+    report = engine.reconcile()
+    assert report.ok, report.summary()
+    after = app.versions()
+    assert ("Deployment", "frontend") not in after
+    assert ("Service", "frontend") not in after
+    for key, version in after.items():
+        assert before[key] == version, key
+    assert "frontend" not in {e["s"] for e in app.resource()["status"]["inventory"]}
+
+
+def test_up_down_update_touch_only_their_service(app: App) -> None:
+    engine = app.engine()
+    assert engine.up().ok
+    before = app.versions()
+    others = {k: v for k, v in before.items() if not k[1].startswith("redis")}
+
+    report = engine.down(["redis"])
+    assert report.ok, report.summary()
+    assert {r.outcome for r in report.results.items} == {"deleted"}
+    after = app.versions()
+    assert not [k for k in after if k[1].startswith("redis")]
+    assert {k: after[k] for k in others} == others
+    assert app.resource()["status"]["services"]["redis"]["state"] == "down"
+
+    # The loop never brings back a service that is down.
+    assert engine.reconcile().ok
+    assert not [k for k in app.versions() if k[1].startswith("redis")]
+
+    # update of redis while it is down: nothing (it stays down); of postgres: only postgres.
+    app.patch_spec({"services": {"frontend": {"replicas": 3},
+                                 "postgres": {"tag": "16.4"}}})
+    report = engine.update(["postgres"])
+    assert report.ok, report.summary()
+    assert {r.service for r in report.results.items} <= {"postgres", "_shared"}
+    objects = app.objects()
+    assert objects[("Deployment", "frontend")]["spec"]["replicas"] == 2  # not yet
+    containers = objects[("StatefulSet", "postgres")]["spec"]["template"]["spec"]["containers"]
+    assert containers[0]["image"] == "postgres:16.4"
+
+    others = {k: v for k, v in app.versions().items() if not k[1].startswith("redis")}
+    report = engine.up(["redis"])
+    assert report.ok
+    now = app.versions()
+    assert ("Deployment", "redis") in now
+    assert {k: now[k] for k in others} == others
+    # Idempotent: again changes nothing.
+    again = engine.up(["redis"])
+    assert again.results.counts()["applied"] == 0
+
+
+def test_render_failure_applies_nothing_and_keeps_running_state(app: App) -> None:
+    engine = app.engine()
+    assert engine.up().ok
+    before = app.versions()
+    template = next((app.root / "redis").glob("*.yaml"))
+    good = template.read_text()
+    template.write_text(good + "\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n"
+                        "  name: {{ service.no_such_value }}\n")
+    app.patch_spec({"services": {"frontend": {"replicas": 3}}})  # would change frontend
+    report = engine.reconcile()
+    assert report.error is not None
+    assert report.error.code == "validation_error"
+    assert report.error.details["file"].startswith("redis/")
+    assert "no_such_value" in report.error.message
+    assert app.versions() == before
+    obj = app.resource()
+    assert _condition(obj, "Ready")["status"] == "False"
+    assert _condition(obj, "Stalled")["status"] == "True"
+    assert _condition(obj, "Stalled")["reason"] == "validation_error"
+
+    template.write_text(good + "\n---\nkind: [unclosed\n")
+    report = engine.reconcile()
+    assert report.error is not None and report.error.code == "invalid_yaml"
+    assert report.error.details["line"] > 0
+    assert app.versions() == before
+
+    template.write_text(good)
+    report = engine.reconcile()
+    assert report.ok
+    assert app.objects()[("Deployment", "frontend")]["spec"]["replicas"] == 3
+    assert _condition(app.resource(), "Ready")["status"] == "True"
+
+
+def test_the_crd_schema_rejects_invalid_parameters_at_the_api_server(app: App) -> None:
+    engine = app.engine()
+    assert engine.up().ok
+    before = app.versions()
+    with pytest.raises(KubeError) as err:
+        app.patch_spec({"services": {"redis": {"replicas": "many"}}})
+    assert err.value.status == 422
+    assert "spec.services.redis.replicas" in err.value.message
+    assert engine.reconcile().ok
+    assert app.versions() == before
+
+
+def test_transient_api_failures_are_retried(app: App, tmp_path: Path) -> None:
+    def flaky(method: str, path: str, n: int) -> str | None:
+        if method == "PATCH" and "/status" not in path:
+            return {0: "503", 1: "429", 2: "drop"}.get(n % 5)
+        return None
+
+    with ApiProxy(app.cluster.kubeconfig, tmp_path, flaky) as proxy:
+        cfg = replace(app.cfg, kubeconfig=str(proxy.kubeconfig))
+        kube = Kube.connect(cfg)
+        report = app.engine(cfg, kube).up()
+        assert report.ok, report.summary()
+        assert proxy.stats.faults["503"] and proxy.stats.faults["429"]
+        assert proxy.stats.faults["drop"]
+        kube.close()
+    assert ("Deployment", "redis") in app.objects()
+
+
+def test_a_422_is_reported_once_and_not_retried(app: App, tmp_path: Path) -> None:
+    (app.root / "broken").mkdir()
+    (app.root / "broken" / "service.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: broken\n"
+        "spec:\n  ports:\n  - port: 70000\n    protocol: TCP\n")
+    with ApiProxy(app.cluster.kubeconfig, tmp_path) as proxy:
+        cfg = replace(app.cfg, kubeconfig=str(proxy.kubeconfig))
+        kube = Kube.connect(cfg)
+        report = app.engine(cfg, kube).up()
+        kube.close()
+    failed = report.results.failed
+    assert [(r.key.kind, r.key.name) for r in failed] == [("Service", "broken")]
+    assert failed[0].error is not None and failed[0].error["status"] == 422
+    sent = [p for m, p, _ in proxy.stats.log if m == "PATCH" and "/services/broken" in p]
+    assert len(sent) == 1
+    # Everything else was applied; the failure is in status.
+    assert ("Deployment", "redis") in app.objects()
+    assert app.resource()["status"]["services"]["broken"]["state"] == "failed"

@@ -1,0 +1,119 @@
+"""`conductor run` as a real process (gunicorn + loop): crash mid-pass, restart, converge."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.cluster.running import free_port
+from controller.kube import Kube
+from controller.objects import LABEL_APP, LABEL_INSTANCE, LABEL_SERVICE
+from controller.sources.resource import API_VERSION, KIND
+from tests.conftest import LocalCluster
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[2]
+BULK = 1000
+
+
+@contextmanager
+def controller_process(cluster: LocalCluster, root: Path, namespace: str, port: int,
+                       log: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    environ = {**os.environ, "CONDUCTOR_DEFAULT_NAMESPACE": namespace,
+               "PYTHONUNBUFFERED": "1", **env}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "controller", "run", "--kubeconfig", cluster.kubeconfig,
+             "--manifests", str(root), "--namespace", namespace, "--port", str(port),
+             "--interval", "3600"],
+            stdout=out, stderr=subprocess.STDOUT, env=environ, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+
+
+def _get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def _bulk(kube: Kube, namespace: str) -> int:
+    return len(kube.list("v1", "ConfigMap", namespace,
+                         f"{LABEL_SERVICE}=bulk,{LABEL_INSTANCE}=default")[0])
+
+
+def test_killed_mid_pass_then_restarted_converges_and_prunes_only_its_own(
+        cluster: LocalCluster, kube: Kube, namespace: str, tmp_path: Path,
+        crd: dict[str, Any]) -> None:
+    root = tmp_path / "manifests"
+    shutil.copytree(REPO / "manifests", root)
+    params = yaml.safe_load((root / "parameters.yaml").read_text())
+    params["global"]["namespace"] = namespace
+    (root / "parameters.yaml").write_text(yaml.safe_dump(params))
+    (root / "bulk").mkdir()
+    (root / "bulk" / "many.yaml").write_text(
+        f"{{% for i in range({BULK}) %}}\n---\napiVersion: v1\nkind: ConfigMap\n"
+        "metadata:\n  name: bulk-{{ i }}\ndata:\n  i: '{{ i }}'\n{% endfor %}\n")
+    # Not ours: an unlabelled object, and one of another instance of the same app.
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "foreign", "namespace": namespace}})
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "other-instance", "namespace": namespace,
+                             "labels": {LABEL_APP: "conductor", LABEL_INSTANCE: "other",
+                                        LABEL_SERVICE: "bulk"}}})
+    log = tmp_path / "controller.log"
+    port = free_port()
+    with controller_process(cluster, root, namespace, port, log,
+                            CONDUCTOR_APPLY_CONCURRENCY="1") as proc:
+        wait_for(lambda: _bulk(kube, namespace) >= 20, timeout=60,
+                 message=f"the first pass to be under way (log: {log})")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    applied = _bulk(kube, namespace)
+    assert 20 <= applied < BULK, "the kill did not land mid-pass"
+    obj = kube.get(API_VERSION, KIND, "default", namespace)
+    assert obj is not None
+    status = obj.get("status") or {}
+    assert not status.get("conditions"), "the first pass finished before the kill"
+    # Before creating anything the pass recorded its intent, so the next one knows.
+    pending = [e for e in status.get("inventory", []) if e["s"] == "bulk"]
+    assert len(pending) == BULK and all(e["d"] == "" for e in pending)
+
+    shutil.rmtree(root / "bulk")  # the service goes away while the controller is down
+    with controller_process(cluster, root, namespace, port, log) as proc:
+        wait_for(lambda: _get(port, "/healthz") == {"status": "ok"}, timeout=60,
+                 message="the API to answer")
+        wait_for(lambda: _bulk(kube, namespace) == 0, timeout=90,
+                 message="leftovers of the killed pass pruned")
+
+        def ready() -> bool:
+            o = kube.get(API_VERSION, KIND, "default", namespace) or {}
+            conds = {c["type"]: c["status"] for c in (o.get("status") or {}).get(
+                "conditions", [])}
+            return conds.get("Ready") == "True"
+        wait_for(ready, timeout=60, message="Ready=True after restart")
+        assert kube.get("apps/v1", "Deployment", "redis", namespace) is not None
+        assert kube.get("v1", "ConfigMap", "foreign", namespace) is not None
+        assert kube.get("v1", "ConfigMap", "other-instance", namespace) is not None
+        services = {s["name"] for s in _get(port, "/api/services")["services"]}
+        assert services == {"frontend", "redis", "postgres"}
+        # A graceful stop: SIGTERM ends the process (after the current pass, if any).
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0 or proc.returncode is not None

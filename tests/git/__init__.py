@@ -1,0 +1,1 @@
+"""Tests of the Git parameter source against a real git daemon."""

@@ -1,0 +1,146 @@
+"""A counting, fault-injecting HTTPS proxy in front of the real API server (loopback only).
+
+Tests point a kubeconfig at it to see what a client really sends (how many writes a pass
+makes) and to make the API server look flaky: answer 503 or 429, or drop the connection,
+for chosen requests. It terminates TLS with its own throw-away certificate and forwards to
+the API server over TLS, passing the client's Authorization header through.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import ssl
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+# fault(method, path, n) -> None (forward) | "503" | "429" | "drop"; n counts from 1.
+Fault = Callable[[str, str, int], str | None]
+
+
+@dataclass
+class ProxyStats:
+    requests: Counter[str] = field(default_factory=Counter)  # by method
+    faults: Counter[str] = field(default_factory=Counter)  # by kind
+    log: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def writes(self) -> int:
+        return sum(n for m, n in self.requests.items() if m in ("POST", "PUT", "PATCH",
+                                                                  "DELETE"))
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.faults.clear()
+            self.log.clear()
+
+
+class ApiProxy:
+    def __init__(self, kubeconfig: str, workdir: Path, fault: Fault | None = None) -> None:
+        conf = yaml.safe_load(Path(kubeconfig).read_text())
+        cluster = conf["clusters"][0]["cluster"]
+        self.upstream = urlsplit(cluster["server"])
+        self.upstream_ca = workdir / "upstream-ca.crt"
+        self.upstream_ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+        self.token = conf["users"][0]["user"]["token"]
+        self.fault = fault
+        self.stats = ProxyStats()
+        cert, key = workdir / "proxy.crt", workdir / "proxy.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.kubeconfig = workdir / "proxy-kubeconfig"
+        conf["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{self.port}"
+        conf["clusters"][0]["cluster"]["certificate-authority-data"] = base64.b64encode(
+            cert.read_bytes()).decode()
+        self.kubeconfig.write_text(yaml.safe_dump(conf))
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ApiProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                with proxy.stats.lock:
+                    proxy.stats.requests[self.command] += 1
+                    n = sum(proxy.stats.requests.values())
+                fault = proxy.fault(self.command, self.path, n) if proxy.fault else None
+                if fault == "drop":
+                    proxy.stats.faults["drop"] += 1
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if fault in ("503", "429"):
+                    proxy.stats.faults[fault] += 1
+                    payload = (b'{"kind":"Status","apiVersion":"v1","status":"Failure",'
+                               b'"reason":"ServiceUnavailable","code":' + fault.encode() + b"}")
+                    self.send_response(int(fault))
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    if fault == "429":
+                        self.send_header("Retry-After", "0")
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                ctx = ssl.create_default_context(cafile=str(proxy.upstream_ca))
+                conn = http.client.HTTPSConnection(proxy.upstream.hostname or "127.0.0.1",
+                                                   proxy.upstream.port, context=ctx, timeout=60)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "connection", "accept-encoding")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                streaming = "watch=true" in self.path
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                if streaming:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    while chunk := resp.read1(65536):
+                        self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    data = resp.read()
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                with proxy.stats.lock:
+                    proxy.stats.log.append((self.command, self.path, resp.status))
+                conn.close()
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+        return Handler
