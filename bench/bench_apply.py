@@ -9,6 +9,7 @@ write requests the API server counted during it (target: 0 writes, < 1 s).
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -46,22 +47,26 @@ def main() -> None:
         assert count == 500
         tree = rendering.load_tree(root)
         objects = rendering.render(tree, Parameters.from_spec(load_seed(root)))
-        for ns in ("bench-kubectl", "bench-conductor"):
+        run = secrets.token_hex(3)  # fresh namespaces even on a reused control plane
+        ns_kubectl, ns_conductor, ns_noop = (f"bench-{what}-{run}"
+                                             for what in ("kubectl", "conductor", "noop"))
+        for ns in (ns_kubectl, ns_conductor, ns_noop):
             _namespace(kube, ns)
         rendered = work / "rendered.yaml"
         docs = []
         for m in objects:
             body = dict(m.body)
-            body["metadata"] = {**body["metadata"], "namespace": "bench-kubectl"}
+            body["metadata"] = {**body["metadata"], "namespace": ns_kubectl}
             docs.append(body)
         rendered.write_text(yaml.safe_dump_all(docs))
         started = time.perf_counter()
-        subprocess.run(["kubectl", "--kubeconfig", state.kubeconfig, "apply", "--server-side",
-                        "--field-manager=bench", "-f", str(rendered)], check=True,
-                       capture_output=True)
+        done = subprocess.run(["kubectl", "--kubeconfig", state.kubeconfig, "apply",
+                               "--server-side", "--field-manager=bench", "-f", str(rendered)],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
         kubectl_s = time.perf_counter() - started
 
-        cfg = replace(base, namespace="bench-conductor", default_namespace="bench-conductor",
+        cfg = replace(base, namespace=ns_conductor, default_namespace=ns_conductor,
                       manifest_root=root)
         engine = Engine(cfg, kube, ResourceSource(cfg))
         engine.resource.ensure()
@@ -74,8 +79,7 @@ def main() -> None:
         # -- no-op pass over 1,000 managed objects ---------------------------------------
         root1k = work / "app1000"
         write_app(root1k, services=100, configmaps=8)
-        _namespace(kube, "bench-noop")
-        cfg1k = replace(base, namespace="bench-noop", default_namespace="bench-noop",
+        cfg1k = replace(base, namespace=ns_noop, default_namespace=ns_noop,
                         manifest_root=root1k)
         engine1k = Engine(cfg1k, kube, ResourceSource(cfg1k))
         assert engine1k.up().ok

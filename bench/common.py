@@ -62,7 +62,7 @@ metadata:
 spec:
   selector: {app: {{ name }}}
   ports:
-  - {name: http, port: 80, targetPort: 8080}
+  - {name: http, port: 80, targetPort: 8080, protocol: TCP}
 """)
         (d / "config.yaml").write_text(f"""\
 {{% for n in range({configmaps}) %}}

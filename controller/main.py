@@ -83,18 +83,19 @@ class Controller:
         self.loop.stop(timeout)
 
     def _poll_git(self) -> None:
+        """Wake the loop when the ref moves past what the last pass read (cheap ls-remote)."""
         assert isinstance(self.source, GitParameters)
-        last = ""
+        woken = ""
         while not self._stop.wait(self.cfg.git.poll_interval):
             try:
                 sha = self.source.git.remote_sha()
             except Exception as e:  # reported, retried at the next poll
                 log.warning("git poll failed: %s", e)
                 continue
-            if sha != last:
-                if last:
-                    self.loop.wake("git")
-                last = sha
+            seen = self.engine.last.revision if self.engine.last else ""
+            if sha != seen and sha != woken:
+                woken = sha
+                self.loop.wake("git")
 
     def _on_report(self, report: Report) -> None:
         self.reports = [*self.reports[-49:], report]

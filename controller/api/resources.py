@@ -6,6 +6,7 @@ error handlers in api/errors.py shape every failure.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import falcon
@@ -23,8 +24,26 @@ MESSAGES = {
 }
 
 
+def json_body(req: falcon.Request, default: Any = None) -> Any:
+    """The request body as JSON, whatever Content-Type says.
+
+    The reference's own examples send JSON with `curl -d` and no header, which curl labels
+    form-urlencoded; reading it as a form would turn `{"services": ["a"]}` into an empty
+    selection, i.e. *every* service. An empty body gives `default`; anything that is not
+    JSON is an invalid_request, never a guess.
+    """
+    raw = req.bounded_stream.read()
+    if not raw.strip():
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise InvalidRequestError(f"request body is not valid JSON: {e}",
+                                  {"content_type": req.content_type or ""}) from e
+
+
 def services_from(req: falcon.Request) -> list[str]:
-    body = req.get_media(default_when_empty={})
+    body = json_body(req, {})
     if not isinstance(body, dict):
         raise InvalidRequestError("request body must be a JSON object",
                                   {"expected": {"services": ["name"]}})
@@ -124,7 +143,7 @@ class Parameters:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         engine = self.controller.engine
-        spec = req.get_media(default_when_empty=None)
+        spec = json_body(req)
         if not isinstance(spec, dict):
             raise InvalidRequestError("request body must be a JSON object with "
                                       "'global' and/or 'services'")
