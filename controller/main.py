@@ -93,7 +93,7 @@ class Controller:
                 log.warning("git poll failed: %s", e)
                 continue
             seen = self.engine.last.revision if self.engine.last else ""
-            if sha != seen and sha != woken:
+            if sha not in (seen, woken):
                 woken = sha
                 self.loop.wake("git")
 
