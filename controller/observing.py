@@ -1,0 +1,502 @@
+"""The watched state of one app instance, and its services' health, answered from memory.
+
+Health endpoints and waits must cost no API request per call and follow a change within
+seconds, so the monitor mirrors everything health depends on with Reflectors (list, then
+watch) and computes health from that mirror with the pure rules in `controller.health`:
+
+- the DeploymentParameters object: its status inventory says which objects each service
+  owns (and so which kinds and namespaces to watch), its annotation which services are down;
+- our objects, one labelled watch per (apiVersion, kind, namespace) in the inventory, or
+  passed to `track` by the controller after each pass;
+- Pods and ReplicaSets in the namespaces our workloads live in: they carry none of our
+  labels, so they are linked to their workload through ownerReferences (Pod -> ReplicaSet ->
+  Deployment; Pod -> StatefulSet, DaemonSet or Job).
+
+Forbidden (403) answers, to the engine's requests or to the monitor's own lists, are kept
+as RBAC problems of the services they concern. One lock (a Condition, notified on every
+change) guards all of it; `wait` sleeps on it rather than polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.applying import ObjectResult, selector
+from controller.config import Config
+from controller.errors import NotFoundError
+from controller.health import (
+    DEFAULT_PENDING_THRESHOLD,
+    PROGRESSING,
+    UNHEALTHY,
+    UNKNOWN,
+    ObjectHealth,
+    ServiceHealth,
+    aggregate,
+    assess,
+    parse_forbidden,
+    rbac_problem,
+    rfc3339,
+    unschedulable_deadline,
+)
+from controller.kube import Body, Kube, KubeError
+from controller.objects import LABEL_SERVICE, SHARED_SERVICE, ObjectKey
+from controller.planning import InventoryEntry, PlannedChange
+from controller.sources.resource import API_VERSION, KIND, ParametersResource
+from controller.watching import Handler, Reflector, Selector
+
+log = logging.getLogger(__name__)
+
+# Kinds whose pods are watched for fail-fast reasons (ImagePullBackOff, ...).
+WORKLOAD_KINDS = frozenset({("apps", "Deployment"), ("apps", "StatefulSet"),
+                            ("apps", "DaemonSet"), ("apps", "ReplicaSet"), ("batch", "Job")})
+REVISION = "deployment.kubernetes.io/revision"
+# Server-side apply is a PATCH; pruning a DELETE (for a 403 whose message names no verb).
+_VERBS = {"create": "patch", "update": "patch", "prune": "delete"}
+_ENGINE = "engine"
+# A Reflector notices stop() only between watch events or when the server ends the watch:
+# a shorter watch than the default 5 minutes lets a stopped monitor's threads end sooner,
+# for one cheap re-watch per minute.
+WATCH_TIMEOUT = 60
+
+
+@dataclass(frozen=True)
+class _Watch:
+    """One mirrored set: our labelled objects of a kind, or all Pods/ReplicaSets (`ours`
+    False) of a namespace."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    ours: bool
+
+
+@dataclass(frozen=True)
+class _Forbidden:
+    where: str  # the resource key shown among the service's failing objects
+    verb: str
+    resource: str
+    message: str
+    service: str  # "" = every service with objects in `namespace` ("" = everywhere)
+    namespace: str
+
+
+class _Reflector(Reflector):
+    """A Reflector that says whether its LIST is forbidden, so health can name the RBAC gap
+    instead of showing objects that merely seem absent."""
+
+    def __init__(self, kube: Kube, sel: Selector, handler: Handler,
+                 on_list: Callable[[KubeError | None], None]) -> None:
+        super().__init__(kube, sel, handler, watch_timeout=WATCH_TIMEOUT)
+        self._on_list = on_list
+
+    def _relist(self) -> str:
+        try:
+            version = super()._relist()
+        except KubeError as e:
+            if e.status == 403:
+                self._on_list(e)
+            raise
+        self._on_list(None)
+        return version
+
+
+class HealthMonitor:
+    """Health of one app instance's services from watched state; `start()` it first."""
+
+    def __init__(self, kube: Kube, cfg: Config, *,
+                 pending_threshold: float = DEFAULT_PENDING_THRESHOLD,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.kube = kube
+        self.cfg = cfg
+        self.pending_threshold = pending_threshold
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._selector = selector(cfg)
+        self._resource = ParametersResource(kube, cfg)
+        self._cond = threading.Condition()  # the one lock; notified on every change
+        self._instance: Reflector | None = None
+        self._reflectors: dict[_Watch, Reflector] = {}
+        self._ours: dict[ObjectKey, Body] = {}  # our labelled objects
+        self._related: dict[ObjectKey, Body] = {}  # Pods and ReplicaSets
+        self._by_uid: dict[str, Body] = {}  # both, to follow ownerReferences
+        self._inventory: dict[ObjectKey, InventoryEntry] = {}
+        self._down: frozenset[str] = frozenset()
+        self._known: frozenset[str] = frozenset()
+        self._instance_synced = False
+        self._started = self._clock()
+        self._changed: dict[str, datetime] = {}  # service -> last change of its inputs
+        # service -> (result signature, input stamp it was computed at, its lastChecked)
+        self._memo: dict[str, tuple[Any, datetime, datetime]] = {}
+        self._forbidden: dict[str, list[_Forbidden]] = {}  # by origin
+        self._stopped = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> HealthMonitor:
+        """Watch the DeploymentParameters object; object watches follow its inventory."""
+        sel = Selector(API_VERSION, KIND, self.cfg.namespace,
+                       field_selector=f"metadata.name={self.cfg.instance}")
+        self._instance = Reflector(self.kube, sel, self._on_instance,
+                                   watch_timeout=WATCH_TIMEOUT).start()
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            reflectors = list(self._reflectors.values())
+            self._cond.notify_all()
+        for r in [*reflectors, *([self._instance] if self._instance else [])]:
+            r.stop()
+
+    def track(self, keys: Iterable[tuple[ObjectKey, str]]) -> None:
+        """Watch these objects' (apiVersion, kind, namespace), and their workloads' pods.
+
+        `keys` are (key, apiVersion) pairs, e.g. from the inventory or a pass's plan. Only
+        new pairs start a watch; existing ones keep running.
+        """
+        with self._cond:
+            if self._stopped:
+                return
+            for watch in sorted(_watches(keys), key=str):
+                if watch not in self._reflectors:
+                    self._reflectors[watch] = self._reflector(watch).start()
+
+    def after_pass(self, changes: Iterable[PlannedChange], results: Iterable[ObjectResult],
+                   error: BaseException | None = None) -> None:
+        """After a pass: watch what it planned; its 403s replace the previous pass's."""
+        self.track((c.key, c.api_version) for c in changes)
+        found = []
+        for r in results:
+            err = r.error or {}
+            if r.outcome == "failed" and err.get("status") == 403:
+                message = str(err.get("message", ""))
+                verb, resource = parse_forbidden(message) or (
+                    _VERBS.get(r.action, r.action or "patch"), r.key.kind)
+                found.append(_Forbidden(str(r.key), verb, resource, message, r.service,
+                                        r.key.namespace))
+        if isinstance(error, KubeError) and error.status == 403:
+            verb, resource = parse_forbidden(error.message) or ("access", "the API")
+            found.append(_Forbidden(f"-/{resource}", verb, resource, error.message, "", ""))
+        with self._cond:
+            if self._forbidden.get(_ENGINE, []) == found:
+                return  # a pass that changed nothing here is no news for lastChecked
+            self._forbidden[_ENGINE] = found
+            self._touch(self._known)
+            self._cond.notify_all()
+
+    def record_forbidden(self, verb: str, resource: str, message: str, *, service: str = "",
+                         namespace: str = "") -> None:
+        """Report a 403 as an RBAC problem of `service` (or of every service with objects in
+        `namespace`; "" for both means all). Kept until the next `after_pass`."""
+        with self._cond:
+            self._forbidden.setdefault(_ENGINE, []).append(
+                _Forbidden(f"{namespace or '-'}/{resource}", verb, resource, message, service,
+                           namespace))
+            self._touch(self._known)
+            self._cond.notify_all()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def services(self) -> list[ServiceHealth]:
+        """Every known service (shared objects excluded), by name."""
+        with self._cond:
+            now, children = self._clock(), self._children()
+            return [self._health(name, now, children)
+                    for name in sorted(self._known - {SHARED_SERVICE})]
+
+    def service(self, name: str) -> ServiceHealth:
+        """One service's health; NotFoundError for a service the instance does not have."""
+        with self._cond:
+            self._check_known(name)
+            return self._health(name, self._clock(), self._children())
+
+    def objects(self, service: str) -> list[tuple[ObjectKey, ObjectHealth]]:
+        """The health of each of a service's objects (`_shared` for the shared ones)."""
+        with self._cond:
+            self._check_known(service)
+            return self._objects(service, self._clock(), self._children())
+
+    def wait(self, services: Iterable[str] = (), timeout: float = 300.0, *,
+             fail_fast: bool = True) -> dict[str, ServiceHealth]:
+        """Block until the services (all deployed ones if none are named) are healthy.
+
+        Returns each one's health when they all are, at `timeout`, or — with `fail_fast` —
+        as soon as one is unhealthy; callers read which are not healthy, and why, from the
+        result. Wakes on every watched change, and when an unschedulable pod's threshold
+        passes.
+        """
+        names = list(services)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now, children = self._clock(), self._children()
+                wanted = names or sorted(self._known - self._down - {SHARED_SERVICE})
+                for name in wanted:
+                    self._check_known(name)
+                result = {n: self._health(n, now, children) for n in wanted}
+                if self._instance_synced and all(h.healthy for h in result.values()):
+                    return result
+                if fail_fast and any(h.status == UNHEALTHY for h in result.values()):
+                    return result
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopped:
+                    return result
+                self._cond.wait(min(remaining, self._next_deadline(now)))
+
+    # -- watch events (reflector threads) -------------------------------------------------------
+
+    def _reflector(self, watch: _Watch) -> Reflector:
+        sel = Selector(watch.api_version, watch.kind, watch.namespace,
+                       self._selector if watch.ours else "")
+        return _Reflector(self.kube, sel,
+                          lambda kind, obj: self._on_object(watch, kind, obj),
+                          lambda error: self._on_list(watch, error))
+
+    def _on_instance(self, kind: str, obj: Body) -> None:
+        if kind == "SYNCED":
+            with self._cond:
+                self._instance_synced = True
+                self._touch(self._known)
+                self._cond.notify_all()
+            return
+        inventory: dict[ObjectKey, InventoryEntry] = {}
+        down: frozenset[str] = frozenset()
+        known: frozenset[str] = frozenset()
+        if kind != "DELETED":
+            inventory = _inventory(obj)
+            down = self._resource.down_services(obj)
+            known = (frozenset((obj.get("status") or {}).get("services") or {})
+                     | {e.service for e in inventory.values()} | down)
+        with self._cond:
+            before = {s: self._inputs(s, self._inventory, self._down)
+                      for s in self._known | known}
+            self._inventory, self._down, self._known = inventory, down, known
+            self._touch({s for s, old in before.items()
+                         if old != self._inputs(s, inventory, down)})
+            self.track((k, e.api_version) for k, e in inventory.items())
+            self._cond.notify_all()
+
+    def _on_object(self, watch: _Watch, kind: str, obj: Body) -> None:
+        with self._cond:
+            if self._stopped or watch not in self._reflectors:
+                return
+            if kind == "SYNCED":
+                self._touch({e.service for k, e in self._inventory.items()
+                             if not watch.namespace or k.namespace == watch.namespace})
+            else:
+                store = self._ours if watch.ours else self._related
+                key = ObjectKey.of(obj)
+                uid = str((obj.get("metadata") or {}).get("uid") or "")
+                if kind == "DELETED":
+                    store.pop(key, None)
+                    if uid and key not in self._ours and key not in self._related:
+                        self._by_uid.pop(uid, None)
+                else:
+                    store[key] = obj
+                    if uid:
+                        self._by_uid[uid] = obj
+                service = _service_label(obj) if watch.ours else self._owner_service(obj)
+                if service is not None:
+                    self._touch({service})
+            self._cond.notify_all()
+
+    def _on_list(self, watch: _Watch, error: KubeError | None) -> None:
+        origin = f"watch:{watch}"
+        with self._cond:
+            had = bool(self._forbidden.get(origin))
+            if error is None:
+                self._forbidden.pop(origin, None)
+            else:
+                verb, resource = parse_forbidden(error.message) or ("list", watch.kind)
+                self._forbidden[origin] = [_Forbidden(
+                    f"{watch.namespace or '-'}/{watch.kind}", verb, resource, error.message,
+                    "", watch.namespace)]
+            if had or error is not None:
+                self._touch(self._known)
+                self._cond.notify_all()
+
+    # -- computing (under the lock) --------------------------------------------------------------
+
+    def _health(self, name: str, now: datetime,
+                children: Mapping[str, list[Body]]) -> ServiceHealth:
+        if not self._instance_synced:
+            return ServiceHealth(name, self.cfg.default_namespace, UNKNOWN,
+                                 rfc3339(self._started), "NotObserved",
+                                 "the app instance has not been observed yet")
+        keys = self._keys(name)
+        pairs = [(str(k), h) for k, h in self._objects(name, now, children)]
+        pairs += [(f.where, rbac_problem(f.verb, f.resource, f.message))
+                  for f in self._forbidden_for(name, keys)]
+        result = aggregate(name, _namespace(keys, self.cfg.default_namespace), pairs,
+                           deployed=name not in self._down and bool(keys), last_checked="")
+        return replace(result, last_checked=rfc3339(self._last_checked(name, result, now)))
+
+    def _objects(self, name: str, now: datetime,
+                 children: Mapping[str, list[Body]]) -> list[tuple[ObjectKey, ObjectHealth]]:
+        out = []
+        for key in sorted(self._keys(name)):
+            obj = self._ours.get(key)
+            if obj is None:
+                out.append((key, self._missing(key)))
+            else:
+                out.append((key, assess(obj, _pods_of(obj, children), now=now,
+                                        pending_threshold=self.pending_threshold)))
+        return out
+
+    def _check_known(self, name: str) -> None:
+        """Unknown names are an error once the instance is seen (until then: unknown)."""
+        if self._instance_synced and name not in self._known:
+            raise NotFoundError(f"unknown service: {name}",
+                                {"service": name,
+                                 "available": sorted(self._known - {SHARED_SERVICE})})
+
+    def _keys(self, name: str) -> set[ObjectKey]:
+        keys = {k for k, e in self._inventory.items() if e.service == name}
+        keys |= {k for k, o in self._ours.items() if _service_label(o) == name}
+        return keys
+
+    def _missing(self, key: ObjectKey) -> ObjectHealth:
+        entry = self._inventory.get(key)
+        reflector = self._reflectors.get(
+            _Watch(entry.api_version, key.kind, key.namespace, True)) if entry else None
+        if reflector is None or not reflector.synced.is_set():
+            return ObjectHealth(UNKNOWN, "NotObserved", "not observed yet")
+        return ObjectHealth(PROGRESSING, "NotFound",
+                            "not in the cluster: not created yet, or deleted (the next pass "
+                            "creates it)")
+
+    def _forbidden_for(self, name: str, keys: set[ObjectKey]) -> list[_Forbidden]:
+        namespaces = {k.namespace for k in keys}
+        return [f for records in self._forbidden.values() for f in records
+                if f.service in (name, SHARED_SERVICE)
+                or (not f.service and (not f.namespace or f.namespace in namespaces))]
+
+    def _last_checked(self, name: str, result: ServiceHealth, now: datetime) -> datetime:
+        """When the service's inputs last changed; or, when its health changed with no event
+        (a pending pod passed its threshold), when that was computed."""
+        signature = (result.status, result.reason, result.message, result.hint,
+                     tuple((k, h.status, h.reason, h.message) for k, h in result.failing))
+        stamp = self._changed.get(name, self._started)
+        memo = self._memo.get(name)
+        if memo is None or memo[1] != stamp:
+            checked = stamp
+        elif memo[0] != signature:
+            checked = now
+        else:
+            checked = memo[2]
+        self._memo[name] = (signature, stamp, checked)
+        return checked
+
+    def _inputs(self, name: str, inventory: Mapping[ObjectKey, InventoryEntry],
+                down: frozenset[str]) -> tuple[bool, frozenset[ObjectKey]]:
+        return name in down, frozenset(k for k, e in inventory.items() if e.service == name)
+
+    def _touch(self, services: Iterable[str]) -> None:
+        now = self._clock()
+        for name in services:
+            self._changed[name] = now
+
+    def _owner_service(self, obj: Body) -> str | None:
+        """The service of the object of ours that controls `obj` (up to 3 owners up)."""
+        for _ in range(3):
+            parent = self._by_uid.get(_controller_uid(obj))
+            if parent is None:
+                return None
+            if ObjectKey.of(parent) in self._ours:
+                return _service_label(parent)
+            obj = parent
+        return None
+
+    def _children(self) -> dict[str, list[Body]]:
+        """Pods and ReplicaSets by the uid of the object that controls them."""
+        out: dict[str, list[Body]] = {}
+        for obj in self._related.values():
+            owner = _controller_uid(obj)
+            if owner:
+                out.setdefault(owner, []).append(obj)
+        return out
+
+    def _next_deadline(self, now: datetime) -> float:
+        """Seconds until the next unschedulable pod turns unhealthy (an hour if none)."""
+        soonest = 3600.0
+        for obj in self._related.values():
+            if obj.get("kind") == "Pod":
+                deadline = unschedulable_deadline(obj, self.pending_threshold)
+                if deadline is not None and deadline > now:
+                    soonest = min(soonest, (deadline - now).total_seconds() + 0.05)
+        return soonest
+
+
+def _watches(keys: Iterable[tuple[ObjectKey, str]]) -> set[_Watch]:
+    out = set()
+    for key, api_version in keys:
+        out.add(_Watch(api_version, key.kind, key.namespace, True))
+        if key.namespace and (key.group, key.kind) in WORKLOAD_KINDS:
+            out.add(_Watch("v1", "Pod", key.namespace, False))
+        if key.namespace and (key.group, key.kind) == ("apps", "Deployment"):
+            out.add(_Watch("apps/v1", "ReplicaSet", key.namespace, False))
+    return out
+
+
+def _inventory(obj: Body) -> dict[ObjectKey, InventoryEntry]:
+    out = {}
+    for raw in (obj.get("status") or {}).get("inventory") or []:
+        try:
+            key, entry = InventoryEntry.from_dict(raw)
+        except (KeyError, ValueError, TypeError):
+            continue  # the engine warns about malformed entries
+        out[key] = entry
+    return out
+
+
+def _pods_of(obj: Body, children: Mapping[str, list[Body]]) -> list[Body]:
+    """A workload's current pods: a Deployment's are those of its newest ReplicaSet, since
+    an old revision's failing pods are what a rollout is replacing."""
+    group = str(obj.get("apiVersion", "")).rpartition("/")[0]
+    kind = str(obj.get("kind", ""))
+    if (group, kind) not in WORKLOAD_KINDS:
+        return []
+    uid = str((obj.get("metadata") or {}).get("uid") or "")
+    owned = children.get(uid, [])
+    if kind != "Deployment":
+        return [p for p in owned if p.get("kind") == "Pod"]
+    revision = _annotations(obj).get(REVISION)
+    current = [rs for rs in owned if rs.get("kind") == "ReplicaSet"
+               and (revision is None or _annotations(rs).get(REVISION) == revision)]
+    return [p for rs in current
+            for p in children.get(str(rs["metadata"].get("uid") or ""), [])
+            if p.get("kind") == "Pod"]
+
+
+def _service_label(obj: Body) -> str | None:
+    """Our service label (`_shared` for the empty one); None when the object has none."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    if LABEL_SERVICE not in labels:
+        return None
+    return str(labels[LABEL_SERVICE]) or SHARED_SERVICE
+
+
+def _controller_uid(obj: Body) -> str:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid") or "")
+    return ""
+
+
+def _annotations(obj: Body) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("annotations") or {})
+
+
+def _namespace(keys: Iterable[ObjectKey], default: str) -> str:
+    """Where a service lives: the namespace most of its namespaced objects are in."""
+    counts = Counter(k.namespace for k in keys if k.namespace)
+    return counts.most_common(1)[0][0] if counts else default
+
+
+__all__ = ["HealthMonitor"]
