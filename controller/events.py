@@ -1,0 +1,970 @@
+"""The event store: what the controller did and what Kubernetes said about our objects.
+
+An agent diagnosing a failed deployment asks "what went wrong, where, and when" long after
+the pass that failed; logs are gone by then and Kubernetes Events expire after an hour. So
+events are kept in SQLite (standard library, WAL, one file that survives restarts): the
+controller's own (pass started/finished with counts; object applied, deleted or failed, with
+the Kubernetes error and its details) and the Kubernetes Events of managed objects (a
+kubelet's pull failures...), de-duplicated by the Event's uid.
+
+Query cost must not grow with the store. Ids are arrival order, and a stored timestamp
+never goes backwards along them (an earlier one is raised to the newest stored), so
+`since`/`until` become id bounds with two O(log n) probes of the (ts_ms, id) index. Every
+query is then an id range on one index chosen per filter (`INDEXED BY`, so SQLite cannot
+pick a worse plan): read newest first, it stops after offset + limit entries (several types:
+one range per type, merged lazily). `EventStore.explain` shows the plans; the tests require
+every one to be an index search.
+
+One writer connection behind a lock, and one reader connection per thread: in WAL mode
+readers see a consistent snapshot and never wait for the writer. Secrets never reach the
+file: every event passes through `redact` first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Required, TypedDict
+
+from controller.config import EventSettings
+from controller.errors import ConductorError, ValidationError
+
+if TYPE_CHECKING:  # applying imports the Kubernetes client; the API needs none of it here
+    from controller.applying import ObjectResult
+
+log = logging.getLogger(__name__)
+
+EventType = Literal["error", "warning", "info", "success"]
+EVENT_TYPES: tuple[EventType, ...] = ("error", "warning", "info", "success")
+
+SCHEMA_VERSION = 1
+MAX_LIMIT = 1000
+# Deeper pages cost a walk of `offset` index entries per type; past this, page with
+# `before_id` (the last id seen) or `until`, which cost nothing extra.
+MAX_OFFSET = 10_000
+PRUNE_EVERY = 1000  # inserts between retention passes
+PRUNE_INTERVAL = 3600.0  # seconds: an idle-ish store is still pruned at its next add
+PRUNE_CHUNK = 5000  # rows deleted per write transaction, so adds interleave with a prune
+MAX_MESSAGE = 4096
+MAX_FIELD = 512  # reason, resource, service
+MAX_DETAILS_BYTES = 64 * 1024
+MAX_DEPTH = 16
+REDACTED = "***REDACTED***"
+_ID_MAX = 2**63 - 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids are never reused, so a
+                                           -- stream resuming from Last-Event-ID misses none
+    ts_ms INTEGER NOT NULL,                -- non-decreasing along id (see module docstring)
+    type TEXT NOT NULL CHECK (type IN ('error', 'warning', 'info', 'success')),
+    resource TEXT NOT NULL DEFAULT '',
+    service TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL DEFAULT '',
+    message TEXT NOT NULL DEFAULT '',
+    details TEXT NOT NULL DEFAULT '{}',
+    kube_uid TEXT                          -- metadata.uid of a Kubernetes Event, else NULL
+);
+CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
+CREATE INDEX IF NOT EXISTS events_resource ON events (resource, id);
+CREATE INDEX IF NOT EXISTS events_resource_type ON events (resource, type, id);
+CREATE INDEX IF NOT EXISTS events_service ON events (service, id);
+CREATE INDEX IF NOT EXISTS events_service_type ON events (service, type, id);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ms, id);
+CREATE UNIQUE INDEX IF NOT EXISTS events_kube_uid ON events (kube_uid)
+    WHERE kube_uid IS NOT NULL;
+"""
+_COLUMNS = "id, ts_ms, type, resource, service, reason, message, details"
+_INSERT = ("INSERT INTO events (id, ts_ms, type, resource, service, reason, message, details, "
+           "kube_uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_FIRST_SINCE = "SELECT id FROM events WHERE ts_ms >= ? ORDER BY ts_ms, id LIMIT 1"
+_LAST_UNTIL = "SELECT id FROM events WHERE ts_ms <= ? ORDER BY ts_ms DESC, id DESC LIMIT 1"
+_LAST_BEFORE = "SELECT id FROM events WHERE ts_ms < ? ORDER BY ts_ms DESC, id DESC LIMIT 1"
+
+
+class EventStoreError(ConductorError):
+    """The store cannot be used: closed, or a file written by a newer schema."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One stored event, as the API returns it."""
+
+    id: int
+    timestamp: str  # RFC 3339, UTC, milliseconds: 2024-05-01T12:00:00.123Z
+    type: EventType
+    resource: str  # "namespace/Kind/name" ("-" for cluster-scoped), "" for none
+    service: str
+    message: str
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "timestamp": self.timestamp, "type": self.type,
+                "resource": self.resource, "service": self.service, "message": self.message,
+                "reason": self.reason, "details": self.details}
+
+
+class EventInput(TypedDict, total=False):
+    """One event for `EventStore.add_many`: the keyword arguments of `add`."""
+
+    type: Required[str]
+    message: Required[str]
+    resource: str
+    service: str
+    reason: str
+    details: Mapping[str, Any] | None
+    timestamp: datetime | str | None
+
+
+class _Row(NamedTuple):
+    """An event validated and redacted, waiting for its id and final timestamp."""
+
+    type: EventType
+    message: str
+    resource: str
+    service: str
+    reason: str
+    details: dict[str, Any]
+    details_json: str
+    ts_ms: int | None  # None: now
+    kube_uid: str | None
+
+
+class _Reader:
+    """Holds one thread's reader connection; weakly tracked so `close()` can reach it and
+    a finished thread's connection is closed with its thread-local storage."""
+
+    __slots__ = ("__weakref__", "busy", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.busy = False  # in a read transaction: close() leaves it to its own thread
+
+
+def resource_key(namespace: str, kind: str, name: str) -> str:
+    """The resource key events use, the same as `str(ObjectKey)`: "-" for cluster-scoped."""
+    return f"{namespace or '-'}/{kind}/{name}"
+
+
+class EventStore:
+    """Events in one SQLite file: add, query with bounded index scans, retain, follow."""
+
+    def __init__(self, path: Path | str, max_age_days: float = 14,
+                 max_count: int = 100_000, busy_timeout: float = 10.0) -> None:
+        if not max_age_days > 0:
+            raise ValueError(f"max_age_days must be > 0, got {max_age_days}")
+        if max_count < 1:
+            raise ValueError(f"max_count must be >= 1, got {max_count}")
+        self.path = Path(path)
+        self.max_age_days = float(max_age_days)
+        self.max_count = int(max_count)
+        self._busy_timeout = busy_timeout
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_lock = threading.Lock()
+        self._prune_lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._local = threading.local()
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._writer = self._connect()
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: never corrupt; a power cut may lose the last commits, which
+        # events can afford, and commits skip an fsync each.
+        self._writer.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+        row = self._writer.execute("SELECT max(id) FROM events").fetchone()
+        self._last_id: int = int(row[0] or 0)
+        self._since_prune = 0
+        self._pruned_at = 0.0
+        self.prune()
+
+    @classmethod
+    def from_settings(cls, settings: EventSettings) -> EventStore:
+        return cls(settings.path, settings.max_age_days, settings.max_count)
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE for writes), so
+        # the sqlite3 module never opens one behind our back. check_same_thread=False only
+        # so that close() may close every connection; each is used by one thread at a time.
+        conn = sqlite3.connect(str(self.path), timeout=self._busy_timeout,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+        return conn
+
+    def _migrate(self) -> None:
+        """Create or upgrade the schema. `user_version` is the file's schema version (the
+        file may hold other tables, e.g. parameter history; they do not use it)."""
+        version = int(self._writer.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise EventStoreError(
+                f"event store {self.path} has schema version {version}; this controller "
+                f"knows up to {SCHEMA_VERSION}",
+                {"path": str(self.path), "version": version, "supported": SCHEMA_VERSION})
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._writer.execute(statement)
+                self._writer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction on this thread's reader: the bounds probes and the rows
+        come from the same state."""
+        holder: _Reader | None = getattr(self._local, "reader", None)
+        if holder is None and not self._closed:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=1")
+            holder = _Reader(conn)
+            self._local.reader = holder
+            with self._readers_lock:
+                self._readers.add(holder)
+        with self._readers_lock:
+            if self._closed or holder is None:
+                raise EventStoreError("the event store is closed", {"path": str(self.path)})
+            holder.busy = True
+        try:
+            holder.conn.execute("BEGIN")
+            try:
+                yield holder.conn
+            finally:
+                holder.conn.execute("COMMIT")
+        finally:
+            with self._readers_lock:
+                holder.busy = False
+                if self.closed:  # close() left this connection to us
+                    holder.conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            if self._closed:
+                raise EventStoreError("the event store is closed", {"path": str(self.path)})
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+                self._writer.execute("COMMIT")
+            except BaseException:
+                if self._writer.in_transaction:  # also when COMMIT itself failed
+                    self._writer.execute("ROLLBACK")
+                raise
+            self._published()
+
+    def _published(self) -> None:
+        """After a commit (write lock held): wake the followers if ids moved on."""
+        row = self._writer.execute("SELECT max(id) FROM events").fetchone()
+        last = int(row[0] or 0)
+        if last > self._last_id:
+            with self._changed:
+                self._last_id = last
+                self._changed.notify_all()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def add(self, type: str, message: str, *, resource: str = "", service: str = "",
+            reason: str = "", details: Mapping[str, Any] | None = None,
+            timestamp: datetime | str | None = None) -> Event:
+        """Store one event (redacted); `timestamp` defaults to now."""
+        row = _row(type, message, resource, service, reason, details, _ts(timestamp))
+        with self._transaction() as db:
+            event = _insert(db, [row])[0]
+        self._inserted(1)
+        return event
+
+    def add_many(self, events: Iterable[EventInput]) -> list[Event]:
+        """Store several events in one transaction (all or none), in the order given."""
+        rows = [_row(e["type"], e["message"], e.get("resource", ""), e.get("service", ""),
+                     e.get("reason", ""), e.get("details"), _ts(e.get("timestamp")))
+                for e in events]
+        if not rows:
+            return []
+        with self._transaction() as db:
+            out = _insert(db, rows)
+        self._inserted(len(rows))
+        return out
+
+    def record_kube_event(self, body: Mapping[str, Any], *, service: str = "") -> Event | None:
+        """Store a core/v1 (or events.k8s.io/v1) Event of a managed object.
+
+        The same Event (by metadata.uid) seen again with a higher count or a later last
+        timestamp replaces its stored row (one row per Event; the row takes a new id, so
+        newest-first lists and followers see the repetition). Returns None when there is
+        nothing new (e.g. the watch re-lists an Event already stored).
+        """
+        row, count, last_ms = _kube_row(body, service)
+        with self._transaction() as db:
+            stored = db.execute("SELECT id, details FROM events WHERE kube_uid = ?",
+                                (row.kube_uid,)).fetchone()
+            if stored is not None:
+                old = json.loads(stored[1])
+                old_count = old.get("count") if isinstance(old.get("count"), int) else 0
+                old_last = _k8s_ms(old.get("lastTimestamp")) or 0
+                if count <= old_count and (last_ms or 0) <= old_last:
+                    return None
+                db.execute("DELETE FROM events WHERE id = ?", (stored[0],))
+            event = _insert(db, [row])[0]
+        self._inserted(1)
+        return event
+
+    def _inserted(self, n: int) -> None:
+        self._since_prune += n
+        if self._since_prune >= PRUNE_EVERY or \
+                time.monotonic() - self._pruned_at > PRUNE_INTERVAL:
+            self.prune()
+
+    def prune(self) -> int:
+        """Apply retention: drop events older than max_age_days, then all but the newest
+        max_count. Cheap when nothing is due (two index probes); deletes in chunks so
+        adds are never held up for long. Returns the number of events deleted."""
+        if not self._prune_lock.acquire(blocking=False):
+            return 0  # another thread is pruning right now
+        try:
+            self._since_prune = 0
+            self._pruned_at = time.monotonic()
+            cutoff = _now_ms() - int(self.max_age_days * 86_400_000)
+            with self._snapshot() as db:
+                row = db.execute(_LAST_BEFORE, (cutoff,)).fetchone()
+                upto = int(row[0]) if row else 0
+                lo, hi = db.execute("SELECT min(id), max(id) FROM events").fetchone()
+                if lo is not None and hi - lo + 1 > self.max_count:
+                    # Ids may have gaps: the span only says when to count exactly. Walk the
+                    # small ts index, not the table: its order is id order (ts never goes
+                    # back along ids).
+                    row = db.execute(
+                        "SELECT id FROM events INDEXED BY events_ts ORDER BY ts_ms DESC, "
+                        "id DESC LIMIT 1 OFFSET ?", (self.max_count,)).fetchone()
+                    upto = max(upto, int(row[0]) if row else 0)
+            deleted = 0
+            while upto:
+                with self._transaction() as db:
+                    first = db.execute("SELECT min(id) FROM events").fetchone()[0]
+                    if first is None or first > upto:
+                        break
+                    deleted += db.execute("DELETE FROM events WHERE id BETWEEN ? AND ?",
+                                          (first, min(upto, first + PRUNE_CHUNK - 1))).rowcount
+            if deleted:
+                log.debug("event retention deleted %d event(s)", deleted)
+            return deleted
+        finally:
+            self._prune_lock.release()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def query(self, type: str | Sequence[str] | None = None, resource: str | None = None,
+              service: str | None = None, since: datetime | str | None = None,
+              until: datetime | str | None = None, limit: int = 100, offset: int = 0,
+              after_id: int | None = None, before_id: int | None = None,
+              oldest_first: bool = False) -> list[Event]:
+        """Events matching every filter given, newest first (or oldest first).
+
+        `type` is one type, a comma-separated string or a list; `since`/`until` are
+        inclusive RFC 3339 timestamps (or datetimes, or "15m", "2h", "7d" ago);
+        `after_id`/`before_id` are exclusive id bounds (resume a stream, page deeply).
+        `limit` is clamped to 1..1000; `offset` must be 0..10,000.
+        """
+        f = _filters(type, resource, service, since, until, limit, offset, after_id,
+                     before_id, oldest_first)
+        with self._snapshot() as db:
+            ids = _select_ids(db, f)
+            if not ids:
+                return []
+            rows = db.execute(f"SELECT {_COLUMNS} FROM events WHERE id IN "
+                              f"({','.join('?' * len(ids))})", ids).fetchall()
+        by_id = {r[0]: r for r in rows}
+        return [_event(by_id[i]) for i in ids if i in by_id]
+
+    def explain(self, type: str | Sequence[str] | None = None, resource: str | None = None,
+                service: str | None = None, since: datetime | str | None = None,
+                until: datetime | str | None = None, limit: int = 100, offset: int = 0,
+                after_id: int | None = None, before_id: int | None = None,
+                oldest_first: bool = False) -> list[str]:
+        """The SQLite query plan of every statement `query` runs for these filters."""
+        f = _filters(type, resource, service, since, until, limit, offset, after_id,
+                     before_id, oldest_first)
+        out: list[str] = []
+        with self._snapshot() as db:
+            statements = [(_FIRST_SINCE, [f.since_ms])] if f.since_ms is not None else []
+            if f.until_ms is not None:
+                statements.append((_LAST_UNTIL, [f.until_ms]))
+            statements.append(_ids_statement(f, f.lo, f.hi))
+            statements.append((f"SELECT {_COLUMNS} FROM events WHERE id IN (?, ?)", [1, 2]))
+            for sql, params in statements:
+                out += [str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        return out
+
+    def get(self, id: int) -> Event | None:
+        with self._snapshot() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM events WHERE id = ?", (id,)).fetchone()
+        return _event(row) if row else None
+
+    def count(self) -> int:
+        """How many events are stored (a full count: for metrics, not per request)."""
+        with self._snapshot() as db:
+            return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def size_bytes(self) -> int:
+        """The file and its write-ahead log on disk."""
+        total = 0
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with suppress(FileNotFoundError):
+                total += p.stat().st_size
+        return total
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def last_id(self) -> int:
+        """The id of the newest committed event (0 when none ever was)."""
+        return self._last_id
+
+    # -- following (Server-Sent Events) ---------------------------------------------------
+
+    def wait_for_new(self, after_id: int, timeout: float | None) -> bool:
+        """Block until an event newer than `after_id` is committed (True) or the timeout
+        passes or the store closes (False). Woken by the commit, never by polling."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._closed or self._last_id > after_id, timeout)
+            return not self._closed and self._last_id > after_id
+
+    def follow(self, *, after_id: int = 0, type: str | Sequence[str] | None = None,
+               resource: str | None = None, service: str | None = None,
+               since: datetime | str | None = None, until: datetime | str | None = None,
+               batch: int = 100, heartbeat: float = 15.0,
+               stop: threading.Event | None = None) -> Iterator[list[Event]]:
+        """Yield the matching events after `after_id`, oldest first, in batches, as they
+        are committed; an empty batch every `heartbeat` seconds without one (an SSE
+        comment keeps proxies from closing the stream). Ends when the store closes or
+        `stop` is set. Resume with the last id sent (Last-Event-ID); start with
+        `after_id=store.last_id` for new events only. Events that do not match are skipped
+        once, not re-read at every wake-up."""
+        batch = _filters(type, resource, service, since, until, batch, 0, after_id, None,
+                         True).limit
+        last = after_id
+        while not self._closed and not (stop is not None and stop.is_set()):
+            mark = self._last_id  # read before the query: every match <= mark is visible
+            page = self.query(type, resource, service, since, until, limit=batch,
+                              after_id=last, oldest_first=True)
+            if page:
+                # A short page holds every match up to mark: skip the others for good.
+                last = page[-1].id if len(page) >= batch else max(page[-1].id, mark)
+                yield page
+                continue
+            last = max(last, mark)
+            if not self.wait_for_new(last, heartbeat):
+                yield []
+
+    def close(self) -> None:
+        """Close every connection and end the followers; the store is unusable after.
+        A reader in the middle of a query is closed by its own thread when it is done."""
+        with self._readers_lock:
+            self._closed = True
+            for holder in list(self._readers):
+                if not holder.busy:
+                    holder.conn.close()
+        with self._changed:
+            self._changed.notify_all()
+        with self._write_lock:
+            self._writer.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+# -- the controller's hooks ---------------------------------------------------------------
+
+
+class EngineRecorder:
+    """Records what the engine reports (its `on_event` and `on_result` hooks) as events.
+
+    Unchanged and kept objects are not recorded: every pass reports them, and they would
+    soon be all the store holds. Dry runs (`plan`) record their start and end but no object
+    results, since nothing was applied. A failure to record is logged, never raised: the
+    event store must not break a reconcile pass.
+    """
+
+    def __init__(self, store: EventStore,
+                 service_of: Callable[[str], str] | None = None) -> None:
+        self.store = store
+        self.service_of = service_of  # resource key -> service, when an event names none
+        self._operation = ""  # of the pass in progress (passes are sequential)
+        self._pass_service = ""
+
+    def on_event(self, type: str, reason: str, message: str,
+                 details: Mapping[str, Any]) -> None:
+        try:
+            self._on_event(type, reason, message, details)
+        except Exception as e:
+            self._failed(f"event {reason}", e)
+
+    def on_result(self, result: ObjectResult) -> None:
+        try:
+            self._on_result(result)
+        except Exception as e:
+            self._failed(f"the result of {getattr(result, 'key', '?')}", e)
+
+    def on_kube_event(self, body: Mapping[str, Any]) -> Event | None:
+        """A watched Kubernetes Event (ADDED or MODIFIED) of a managed object; None when it
+        was already stored, or could not be (logged)."""
+        try:
+            inv = body.get("involvedObject") or body.get("regarding") or {}
+            key = resource_key(str(inv.get("namespace") or ""), str(inv.get("kind") or ""),
+                               str(inv.get("name") or ""))
+            return self.store.record_kube_event(body, service=self._service(key))
+        except Exception as e:
+            self._failed("a Kubernetes Event", e)
+            return None
+
+    def _on_event(self, type: str, reason: str, message: str,
+                  details: Mapping[str, Any]) -> None:
+        if reason == "PassStarted":
+            # The engine names the operation only in its message ("plan started (api)").
+            self._operation = message.split(" ", 1)[0]
+            services = list(details.get("services") or [])
+            self._pass_service = str(services[0]) if len(services) == 1 else ""
+        service = self._pass_service
+        if reason.endswith(("Succeeded", "Failed")):
+            self._operation, self._pass_service = "", ""
+        self.store.add(type, message, reason=reason, details=details, service=service)
+
+    def _on_result(self, result: ObjectResult) -> None:
+        if result.outcome in ("unchanged", "kept") or self._operation == "plan" or \
+                getattr(result, "body", None) is not None:
+            return  # a body is only kept on a dry-run answer
+        resource = str(result.key)
+        service = result.service or self._service(resource)
+        details: dict[str, Any] = {"action": result.action}
+        if result.reason:
+            details["planReason"] = result.reason
+        what = f"{result.key.kind} {result.key.name}"
+        if result.outcome == "failed":
+            err = result.error or {}
+            details["error"] = err
+            deleting = result.action in ("prune", "delete")
+            self.store.add("error", f"{'delete' if deleting else 'apply'} {what} failed: "
+                           f"{err.get('message', 'unknown error')}",
+                           reason="DeleteFailed" if deleting else "ApplyFailed",
+                           resource=resource, service=service, details=details)
+        elif result.outcome == "applied":
+            reason = {"create": "Created", "update": "Updated"}.get(result.action, "Applied")
+            self.store.add("success", f"{what} {reason.lower()}", reason=reason,
+                           resource=resource, service=service, details=details)
+        elif result.outcome == "deleted":
+            # `down` deletes on request; any other pass prunes what is no longer rendered.
+            pruned = result.action == "prune" and self._operation != "down"
+            reason = "Pruned" if pruned else "Deleted"
+            self.store.add("success", f"{what} {reason.lower()}", reason=reason,
+                           resource=resource, service=service, details=details)
+
+    def _service(self, resource: str) -> str:
+        if self.service_of is None:
+            return ""
+        try:
+            return self.service_of(resource) or ""
+        except Exception as e:  # a lookup bug must not lose the event
+            log.warning("service_of(%s) failed: %s", resource, e)
+            return ""
+
+    @staticmethod
+    def _failed(what: str, e: Exception) -> None:
+        expected = isinstance(e, ConductorError | sqlite3.Error)  # closed, invalid, disk
+        log.warning("cannot record %s: %s", what, e, exc_info=not expected)
+
+
+# -- redaction ----------------------------------------------------------------------------
+
+# Keys whose values are secret material. Names of things (secretName, tokenFile, ...) are
+# not secret and stay readable: they are what an agent needs to fix a reference.
+_SECRET_KEY = re.compile(
+    r"pass(word|wd|phrase)|^pwd$|token|secret|credential|authorization|^auth$|cookie|"
+    r"api[-_.]?key|access[-_.]?key|private[-_.]?key|privatekey|client[-_.]?key|"
+    r"(^|[-_.])key$|\.pem$|kubeconfig|dockerconfigjson|dockercfg",
+    re.IGNORECASE)
+_NAME_SUFFIX = re.compile(r"(name|names|ref|refs|file|path|env|type|kind|count)$",
+                          re.IGNORECASE)
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+# Cheap first look (on the lower-cased text: a case-insensitive alternation is ~8x slower):
+# most strings hold none of these and skip the patterns below.
+_SECRET_HINT = re.compile(r"bearer|authorization|://|pass|pwd|token|secret|api.?key|eyj|gh._|"
+                          r"github_pat_|private key")
+_SECRET_TEXT = (
+    # Authorization headers: "Authorization: Basic dXNlcjpwYXNz", "Bearer abc..."
+    (re.compile(r"\b(authorization[\"']?\s*[:=]\s*[\"']?)(\w+\s+)?[^\s\"',;]+",
+                re.IGNORECASE), rf"\1\2{REDACTED}"),
+    (re.compile(r"\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE), rf"\1 {REDACTED}"),
+    # Credentials in URLs: https://user:token@host
+    (re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE), rf"\1{REDACTED}@"),
+    # password=..., "token": "...", api_key: ...
+    (re.compile(r"\b(pass(?:word|wd)|pwd|token|secret|api[-_]?key)(\"?'?\s*[=:]\s*\"?'?)"
+                r"[^\s\"'&,;]+", re.IGNORECASE), rf"\1\2{REDACTED}"),
+    # Well-known token shapes: JWTs, GitHub tokens, PEM private keys
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), REDACTED),
+    (re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"), REDACTED),
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)",
+                re.DOTALL), REDACTED),
+)
+
+
+def redact(details: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A JSON-safe copy of `details` with secret values replaced by "***REDACTED***".
+
+    Secret-looking keys (password, token, secret, key material, Authorization, ...) lose
+    their values at any depth; a Secret object keeps the keys of its data/stringData but
+    not the values; credentials inside strings (Bearer headers, URL user info, password=...)
+    are masked. Non-JSON values become strings; nesting deeper than 16 levels is cut.
+    """
+    if not details:
+        return {}
+    out = _redact_value(dict(details), 0)
+    assert isinstance(out, dict)
+    return out
+
+
+def redact_text(text: str) -> str:
+    """`text` with credentials it may quote masked (see `redact`)."""
+    if not _SECRET_HINT.search(text.lower()):
+        return text
+    for pattern, replacement in _SECRET_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth >= MAX_DEPTH:
+        return "...(truncated)"
+    if isinstance(value, Mapping):
+        is_secret = value.get("kind") == "Secret"
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            key = str(k)
+            if is_secret and key in ("data", "stringData") and isinstance(v, Mapping):
+                out[key] = {str(name): REDACTED for name in v}
+            elif v not in (None, "") and (_secret_key(key) or key == _LAST_APPLIED):
+                out[key] = REDACTED  # last-applied: a whole copy of the object, Secrets too
+            else:
+                out[key] = _redact_value(v, depth + 1)
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(v, depth + 1) for v in value]
+    return redact_text(str(value))
+
+
+@lru_cache(maxsize=4096)  # keys repeat from event to event; the patterns are the cost
+def _secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key)) and not _NAME_SUFFIX.search(key)
+
+
+# -- rows, filters and plans --------------------------------------------------------------
+
+
+class _Filters(NamedTuple):
+    types: tuple[EventType, ...]  # empty: any type
+    resource: str | None
+    service: str | None
+    since_ms: int | None
+    until_ms: int | None
+    lo: int  # inclusive id bounds
+    hi: int
+    limit: int
+    offset: int
+    ascending: bool
+
+
+def _filters(type: str | Sequence[str] | None, resource: str | None, service: str | None,
+             since: datetime | str | None, until: datetime | str | None, limit: int,
+             offset: int, after_id: int | None, before_id: int | None,
+             ascending: bool) -> _Filters:
+    types = _types(type)
+    if len(types) == len(EVENT_TYPES):
+        types = ()  # every type: one scan instead of four
+    return _Filters(
+        types,
+        _text(resource, "resource"), _text(service, "service"),
+        None if since is None else parse_time(since, "since"),
+        None if until is None else parse_time(until, "until"),
+        1 + _int(after_id, "after_id", 0, _ID_MAX - 1) if after_id is not None else 0,
+        _int(before_id, "before_id", 1, _ID_MAX) - 1 if before_id is not None else _ID_MAX,
+        max(1, min(_int(limit, "limit", -_ID_MAX, _ID_MAX), MAX_LIMIT)),
+        _int(offset, "offset", 0, MAX_OFFSET),
+        bool(ascending))
+
+
+def _types(value: str | Sequence[str] | None) -> tuple[EventType, ...]:
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[EventType] = []
+    for item in items:
+        t = validate_type(item.strip() if isinstance(item, str) else item)
+        if t not in out:
+            out.append(t)
+    return tuple(out)
+
+
+def validate_type(value: object) -> EventType:
+    """`value` as an event type, or ValidationError naming the field."""
+    for t in EVENT_TYPES:
+        if value == t:
+            return t
+    raise ValidationError(f"type: must be one of {', '.join(EVENT_TYPES)}, got {value!r}",
+                          {"field": "type", "value": value, "allowed": list(EVENT_TYPES)})
+
+
+def _text(value: object, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ValidationError(f"{name}: must be a string", {"field": name, "value": repr(value)})
+
+
+def _int(value: object, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool):
+        raise ValidationError(f"{name}: must be an integer", {"field": name, "value": value})
+    try:
+        n: int = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ValidationError(f"{name}: must be an integer",
+                              {"field": name, "value": repr(value)}) from None
+    if not lo <= n <= hi:
+        raise ValidationError(f"{name}: must be between {lo} and {hi}, got {n}",
+                              {"field": name, "value": n, "min": lo, "max": hi})
+    return n
+
+
+def _select_ids(db: sqlite3.Connection, f: _Filters) -> list[int]:
+    lo, hi = f.lo, f.hi
+    if f.since_ms is not None:  # ts_ms is non-decreasing along id: a bound on ts is one on id
+        row = db.execute(_FIRST_SINCE, (f.since_ms,)).fetchone()
+        if row is None:
+            return []
+        lo = max(lo, int(row[0]))
+    if f.until_ms is not None:
+        row = db.execute(_LAST_UNTIL, (f.until_ms,)).fetchone()
+        if row is None:
+            return []
+        hi = min(hi, int(row[0]))
+    if lo > hi:
+        return []
+    sql, params = _ids_statement(f, lo, hi)
+    return [r[0] for r in db.execute(sql, params)]
+
+
+def _ids_statement(f: _Filters, lo: int, hi: int) -> tuple[str, list[Any]]:
+    """The page's ids: one id range per type asked for (one for any type), on the index
+    that has every equality filter before the id.
+
+    Several types are a UNION ALL under one ORDER BY id: SQLite merges the ranges lazily
+    (MERGE, no temporary sort) and stops after offset + limit ids.
+    """
+    selects: list[str] = []
+    params: list[Any] = []
+    for t in f.types or (None,):
+        where: list[str] = []
+        if f.resource is not None:
+            index = "events_resource_type" if t else "events_resource"
+            where.append("resource = ?")
+            params.append(f.resource)
+        elif f.service is not None:
+            index = "events_service_type" if t else "events_service"
+        else:
+            index = "events_type" if t else ""
+        if t:
+            where.append("type = ?")
+            params.append(t)
+        if f.service is not None:
+            where.append("service = ?")  # with resource too: checked on that range's rows
+            params.append(f.service)
+        where.append("id BETWEEN ? AND ?")
+        params += [lo, hi]
+        using = f"INDEXED BY {index}" if index else "NOT INDEXED"  # NOT INDEXED: rowid range
+        selects.append(f"SELECT id FROM events {using} WHERE {' AND '.join(where)}")
+    params += [f.limit, f.offset]
+    return (f"{' UNION ALL '.join(selects)} ORDER BY id {'ASC' if f.ascending else 'DESC'} "
+            "LIMIT ? OFFSET ?", params)
+
+
+def _row(type: str, message: str, resource: str, service: str, reason: str,
+         details: Mapping[str, Any] | None, ts_ms: int | None,
+         kube_uid: str | None = None) -> _Row:
+    t = validate_type(type)
+    fields = {"message": message, "resource": resource, "service": service, "reason": reason}
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            raise ValidationError(f"{name}: must be a string",
+                                  {"field": name, "value": repr(value)})
+    if details is not None and not isinstance(details, Mapping):
+        raise ValidationError("details: must be an object",
+                              {"field": "details", "value": repr(details)[:200]})
+    clean = redact(details)
+    text = json.dumps(clean, separators=(",", ":"), ensure_ascii=False)
+    if len(text) > MAX_DETAILS_BYTES:
+        clean = {"truncated": True, "size": len(text), "keys": sorted(clean)[:50]}
+        text = json.dumps(clean, separators=(",", ":"))
+    return _Row(t, redact_text(message)[:MAX_MESSAGE], resource[:MAX_FIELD],
+                service[:MAX_FIELD], redact_text(reason)[:MAX_FIELD], clean, text,
+                ts_ms, kube_uid)
+
+
+def _insert(db: sqlite3.Connection, rows: Sequence[_Row]) -> list[Event]:
+    """Insert in a write transaction: ids follow the sequence, timestamps never go back."""
+    seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    newest = db.execute("SELECT max(ts_ms) FROM events").fetchone()[0]
+    next_id = max(int(seq[0]) if seq else 0,
+                  int(db.execute("SELECT max(id) FROM events").fetchone()[0] or 0)) + 1
+    floor = int(newest or 0)
+    now = _now_ms()
+    params: list[tuple[Any, ...]] = []
+    out: list[Event] = []
+    for i, r in enumerate(rows):
+        ts = max(now if r.ts_ms is None else r.ts_ms, floor)
+        floor = ts
+        params.append((next_id + i, ts, r.type, r.resource, r.service, r.reason, r.message,
+                       r.details_json, r.kube_uid))
+        out.append(Event(next_id + i, format_ms(ts), r.type, r.resource, r.service,
+                         r.message, r.reason, r.details))
+    db.executemany(_INSERT, params)
+    return out
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(int(row[0]), format_ms(int(row[1])), row[2], row[3], row[4], row[6],
+                 row[5], json.loads(row[7]))
+
+
+def _kube_row(body: Mapping[str, Any], service: str) -> tuple[_Row, int, int | None]:
+    """A Kubernetes Event as a row, with its count and last-seen time (ms)."""
+    if not isinstance(body, Mapping):
+        raise ValidationError("a Kubernetes Event must be an object", {"field": "event"})
+    meta = body.get("metadata") or {}
+    inv = body.get("involvedObject") or body.get("regarding") or {}  # core/v1, events/v1
+    uid = str(meta.get("uid") or "")
+    if not uid and meta.get("name"):
+        uid = f"{meta.get('namespace') or ''}/{meta['name']}"
+    if not uid:
+        raise ValidationError("a Kubernetes Event without metadata.uid or name",
+                              {"field": "metadata.uid"})
+    series = body.get("series") or {}
+    raw_count = series.get("count") or body.get("count") or body.get("deprecatedCount") or 1
+    try:
+        count = max(1, int(raw_count))
+    except (TypeError, ValueError):
+        count = 1
+    first = body.get("firstTimestamp") or body.get("deprecatedFirstTimestamp") or \
+        body.get("eventTime") or meta.get("creationTimestamp")
+    last = series.get("lastObservedTime") or body.get("lastTimestamp") or \
+        body.get("deprecatedLastTimestamp") or body.get("eventTime") or first
+    source = body.get("source") or {}
+    details: dict[str, Any] = {
+        "origin": "kubernetes",
+        "count": count,
+        "firstTimestamp": first,
+        "lastTimestamp": last,
+        "component": source.get("component") or body.get("reportingController") or
+        body.get("reportingComponent") or "",
+        "host": source.get("host") or body.get("reportingInstance") or "",
+        "involvedObject": {k: inv[k] for k in ("apiVersion", "uid", "fieldPath")
+                           if inv.get(k)},
+        "event": f"{meta.get('namespace') or ''}/{meta.get('name') or ''}",
+    }
+    last_ms = _k8s_ms(last)
+    # The store's time for this row: when it was last seen, but never in the future (a
+    # skewed API server clock would otherwise hold every later timestamp back).
+    ts = min(last_ms, _now_ms()) if last_ms is not None else None
+    key = resource_key(str(inv.get("namespace") or ""), str(inv.get("kind") or ""),
+                       str(inv.get("name") or ""))
+    row = _row("warning" if body.get("type") == "Warning" else "info",
+               str(body.get("message") or body.get("note") or ""), key, service,
+               str(body.get("reason") or ""), details, ts, uid)
+    return row, count, last_ms
+
+
+# -- time ---------------------------------------------------------------------------------
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_time(value: datetime | str, name: str = "timestamp") -> int:
+    """An RFC 3339 timestamp (naive ones are UTC), a datetime, or a duration ago ("15m",
+    "2h", "7d") as milliseconds since the epoch; ValidationError naming `name` if not."""
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, str):
+        text = value.strip()
+        rel = _RELATIVE.match(text)
+        if rel:
+            return _now_ms() - int(float(rel.group(1)) * _UNIT_MS[rel.group(2)])
+        try:
+            dt = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValidationError(f"{name}: not an RFC 3339 timestamp: {value!r}",
+                                  {"field": name, "value": value}) from None
+    else:
+        raise ValidationError(f"{name}: not an RFC 3339 timestamp: {value!r}",
+                              {"field": name, "value": repr(value)})
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    try:
+        return int(dt.timestamp() * 1000)
+    except (OverflowError, OSError, ValueError):
+        raise ValidationError(f"{name}: timestamp out of range: {value!r}",
+                              {"field": name, "value": str(value)}) from None
+
+
+def format_ms(ms: int) -> str:
+    """Milliseconds since the epoch as RFC 3339 UTC with milliseconds."""
+    dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _ts(value: datetime | str | None) -> int | None:
+    return None if value is None else parse_time(value, "timestamp")
+
+
+def _k8s_ms(value: object) -> int | None:
+    """A Kubernetes Time/MicroTime, or None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return parse_time(value, "timestamp")
+    except ValidationError:
+        return None
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+__all__ = ["EVENT_TYPES", "EngineRecorder", "Event", "EventInput", "EventStore",
+           "EventStoreError", "EventType", "format_ms", "parse_time", "redact",
+           "redact_text", "resource_key", "validate_type"]

@@ -1,0 +1,703 @@
+"""The event store: filters against a brute-force oracle, plans, retention, redaction, dedup.
+
+Each query is checked against a plain Python filter over every stored event, for every
+combination of filters, so a fast plan can never be a wrong one; and each statement's
+EXPLAIN QUERY PLAN must be an index search, which is what keeps "bounded" true as the
+code changes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller import events as events_module
+from controller.applying import ObjectResult
+from controller.errors import ValidationError
+from controller.events import (
+    MAX_LIMIT,
+    MAX_OFFSET,
+    REDACTED,
+    EngineRecorder,
+    Event,
+    EventInput,
+    EventStore,
+    EventStoreError,
+    format_ms,
+    parse_time,
+    redact,
+    resource_key,
+)
+from controller.objects import ObjectKey
+
+BASE = datetime(2030, 1, 1, tzinfo=UTC)  # in the future: retention by age never applies
+RESOURCES = ["default/Deployment/web", "default/Service/web", "prod/Deployment/api",
+             "prod/Pod/api-7d9f", "-/Namespace/prod", "default/ConfigMap/web-config"]
+SERVICES = ["web", "api", "_shared", ""]
+TYPES = ["info", "success", "warning", "error"]
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def at(minute: int) -> str:
+    return format_ms(int((BASE + timedelta(minutes=minute)).timestamp() * 1000))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EventStore]:
+    s = EventStore(tmp_path / "events.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def filled(store: EventStore) -> list[Event]:
+    """300 events a minute apart: every type, resource and service, mixed."""
+    rng = random.Random(7)  # independent choices: every combination occurs
+    batch: list[EventInput] = []
+    for i in range(300):
+        batch.append({"type": rng.choice(TYPES), "message": f"event {i}",
+                      "resource": rng.choice(RESOURCES), "service": rng.choice(SERVICES),
+                      "reason": f"R{i % 3}", "details": {"i": i}, "timestamp": at(i)})
+    return store.add_many(batch)
+
+
+def oracle(events: list[Event], type: Any = None, resource: str | None = None,
+           service: str | None = None, since: str | None = None, until: str | None = None,
+           limit: int = 100, offset: int = 0, after_id: int | None = None,
+           before_id: int | None = None, oldest_first: bool = False) -> list[int]:
+    types = [type] if isinstance(type, str) and "," not in type else \
+        type.split(",") if isinstance(type, str) else type
+    out = [e for e in events
+           if (types is None or e.type in types)
+           and (resource is None or e.resource == resource)
+           and (service is None or e.service == service)
+           and (since is None or e.timestamp >= since)
+           and (until is None or e.timestamp <= until)
+           and (after_id is None or e.id > after_id)
+           and (before_id is None or e.id < before_id)]
+    out.sort(key=lambda e: e.id, reverse=not oldest_first)
+    return [e.id for e in out[offset:offset + limit]]
+
+
+# -- the basics ---------------------------------------------------------------------------
+
+
+def test_add_returns_the_stored_event(store: EventStore) -> None:
+    e = store.add("error", "apply web failed", resource="default/Deployment/web",
+                  service="web", reason="ApplyFailed", details={"status": 422})
+    assert e.id == 1 and TIMESTAMP.match(e.timestamp)
+    assert store.get(e.id) == e
+    assert store.get(999) is None
+    assert e.to_dict() == {"id": 1, "timestamp": e.timestamp, "type": "error",
+                           "resource": "default/Deployment/web", "service": "web",
+                           "message": "apply web failed", "reason": "ApplyFailed",
+                           "details": {"status": 422}}
+    assert list(e.to_dict()) == ["id", "timestamp", "type", "resource", "service",
+                                 "message", "reason", "details"]
+
+
+def test_resource_key_matches_object_key() -> None:
+    assert resource_key("", "Namespace", "prod") == str(ObjectKey("", "Namespace", "", "prod"))
+    assert resource_key("default", "Deployment", "web") == \
+        str(ObjectKey("apps", "Deployment", "default", "web"))
+
+
+@pytest.mark.parametrize("bad", ["fatal", "Error", "", None, 3])
+def test_invalid_type_is_a_validation_error_naming_the_field(store: EventStore,
+                                                             bad: Any) -> None:
+    with pytest.raises(ValidationError) as add:
+        store.add(bad, "x")
+    assert add.value.details["field"] == "type"
+    assert add.value.details["allowed"] == ["error", "warning", "info", "success"]
+    with pytest.raises(ValidationError) as query:
+        store.query(type=["error", bad])
+    assert query.value.details["field"] == "type"
+    assert store.count() == 0
+
+
+def test_add_many_is_one_transaction(store: EventStore) -> None:
+    with pytest.raises(ValidationError):
+        store.add_many([{"type": "info", "message": "ok"}, {"type": "nope", "message": "x"}])
+    assert store.count() == 0
+    out = store.add_many([{"type": "info", "message": "a"}, {"type": "error", "message": "b"}])
+    assert [e.id for e in out] == [1, 2] and store.count() == 2
+    assert store.add_many([]) == []
+
+
+def test_timestamps_never_go_back_along_ids(store: EventStore) -> None:
+    """What makes since/until id bounds: an earlier timestamp is raised to the newest."""
+    late = store.add("info", "late", timestamp=at(10))
+    early = store.add("info", "early", timestamp=at(5))
+    assert early.id > late.id and early.timestamp == late.timestamp
+    assert store.query(until=at(9)) == []
+    now = store.add("info", "now")
+    assert now.timestamp >= early.timestamp
+
+
+# -- filters ------------------------------------------------------------------------------
+
+
+def test_every_filter_combination_matches_the_oracle(store: EventStore,
+                                                     filled: list[Event]) -> None:
+    combos = itertools.product(
+        [None, "error", ["warning", "info"], "success,error", "error,warning,info,success"],
+        [None, RESOURCES[0], RESOURCES[4]],
+        [None, "web", ""],
+        [None, at(100)],
+        [None, at(250)],
+        [None, 50],
+        [None, 280],
+        [0, 7],
+        [False, True])
+    checked = 0
+    for type_, resource, service, since, until, after_id, before_id, offset, asc in combos:
+        kwargs: dict[str, Any] = dict(type=type_, resource=resource, service=service,
+                                      since=since, until=until, after_id=after_id,
+                                      before_id=before_id, offset=offset, limit=10,
+                                      oldest_first=asc)
+        got = [e.id for e in store.query(**kwargs)]
+        assert got == oracle(filled, **kwargs), kwargs
+        checked += 1
+    assert checked == 5 * 3 * 3 * 2 * 2 * 2 * 2 * 2 * 2
+
+
+def test_filters_return_the_right_rows(store: EventStore, filled: list[Event]) -> None:
+    assert {e.type for e in store.query(type="error", limit=1000)} == {"error"}
+    assert {e.resource for e in store.query(resource="-/Namespace/prod")} == \
+        {"-/Namespace/prod"}
+    assert {e.service for e in store.query(service="api")} == {"api"}
+    got = store.query(type="warning", service="web", limit=1000)
+    assert got and all(e.type == "warning" and e.service == "web" for e in got)
+    window = store.query(since=at(10), until=at(19), limit=1000)
+    assert [e.message for e in window] == [f"event {i}" for i in range(19, 9, -1)]
+    assert store.query(since=at(1000)) == [] and store.query(until=at(-1)) == []
+    assert store.query(since=at(20), until=at(10)) == []
+
+
+def test_newest_first_and_oldest_first(store: EventStore, filled: list[Event]) -> None:
+    ids = [e.id for e in store.query(limit=1000)]
+    assert ids == sorted(ids, reverse=True) and len(ids) == 300
+    assert [e.id for e in store.query(oldest_first=True, limit=5)] == [1, 2, 3, 4, 5]
+    assert [e.id for e in store.query(after_id=295)] == [300, 299, 298, 297, 296]
+    assert [e.id for e in store.query(before_id=4)] == [3, 2, 1]
+
+
+def test_limit_is_clamped_and_offset_bounded(store: EventStore, filled: list[Event]) -> None:
+    assert len(store.query(limit=0)) == 1
+    assert len(store.query(limit=-5)) == 1
+    store.add_many([{"type": "info", "message": "more"}] * 900)
+    assert len(store.query(limit=5000)) == MAX_LIMIT
+    assert [e.id for e in store.query(offset=3, limit=2)] == [1197, 1196]
+    assert len(store.query(offset=MAX_OFFSET)) == 0
+    for bad in (-1, MAX_OFFSET + 1, "x"):
+        with pytest.raises(ValidationError) as info:
+            store.query(offset=bad)  # type: ignore[arg-type]
+        assert info.value.details["field"] == "offset"
+    with pytest.raises(ValidationError) as limit:
+        store.query(limit="ten")  # type: ignore[arg-type]
+    assert limit.value.details["field"] == "limit"
+    with pytest.raises(ValidationError):
+        store.query(after_id=-1)
+
+
+def test_offset_pages_through_merged_types(store: EventStore, filled: list[Event]) -> None:
+    pages = [store.query(type="error,warning", offset=o, limit=10) for o in range(0, 200, 10)]
+    ids = [e.id for page in pages for e in page]
+    expected = oracle(filled, type=["error", "warning"], limit=1000)
+    assert ids == expected[:len(ids)] and len(ids) == len(expected)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2030-01-01T00:05:00Z", at(5)),
+    ("2030-01-01T00:05:00.000Z", at(5)),
+    ("2030-01-01t00:05:00z", at(5)),
+    ("2030-01-01T02:05:00+02:00", at(5)),
+    ("2030-01-01T00:05:00", at(5)),  # naive: UTC
+    ("2030-01-01 00:05:00Z", at(5)),
+])
+def test_since_until_accept_rfc3339(text: str, expected: str) -> None:
+    assert format_ms(parse_time(text)) == expected
+
+
+def test_since_until_accept_datetimes_and_durations(store: EventStore) -> None:
+    store.add("info", "old", timestamp=datetime.now(UTC) - timedelta(hours=3))
+    store.add("info", "new", timestamp=datetime.now(UTC) - timedelta(minutes=5))
+    assert [e.message for e in store.query(since="1h")] == ["new"]
+    assert [e.message for e in store.query(until="1h")] == ["old"]
+    assert [e.message for e in store.query(since="4h")] == ["new", "old"]
+    tz = timezone(timedelta(hours=5))
+    assert [e.message for e in
+            store.query(since=datetime.now(tz) - timedelta(hours=1))] == ["new"]
+    naive = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)
+    assert [e.message for e in store.query(since=naive)] == ["new"]
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "2030-13-01T00:00:00Z", "12", "", "1w", 5])
+def test_bad_times_are_validation_errors(store: EventStore, bad: Any) -> None:
+    for name in ("since", "until"):
+        with pytest.raises(ValidationError) as info:
+            store.query(**{name: bad})
+        assert info.value.details["field"] == name
+        assert "value" in info.value.details
+    with pytest.raises(ValidationError) as add:
+        store.add("info", "x", timestamp=bad)
+    assert add.value.details["field"] == "timestamp"
+
+
+# -- plans --------------------------------------------------------------------------------
+
+
+SEARCH = re.compile(r"^SEARCH events USING (COVERING INDEX events_\w+|INDEX events_\w+|"
+                    r"INTEGER PRIMARY KEY) \(")
+MERGE_STEPS = {"MERGE (UNION ALL)", "LEFT", "RIGHT"}
+
+
+def test_every_filter_query_is_an_index_search(store: EventStore,
+                                               filled: list[Event]) -> None:
+    """No statement of any filter combination scans the table or sorts in a temp tree."""
+    combos = itertools.product(
+        [None, "error", "warning,info"], [None, RESOURCES[0]], [None, "web"],
+        [None, at(100)], [None, at(250)], [None, 50], [0, 500], [False, True])
+    for type_, resource, service, since, until, after_id, offset, asc in combos:
+        kwargs = dict(type=type_, resource=resource, service=service, since=since,
+                      until=until, after_id=after_id, offset=offset, oldest_first=asc)
+        plan = store.explain(**kwargs)  # type: ignore[arg-type]
+        assert plan, kwargs
+        for line in plan:
+            # Several types: a lazy merge of index ranges (MERGE, LEFT, RIGHT steps).
+            assert SEARCH.match(line) or line in MERGE_STEPS, (kwargs, plan)
+            assert "TEMP B-TREE" not in line, (kwargs, plan)
+        if type_ == "warning,info":
+            assert "MERGE (UNION ALL)" in plan
+    assert any("events_resource_type" in line
+               for line in store.explain(type="error", resource=RESOURCES[0]))
+    assert any("events_service_type" in line
+               for line in store.explain(type="error", service="web"))
+    assert any("events_ts" in line for line in store.explain(since=at(3)))
+
+
+# -- retention and restarts ----------------------------------------------------------------
+
+
+def test_retention_by_age(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    with EventStore(tmp_path / "e.db", max_age_days=14) as s:
+        s.add_many([{"type": "info", "message": f"old {i}",
+                     "timestamp": now - timedelta(days=20, minutes=-i)} for i in range(30)])
+        s.add_many([{"type": "info", "message": f"new {i}",
+                     "timestamp": now - timedelta(days=1, minutes=-i)} for i in range(5)])
+        assert s.prune() == 30
+        assert s.count() == 5
+        assert all(e.message.startswith("new") for e in s.query())
+        assert s.prune() == 0
+
+
+def test_retention_by_count_keeps_the_newest(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events_module, "PRUNE_CHUNK", 7)  # several delete transactions
+    with EventStore(tmp_path / "e.db", max_count=50) as s:
+        s.add_many([{"type": "info", "message": str(i)} for i in range(120)])
+        assert s.prune() == 70
+        assert s.count() == 50
+        assert [e.message for e in s.query(limit=1)] == ["119"]
+        assert [e.message for e in s.query(oldest_first=True, limit=1)] == ["70"]
+
+
+def test_retention_runs_after_enough_inserts(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events_module, "PRUNE_EVERY", 10)
+    with EventStore(tmp_path / "e.db", max_count=5) as s:
+        for i in range(9):
+            s.add("info", str(i))
+        assert s.count() == 9  # not due yet
+        s.add("info", "9")
+        assert s.count() == 5
+
+
+def test_events_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "events.db"
+    with EventStore(path) as s:
+        first = s.add("error", "boom", resource="default/Deployment/web", service="web",
+                      details={"nested": {"a": [1, 2]}})
+        s.add("info", "later")
+    with EventStore(path) as s:
+        assert s.get(first.id) == first
+        assert s.count() == 2 and s.last_id == 2
+        assert s.add("info", "after restart").id == 3
+        journal = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+        assert journal == "wal"
+        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+def test_ids_are_never_reused(tmp_path: Path) -> None:
+    """A stream resuming from Last-Event-ID must not take a new event for an old one."""
+    path = tmp_path / "e.db"
+    with EventStore(path, max_count=1) as s:
+        s.add("info", "a")
+        s.add("info", "b")
+        s.prune()
+        assert [e.id for e in s.query()] == [2]
+    con = sqlite3.connect(path)
+    con.execute("DELETE FROM events")
+    con.commit()
+    con.close()
+    with EventStore(path) as s:
+        assert s.add("info", "c").id == 3
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA user_version=99")
+    con.close()
+    with pytest.raises(EventStoreError) as info:
+        EventStore(path)
+    assert info.value.details["version"] == 99
+
+
+def test_the_file_can_hold_other_tables(tmp_path: Path) -> None:
+    """Parameter history shares the file: its table must not confuse the schema check."""
+    path = tmp_path / "e.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE parameter_history (id INTEGER PRIMARY KEY)")
+    con.close()
+    with EventStore(path) as s:
+        assert s.add("info", "x").id == 1
+
+
+def test_closed_store_refuses_and_followers_end(tmp_path: Path) -> None:
+    s = EventStore(tmp_path / "e.db")
+    s.add("info", "x")
+    s.close()
+    assert s.closed
+    with pytest.raises(EventStoreError):
+        s.query()
+    with pytest.raises(EventStoreError):
+        s.add("info", "y")
+    assert s.wait_for_new(0, 0.01) is False
+    s.close()  # twice is fine
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+
+def test_redaction_of_secret_keys_at_any_depth() -> None:
+    details = {
+        "password": "hunter2", "db": {"PASSWORD": "x", "user": "app",
+                                      "auth": {"api_key": "k1", "apiKey": "k2"}},
+        "list": [{"token": "t"}, {"clientKey": "ck", "privateKey": "pk"}, "plain"],
+        "headers": {"Authorization": "Bearer abcdefghijk", "Accept": "json"},
+        "tls.key": "----", "secretName": "db-creds", "tokenFile": "/var/run/token",
+        "passwordRef": {"name": "db"}, "count": 3, "empty_token": "",
+        "kubeconfig": "apiVersion: v1...",
+    }
+    out = redact(details)
+    assert out["password"] == REDACTED
+    assert out["db"]["PASSWORD"] == REDACTED and out["db"]["user"] == "app"
+    assert out["db"]["auth"] == REDACTED  # "auth" itself is secret-looking
+    assert out["list"][0]["token"] == REDACTED
+    assert out["list"][1] == {"clientKey": REDACTED, "privateKey": REDACTED}
+    assert out["list"][2] == "plain"
+    assert out["headers"] == {"Authorization": REDACTED, "Accept": "json"}
+    assert out["tls.key"] == REDACTED and out["kubeconfig"] == REDACTED
+    # Names of secrets are not secret: they are what an agent needs to fix a reference.
+    assert out["secretName"] == "db-creds" and out["tokenFile"] == "/var/run/token"
+    assert out["passwordRef"] == {"name": "db"} and out["count"] == 3
+    assert details["password"] == "hunter2"  # the input is not modified
+
+
+def test_redaction_of_secret_objects_and_text() -> None:
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+        "name": "db", "annotations": {
+            "kubectl.kubernetes.io/last-applied-configuration": '{"data":{"pw":"c2VjcmV0"}}'}},
+        "data": {"pw": "c2VjcmV0"}, "stringData": {"url": "postgres://u:p@db/x"},
+        "type": "Opaque"}
+    out = redact({"object": secret, "objects": [secret]})
+    for obj in (out["object"], out["objects"][0]):
+        assert obj["data"] == {"pw": REDACTED}
+        assert obj["stringData"] == {"url": REDACTED}
+        assert obj["metadata"]["annotations"][
+            "kubectl.kubernetes.io/last-applied-configuration"] == REDACTED
+        assert obj["type"] == "Opaque" and obj["metadata"]["name"] == "db"
+    text = redact({"m": "clone https://x-access-token:ghp_abcdefghijklmnopqrstuvwxyz12@github"
+                        ".com/o/r failed; password=hunter2 and Authorization: Basic dXNlcjpw "
+                        "token: abc.def"})["m"]
+    assert "ghp_" not in text and "x-access-token" not in text and "hunter2" not in text
+    assert "dXNlcjpw" not in text and "abc.def" not in text
+    assert "https://***REDACTED***@github.com/o/r failed" in text
+    assert redact({"m": 'secret "db-creds" not found'})["m"] == 'secret "db-creds" not found'
+
+
+def test_redaction_is_json_safe_and_bounded() -> None:
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(40):
+        node["n"] = {}
+        node = node["n"]
+    odd: dict[Any, Any] = {"deep": deep, "set": {3}, "tuple": (1, "a"),
+                           "nan": float("nan"), "obj": object(), 5: "int key"}
+    out = redact(odd)
+    assert out["set"] == [3] and out["tuple"] == [1, "a"] and out["nan"] == "nan"
+    assert out["5"] == "int key" and isinstance(out["obj"], str)
+    assert "...(truncated)" in repr(out["deep"])
+    assert redact(None) == {} and redact({}) == {}
+
+
+def test_secrets_never_reach_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    with EventStore(path) as s:
+        s.add("error", "git fetch https://bob:s3cr3t-T0KEN@git.local/x failed",
+              reason="SourceFailed",
+              details={"password": "s3cr3t-T0KEN", "env": [{"name": "X", "value": "ok"}],
+                       "secret": {"kind": "Secret", "data": {"k": "s3cr3t-T0KEN"}}})
+        assert "s3cr3t" not in repr(s.query())
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert b"s3cr3t-T0KEN" not in raw
+
+
+def test_huge_details_are_cut(store: EventStore) -> None:
+    e = store.add("info", "x" * 10_000, details={"blob": "y" * 100_000, "a": 1})
+    assert len(e.message) == events_module.MAX_MESSAGE
+    assert e.details == {"truncated": True, "size": e.details["size"], "keys": ["a", "blob"]}
+
+
+# -- Kubernetes Events --------------------------------------------------------------------
+
+
+def kube_event(count: int = 1, last: str = "2030-01-01T00:00:10Z", uid: str = "u-1",
+               type: str = "Warning", reason: str = "Failed") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": "web-7d9f.17a", "namespace": "default", "uid": uid},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": "default",
+                           "name": "web-7d9f", "uid": "pod-1",
+                           "fieldPath": "spec.containers{main}"},
+        "type": type, "reason": reason,
+        "message": 'Failed to pull image "registry.local/web:1.2": not found',
+        "count": count, "firstTimestamp": "2030-01-01T00:00:00Z", "lastTimestamp": last,
+        "source": {"component": "kubelet", "host": "node-1"},
+    }
+
+
+def test_kube_event_is_mapped(store: EventStore) -> None:
+    e = store.record_kube_event(kube_event(), service="web")
+    assert e is not None
+    assert (e.type, e.reason, e.resource, e.service) == \
+        ("warning", "Failed", "default/Pod/web-7d9f", "web")
+    # Last seen in 2030 by a skewed clock: held at now, or later events would be held back.
+    assert e.timestamp <= format_ms(time.time_ns() // 1_000_000)
+    assert e.details["count"] == 1 and e.details["component"] == "kubelet"
+    assert e.details["involvedObject"]["fieldPath"] == "spec.containers{main}"
+    normal = store.record_kube_event(kube_event(uid="u-2", type="Normal", reason="Pulled"))
+    assert normal is not None and normal.type == "info"
+    node = kube_event(uid="u-3")
+    node["involvedObject"] = {"kind": "Node", "name": "node-1"}
+    recorded = store.record_kube_event(node)
+    assert recorded is not None and recorded.resource == "-/Node/node-1"
+
+
+def test_kube_event_dedup_by_uid(store: EventStore) -> None:
+    first = store.record_kube_event(kube_event(count=1, last="2020-01-01T00:00:10Z"))
+    assert first is not None
+    store.add("info", "something else")
+    assert store.record_kube_event(kube_event(count=1, last="2020-01-01T00:00:10Z")) is None
+    again = store.record_kube_event(kube_event(count=5, last="2020-01-01T00:05:00Z"))
+    assert again is not None and again.id > first.id
+    assert again.details["count"] == 5
+    assert again.details["lastTimestamp"] == "2020-01-01T00:05:00Z"
+    rows = store.query(resource="default/Pod/web-7d9f")
+    assert [e.id for e in rows] == [again.id]  # one row per Kubernetes Event
+    assert store.get(first.id) is None and store.count() == 2
+    assert store.record_kube_event(  # an older update, delivered late
+        kube_event(count=3, last="2020-01-01T00:01:00Z")) is None
+
+
+def test_kube_event_of_events_k8s_io(store: EventStore) -> None:
+    body = {"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "x.1", "namespace": "prod", "uid": "u-9"},
+            "regarding": {"kind": "Deployment", "namespace": "prod", "name": "api"},
+            "type": "Warning", "reason": "FailedCreate", "note": "quota exceeded",
+            "eventTime": "2020-01-01T00:00:00.000000Z", "reportingController": "rs-ctrl",
+            "series": {"count": 4, "lastObservedTime": "2020-01-01T00:03:00.000000Z"}}
+    e = store.record_kube_event(body)
+    assert e is not None and e.resource == "prod/Deployment/api"
+    assert e.message == "quota exceeded" and e.details["count"] == 4
+    assert e.details["component"] == "rs-ctrl"
+    with pytest.raises(ValidationError):
+        store.record_kube_event({"involvedObject": {}})
+
+
+# -- concurrency and following ------------------------------------------------------------
+
+
+def test_concurrent_writers_and_readers(store: EventStore) -> None:
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write(n: int) -> None:
+        try:
+            for i in range(150):
+                if i % 10 == 0:
+                    store.add_many([{"type": "info", "message": f"w{n} batch {i}",
+                                     "service": f"s{n}"}] * 5)
+                else:
+                    store.add("error" if i % 3 else "info", f"w{n} {i}", service=f"s{n}",
+                              resource=f"ns/Pod/p{i % 7}")
+        except BaseException as e:
+            errors.append(e)
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                for page in (store.query(type="error", limit=50), store.query(service="s1"),
+                             store.query(resource="ns/Pod/p3", type="error,info")):
+                    ids = [e.id for e in page]
+                    assert ids == sorted(ids, reverse=True)
+                store.count()
+        except BaseException as e:
+            errors.append(e)
+
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    done.set()
+    for t in readers:
+        t.join()
+    assert errors == []
+    expected = 4 * (135 + 15 * 5)
+    assert store.count() == expected
+    ids = [e.id for e in store.query(limit=1000)]
+    assert ids == list(range(expected, 0, -1))
+
+
+def test_wait_for_new_wakes_on_add(store: EventStore) -> None:
+    store.add("info", "before")
+    assert store.wait_for_new(0, 0) is True  # already there
+    assert store.wait_for_new(1, 0.05) is False  # nothing new: times out
+    woke: list[tuple[bool, float]] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        woke.append((store.wait_for_new(1, 10), time.monotonic() - started))
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.1)
+    store.add("info", "after")
+    t.join(5)
+    assert woke and woke[0][0] is True and woke[0][1] < 2
+
+
+def test_close_wakes_waiters(tmp_path: Path) -> None:
+    s = EventStore(tmp_path / "e.db")
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(s.wait_for_new(0, 10)))
+    t.start()
+    time.sleep(0.05)
+    s.close()
+    t.join(5)
+    assert result == [False]
+
+
+def test_follow_streams_matching_events_and_resumes(store: EventStore) -> None:
+    store.add("info", "old")
+    store.add("error", "old error")
+    stop = threading.Event()
+    got: list[list[Event]] = []
+
+    def consume() -> None:
+        for batch in store.follow(after_id=1, type="error", heartbeat=0.05, stop=stop):
+            got.append(batch)
+            if sum(len(b) for b in got) >= 3:
+                return
+
+    t = threading.Thread(target=consume)
+    t.start()
+    time.sleep(0.15)  # at least one heartbeat
+    store.add("info", "skipped")
+    store.add("error", "e1")
+    store.add_many([{"type": "warning", "message": "w"}, {"type": "error", "message": "e2"}])
+    t.join(5)
+    stop.set()
+    messages = [e.message for batch in got for e in batch]
+    assert messages == ["old error", "e1", "e2"]
+    assert [] in got  # heartbeats while nothing matched
+
+
+# -- the engine's hooks -------------------------------------------------------------------
+
+
+KEY = ObjectKey("apps", "Deployment", "default", "web")
+
+
+def test_engine_recorder_records_passes_and_changes(store: EventStore) -> None:
+    rec = EngineRecorder(store)
+    rec.on_event("info", "PassStarted", "reconcile started (interval)",
+                 {"revision": "abc", "services": []})
+    rec.on_result(ObjectResult(KEY, "web", "unchanged", "unchanged"))
+    rec.on_result(ObjectResult(KEY, "web", "kept", "keep", "prune disabled"))
+    rec.on_result(ObjectResult(KEY, "web", "applied", "update", "spec changed"))
+    rec.on_result(ObjectResult(ObjectKey("", "ConfigMap", "default", "old"), "web",
+                               "deleted", "prune", "no longer rendered"))
+    error = {"resource": str(KEY), "error": "Invalid", "status": 422,
+             "message": 'Deployment.apps "web" is invalid: spec.replicas: Invalid value',
+             "causes": [{"reason": "FieldValueInvalid", "field": "spec.replicas"}]}
+    rec.on_result(ObjectResult(KEY, "web", "failed", "update", "spec changed", error))
+    rec.on_event("error", "ReconcileFailed", "reconcile: 1 object(s) failed",
+                 {"counts": {"applied": 1, "unchanged": 1, "deleted": 1, "kept": 1,
+                             "failed": 1}, "revision": "abc"})
+    got = list(reversed(store.query()))
+    assert [(e.type, e.reason) for e in got] == [
+        ("info", "PassStarted"), ("success", "Updated"), ("success", "Pruned"),
+        ("error", "ApplyFailed"), ("error", "ReconcileFailed")]
+    failed = got[3]
+    assert failed.resource == "default/Deployment/web" and failed.service == "web"
+    assert failed.details["error"] == error and failed.details["action"] == "update"
+    assert "spec.replicas: Invalid value" in failed.message
+    assert got[4].details["counts"]["failed"] == 1
+    assert store.query(type="error", resource="default/Deployment/web") == [failed]
+
+
+def test_engine_recorder_skips_dry_runs_and_names_the_service(store: EventStore) -> None:
+    rec = EngineRecorder(store)
+    rec.on_event("info", "PassStarted", "plan started (api)", {"services": ["web"]})
+    rec.on_result(ObjectResult(KEY, "web", "applied", "update", body={"kind": "Deployment"}))
+    rec.on_result(ObjectResult(KEY, "web", "deleted", "prune"))
+    rec.on_event("success", "PlanSucceeded", "plan finished in 0.10s", {"counts": {}})
+    assert [(e.reason, e.service) for e in store.query()] == \
+        [("PlanSucceeded", "web"), ("PassStarted", "web")]
+    rec.on_event("info", "PassStarted", "up started (api)", {"services": ["web", "api"]})
+    rec.on_result(ObjectResult(KEY, "web", "applied", "create"))
+    assert [(e.reason, e.service) for e in store.query(limit=2)] == \
+        [("Created", "web"), ("PassStarted", "")]
+    rec.on_event("success", "UpSucceeded", "up finished in 1.00s", {"counts": {}})
+    rec.on_event("info", "PassStarted", "down started (api)", {"services": ["web"]})
+    rec.on_result(ObjectResult(KEY, "web", "deleted", "prune"))
+    assert [(e.reason, e.message) for e in store.query(limit=1)] == \
+        [("Deleted", "Deployment web deleted")]
+
+
+def test_engine_recorder_kube_events_and_failures(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "e.db")
+    rec = EngineRecorder(store, service_of=lambda key: "web" if "web" in key else "")
+    e = rec.on_kube_event(kube_event())
+    assert e is not None and e.service == "web"
+    assert rec.on_kube_event({"bad": True}) is None  # logged, not raised
+    rec.on_event("info", "PassStarted", "reconcile started (x)", None)  # type: ignore[arg-type]
+    store.close()
+    rec.on_event("info", "PassStarted", "reconcile started (x)", {})  # logged, not raised
+    rec.on_result(ObjectResult(KEY, "web", "applied", "update"))
+    assert rec.on_kube_event(kube_event(uid="u-5")) is None
