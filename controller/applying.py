@@ -45,7 +45,8 @@ class ObjectResult:
     action: str = ""  # the planned action: create, update, unchanged, prune, keep, delete
     reason: str = ""
     error: dict[str, Any] | None = None
-    fields: str = ""  # our managedFields fingerprint after an apply
+    fields: str = ""  # fingerprint of the live values at our paths after an apply
+    body: Body | None = field(default=None, compare=False, repr=False)  # dry-run answer
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"resource": str(self.key), "service": self.service,
@@ -188,7 +189,8 @@ class Applier:
             return ObjectResult(change.key, change.service, "failed", change.action,
                                 change.reason, _error(e, change.key))
         return ObjectResult(change.key, change.service, "applied", change.action,
-                            change.reason, fields=live_fingerprint(live, change.manifest.body))
+                            change.reason, fields=live_fingerprint(live, change.manifest.body),
+                            body=live if dry_run else None)
 
     def _wait_established(self, crds: Sequence[PlannedChange], timeout: float = 30.0) -> None:
         """Custom resources can only be applied once their CRD is served."""

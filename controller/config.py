@@ -30,6 +30,10 @@ class GitSettings:
     ssh_key_file: str = ""
     cache_dir: Path = Path.home() / ".cache" / "conductor" / "git"
     poll_interval: float = 60.0
+    # Parameter writes through the API commit and push to the ref's branch; without this
+    # they are refused with 409 (the repository stays the only truth).
+    write: bool = False
+    webhook_secret_file: str = ""  # HMAC secret / token that webhook calls must prove
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,36 @@ class PruneSettings:
 class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8081
+    threads: int = 8  # gunicorn gthread worker threads (one worker process)
+    # Bearer tokens with scopes read/write, from a YAML file (or a mounted Secret):
+    #   tokens: [{name: ci, token: "...", scopes: [read, write]}]
+    # Authentication is on unless explicitly turned off (auth=false).
+    auth: bool = True
+    tokens_file: str = ""
+    public_reads: bool = False  # GET endpoints answer without a token
+    cors_origins: tuple[str, ...] = ()  # allowed origins; empty = no CORS headers at all
+    rate_limit: float = 5.0  # mutating requests per second per client (token bucket)
+    rate_burst: int = 20
+    max_body_bytes: int = 1_048_576
+    sync_timeout: float = 30.0  # up/update/down answer 202 with an operation id after this
+    certfile: str = ""  # TLS through gunicorn when both are set
+    keyfile: str = ""
+
+
+@dataclass(frozen=True)
+class LeaderSettings:
+    enabled: bool = True  # with one replica it costs one Lease renew per retry period
+    identity: str = ""  # default: hostname + random suffix (set to the pod name)
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    path: Path = Path.home() / ".local" / "state" / "conductor" / "events.db"
+    max_age_days: float = 14.0
+    max_count: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -86,6 +120,8 @@ class Config:
     apply: ApplySettings = field(default_factory=ApplySettings)
     prune: PruneSettings = field(default_factory=PruneSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    events: EventSettings = field(default_factory=EventSettings)
+    leader: LeaderSettings = field(default_factory=LeaderSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Config:
@@ -122,4 +158,6 @@ def _convert(raw: str, current: object, name: str) -> object:
         return float(raw)
     if isinstance(current, Path):
         return Path(raw)
+    if isinstance(current, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw

@@ -47,12 +47,15 @@ class Report:
     operation: Operation
     services: list[str]
     trigger: str = ""
+    instance: str = "default"
     started: str = field(default_factory=now_rfc3339)
     duration: float = 0.0
     revision: str = ""
     results: Results = field(default_factory=Results)
     error: ConductorError | None = None
     plan: planning.Plan | None = None
+    live: dict[Any, Body] = field(default_factory=dict, repr=False)  # kept for `plan`
+    snapshot: Snapshot | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -85,13 +88,15 @@ class Engine:
 
     def __init__(self, cfg: Config, kube: Kube, source: ParameterSource,
                  on_event: EventSink | None = None,
-                 on_result: Callable[[ObjectResult], None] | None = None) -> None:
+                 on_result: Callable[[ObjectResult], None] | None = None,
+                 on_report: Callable[[Report], None] | None = None) -> None:
         self.cfg = cfg
         self.kube = kube
         self.source = source
         self.resource = ParametersResource(kube, cfg)
         self.applier = Applier(kube, cfg, on_result)
         self.on_event = on_event or (lambda *_: None)
+        self.on_report = on_report  # after every pass and operation, outside the lock
         self.schema = load_schema(CRD_FILE)
         self.lock = threading.Lock()
         self.last: Report | None = None
@@ -122,7 +127,7 @@ class Engine:
     # -- the pass -------------------------------------------------------------------------
 
     def _run(self, op: Operation, services: list[str] | None, trigger: str) -> Report:
-        report = Report(op, sorted(services or []), trigger)
+        report = Report(op, sorted(services or []), trigger, instance=self.cfg.instance)
         started = time.monotonic()
         with self.lock:
             try:
@@ -138,6 +143,11 @@ class Engine:
                 self._record_failure(report)
             self.last = report if op != "plan" else self.last
         self._emit_finished(report)
+        if self.on_report is not None:
+            try:
+                self.on_report(report)
+            except Exception:
+                log.exception("report hook failed")
         return report
 
     def _pass(self, report: Report, services: list[str] | None) -> None:
@@ -146,8 +156,10 @@ class Engine:
         down = self.resource.down_services(obj)
         snap = self.source.snapshot(obj)
         report.revision = snap.revision
+        report.snapshot = snap
         self.on_event("info", "PassStarted", f"{op} started ({report.trigger})",
-                      {"revision": snap.revision, "services": report.services})
+                      {"operation": op, "revision": snap.revision,
+                       "services": report.services})
         tree = rendering.load_tree(snap.manifest_root)
         known = set(tree.names)
         unknown = sorted(set(services or []) - known)
@@ -191,6 +203,8 @@ class Engine:
                              app=self.cfg.app_name, instance=self.cfg.instance)
         report.plan = plan
         dry_run = op == "plan"
+        if dry_run:
+            report.live = live
         if not dry_run:
             obj = self._record_intent(obj, plan, inventory)
         self.applier.apply(plan, report.results, dry_run=dry_run)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 Body = dict[str, Any]
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Older API servers answer 500 when an apply body cannot be typed (e.g. a keyed list item
 # without its key field): the same body fails the same way every time.
 _PERMANENT_500 = "failed to create typed patch object"
@@ -48,9 +49,17 @@ class KubeError(KubernetesError):
 
     @property
     def transient(self) -> bool:
+        if self.reason == "NotLeader":
+            return False
         if self.status == 500 and _PERMANENT_500 in self.message:
             return False
         return self.status == 0 or self.status in TRANSIENT_STATUS
+
+
+class NotLeaderError(KubeError):
+    """A write refused locally: this replica does not hold the leader lease."""
+
+    code = "not_leader"
 
 
 class UnknownKindError(KubeError):
@@ -83,8 +92,15 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, KubeError) and exc.transient
 
 
-def default_retry(settings: ApplySettings) -> tenacity.Retrying:
+def default_retry(settings: ApplySettings,
+                  on_retry: Callable[[KubeError], None] | None = None) -> tenacity.Retrying:
     """The retry policy; tests may pass another (it is a plain tenacity object)."""
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.info("retrying after %s (attempt %d)", exc, state.attempt_number)
+        if on_retry and isinstance(exc, KubeError):
+            on_retry(exc)
+
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_transient),
         wait=tenacity.wait_exponential_jitter(multiplier=settings.backoff_initial,
@@ -92,7 +108,7 @@ def default_retry(settings: ApplySettings) -> tenacity.Retrying:
                                               jitter=settings.backoff_initial),
         stop=tenacity.stop_after_attempt(settings.attempts),
         reraise=True,
-        before_sleep=lambda rs: log.info("retrying %s after %s", rs.fn, rs.outcome),
+        before_sleep=before_sleep,
     )
 
 
@@ -108,9 +124,13 @@ class Kube:
         self.observer = observer
         self._resources: dict[str, dict[str, Resource]] = {}
         self._lock = threading.Lock()
+        # Consulted before every write: a replica that is not (or no longer) the leader
+        # must not write. Lease requests themselves pass `elect=True` to bypass it.
+        self.write_guard: Callable[[], bool] = lambda: True
 
     @classmethod
-    def connect(cls, cfg: Config, observer: RequestObserver | None = None) -> Kube:
+    def connect(cls, cfg: Config, observer: RequestObserver | None = None,
+                on_retry: Callable[[KubeError], None] | None = None) -> Kube:
         """Connect with the kubeconfig (or the in-cluster service account)."""
         conf = k8s.Configuration()
         try:
@@ -125,8 +145,10 @@ class Kube:
             raise KubeError(f"cannot load Kubernetes credentials: {e}") from e
         # One retry policy (ours): urllib3 must not retry underneath it.
         conf.retries = False
-        conf.connection_pool_maxsize = max(4, cfg.apply.concurrency * 2)
-        return cls(k8s.ApiClient(conf), cfg.apply, observer=observer)
+        # Apply workers, watches and API threads share the pool.
+        conf.connection_pool_maxsize = max(16, cfg.apply.concurrency * 4)
+        return cls(k8s.ApiClient(conf), cfg.apply, retry=default_retry(cfg.apply, on_retry),
+                   observer=observer)
 
     def close(self) -> None:
         self.api.close()  # type: ignore[no-untyped-call]
@@ -135,8 +157,14 @@ class Kube:
 
     def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
                 body: Any = None, content_type: str = "application/json",
-                timeout: float | None = None, retry: bool = True) -> Body:
+                timeout: float | None = None, retry: bool = True, elect: bool = False) -> Body:
         """One API request with the retry policy; returns the decoded JSON answer."""
+        if method in WRITES and not elect and not self.write_guard() and not (
+                query and query.get("dryRun")):
+            raise NotLeaderError(f"{method} {path}: this replica is not the leader; "
+                                 "writes go through the leader", status=0,
+                                 reason="NotLeader", details={"method": method})
+
         def attempt() -> Body:
             return self._once(method, path, query, body, content_type, timeout)
 
@@ -270,10 +298,18 @@ class Kube:
         return self.request("PATCH", res.path(namespace, name, subresource), body=patch,
                             content_type="application/merge-patch+json")
 
-    def create(self, body: Body) -> Body:
+    def create(self, body: Body, elect: bool = False) -> Body:
         meta = body["metadata"]
         res = self.resource(body["apiVersion"], body["kind"])
-        return self.request("POST", res.path(meta.get("namespace", "")), body=body)
+        return self.request("POST", res.path(meta.get("namespace", "")), body=body,
+                            elect=elect)
+
+    def replace(self, body: Body, elect: bool = False) -> Body:
+        """PUT: an update guarded by metadata.resourceVersion (409 when stale)."""
+        meta = body["metadata"]
+        res = self.resource(body["apiVersion"], body["kind"])
+        return self.request("PUT", res.path(meta.get("namespace", ""), meta["name"]),
+                            body=body, elect=elect)
 
     def watch(self, api_version: str, kind: str, namespace: str = "",
               resource_version: str = "", label_selector: str = "",

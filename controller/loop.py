@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 class Loop:
     def __init__(self, engine: Engine, settings: LoopSettings,
                  rng: random.Random | None = None,
-                 on_report: Callable[[Report], None] | None = None) -> None:
+                 on_report: Callable[[Report], None] | None = None,
+                 may_run: Callable[[], bool] = lambda: True) -> None:
         self.engine = engine
+        self.may_run = may_run  # leadership: only the leader runs passes
         self.settings = settings
         self.rng = rng or random.Random()
         self.on_report = on_report
@@ -66,6 +68,14 @@ class Loop:
     def _run(self) -> None:
         trigger = "start"
         while not self._stop.is_set():
+            if not self.may_run():
+                # Followers wait to be woken (on becoming leader) or re-check each interval.
+                self._wake.wait(self.settings.interval)
+                with self._lock:
+                    self._wake.clear()
+                    self._reasons = []
+                trigger = "leader"
+                continue
             report = self.engine.reconcile(trigger)
             self.passes += 1
             self.failures = 0 if report.ok else self.failures + 1

@@ -67,8 +67,10 @@ from controller.objects import (
 from controller.parameters import Parameters, effective
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml", ".j2")  # .yaml.j2 and .yml.j2 end in .j2
-# Files in the root that look like YAML but are not templates: the default parameters.
-ROOT_DATA_FILES = frozenset({"parameters.yaml", "parameters.yml"})
+# Files in the root that look like YAML but are not templates: the default parameters
+# and the cluster requirements (see requirements.py).
+ROOT_DATA_FILES = frozenset({"parameters.yaml", "parameters.yml", "requirements.yaml",
+                             "requirements.yml"})
 
 # Service names become label values and object-name parts: DNS-1123 labels.
 _SERVICE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

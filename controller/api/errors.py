@@ -27,6 +27,7 @@ STATUS = {
     "payload_too_large": 413,
     "method_not_allowed": 405,
     "kubernetes_error": 502,
+    "not_leader": 503,
     "source_error": 502,
     "reconciliation_error": 500,
     "internal_error": 500,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.config import ApplySettings, Config, LoopSettings
+from controller.config import ApplySettings, Config, EventSettings, LoopSettings
 from controller.engine import Engine
 from controller.kube import Kube, KubeError
 from controller.main import Controller
@@ -39,6 +39,7 @@ class App:
         self.root = root
         self.cfg = Config(kubeconfig=cluster.kubeconfig, namespace=namespace,
                           manifest_root=root, default_namespace=namespace,
+                          events=EventSettings(path=root.parent / "events.db"),
                           loop=LoopSettings(interval=3600),
                           apply=ApplySettings(backoff_initial=0.05, backoff_max=0.5))
 
@@ -144,7 +145,7 @@ def test_noop_pass_makes_no_writes_and_no_per_object_gets(app: App, tmp_path: Pa
 
 
 def test_parameter_change_applied_by_the_loop(app: App) -> None:
-    controller = Controller(app.cfg, kube=app.kube).start()
+    controller = Controller(app.cfg).start()  # its own connection: it guards writes
     try:
         wait_for(lambda: ("Deployment", "redis") in app.objects(), timeout=30,
                  message="first pass")

@@ -34,6 +34,7 @@ BULK = 1000
 def controller_process(cluster: LocalCluster, root: Path, namespace: str, port: int,
                        log: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     environ = {**os.environ, "CONDUCTOR_DEFAULT_NAMESPACE": namespace,
+               "CONDUCTOR_API_AUTH": "false", "CONDUCTOR_EVENTS_PATH": str(log.parent / "ev.db"),
                "PYTHONUNBUFFERED": "1", **env}
     with log.open("ab") as out:
         proc = subprocess.Popen(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.config import Config, GitSettings, LoopSettings
+from controller.config import Config, EventSettings, GitSettings, LoopSettings
 from controller.kube import Kube
 from controller.main import Controller
 from controller.sources.resource import API_VERSION, KIND
@@ -49,8 +49,9 @@ def test_git_push_is_applied_with_its_sha_in_status(
                  git=GitSettings(url=git_server.url, ref="main",
                                  params_path="app/parameters.yaml",
                                  manifests_path="app/manifests",
-                                 cache_dir=tmp_path / "git-cache", poll_interval=0.3))
-    controller = Controller(cfg, env={}, kube=kube).start()
+                                 cache_dir=tmp_path / "git-cache", poll_interval=0.3),
+                 events=EventSettings(path=tmp_path / "events.db"))
+    controller = Controller(cfg, env={}).start()
 
     def status() -> dict[str, Any]:
         obj = kube.get(API_VERSION, KIND, "default", namespace) or {}

@@ -1,0 +1,83 @@
+"""Request parsing shared by the resources: JSON bodies, service lists, query numbers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import falcon
+
+from controller.errors import InvalidRequestError
+
+
+def json_body(req: falcon.Request, default: Any = None) -> Any:
+    """The request body as JSON, whatever Content-Type says.
+
+    The reference's own examples send JSON with `curl -d` and no header, which curl labels
+    form-urlencoded; reading it as a form would turn `{"services": ["a"]}` into an empty
+    selection, i.e. *every* service. An empty body gives `default`; anything that is not
+    JSON is an invalid_request, never a guess.
+    """
+    raw = req.bounded_stream.read()
+    if not raw.strip():
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise InvalidRequestError(f"request body is not valid JSON: {e}",
+                                  {"content_type": req.content_type or ""}) from e
+
+
+def services_from(body: Any) -> list[str]:
+    if body is None:
+        return []
+    if not isinstance(body, dict):
+        raise InvalidRequestError("request body must be a JSON object",
+                                  {"expected": {"services": ["name"]}})
+    services = body.get("services") or []
+    if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
+        raise InvalidRequestError("'services' must be a list of service names",
+                                  {"field": "services", "got": services})
+    return services
+
+
+def int_param(req: falcon.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = req.get_param(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequestError(f"'{name}' must be an integer",
+                                  {"field": name, "value": raw}) from None
+    if not low <= value <= high:
+        raise InvalidRequestError(f"'{name}' must be between {low} and {high}",
+                                  {"field": name, "value": value})
+    return value
+
+
+def float_param(req: falcon.Request, name: str, default: float, low: float,
+                high: float) -> float:
+    raw = req.get_param(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequestError(f"'{name}' must be a number",
+                                  {"field": name, "value": raw}) from None
+    if not low <= value <= high:
+        raise InvalidRequestError(f"'{name}' must be between {low} and {high}",
+                                  {"field": name, "value": value})
+    return value
+
+
+def bool_param(req: falcon.Request, name: str, default: bool) -> bool:
+    raw = req.get_param(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise InvalidRequestError(f"'{name}' must be true or false", {"field": name, "value": raw})

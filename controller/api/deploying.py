@@ -1,0 +1,137 @@
+"""POST /api/up, /api/update, /api/down, /api/plan and GET /api/operations/{id}.
+
+Synchronous up to a timeout: the answer carries a result per object. When the operation
+outlives the timeout the answer is 202 with an operation id to follow, never a dropped
+connection. Failures use the contract's envelope, e.g. `reconciliation_error` naming the
+first failing object.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import falcon
+import yaml
+
+from controller.api.common import bool_param, float_param, json_body, services_from
+from controller.engine import Report
+from controller.errors import NotFoundError, ReconciliationError
+from controller.main import Controller
+
+MESSAGES = {
+    "up": "Successfully deployed all manifests",
+    "update": "Successfully updated all manifests",
+    "down": "Successfully removed all manifests",
+}
+FAILURES = {"up": "Deployment failed", "update": "Update failed", "down": "Removal failed"}
+REDACTED = "***REDACTED***"
+
+
+def report_body(report: Report, op: str) -> dict[str, Any]:
+    """The contract's success body, or raise its reconciliation_error (first failure)."""
+    if report.error is not None:
+        raise report.error
+    failed = report.results.failed
+    if failed:
+        first = failed[0].error or {}
+        raise ReconciliationError(FAILURES.get(op, "Reconciliation failed"), {
+            "resource": first.get("resource", str(failed[0].key)),
+            "error": first.get("error", "Error"), "message": first.get("message", ""),
+            "failed": len(failed), "results": [r.to_dict() for r in report.results.items]})
+    return {"message": MESSAGES[op], "services": report.services,
+            "revision": report.revision, "counts": report.results.counts(),
+            "results": [r.to_dict() for r in report.results.items]}
+
+
+class Deploy:
+    """POST /api/up, /api/update, /api/down (?instance=, ?wait=false, ?timeout=s)."""
+
+    def __init__(self, controller: Controller, op: str) -> None:
+        self.controller = controller
+        self.op = op
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        services = services_from(json_body(req, {}))
+        instance = req.get_param("instance") or self.controller.cfg.instance
+        engine = self.controller.engine_for(instance)
+        timeout = float_param(req, "timeout", self.controller.cfg.api.sync_timeout, 0, 3600)
+        if not bool_param(req, "wait", True):
+            timeout = 0
+        op = self.controller.operations.start(self.op, services, instance,
+                                              lambda: getattr(engine, self.op)(services))
+        try:
+            report = op.future.result(timeout=timeout) if timeout else None
+        except TimeoutError:
+            report = None
+        if report is None:
+            resp.status = falcon.HTTP_202
+            resp.set_header("Location", f"/api/operations/{op.id}")
+            resp.media = {"message": f"{self.op} is running; follow it at "
+                                     f"/api/operations/{op.id}", **op.to_dict()}
+            return
+        body = report_body(report, self.op)
+        body["operation"] = op.id
+        resp.media = body
+
+
+class OperationStatus:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, op_id: str) -> None:
+        op = self.controller.operations.get(op_id)
+        if op is None:
+            raise NotFoundError(f"no operation {op_id}", {"operation": op_id})
+        resp.media = op.to_dict()
+
+
+class Plan:
+    """POST /api/plan: what up/update would do (server-side dry-run), with diffs."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        services = services_from(json_body(req, {}))
+        engine = self.controller.engine_for(req.get_param("instance")
+                                            or self.controller.cfg.instance)
+        report = engine.plan(services)
+        if report.error is not None:
+            raise report.error
+        changes = []
+        for r in report.results.items:
+            item: dict[str, Any] = {"resource": str(r.key), "service": r.service,
+                                    "action": r.action, "reason": r.reason}
+            if r.outcome == "failed":
+                item["error"] = r.error
+            if r.action in ("create", "update") and r.body is not None:
+                item["diff"] = diff(report.live.get(r.key), r.body)
+            changes.append(item)
+        counts: dict[str, int] = {}
+        for c in changes:
+            counts[c["action"]] = counts.get(c["action"], 0) + 1
+        resp.media = {"services": report.services, "revision": report.revision,
+                      "counts": counts, "changes": changes}
+
+
+def diff(live: dict[str, Any] | None, after: dict[str, Any]) -> str:
+    """A unified diff of the object as YAML, noise removed, Secret values redacted."""
+    before = yaml.safe_dump(_clean(live), sort_keys=True) if live else ""
+    now = yaml.safe_dump(_clean(after), sort_keys=True)
+    return "".join(difflib.unified_diff(before.splitlines(keepends=True),
+                                        now.splitlines(keepends=True),
+                                        "live", "planned"))
+
+
+def _clean(obj: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in obj.items() if k != "status"}
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items()
+            if k not in ("managedFields", "resourceVersion", "uid", "creationTimestamp",
+                         "generation", "selfLink")}
+    out["metadata"] = meta
+    if obj.get("kind") == "Secret":
+        for field in ("data", "stringData"):
+            if field in out:
+                out[field] = {k: REDACTED for k in out[field] or {}}
+    return out

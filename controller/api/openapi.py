@@ -1,0 +1,259 @@
+"""GET /openapi.json: the API described for agents and tools (OpenAPI 3.0).
+
+Written by hand next to the routes, with response schemas loose enough to grow (we add,
+never break) but strict about the contract's fields. A test keeps its paths and methods
+identical to the app's routes, and a property-based run checks answers against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from controller.api.errors import STATUS
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if schema is not None:
+        out["content"] = {JSON: {"schema": schema}}
+    return out
+
+
+ERR = _resp("error envelope", _ref("Error"))
+ERRORS = {"400": ERR, "401": ERR, "403": ERR, "404": ERR, "409": ERR, "413": ERR,
+          "429": ERR, "500": ERR, "502": ERR, "503": ERR}
+INSTANCE = {"name": "instance", "in": "query", "required": False,
+            "description": "DeploymentParameters object (default: the controller's)",
+            "schema": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                       "maxLength": 63}}
+EVENT_FILTERS: list[dict[str, Any]] = [
+    {"name": "type", "in": "query", "schema": {"type": "string",
+                                               "enum": ["error", "warning", "info",
+                                                        "success"]}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                "maximum": 1000}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                 "maximum": 10000}},
+    {"name": "resource", "in": "query", "schema": {"type": "string", "maxLength": 300}},
+    {"name": "service", "in": "query", "schema": {"type": "string", "maxLength": 63}},
+    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+    {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+]
+SERVICES_BODY = {"required": False, "content": {JSON: {"schema": _ref("ServiceSelection")}}}
+DEPLOY_PARAMS: list[dict[str, Any]] = [INSTANCE,
+                 {"name": "wait", "in": "query", "schema": {"type": "boolean"}},
+                 {"name": "timeout", "in": "query", "schema": {"type": "number", "minimum": 0,
+                                                               "maximum": 3600}}]
+
+
+def _op(summary: str, responses: dict[str, Any], params: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None, tag: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": summary, "responses": {**responses, **ERRORS}}
+    if params:
+        out["parameters"] = params
+    if body:
+        out["requestBody"] = body
+    if tag:
+        out["tags"] = [tag]
+    return out
+
+
+def _deploy(what: str) -> dict[str, Any]:
+    return {"post": _op(f"{what} services (all when none are named); idempotent",
+                        {"200": _resp("done, with a result per object", _ref("DeployResult")),
+                         "202": _resp("still running: follow the operation",
+                                      _ref("Operation"))},
+                        DEPLOY_PARAMS, SERVICES_BODY, "deploy")}
+
+
+PARAMS_BODY = {"required": True, "content": {JSON: {"schema": _ref("ParametersSpec")}}}
+OBJ = {"type": "object"}
+
+PATHS: dict[str, Any] = {
+    "/healthz": {"get": _op("liveness", {"200": _resp("alive", OBJ)}, tag="probes")},
+    "/readyz": {"get": _op("readiness and role", {"200": _resp("ready", OBJ),
+                                                  "503": _resp("starting", OBJ)},
+                           tag="probes")},
+    "/metrics": {"get": {"summary": "Prometheus metrics", "tags": ["probes"],
+                         "responses": {"200": {"description": "text exposition format",
+                                               "content": {"text/plain": {
+                                                   "schema": {"type": "string"}}}}}}},
+    "/openapi.json": {"get": {"summary": "this document", "tags": ["probes"],
+                              "responses": {"200": _resp("OpenAPI 3.0", OBJ)}}},
+    "/api/status": {"get": _op("controller status: leader, source, last pass",
+                               {"200": _resp("status", _ref("Status"))}, tag="status")},
+    "/api/services": {"get": _op("all services", {"200": _resp("services",
+                                                               _ref("ServiceList"))},
+                                 [INSTANCE], tag="services")},
+    "/api/services/health": {"get": _op("health of every service",
+                                        {"200": _resp("health", _ref("HealthList"))},
+                                        [INSTANCE], tag="services")},
+    "/api/services/{name}": {"get": _op(
+        "one service: objects, health with reasons, recent events",
+        {"200": _resp("service", _ref("ServiceDetail"))},
+        [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+         INSTANCE], tag="services")},
+    "/api/up": _deploy("deploy"),
+    "/api/update": _deploy("re-read parameters and apply"),
+    "/api/down": _deploy("remove"),
+    "/api/plan": {"post": _op("dry run of up/update with diffs (server-side dry-run)",
+                              {"200": _resp("plan", _ref("Plan"))}, [INSTANCE],
+                              SERVICES_BODY, "deploy")},
+    "/api/operations/{op_id}": {"get": _op(
+        "a running or finished operation", {"200": _resp("operation", _ref("Operation"))},
+        [{"name": "op_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        tag="deploy")},
+    "/api/events": {"get": _op("events, newest first",
+                               {"200": _resp("events", _ref("EventList"))},
+                               EVENT_FILTERS, tag="events")},
+    "/api/events/errors": {"get": _op("recent errors",
+                                      {"200": _resp("events", _ref("EventList"))},
+                                      [p for p in EVENT_FILTERS if p["name"] != "type"],
+                                      tag="events")},
+    "/api/events/stream": {"get": {
+        "summary": "Server-Sent Events with the same filters; Last-Event-ID resumes",
+        "tags": ["events"], "parameters": [
+            *EVENT_FILTERS,
+            {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+            {"name": "duration", "in": "query",
+             "schema": {"type": "number", "minimum": 0, "maximum": 3600}}],
+        "responses": {"200": {"description": "text/event-stream",
+                              "content": {"text/event-stream": {
+                                  "schema": {"type": "string"}}}}, **ERRORS}}},
+    "/api/events/{namespace}/{kind}/{name}": {"get": _op(
+        "events of one object", {"200": _resp("events", _ref("EventList"))},
+        [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+         for n in ("namespace", "kind", "name")]
+        + [p for p in EVENT_FILTERS if p["name"] != "resource"], tag="events")},
+    "/api/parameters": {
+        "get": _op("the parameters in force", {"200": _resp("spec", _ref("ParametersSpec"))},
+                   [INSTANCE], tag="parameters"),
+        "post": _op("replace the parameters (validated against the CRD schema)",
+                    {"200": _resp("updated", _ref("ParametersWritten"))}, [INSTANCE],
+                    PARAMS_BODY, "parameters"),
+        "patch": _op("JSON merge patch of the parameters",
+                     {"200": _resp("updated", _ref("ParametersWritten"))}, [INSTANCE],
+                     PARAMS_BODY, "parameters")},
+    "/api/parameters/instances": {"get": _op(
+        "DeploymentParameters objects", {"200": _resp("instances", OBJ)},
+        tag="parameters")},
+    "/api/parameters/schema": {"get": _op("the CRD's spec schema",
+                                          {"200": _resp("schema", OBJ)}, tag="parameters")},
+    "/api/parameters/values": {"get": _op("effective values per service",
+                                          {"200": _resp("values", OBJ)}, [INSTANCE],
+                                          tag="parameters")},
+    "/api/parameters/history": {"get": _op(
+        "recorded parameter revisions", {"200": _resp("history", OBJ)},
+        [INSTANCE, {"name": "limit", "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
+        tag="parameters")},
+    "/api/parameters/rollback": {"post": _op(
+        "restore a recorded revision", {"200": _resp("rolled back", _ref("ParametersWritten"))},
+        [INSTANCE], {"required": True, "content": {JSON: {"schema": {
+            "type": "object", "required": ["revision"],
+            "properties": {"revision": {"type": "string"}}}}}}, "parameters")},
+    "/api/parameters/{service}": {"get": _op(
+        "one service's values", {"200": _resp("values", OBJ)},
+        [{"name": "service", "in": "path", "required": True, "schema": {"type": "string"}},
+         INSTANCE], tag="parameters")},
+    "/api/webhooks/git": {"post": _op(
+        "Git push webhook (GitHub, GitLab, Gitea, generic); signature verified",
+        {"202": _resp("accepted", OBJ)}, body={"required": False, "content": {
+            JSON: {"schema": OBJ}}}, tag="webhooks")},
+    "/api/cluster/requirements": {"get": _op(
+        "the cluster against requirements.yaml", {"200": _resp("checks", OBJ)},
+        tag="status")},
+}
+
+STR = {"type": "string"}
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error", "message", "details"],
+              "properties": {"error": {"type": "string", "enum": sorted(STATUS)},
+                             "message": STR, "details": OBJ}},
+    "ServiceSelection": {"type": "object", "properties": {
+        "services": {"type": "array", "items": STR}}},
+    "ObjectResult": {"type": "object", "required": ["resource", "service", "result"],
+                     "properties": {"resource": STR, "service": STR,
+                                    "result": {"type": "string",
+                                               "enum": ["applied", "unchanged", "deleted",
+                                                        "kept", "failed"]},
+                                    "action": STR, "reason": STR, "error": OBJ}},
+    "DeployResult": {"type": "object", "required": ["message"], "properties": {
+        "message": STR, "services": {"type": "array", "items": STR}, "revision": STR,
+        "counts": OBJ, "results": {"type": "array", "items": _ref("ObjectResult")},
+        "operation": STR}},
+    "Operation": {"type": "object", "required": ["id", "status"], "properties": {
+        "id": STR, "operation": STR, "status": {"type": "string", "enum": [
+            "running", "succeeded", "failed"]}, "report": OBJ, "links": OBJ}},
+    "Plan": {"type": "object", "required": ["changes"], "properties": {
+        "services": {"type": "array", "items": STR}, "revision": STR, "counts": OBJ,
+        "changes": {"type": "array", "items": OBJ}}},
+    "ServiceList": {"type": "object", "required": ["services"], "properties": {
+        "services": {"type": "array", "items": {
+            "type": "object", "required": ["name", "namespace"],
+            "properties": {"name": STR, "namespace": STR, "deployed": {"type": "boolean"},
+                           "status": STR}}}}},
+    "ServiceHealth": {"type": "object", "required": ["name", "namespace", "status",
+                                                     "lastChecked"],
+                      "properties": {"name": STR, "namespace": STR,
+                                     "status": {"type": "string", "enum": [
+                                         "healthy", "progressing", "unhealthy", "unknown",
+                                         "down"]},
+                                     "lastChecked": STR, "hint": STR,
+                                     "objects": {"type": "array", "items": OBJ}}},
+    "HealthList": {"type": "object", "required": ["services"], "properties": {
+        "services": {"type": "array", "items": _ref("ServiceHealth")}}},
+    "ServiceDetail": {"type": "object", "required": ["name", "health"], "properties": {
+        "name": STR, "health": _ref("ServiceHealth"),
+        "objects": {"type": "array", "items": OBJ},
+        "events": {"type": "array", "items": OBJ}}},
+    "Event": {"type": "object", "required": ["id", "timestamp", "type", "message"],
+              "properties": {"id": {"type": "integer"}, "timestamp": STR,
+                             "type": {"type": "string", "enum": ["error", "warning", "info",
+                                                                 "success"]},
+                             "resource": STR, "service": STR, "message": STR, "reason": STR,
+                             "details": OBJ}},
+    "EventList": {"type": "object", "required": ["events"], "properties": {
+        "events": {"type": "array", "items": _ref("Event")}, "count": {"type": "integer"}}},
+    "ParametersSpec": {"type": "object", "properties": {
+        "global": {"type": "object"}, "services": {
+            "type": "object", "additionalProperties": {"type": "object"}}},
+        "additionalProperties": False},
+    "ParametersWritten": {"type": "object", "required": ["message", "parameters"],
+                          "properties": {"message": STR, "parameters": OBJ,
+                                         "revision": STR}},
+    "Status": {"type": "object", "required": ["instance", "leader", "source"],
+               "properties": {"instance": STR, "namespace": STR, "leader": OBJ,
+                              "source": OBJ, "lastPass": OBJ, "services": OBJ,
+                              "recentErrors": {"type": "array", "items": OBJ}}},
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "conductor", "version": "1",
+                 "description": "GitOps controller API: deploy, observe and configure a "
+                                "multi-service application. Errors use one envelope: "
+                                '{"error": code, "message": ..., "details": {...}}.'},
+        "paths": PATHS,
+        "components": {"schemas": SCHEMAS, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}, {}],
+    }
+
+
+class OpenAPI:
+    def __init__(self, app: falcon.App[Any, Any]) -> None:
+        self.doc = document()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.doc

@@ -1,0 +1,62 @@
+"""Probes, the controller's status and its metrics: what operators and Kubernetes poll."""
+
+from __future__ import annotations
+
+import falcon
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from controller import requirements
+from controller.main import Controller
+
+
+class Healthz:
+    """Liveness: the process answers. Nothing here may depend on the API server."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
+class Readyz:
+    """Readiness: started, and (for the leader) the API server reachable. Reports the role;
+    followers are ready too, since every replica serves reads."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        c = self.controller
+        body = {"status": "ready", "leader": c.is_leader(), "holder": c.leader_identity()}
+        if not c.started.is_set():
+            resp.status = falcon.HTTP_503
+            body["status"] = "starting"
+        resp.media = body
+
+
+class Status:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.controller.status()
+
+
+class MetricsResource:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.controller.refresh_gauges()
+        resp.content_type = CONTENT_TYPE_LATEST
+        resp.data = generate_latest(self.controller.registry)
+
+
+class Requirements:
+    """GET /api/cluster/requirements: the cluster against the manifests' requirements."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        engine = self.controller.engine
+        snap = engine.source.snapshot(engine.resource.read())
+        resp.media = requirements.check(self.controller.kube, snap.manifest_root)
