@@ -48,6 +48,22 @@ class ConflictError(ConductorError):
     code = "conflict"
 
 
+class UnauthorizedError(ConductorError):
+    code = "unauthorized"
+
+
+class ForbiddenError(ConductorError):
+    code = "forbidden"
+
+
+class RateLimitedError(ConductorError):
+    code = "rate_limited"
+
+
+class PayloadTooLargeError(ConductorError):
+    code = "payload_too_large"
+
+
 class KubernetesError(ConductorError):
     """The API server refused or failed a request (details: status, reason, resource)."""
 

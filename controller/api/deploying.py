@@ -72,7 +72,27 @@ class Deploy:
             return
         body = report_body(report, self.op)
         body["operation"] = op.id
+        if self.op != "down" and bool_param(req, "waitHealthy", False) and \
+                instance == self.controller.cfg.instance:
+            body["health"] = self._wait_healthy(req, report.services)
         resp.media = body
+
+    def _wait_healthy(self, req: falcon.Request, services: list[str]) -> dict[str, Any]:
+        """Block until the services are healthy; an unhealthy one fails the call with the
+        reason of its first failing object (as the reference's ImagePullBackOff example)."""
+        timeout = float_param(req, "healthTimeout", 120.0, 0, 3600)
+        result = self.controller.health.wait(services, timeout)
+        health = {name: h.to_dict() for name, h in result.items()}
+        bad = [h for h in result.values() if not h.healthy]
+        if bad:
+            first = bad[0]
+            resource, why = (first.failing[0][0], first.failing[0][1].reason) \
+                if first.failing else (first.name, first.reason or first.status)
+            raise ReconciliationError(FAILURES[self.op], {
+                "resource": resource, "error": why, "service": first.name,
+                "status": first.status, "message": first.message, "hint": first.hint,
+                "health": health})
+        return health
 
 
 class OperationStatus:

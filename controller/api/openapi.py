@@ -51,7 +51,12 @@ SERVICES_BODY = {"required": False, "content": {JSON: {"schema": _ref("ServiceSe
 DEPLOY_PARAMS: list[dict[str, Any]] = [INSTANCE,
                  {"name": "wait", "in": "query", "schema": {"type": "boolean"}},
                  {"name": "timeout", "in": "query", "schema": {"type": "number", "minimum": 0,
-                                                               "maximum": 3600}}]
+                                                               "maximum": 3600}},
+                 {"name": "waitHealthy", "in": "query", "schema": {"type": "boolean"},
+                  "description": "after applying, wait until the services are healthy; "
+                                 "an unhealthy one answers reconciliation_error"},
+                 {"name": "healthTimeout", "in": "query",
+                  "schema": {"type": "number", "minimum": 0, "maximum": 3600}}]
 
 
 def _op(summary: str, responses: dict[str, Any], params: list[dict[str, Any]] | None = None,
@@ -189,7 +194,7 @@ SCHEMAS: dict[str, Any] = {
     "DeployResult": {"type": "object", "required": ["message"], "properties": {
         "message": STR, "services": {"type": "array", "items": STR}, "revision": STR,
         "counts": OBJ, "results": {"type": "array", "items": _ref("ObjectResult")},
-        "operation": STR}},
+        "operation": STR, "health": OBJ}},
     "Operation": {"type": "object", "required": ["id", "status"], "properties": {
         "id": STR, "operation": STR, "status": {"type": "string", "enum": [
             "running", "succeeded", "failed"]}, "report": OBJ, "links": OBJ}},

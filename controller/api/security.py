@@ -21,29 +21,18 @@ import falcon
 import yaml
 
 from controller.config import ApiSettings
-from controller.errors import ConductorError
+from controller.errors import (
+    ForbiddenError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    UnauthorizedError,
+)
 
 # Paths anyone may call: probes, the metrics scrape, the API description. The Git webhook
 # proves itself with its own signature instead of a bearer token.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 SELF_AUTHENTICATED = frozenset({"/api/webhooks/git"})
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-class UnauthorizedError(ConductorError):
-    code = "unauthorized"
-
-
-class ForbiddenError(ConductorError):
-    code = "forbidden"
-
-
-class RateLimitedError(ConductorError):
-    code = "rate_limited"
-
-
-class PayloadTooLargeError(ConductorError):
-    code = "payload_too_large"
 
 
 @dataclass(frozen=True)

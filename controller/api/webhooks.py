@@ -17,7 +17,7 @@ from typing import Any
 
 import falcon
 
-from controller.api.security import ForbiddenError, UnauthorizedError
+from controller.errors import ForbiddenError, UnauthorizedError
 from controller.main import Controller
 
 
