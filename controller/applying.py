@@ -184,7 +184,8 @@ class Applier:
     def _apply_one(self, change: PlannedChange, dry_run: bool) -> ObjectResult:
         assert change.manifest is not None
         try:
-            live = self.kube.apply(change.manifest.body, dry_run=dry_run)
+            live = self.kube.apply(change.manifest.body, dry_run=dry_run,
+                                   force=self.cfg.apply.conflicts == "force")
         except KubeError as e:
             return ObjectResult(change.key, change.service, "failed", change.action,
                                 change.reason, _error(e, change.key))

@@ -270,7 +270,7 @@ class Kube:
         meta = body["metadata"]
         res = self.resource(body["apiVersion"], body["kind"])
         query: dict[str, Any] = {"fieldManager": self.settings.field_manager}
-        if self.settings.conflicts == "force" if force is None else force:
+        if (self.settings.conflicts == "force") if force is None else force:
             query["force"] = "true"
         if dry_run:
             query["dryRun"] = "All"

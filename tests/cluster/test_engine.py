@@ -315,3 +315,87 @@ def test_a_422_is_reported_once_and_not_retried(app: App, tmp_path: Path) -> Non
     # Everything else was applied; the failure is in status.
     assert ("Deployment", "redis") in app.objects()
     assert app.resource()["status"]["services"]["broken"]["state"] == "failed"
+
+
+CRD_SERVICE = """\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.{{ name }}.example.com
+spec:
+  group: {{ name }}.example.com
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {type: object, properties: {size: {type: integer}}}
+---
+apiVersion: {{ name }}.example.com/v1
+kind: Gadget
+metadata:
+  name: one
+spec:
+  size: {{ service.size | default(1) }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {{ global.namespace }}-gadget-reader
+rules:
+- apiGroups: ["{{ name }}.example.com"]
+  resources: [gadgets]
+  verbs: [get, list, watch]
+"""
+
+
+def test_custom_resources_and_cluster_scoped_objects(app: App) -> None:
+    group = f"g{app.namespace[-6:]}"  # a CRD group per test: CRDs are cluster-wide
+    (app.root / group).mkdir()
+    (app.root / group / "objects.yaml").write_text(CRD_SERVICE)
+    engine = app.engine()
+    report = engine.up()
+    assert report.ok, report.summary()
+    gadget = app.kube.get(f"{group}.example.com/v1", "Gadget", "one", app.namespace)
+    assert gadget is not None and gadget["spec"] == {"size": 1}
+    role = f"{app.namespace}-gadget-reader"
+    assert app.kube.get("rbac.authorization.k8s.io/v1", "ClusterRole", role) is not None
+    # Order: the CRD (phase 0) was applied before the custom resource that needs it.
+    applied = [str(r.key) for r in report.results.items if r.outcome == "applied"]
+    assert applied.index(f"-/CustomResourceDefinition/gadgets.{group}.example.com") < \
+        applied.index(f"{app.namespace}/Gadget/one")
+    assert engine.reconcile().results.counts()["applied"] == 0
+    # Removing the service prunes all three, the custom resource before its CRD.
+    shutil.rmtree(app.root / group)
+    report = engine.reconcile()
+    assert report.ok, report.summary()
+    deleted = [str(r.key) for r in report.results.items if r.outcome == "deleted"]
+    assert deleted.index(f"{app.namespace}/Gadget/one") < \
+        deleted.index(f"-/CustomResourceDefinition/gadgets.{group}.example.com")
+    assert app.kube.get("rbac.authorization.k8s.io/v1", "ClusterRole", role) is None
+
+
+def test_conflict_policy_force_or_fail(app: App) -> None:
+    engine = app.engine()
+    assert engine.up().ok
+    # Another field manager takes spec.replicas by server-side apply (a conflict for us).
+    other = {"apiVersion": "apps/v1", "kind": "Deployment",
+             "metadata": {"name": "redis", "namespace": app.namespace},
+             "spec": {"replicas": 5}}
+    app.kube.request("PATCH", f"/apis/apps/v1/namespaces/{app.namespace}/deployments/redis",
+                     query={"fieldManager": "someone-else", "force": "true"}, body=other,
+                     content_type="application/apply-patch+yaml")
+    strict = app.engine(replace(app.cfg, apply=replace(app.cfg.apply, conflicts="fail")))
+    report = strict.reconcile()
+    failed = {(r.key.kind, r.key.name): r.error for r in report.results.failed}
+    assert set(failed) == {("Deployment", "redis")}
+    assert failed[("Deployment", "redis")]["status"] == 409
+    assert app.objects()[("Deployment", "redis")]["spec"]["replicas"] == 5
+    report = engine.reconcile()  # force (the default) takes the field back
+    assert report.ok, report.summary()
+    assert app.objects()[("Deployment", "redis")]["spec"]["replicas"] == 1
