@@ -313,10 +313,13 @@ class Kube:
 
     def watch(self, api_version: str, kind: str, namespace: str = "",
               resource_version: str = "", label_selector: str = "",
-              timeout_seconds: int = 300, field_selector: str = "") -> Iterator[tuple[str, Body]]:
+              timeout_seconds: int = 300, field_selector: str = "",
+              on_open: Callable[[Any], None] | None = None) -> Iterator[tuple[str, Body]]:
         """Stream (type, object) events until the server closes the watch.
 
         Raises KubeError(status=410) when the resourceVersion is too old: relist then.
+        `on_open` receives the open response, so its owner can shut it down to end a
+        watch that is blocked waiting for the next event.
         """
         res = self.resource(api_version, kind)
         query: dict[str, Any] = {"watch": "true", "timeoutSeconds": timeout_seconds,
@@ -335,6 +338,8 @@ class Kube:
             raise KubeError(f"watch {path}: {e}", reason="ConnectionError") from e
         if resp.status != 200:
             raise _api_error(int(resp.status), resp.read(), resp.headers, "WATCH", path)
+        if on_open is not None:
+            on_open(resp.response)
         try:
             for line in _lines(resp.response):
                 event = json.loads(line)

@@ -9,10 +9,12 @@ reflector's thread and must be quick.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from controller.kube import Body, Kube, KubeError
 from controller.objects import ObjectKey
@@ -46,6 +48,7 @@ class Reflector:
         self.synced = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._response: Any = None  # the open watch, shut down by stop()
 
     def start(self) -> Reflector:
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -54,7 +57,12 @@ class Reflector:
         return self
 
     def stop(self) -> None:
+        """Stop now: also ends a watch that is blocked waiting for the next event."""
         self._stop.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()
 
     def _emit(self, kind: str, obj: Body) -> None:
         if self.handler is None:
@@ -63,6 +71,12 @@ class Reflector:
             self.handler(kind, obj)
         except Exception:  # a handler bug must not kill the watch
             log.exception("watch handler failed for %s", self.selector.kind)
+
+    def _opened(self, response: Any) -> None:
+        self._response = response
+        if self._stop.is_set():  # stopped while connecting
+            with contextlib.suppress(Exception):
+                response.shutdown()
 
     def _run(self) -> None:
         sel = self.selector
@@ -74,7 +88,8 @@ class Reflector:
                     version = self._relist()
                 for kind, obj in self.kube.watch(
                         sel.api_version, sel.kind, sel.namespace, version,
-                        sel.label_selector, self.watch_timeout, sel.field_selector):
+                        sel.label_selector, self.watch_timeout, sel.field_selector,
+                        on_open=self._opened):
                     if self._stop.is_set():
                         return
                     version = obj.get("metadata", {}).get("resourceVersion", version)
@@ -88,6 +103,8 @@ class Reflector:
                     self._emit(kind, obj)
                 delay = self.backoff
             except KubeError as e:
+                if self._stop.is_set():
+                    return
                 if e.status == 410:
                     version = ""  # too old: relist
                     continue
