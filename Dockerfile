@@ -60,6 +60,7 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY controller /app/controller
 COPY config/crd /app/config/crd
+COPY config/gunicorn.conf.py /app/config/gunicorn.conf.py
 COPY manifests /app/manifests
 # Bytecode now (root owns /app, the runtime user cannot write there), and `conductor` as
 # a command for `kubectl exec ... -- conductor --help`.

@@ -8,12 +8,16 @@ stopped in `worker_exit`, which lets the current pass finish before the process 
 from __future__ import annotations
 
 import os
+import runpy
+from pathlib import Path
 from typing import Any
 
 import falcon
 from gunicorn.app.base import BaseApplication
 
 from controller.config import Config
+
+GUNICORN_CONF = Path(__file__).resolve().parents[2] / "config" / "gunicorn.conf.py"
 
 
 class Server(BaseApplication):  # type: ignore[misc]
@@ -24,21 +28,16 @@ class Server(BaseApplication):  # type: ignore[misc]
         super().__init__()
 
     def load_config(self) -> None:
-        settings = {
-            "bind": [f"{self.config.api.host}:{self.config.api.port}"],
-            "workers": 1,
-            "worker_class": "gthread",
-            "threads": 8,
-            "timeout": 120,
-            "graceful_timeout": 90,
-            "accesslog": "-",
-            # No control socket: a second controller (tests, replicas on one host) would
-            # fight over its default path, and a read-only root filesystem has no room.
-            "control_socket_disable": True,
-            "worker_exit": self._worker_exit,
-        }
-        for key, value in settings.items():
-            self.cfg.set(key, value)
+        for key, value in runpy.run_path(str(GUNICORN_CONF)).items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key, value)
+        api = self.config.api
+        self.cfg.set("bind", [f"{api.host}:{api.port}"])
+        self.cfg.set("threads", api.threads)
+        if api.certfile and api.keyfile:
+            self.cfg.set("certfile", api.certfile)
+            self.cfg.set("keyfile", api.keyfile)
+        self.cfg.set("worker_exit", self._worker_exit)
 
     def load(self) -> falcon.App[Any, Any]:
         from controller.api.app import create_app

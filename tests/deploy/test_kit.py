@@ -289,7 +289,12 @@ def test_image_layout_finds_crd_and_manifests(tmp_path: Path) -> None:
         if line.startswith("COPY ") and "--from=" not in line:
             src, dest = line.split()[1:]
             target = tmp_path / dest.lstrip("/")
-            shutil.copytree(REPO / src, target, ignore=shutil.ignore_patterns("__pycache__"))
+            if (REPO / src).is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / src, target)
+            else:
+                shutil.copytree(REPO / src, target,
+                                ignore=shutil.ignore_patterns("__pycache__"))
     probe = ("import controller, controller.crds as c, controller.parameters as p, "
              "controller.config as k; print(controller.__file__); print(c.CRD_FILE); "
              "print(p.DEFAULT_CRD); print(k.DEFAULT_MANIFESTS)")
