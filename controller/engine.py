@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -178,9 +178,10 @@ class Engine:
         if op == "down":
             self._delete(report, named, inventory, obj)
             return
-        deployed = sorted((named if services else known) - down)
-        if op == "reconcile":
-            deployed = sorted(known - down)
+        # A full pass (reconcile, or a plan of everything) covers the whole app and prunes;
+        # operations on named services touch only those services and the shared objects.
+        whole = op == "reconcile" or (op == "plan" and not services)
+        deployed = sorted((known if whole else named) - down)
         validate_spec(snap.spec, self.schema)
         params = Parameters.from_spec(snap.spec)
         desired = rendering.render(tree, params, services=deployed,
@@ -189,15 +190,12 @@ class Engine:
         namespaces = {name: str(effective(params, name).get("namespace") or "")
                       for name in [*known, SHARED_SERVICE]}
         desired = self.applier.normalize(desired, namespaces)
-        scope: set[str] | None = None if op == "reconcile" else {*deployed, SHARED_SERVICE}
-        if op == "reconcile" and not deployed:
-            scope = None
+        scope: set[str] | None = None if whole else {*deployed, SHARED_SERVICE}
         live = self.applier.observe(desired, ((k, e.api_version) for k, e in inventory.items()
                                               if scope is None or e.service in scope))
         settings = self.cfg.prune
-        if op == "reconcile" and not deployed:
-            from dataclasses import replace as _replace
-            settings = _replace(settings, allow_empty=True)  # everything is down on purpose
+        if whole and not deployed:
+            settings = replace(settings, allow_empty=True)  # everything is down on purpose
         plan = planning.plan(desired, live, inventory, services=scope, settings=settings,
                              field_manager=self.cfg.apply.field_manager,
                              app=self.cfg.app_name, instance=self.cfg.instance)
@@ -208,7 +206,7 @@ class Engine:
         if not dry_run:
             obj = self._record_intent(obj, plan, inventory)
         self.applier.apply(plan, report.results, dry_run=dry_run)
-        if op == "reconcile" or dry_run:
+        if whole:
             self.applier.prune(plan, report.results, dry_run=dry_run)
         if dry_run:
             return
