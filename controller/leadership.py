@@ -63,6 +63,7 @@ class LeaderElector:
         self._last_renew = 0.0  # monotonic time of our last successful renew
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.tried = threading.Event()  # set once the first attempt has an answer
 
     @property
     def is_leader(self) -> bool:
@@ -96,6 +97,8 @@ class LeaderElector:
                 self._try()
             except KubeError as e:
                 log.warning("lease %s: %s", self.name, e.message)
+            finally:
+                self.tried.set()
             if self._leading and not self.is_leader:
                 self._set(False)  # could not renew in time: step down, stop writing
             self._stop.wait(self.retry_period)

@@ -111,11 +111,8 @@ class Controller:
     def start(self) -> Controller:
         if self.elector:
             self.elector.start()
-            # A single replica should not wait a retry period for its first pass.
-            deadline = time.monotonic() + self.cfg.leader.retry_period * 2
-            while not self.elector.is_leader and time.monotonic() < deadline \
-                    and not self.elector.holder:
-                time.sleep(0.05)
+            # Know our role before the first pass (a single replica leads at once).
+            self.elector.tried.wait(self.cfg.leader.retry_period * 2)
         if self.is_leader():
             self._prepare()
         self._watch = self.engine.resource.watch(lambda _obj: self.loop.wake("resource"))
