@@ -23,7 +23,7 @@ from controller.applying import Applier, ObjectResult, Results
 from controller.config import Config
 from controller.crds import CRD_FILE
 from controller.errors import ConductorError, NotFoundError, ReconciliationError
-from controller.kube import Body, Kube, KubeError
+from controller.kube import Body, Kube, KubeError, NotLeaderError
 from controller.objects import SHARED_SERVICE, Manifest
 from controller.parameters import Parameters, effective, load_schema, validate_spec
 from controller.sources import ParameterSource, Snapshot
@@ -139,7 +139,8 @@ class Engine:
                 report.error = ReconciliationError(f"{op} failed: {e}",
                                                    {"exception": type(e).__name__})
             report.duration = time.monotonic() - started
-            if report.error is not None and op != "plan":
+            if report.error is not None and op != "plan" and \
+                    not isinstance(report.error, NotLeaderError):
                 self._record_failure(report)
             self.last = report if op != "plan" else self.last
         self._emit_finished(report)

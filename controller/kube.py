@@ -184,7 +184,8 @@ class Kube:
             raw = resp.read()
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise KubeError(f"{method} {path}: {type(e).__name__}: {e}", status=0,
-                            reason="ConnectionError") from e
+                            reason="ConnectionError",
+                            details={"method": method, "path": path}) from e
         finally:
             if self.observer:
                 self.observer(method, status, time.monotonic() - started)

@@ -22,7 +22,7 @@ from controller.crds import ensure_crd
 from controller.engine import Engine, Report, now_rfc3339
 from controller.events import EngineRecorder, EventStore
 from controller.history import History
-from controller.kube import Kube, KubeError
+from controller.kube import Kube, KubeError, NotLeaderError
 from controller.leadership import LeaderElector
 from controller.loop import Loop
 from controller.metrics import Metrics
@@ -214,8 +214,8 @@ class Controller:
 
     def _on_report(self, report: Report) -> None:
         """After every pass and operation of any engine: observe, record, measure."""
-        if report.instance != self.cfg.instance:
-            return
+        if report.instance != self.cfg.instance or isinstance(report.error, NotLeaderError):
+            return  # another instance's, or a follower refusing to write: nothing happened
         self.reports = [*self.reports[-49:], report]
         self.kube_events.track((r.key, r.service) for r in report.results.items)
         # Health: watch what this pass planned; its 403s become RBAC problems.
@@ -228,8 +228,9 @@ class Controller:
             except Exception:
                 log.exception("cannot record parameter history")
         committed = snap.committed_at.timestamp() if snap and snap.committed_at else None
-        drifted = {r.service for r in report.results.items
-                   if r.outcome == "applied" and r.reason == "drift"}
+        # One correction per object re-applied (the counter's unit), labelled by service.
+        drifted = [r.service for r in report.results.items
+                   if r.outcome == "applied" and r.reason == "drift"]
         self.metrics.observe_pass(report.operation, report.duration, report.ok,
                                   report.results.counts(), report.revision, drifted,
                                   committed)
@@ -245,7 +246,13 @@ class Controller:
             self.kube_events.post(type_, reason, message, details)
 
     def refresh_gauges(self) -> None:
-        """Gauges computed at scrape time from memory: service health, the event store."""
+        """Gauges computed at scrape time from memory: leadership, service health, the event
+        store."""
+        if self.elector is not None:
+            # From the lease's clock, not only on changes: a follower that never led says 0
+            # (the alerts' leader filter relies on it), and a leader past its renew deadline
+            # says 0 at once, even while its election thread still waits for the API server.
+            self.metrics.set_leader(self.is_leader())
         states = {h.name: h.status for h in self.health.services()}
         self.metrics.set_service_health(states)
         worst = next((s for s in ("unhealthy", "progressing", "unknown") if s in

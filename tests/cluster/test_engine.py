@@ -394,7 +394,8 @@ def test_conflict_policy_force_or_fail(app: App) -> None:
     report = strict.reconcile()
     failed = {(r.key.kind, r.key.name): r.error for r in report.results.failed}
     assert set(failed) == {("Deployment", "redis")}
-    assert failed[("Deployment", "redis")]["status"] == 409
+    conflict = failed[("Deployment", "redis")]
+    assert conflict is not None and conflict["status"] == 409
     assert app.objects()[("Deployment", "redis")]["spec"]["replicas"] == 5
     report = engine.reconcile()  # force (the default) takes the field back
     assert report.ok, report.summary()

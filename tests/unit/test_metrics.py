@@ -1,0 +1,250 @@
+"""The Prometheus collectors: names, labels and values, each test on a fresh registry."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from controller.metrics import HEALTH_STATES, KIND, Metrics
+
+OBJ = {"kind": KIND, "name": "default", "namespace": "apps"}
+METRIC_COUNT = 19  # every collector Metrics registers
+OUTCOMES = {"applied": 3, "unchanged": 5, "deleted": 1, "kept": 0, "failed": 2}
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry) -> Metrics:
+    return Metrics(registry, "default", "apps")
+
+
+def value(registry: CollectorRegistry, sample: str, **labels: str) -> float | None:
+    return registry.get_sample_value(sample, labels)
+
+
+def test_labels_name_the_deployment_parameters_object(metrics: Metrics) -> None:
+    assert metrics.labels == OBJ
+
+
+def test_a_successful_pass(metrics: Metrics, registry: CollectorRegistry) -> None:
+    before = time.time()
+    metrics.observe_pass("reconcile", 0.3, True, OUTCOMES, "generation/4",
+                         drifted_services=["redis"], committed_at=before - 20)
+    op = {**OBJ, "operation": "reconcile"}
+    assert value(registry, "conductor_reconcile_duration_seconds_count", **op) == 1
+    assert value(registry, "conductor_reconcile_duration_seconds_sum", **op) == \
+        pytest.approx(0.3)
+    assert value(registry, "conductor_reconcile_duration_seconds_bucket", **op, le="0.25") == 0
+    assert value(registry, "conductor_reconcile_duration_seconds_bucket", **op, le="0.5") == 1
+    assert value(registry, "conductor_reconcile_total", **op, result="success") == 1
+    assert value(registry, "conductor_reconcile_total", **op, result="failure") is None
+    for outcome in ("applied", "unchanged", "deleted", "failed"):
+        assert value(registry, "conductor_objects_total", **OBJ, outcome=outcome) == \
+            OUTCOMES[outcome]
+    # Zero counts create no series (no outcome that never happened).
+    assert value(registry, "conductor_objects_total", **OBJ, outcome="kept") is None
+    assert value(registry, "conductor_drift_corrections_total", **OBJ, service="redis") == 1
+    last = value(registry, "conductor_last_successful_reconcile_timestamp_seconds", **OBJ)
+    assert last is not None and before <= last <= time.time()
+    assert value(registry, "conductor_last_applied_revision_info", **OBJ,
+                 revision="generation/4") == 1
+    assert value(registry, "conductor_push_to_applied_seconds_count", **OBJ) == 1
+    pushed = value(registry, "conductor_push_to_applied_seconds_sum", **OBJ)
+    assert pushed is not None and 20 <= pushed < 30
+    assert value(registry, "conductor_push_to_applied_seconds_bucket", **OBJ, le="10.0") == 0
+    assert value(registry, "conductor_push_to_applied_seconds_bucket", **OBJ, le="30.0") == 1
+
+
+def test_passes_accumulate_by_operation_and_result(metrics: Metrics,
+                                                   registry: CollectorRegistry) -> None:
+    metrics.observe_pass("reconcile", 0.1, True, {"applied": 2}, "sha1")
+    metrics.observe_pass("reconcile", 0.2, True, {"applied": 1}, "sha2",
+                         drifted_services=["redis", "frontend"])
+    metrics.observe_pass("reconcile", 0.2, False, {"failed": 1}, "sha3",
+                         drifted_services=["redis"])
+    metrics.observe_pass("up", 4.0, True, {"applied": 7}, "sha3")
+    reconcile = {**OBJ, "operation": "reconcile"}
+    assert value(registry, "conductor_reconcile_total", **reconcile, result="success") == 2
+    assert value(registry, "conductor_reconcile_total", **reconcile, result="failure") == 1
+    assert value(registry, "conductor_reconcile_total", **OBJ, operation="up",
+                 result="success") == 1
+    assert value(registry, "conductor_reconcile_duration_seconds_count", **reconcile) == 3
+    assert value(registry, "conductor_reconcile_duration_seconds_bucket", **OBJ,
+                 operation="up", le="2.5") == 0
+    assert value(registry, "conductor_objects_total", **OBJ, outcome="applied") == 10
+    assert value(registry, "conductor_objects_total", **OBJ, outcome="failed") == 1
+    assert value(registry, "conductor_drift_corrections_total", **OBJ, service="redis") == 2
+    assert value(registry, "conductor_drift_corrections_total", **OBJ, service="frontend") == 1
+    # A failed pass applied nothing new: the revision stays at the last success.
+    assert value(registry, "conductor_last_applied_revision_info", **OBJ, revision="sha2") \
+        is None
+    assert value(registry, "conductor_last_applied_revision_info", **OBJ, revision="sha3") == 1
+
+
+def test_a_failed_pass_moves_neither_last_success_nor_revision(
+        metrics: Metrics, registry: CollectorRegistry) -> None:
+    metrics.observe_pass("reconcile", 1.0, False, {"failed": 4}, "sha1",
+                         committed_at=time.time() - 5)
+    assert value(registry, "conductor_reconcile_total", **OBJ, operation="reconcile",
+                 result="failure") == 1
+    assert value(registry, "conductor_last_successful_reconcile_timestamp_seconds", **OBJ) \
+        is None
+    assert value(registry, "conductor_last_applied_revision_info", **OBJ, revision="sha1") \
+        is None
+    assert value(registry, "conductor_push_to_applied_seconds_count", **OBJ) is None
+
+
+def test_push_to_applied_only_when_the_commit_time_is_known(
+        metrics: Metrics, registry: CollectorRegistry) -> None:
+    metrics.observe_pass("reconcile", 0.1, True, {}, "generation/1")
+    assert value(registry, "conductor_push_to_applied_seconds_count", **OBJ) is None
+    # A commit time in the future (clock skew) counts as zero, never negative.
+    metrics.observe_pass("reconcile", 0.1, True, {}, "sha", committed_at=time.time() + 100)
+    assert value(registry, "conductor_push_to_applied_seconds_count", **OBJ) == 1
+    assert value(registry, "conductor_push_to_applied_seconds_sum", **OBJ) == 0
+
+
+def test_conditions_are_one_hot(metrics: Metrics, registry: CollectorRegistry) -> None:
+    metrics.set_conditions({"Ready": "True", "Stalled": "False"})
+    assert value(registry, "conductor_reconcile_condition", **OBJ, type="Ready",
+                 status="True") == 1
+    assert value(registry, "conductor_reconcile_condition", **OBJ, type="Ready",
+                 status="False") == 0
+    assert value(registry, "conductor_reconcile_condition", **OBJ, type="Ready",
+                 status="Unknown") == 0
+    assert value(registry, "conductor_reconcile_condition", **OBJ, type="Stalled",
+                 status="False") == 1
+    metrics.set_conditions({"Ready": "False"})
+    assert value(registry, "conductor_reconcile_condition", **OBJ, type="Ready",
+                 status="True") == 0
+    assert value(registry, "conductor_reconcile_condition", **OBJ, type="Ready",
+                 status="False") == 1
+
+
+def test_service_health_is_one_hot(metrics: Metrics, registry: CollectorRegistry) -> None:
+    metrics.set_service_health({"redis": "unhealthy", "frontend": "healthy"})
+    for status in HEALTH_STATES:
+        assert value(registry, "conductor_service_health", **OBJ, service="redis",
+                     status=status) == (1 if status == "unhealthy" else 0)
+        assert value(registry, "conductor_service_health", **OBJ, service="frontend",
+                     status=status) == (1 if status == "healthy" else 0)
+    metrics.set_service_health({"redis": "healthy"})
+    assert value(registry, "conductor_service_health", **OBJ, service="redis",
+                 status="unhealthy") == 0
+    assert value(registry, "conductor_service_health", **OBJ, service="redis",
+                 status="healthy") == 1
+    total = sum(value(registry, "conductor_service_health", **OBJ, service="redis",
+                      status=s) or 0 for s in HEALTH_STATES)
+    assert total == 1
+
+
+def test_app_info_keeps_only_the_current_series(metrics: Metrics,
+                                                registry: CollectorRegistry) -> None:
+    metrics.set_app("progressing", "Synced", "sha1")
+    metrics.set_app("healthy", "Synced", "sha2")
+    assert value(registry, "conductor_app_info", **OBJ, health_status="healthy",
+                 sync_status="Synced", revision="sha2") == 1
+    assert value(registry, "conductor_app_info", **OBJ, health_status="progressing",
+                 sync_status="Synced", revision="sha1") is None
+    text = generate_latest(registry).decode()
+    assert text.count("\nconductor_app_info{") == 1
+
+
+def test_kube_requests_and_retries_by_verb_and_code(metrics: Metrics,
+                                                    registry: CollectorRegistry) -> None:
+    metrics.observe_request("PATCH", 200, 0.02)
+    metrics.observe_request("PATCH", 200, 0.2)
+    metrics.observe_request("GET", 0, 3.0)  # no answer
+    metrics.count_retry("PATCH", 503)
+    metrics.count_retry("PATCH", 503)
+    metrics.count_retry("PATCH", 429)
+    assert value(registry, "conductor_kube_request_duration_seconds_count", verb="PATCH",
+                 code="200") == 2
+    assert value(registry, "conductor_kube_request_duration_seconds_bucket", verb="PATCH",
+                 code="200", le="0.025") == 1
+    assert value(registry, "conductor_kube_request_duration_seconds_sum", verb="PATCH",
+                 code="200") == pytest.approx(0.22)
+    assert value(registry, "conductor_kube_request_duration_seconds_count", verb="GET",
+                 code="0") == 1
+    assert value(registry, "conductor_kube_request_retries_total", verb="PATCH",
+                 code="503") == 2
+    assert value(registry, "conductor_kube_request_retries_total", verb="PATCH",
+                 code="429") == 1
+
+
+def test_leader_gauge(metrics: Metrics, registry: CollectorRegistry) -> None:
+    assert value(registry, "conductor_leader", **OBJ) is None
+    metrics.set_leader(True)
+    assert value(registry, "conductor_leader", **OBJ) == 1
+    metrics.set_leader(False)
+    assert value(registry, "conductor_leader", **OBJ) == 0
+
+
+def test_one_registry_per_instance() -> None:
+    """Two controllers in one process (tests) do not collide: nothing is global."""
+    first, second = CollectorRegistry(), CollectorRegistry()
+    Metrics(first, "a", "ns").set_leader(True)
+    Metrics(second, "b", "ns").set_leader(False)
+    assert first.get_sample_value("conductor_leader", {**OBJ, "name": "a",
+                                                       "namespace": "ns"}) == 1
+    assert first.get_sample_value("conductor_leader", {**OBJ, "name": "b",
+                                                       "namespace": "ns"}) is None
+    assert second.get_sample_value("conductor_leader", {**OBJ, "name": "b",
+                                                        "namespace": "ns"}) == 0
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Metrics(first, "c", "ns")
+
+
+def test_every_metric_has_help_and_the_conductor_prefix(metrics: Metrics,
+                                                        registry: CollectorRegistry) -> None:
+    metrics.observe_pass("reconcile", 0.1, True, {"applied": 1}, "sha", ["redis"], time.time())
+    metrics.set_conditions({"Ready": "True"})
+    metrics.set_service_health({"redis": "healthy"})
+    metrics.set_app("healthy", "Synced", "sha")
+    metrics.observe_request("GET", 200, 0.01)
+    metrics.count_retry("GET", 503)
+    metrics.set_leader(True)
+    families = list(registry.collect())
+    assert len(families) == METRIC_COUNT
+    for family in families:
+        assert family.name.startswith("conductor_"), family.name
+        assert family.documentation, family.name
+
+
+def documented(collector: Any) -> str:
+    """A collector's line in README.md's Metrics section: the name to query (histograms
+    add `_bucket`, `_sum`, `_count`), type, labels, help text. Regenerate the list with
+    `python -c 'from tests.unit.test_metrics import *; print(*map(documented, collectors()),
+    sep="\\n")'`."""
+    kind: str = collector._type
+    name: str = collector._name
+    labels = list(collector._labelnames)
+    if kind == "counter":
+        name += "_total"
+    elif kind == "info":
+        name += "_info"
+        labels.append("revision")
+    shown = "labels " + ", ".join(f"`{label}`" for label in labels) if labels else "no labels"
+    return f"- `{name}` ({kind}; {shown}): {collector._documentation}"
+
+
+def collectors() -> list[Any]:
+    metrics = Metrics(CollectorRegistry(), "default", "apps")
+    return [c for c in vars(metrics).values() if hasattr(c, "_documentation")]
+
+
+def test_the_readme_documents_every_metric_exactly() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    listed = [line for line in section.splitlines() if line.startswith("- `conductor_")]
+    expected = [documented(c) for c in collectors()]
+    assert len(expected) == METRIC_COUNT
+    assert listed == expected
