@@ -343,7 +343,11 @@ class Kube:
             on_open(resp.response)
         try:
             for line in _lines(resp.response):
-                event = json.loads(line)
+                try:
+                    event = json.loads(line)
+                except ValueError as e:  # a last line cut short: the stream ended mid-event
+                    raise KubeError(f"watch {path} dropped mid-event: {e}",
+                                    reason="ConnectionError") from e
                 obj = event.get("object") or {}
                 if event.get("type") == "ERROR":
                     raise KubeError(obj.get("message", "watch error"),

@@ -22,10 +22,15 @@ from controller.main import Controller
 
 
 class RequestMetrics:
-    """Count and time every request by route template (bounded label values)."""
+    """Count and time every request by route template (bounded label values).
+
+    The labelled children are looked up once per label set and kept: `labels()` takes the
+    metric's lock and builds its key on every call, a cost paid on every request."""
 
     def __init__(self, controller: Controller) -> None:
         self.metrics = controller.metrics
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._requests: dict[tuple[str, str, str], Any] = {}
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
@@ -35,10 +40,18 @@ class RequestMetrics:
         route = req.uri_template or "unmatched"
         started = getattr(req.context, "started", None)
         if started is not None:
-            self.metrics.api_latency.labels(route=route, method=req.method).observe(
-                time.perf_counter() - started)
-        self.metrics.api_requests.labels(route=route, method=req.method,
-                                         status=str(resp.status)[:3]).inc()
+            key = (route, req.method)
+            latency = self._latency.get(key)
+            if latency is None:
+                latency = self._latency.setdefault(key, self.metrics.api_latency.labels(
+                    route=route, method=req.method))
+            latency.observe(time.perf_counter() - started)
+        counted = (route, req.method, str(resp.status)[:3])
+        counter = self._requests.get(counted)
+        if counter is None:
+            counter = self._requests.setdefault(counted, self.metrics.api_requests.labels(
+                *counted))
+        counter.inc()
 
 
 def create_app(controller: Controller) -> falcon.App[Any, Any]:

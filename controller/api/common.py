@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import falcon
 
 from controller.errors import InvalidRequestError
+
+
+def body_bytes(req: falcon.Request) -> bytes:
+    """The raw request body: as Content-Length says, or as the body-limit middleware read
+    it when it came chunked."""
+    body = getattr(req.context, "body", None)
+    return body if isinstance(body, bytes) else req.bounded_stream.read()
 
 
 def json_body(req: falcon.Request, default: Any = None) -> Any:
@@ -18,7 +26,7 @@ def json_body(req: falcon.Request, default: Any = None) -> Any:
     selection, i.e. *every* service. An empty body gives `default`; anything that is not
     JSON is an invalid_request, never a guess.
     """
-    raw = req.bounded_stream.read()
+    raw = body_bytes(req)
     if not raw.strip():
         return default
     try:
@@ -26,6 +34,26 @@ def json_body(req: falcon.Request, default: Any = None) -> Any:
     except ValueError as e:
         raise InvalidRequestError(f"request body is not valid JSON: {e}",
                                   {"content_type": req.content_type or ""}) from e
+
+
+# A DeploymentParameters name that can also be a label value (the objects carry it).
+INSTANCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def instance_param(req: falcon.Request, default: str) -> str:
+    """`?instance=`: the DeploymentParameters object to act on (default: the controller's).
+
+    Checked here, so a malformed name is the caller's invalid_request, not the API server's
+    refusal passed on as a kubernetes_error (502).
+    """
+    raw = req.get_param("instance")
+    if raw is None or raw == "":
+        return default
+    if len(raw) > 63 or not INSTANCE_NAME.match(raw):
+        raise InvalidRequestError("'instance' must be a DeploymentParameters name: lower-case "
+                                  "letters, digits, '-' and '.', at most 63 characters",
+                                  {"field": "instance", "value": raw[:100]})
+    return raw
 
 
 def services_from(body: Any) -> list[str]:

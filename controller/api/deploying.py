@@ -14,7 +14,13 @@ from typing import Any
 import falcon
 import yaml
 
-from controller.api.common import bool_param, float_param, json_body, services_from
+from controller.api.common import (
+    bool_param,
+    float_param,
+    instance_param,
+    json_body,
+    services_from,
+)
 from controller.engine import Report
 from controller.errors import NotFoundError, ReconciliationError
 from controller.main import Controller
@@ -26,6 +32,7 @@ MESSAGES = {
 }
 FAILURES = {"up": "Deployment failed", "update": "Update failed", "down": "Removal failed"}
 REDACTED = "***REDACTED***"
+CHANGED = "***REDACTED (changed)***"
 
 
 def report_body(report: Report, op: str) -> dict[str, Any]:
@@ -53,7 +60,7 @@ class Deploy:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         services = services_from(json_body(req, {}))
-        instance = req.get_param("instance") or self.controller.cfg.instance
+        instance = instance_param(req, self.controller.cfg.instance)
         engine = self.controller.engine_for(instance)
         timeout = float_param(req, "timeout", self.controller.cfg.api.sync_timeout, 0, 3600)
         if not bool_param(req, "wait", True):
@@ -114,8 +121,7 @@ class Plan:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         services = services_from(json_body(req, {}))
-        engine = self.controller.engine_for(req.get_param("instance")
-                                            or self.controller.cfg.instance)
+        engine = self.controller.engine_for(instance_param(req, self.controller.cfg.instance))
         report = engine.plan(services)
         if report.error is not None:
             raise report.error
@@ -136,15 +142,21 @@ class Plan:
 
 
 def diff(live: dict[str, Any] | None, after: dict[str, Any]) -> str:
-    """A unified diff of the object as YAML, noise removed, Secret values redacted."""
+    """A unified diff of the object as YAML, noise removed, Secret values redacted.
+
+    A Secret value that changes is shown as changed (another marker), never by value: with
+    one marker for both sides, a password change would plan an update with an empty diff.
+    """
     before = yaml.safe_dump(_clean(live), sort_keys=True) if live else ""
-    now = yaml.safe_dump(_clean(after), sort_keys=True)
+    now = yaml.safe_dump(_clean(after, live), sort_keys=True)
     return "".join(difflib.unified_diff(before.splitlines(keepends=True),
                                         now.splitlines(keepends=True),
                                         "live", "planned"))
 
 
-def _clean(obj: dict[str, Any]) -> dict[str, Any]:
+def _clean(obj: dict[str, Any], live: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`obj` without server-side noise; a Secret's values redacted (those that differ from
+    `live`, when given, with the CHANGED marker)."""
     out = {k: v for k, v in obj.items() if k != "status"}
     meta = {k: v for k, v in (obj.get("metadata") or {}).items()
             if k not in ("managedFields", "resourceVersion", "uid", "creationTimestamp",
@@ -153,5 +165,7 @@ def _clean(obj: dict[str, Any]) -> dict[str, Any]:
     if obj.get("kind") == "Secret":
         for field in ("data", "stringData"):
             if field in out:
-                out[field] = {k: REDACTED for k in out[field] or {}}
+                old = (live or {}).get(field) or {}
+                out[field] = {k: REDACTED if live is None or old.get(k) == v else CHANGED
+                              for k, v in (out[field] or {}).items()}
     return out

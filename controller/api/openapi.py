@@ -130,9 +130,10 @@ PATHS: dict[str, Any] = {
             {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
             {"name": "duration", "in": "query",
              "schema": {"type": "number", "minimum": 0, "maximum": 3600}}],
-        "responses": {"200": {"description": "text/event-stream",
+        "responses": {"200": {"description": "text/event-stream: one message per event, "
+                                             "`data` being the Event as JSON",
                               "content": {"text/event-stream": {
-                                  "schema": {"type": "string"}}}}, **ERRORS}}},
+                                  "schema": _ref("StreamMessage")}}}, **ERRORS}}},
     "/api/events/{namespace}/{kind}/{name}": {"get": _op(
         "events of one object", {"200": _resp("events", _ref("EventList"))},
         [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -226,6 +227,11 @@ SCHEMAS: dict[str, Any] = {
                                                                  "success"]},
                              "resource": STR, "service": STR, "message": STR, "reason": STR,
                              "details": OBJ}},
+    # One Server-Sent Events message (the schema applies to each, as tools read streams).
+    "StreamMessage": {"type": "object", "required": ["id", "event", "data"], "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string", "enum": ["error", "warning", "info", "success"]},
+        "data": {"type": "string", "description": "the Event as JSON"}}},
     "EventList": {"type": "object", "required": ["events"], "properties": {
         "events": {"type": "array", "items": _ref("Event")}, "count": {"type": "integer"}}},
     "ParametersSpec": {"type": "object", "properties": {

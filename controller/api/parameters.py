@@ -13,7 +13,7 @@ from typing import Any
 import falcon
 
 from controller import rendering
-from controller.api.common import int_param, json_body
+from controller.api.common import instance_param, int_param, json_body
 from controller.errors import ConflictError, InvalidRequestError, NotFoundError
 from controller.main import Controller
 from controller.parameters import Parameters, effective, validate_spec
@@ -51,7 +51,7 @@ class _Base:
         self.controller = controller
 
     def _instance(self, req: falcon.Request) -> str:
-        return req.get_param("instance") or self.controller.cfg.instance
+        return instance_param(req, self.controller.cfg.instance)
 
     def _resource(self, req: falcon.Request) -> ParametersResource:
         return ParametersResource(self.controller.kube, self.controller.cfg,

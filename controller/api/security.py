@@ -122,6 +122,11 @@ class RateLimitMiddleware:
 
 
 class BodyLimitMiddleware:
+    """Refuse bodies over the limit: by Content-Length, or (chunked, no length) by reading
+    at most limit + 1 bytes. A chunked body is kept in `req.context.body`: Falcon's
+    bounded stream reads nothing without a Content-Length, and an empty selection means
+    *every* service (see `common.body_bytes`)."""
+
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
 
@@ -130,6 +135,13 @@ class BodyLimitMiddleware:
         if length is not None and length > self.max_bytes:
             raise PayloadTooLargeError(f"request body over {self.max_bytes} bytes",
                                        {"limit": self.max_bytes, "length": length})
+        if length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
+            body = req.stream.read(self.max_bytes + 1)
+            if len(body) > self.max_bytes:
+                raise PayloadTooLargeError(f"request body over {self.max_bytes} bytes",
+                                           {"limit": self.max_bytes,
+                                            "transferEncoding": "chunked"})
+            req.context.body = body
 
 
 def middleware(settings: ApiSettings) -> list[Any]:

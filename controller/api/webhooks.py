@@ -17,6 +17,7 @@ from typing import Any
 
 import falcon
 
+from controller.api.common import body_bytes
 from controller.errors import ForbiddenError, UnauthorizedError
 from controller.main import Controller
 
@@ -40,7 +41,7 @@ class GitWebhook:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         secret = self._secret()
-        body = req.bounded_stream.read()
+        body = body_bytes(req)
         provider = "generic"
         if req.get_header("X-Hub-Signature-256"):
             provider = "github"

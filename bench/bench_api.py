@@ -1,0 +1,248 @@
+"""Benchmark: API reads under load, the real `conductor run` (gunicorn) with 100k events.
+
+Run: .venv/bin/python -m bench.bench_api [--duration S] [--connections N] [--events N]
+Starts a local control plane (or reuses CONDUCTOR_BENCH_STATE_DIR's), fills the event
+store with ~100,000 events (the EventStore on the controller's database file, before it
+starts), starts `python -m controller run` on a loopback port with the example app, makes
+its pods ready (a simulated kubelet's status writes), then loads it from another process:
+`wrk` with N keep-alive connections, DURATION seconds per endpoint. Prints requests/s and
+latency percentiles per endpoint, and the ratios against the targets for in-memory reads:
+>= 1,000 requests/s and p99 < 20 ms. With N connections always busy, latency is about
+N / throughput: the p99 target needs N well under 20 ms x the rate (16 by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.common import control_plane
+from controller.cluster import kubelet
+from controller.cluster.running import free_port
+from controller.config import Config
+from controller.crds import ensure_crd
+from controller.events import EventInput, EventStore
+from controller.kube import Kube
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET_RPS = 1000.0
+TARGET_P99_MS = 20.0
+SERVICES = ["frontend", "postgres", "redis"]
+TYPES = ["info", "success", "warning", "error"]
+TYPE_WEIGHTS = [55, 30, 10, 5]
+# The last one is the uncached path: identical event queries are answered from a cache
+# until the next event is stored, except those with since/until.
+ENDPOINTS = ["/api/services/health", "/api/events?type=error&limit=10",
+             "/api/events?service=redis&limit=50", "/api/events?service=redis&limit=50&since=14d"]
+
+
+@dataclass
+class Load:
+    path: str
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int  # non-2xx answers and socket errors
+
+
+def fill_events(path: Path, namespace: str, n: int) -> float:
+    """n events of the example app's services, in one store file; returns seconds taken."""
+    rng = random.Random(42)
+    started = time.monotonic()
+    with EventStore(path, max_count=n) as store:
+        batch: list[EventInput] = []
+        for i in range(n):
+            service = SERVICES[i % len(SERVICES)]
+            kind = ("Deployment", "Service", "Pod")[rng.randrange(3)]
+            batch.append({"type": rng.choices(TYPES, TYPE_WEIGHTS)[0],
+                          "message": f"{kind} {service} event {i}", "reason": "Bench",
+                          "resource": f"{namespace}/{kind}/{service}", "service": service,
+                          "details": {"i": i}})
+            if len(batch) == 10_000:
+                store.add_many(batch)
+                batch = []
+        store.add_many(batch)
+    return time.monotonic() - started
+
+
+def _get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def _wait(what: str, check: Any, timeout: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as e:  # not up yet
+            last = e
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what} (last error: {last!r})")
+
+
+@contextmanager
+def controller(kubeconfig: str, root: Path, namespace: str, events: Path, port: int,
+               log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    environ = {**os.environ, "CONDUCTOR_API_AUTH": "false",
+               "CONDUCTOR_EVENTS_PATH": str(events), "CONDUCTOR_DEFAULT_NAMESPACE": namespace,
+               **env}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "controller", "run", "--kubeconfig", kubeconfig,
+             "--manifests", str(root), "--namespace", namespace, "--port", str(port),
+             "--interval", "3600"], stdout=out, stderr=subprocess.STDOUT, env=environ,
+            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+
+
+def _ms(value: str) -> float:
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", value)
+    if not match:
+        raise ValueError(f"not a wrk duration: {value!r}")
+    return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0,
+                                    "m": 60_000.0}[match.group(2)]
+
+
+def parse_wrk(path: str, out: str) -> Load:
+    """The figures of `wrk --latency` output."""
+    percent = dict(re.findall(r"^\s+(\d+)%\s+(\S+)$", out, re.M))
+    total = re.search(r"(\d+) requests in ([0-9.]+)(\w+),", out)
+    rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    latency = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out)
+    if not (percent and total and rps and latency):
+        raise ValueError(f"cannot read wrk's output:\n{out}")
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    for n in re.findall(r"Socket errors: (.*)", out):
+        errors += sum(int(x) for x in re.findall(r"\d+", n))
+    return Load(path, int(total.group(1)), _ms(total.group(2) + total.group(3)) / 1000,
+                float(rps.group(1)), _ms(percent["50"]), _ms(percent["99"]),
+                _ms(latency.group(1)), errors)
+
+
+def wrk(port: int, path: str, seconds: int, connections: int, threads: int) -> Load:
+    url = f"http://127.0.0.1:{port}{path}"
+    done = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
+                           "--timeout", "5s", "--latency", url],
+                          capture_output=True, text=True, timeout=seconds + 60, check=True)
+    return parse_wrk(path, done.stdout)
+
+
+def make_ready(kube: Kube, namespace: str) -> bool:
+    """Pods Running and Ready, claims Bound (no kubelet here); True once all services are."""
+    for pod in kube.list("v1", "Pod", namespace)[0]:
+        if not (pod.get("status") or {}).get("containerStatuses"):
+            kubelet.mark_ready(kube, pod)
+    for claim in kube.list("v1", "PersistentVolumeClaim", namespace)[0]:
+        if (claim.get("status") or {}).get("phase") != "Bound":
+            kubelet.bind_claim(kube, claim)
+    return True
+
+
+def report(loads: list[Load]) -> None:
+    print(f"\n{'endpoint':50} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+          f"{'errors':>6}  req/s/target  p99/target")
+    for x in loads:
+        print(f"{x.path:50} {x.rps:9.0f} {x.p50_ms:8.2f} {x.p99_ms:8.2f} {x.max_ms:8.1f} "
+              f"{x.errors:6d}  {x.rps / TARGET_RPS:12.2f}  {x.p99_ms / TARGET_P99_MS:10.2f}")
+    ok = all(x.rps >= TARGET_RPS and x.p99_ms < TARGET_P99_MS and not x.errors for x in loads)
+    print(f"\ntargets: >= {TARGET_RPS:.0f} req/s and p99 < {TARGET_P99_MS:.0f} ms per endpoint "
+          f"(ratios: req/s over the target >= 1, p99 over the target < 1): "
+          f"{'met' if ok else 'NOT met'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_api", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=int, default=10, help="seconds per endpoint")
+    p.add_argument("--connections", type=int, default=16, help="keep-alive connections")
+    p.add_argument("--wrk-threads", type=int, default=1)
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment of the controller (e.g. CONDUCTOR_API_THREADS=4)")
+    args = p.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    extra = dict(item.split("=", 1) for item in args.env)
+    with control_plane() as state, tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        work = Path(tmp)
+        kube = Kube.connect(Config(kubeconfig=state.kubeconfig))
+        ensure_crd(kube)
+        namespace = f"bench-api-{secrets.token_hex(3)}"
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        root = work / "manifests"
+        shutil.copytree(REPO / "manifests", root)
+        params = yaml.safe_load((root / "parameters.yaml").read_text())
+        params["global"]["namespace"] = namespace
+        (root / "parameters.yaml").write_text(yaml.safe_dump(params))
+        events = work / "events.db"
+        took = fill_events(events, namespace, args.events)
+        print(f"event store: {args.events} events written in {took:.1f}s "
+              f"({events.stat().st_size / 2**20:.0f} MiB)")
+        port = free_port()
+        log = work / "controller.log"
+        try:
+            with controller(state.kubeconfig, root, namespace, events, port, log, extra):
+                _wait("the API", lambda: _get(port, "/healthz") == {"status": "ok"})
+                _wait("the first pass", lambda: "lastPass" in _get(port, "/api/status"))
+
+                def healthy() -> bool:
+                    make_ready(kube, namespace)
+                    states = {s["status"] for s in _get(port, "/api/services/health")
+                              ["services"]}
+                    return states == {"healthy"}
+
+                _wait("every service healthy", healthy)
+                stored = _get(port, "/api/events?limit=1")["events"][0]["id"]
+                print(f"controller on 127.0.0.1:{port}, services healthy, newest event id "
+                      f"{stored}; wrk: {args.connections} connections, {args.duration}s each")
+                loads = []
+                for path in ENDPOINTS:
+                    wrk(port, path, 1, args.connections, args.wrk_threads)  # warm-up
+                    loads.append(wrk(port, path, args.duration, args.connections,
+                                     args.wrk_threads))
+                    print(f"  {path}: {loads[-1].rps:.0f} req/s, p99 {loads[-1].p99_ms:.2f} ms",
+                          flush=True)
+                report(loads)
+        finally:
+            kube.delete("v1", "Namespace", namespace)
+            kube.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
