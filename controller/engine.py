@@ -25,9 +25,15 @@ from controller.crds import CRD_FILE
 from controller.errors import ConductorError, NotFoundError, ReconciliationError
 from controller.kube import Body, Kube, KubeError, NotLeaderError
 from controller.objects import SHARED_SERVICE, Manifest
-from controller.parameters import Parameters, effective, load_schema, validate_spec
+from controller.parameters import (
+    Parameters,
+    deep_merge,
+    effective,
+    load_schema,
+    validate_spec,
+)
 from controller.sources import ParameterSource, Snapshot
-from controller.sources.resource import ParametersResource
+from controller.sources.resource import ParametersResource, load_seed
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +130,12 @@ class Engine:
         """What up/update would do, computed with server-side dry-run; changes nothing."""
         return self._run("plan", list(services), "api")
 
+    def parameters(self, snap: Snapshot) -> Parameters:
+        """The values templates see: the app's defaults (`parameters.yaml` in the manifests
+        root, as a chart's values file) overlaid with the validated spec."""
+        validate_spec(snap.spec, self.schema)
+        return Parameters.from_spec(deep_merge(load_seed(snap.manifest_root), snap.spec))
+
     # -- the pass -------------------------------------------------------------------------
 
     def _run(self, op: Operation, services: list[str] | None, trigger: str) -> Report:
@@ -183,8 +195,7 @@ class Engine:
         # operations on named services touch only those services and the shared objects.
         whole = op == "reconcile" or (op == "plan" and not services)
         deployed = sorted((known if whole else named) - down)
-        validate_spec(snap.spec, self.schema)
-        params = Parameters.from_spec(snap.spec)
+        params = self.parameters(snap)
         desired = rendering.render(tree, params, services=deployed,
                                    instance=self.cfg.instance, app=self.cfg.app_name) \
             if deployed else []

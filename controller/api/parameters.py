@@ -127,7 +127,7 @@ class Values(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         engine = self.controller.engine_for(self._instance(req))
         snap = engine.source.snapshot(engine.resource.read())
-        params = Parameters.from_spec(snap.spec)
+        params = engine.parameters(snap)
         names = rendering.load_tree(snap.manifest_root).names
         resp.media = {"revision": snap.revision,
                       "services": {n: effective(params, n) for n in names}}
@@ -143,9 +143,10 @@ class ServiceValues(_Base):
         if service not in names:
             raise NotFoundError(f"unknown service: {service}",
                                 {"service": service, "available": names})
-        params = Parameters.from_spec(snap.spec)
-        resp.media = {"service": service, "values": params.services.get(service, {}),
-                      "global": params.global_, "effective": effective(params, service)}
+        own = Parameters.from_spec(snap.spec)
+        resp.media = {"service": service, "values": own.services.get(service, {}),
+                      "global": own.global_,
+                      "effective": effective(engine.parameters(snap), service)}
 
 
 class HistoryList(_Base):

@@ -522,19 +522,18 @@ def test_parameters_get_and_post_the_contract_example(api: Api) -> None:
     assert result.json["revision"] == "generation/2"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "POST /api/parameters replaces the whole spec: the contract's Example 4 body (only "
-    "global.namespace/replicas and services.redis.replicas) leaves the templates without "
-    "image, tag and port, so its Step 3 redeploy fails with validation_error instead of "
-    "scaling redis to 5. Needs a decision: POST merges (as PATCH does), or the reference "
-    "changes."))
 def test_the_contract_example_4_body_scales_redis(api: Api) -> None:
+    """POST replaces the spec; the app's defaults (manifests/parameters.yaml) fill in what
+    the minimal body leaves out, so the contract's Example 4 scales redis and only that."""
     body = {"global": {"namespace": api.namespace, "replicas": 1},
             "services": {"redis": {"replicas": 5}}}
     assert api.post("/api/parameters", body).status_code == 200
     result = api.post("/api/update", {"services": ["redis"]})
     assert result.status_code == 200, result.text
     assert _replicas(api, "redis") == 5
+    values = api.get("/api/parameters/redis").json
+    assert values["values"] == {"replicas": 5}
+    assert values["effective"]["image"] == "redis"  # from the app's defaults
 
 
 def test_invalid_parameters_are_rejected_before_anything_changes(api: Api) -> None:
