@@ -24,6 +24,8 @@ from controller.objects import (
     LABEL_APP,
     LABEL_INSTANCE,
     LABEL_INSTANCE_NAMESPACE,
+    LABEL_MANAGED_BY,
+    LABEL_SERVICE,
     Manifest,
     ObjectKey,
 )
@@ -76,6 +78,11 @@ class Results:
         for r in self.items:
             out[r.outcome] += 1
         return out
+
+
+# The labels that make an object ours (see objects.py); removed when we let one go.
+OWNER_LABELS = (LABEL_APP, LABEL_INSTANCE, LABEL_INSTANCE_NAMESPACE, LABEL_SERVICE,
+                LABEL_MANAGED_BY)
 
 
 def selector(cfg: Config) -> str:
@@ -216,14 +223,38 @@ class Applier:
     # -- deleting -------------------------------------------------------------------------
 
     def prune(self, plan: Plan, results: Results, dry_run: bool = False) -> None:
-        """Delete what the plan prunes (reverse phase order); record kept objects."""
+        """Delete what the plan prunes (reverse phase order); record kept objects.
+
+        Objects kept by policy (Namespaces, PVCs: they hold data) leave the inventory; they
+        also lose our ownership labels here, once, so they are truly let go: no longer
+        listed, counted in health or reported on every pass.
+        """
         for item in plan.items:
             if item.action == "keep":
-                self._record(results, ObjectResult(item.key, item.service, "kept",
-                                                   item.action, item.reason))
+                if item.reason == "policy" and not dry_run:
+                    self._record(results, self._orphan(item))
+                else:
+                    self._record(results, ObjectResult(item.key, item.service, "kept",
+                                                       item.action, item.reason))
         for phase in plan.prune_phases():
             for r in self._map(lambda c: self._delete_one(c, dry_run), phase):
                 self._record(results, r)
+
+    def _orphan(self, change: PlannedChange) -> ObjectResult:
+        # A merge patch, not an apply: an apply without our fields would remove them (and a
+        # PVC's spec cannot change).
+        patch = {"metadata": {"labels": dict.fromkeys(OWNER_LABELS)}}
+        try:
+            self.kube.patch(change.api_version, change.key.kind, change.key.name, patch,
+                            change.key.namespace)
+        except UnknownKindError:
+            pass
+        except KubeError as e:
+            if e.status != 404:
+                return ObjectResult(change.key, change.service, "failed", change.action,
+                                    change.reason, _error(e, change.key))
+        return ObjectResult(change.key, change.service, "kept", change.action,
+                            "policy: orphaned")
 
     def _delete_one(self, change: PlannedChange, dry_run: bool) -> ObjectResult:
         if dry_run:

@@ -400,3 +400,33 @@ def test_conflict_policy_force_or_fail(app: App) -> None:
     report = engine.reconcile()  # force (the default) takes the field back
     assert report.ok, report.summary()
     assert app.objects()[("Deployment", "redis")]["spec"]["replicas"] == 1
+
+
+def test_moving_namespaces_prunes_the_old_and_lets_its_claim_go(app: App) -> None:
+    engine = app.engine()
+    assert engine.up().ok
+    target = f"{app.namespace[:50]}-moved"
+    app.patch_spec({"global": {"namespace": target}})
+    try:
+        report = engine.reconcile()
+        assert report.ok, report.summary()
+        # Everything now lives in the new namespace (made by _shared/namespace.yaml)...
+        assert app.kube.get("apps/v1", "Deployment", "redis", target) is not None
+        assert app.kube.get("apps/v1", "Deployment", "redis", app.namespace) is None
+        # ...but the old claim holds data: kept, out of the inventory, no longer ours.
+        kept = {(r.key.kind, r.key.namespace): r.reason for r in report.results.items
+                if r.outcome == "kept"}
+        assert kept[("PersistentVolumeClaim", app.namespace)] == "policy: orphaned"
+        claim = app.kube.get("v1", "PersistentVolumeClaim", "postgres-data", app.namespace)
+        assert claim is not None
+        assert not {k for k in claim["metadata"].get("labels", {})
+                    if k.startswith("conductor.io/")}
+        keys = {e["k"] for e in app.resource()["status"]["inventory"]}
+        assert f"/PersistentVolumeClaim/{app.namespace}/postgres-data" not in keys
+        # Let go for good: the next pass neither reports nor touches it.
+        again = engine.reconcile()
+        assert again.ok and not [r for r in again.results.items if r.outcome == "kept"
+                                 and r.key.namespace == app.namespace]
+    finally:
+        engine.down()
+        app.kube.delete("v1", "Namespace", target)
