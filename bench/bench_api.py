@@ -41,6 +41,7 @@ from controller.config import Config
 from controller.crds import ensure_crd
 from controller.events import EventInput, EventStore
 from controller.kube import Kube
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_RPS = 1000.0
@@ -89,20 +90,6 @@ def fill_events(path: Path, namespace: str, n: int) -> float:
 def _get(port: int, path: str) -> Any:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
         return json.loads(resp.read())
-
-
-def _wait(what: str, check: Any, timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except Exception as e:  # not up yet
-            last = e
-        time.sleep(0.2)
-    raise SystemExit(f"timed out waiting for {what} (last error: {last!r})")
 
 
 @contextmanager
@@ -161,17 +148,6 @@ def wrk(port: int, path: str, seconds: int, connections: int, threads: int) -> L
     return parse_wrk(path, done.stdout)
 
 
-def make_ready(kube: Kube, namespace: str) -> bool:
-    """Pods Running and Ready, claims Bound (no kubelet here); True once all services are."""
-    for pod in kube.list("v1", "Pod", namespace)[0]:
-        if not (pod.get("status") or {}).get("containerStatuses"):
-            kubelet.mark_ready(kube, pod)
-    for claim in kube.list("v1", "PersistentVolumeClaim", namespace)[0]:
-        if (claim.get("status") or {}).get("phase") != "Bound":
-            kubelet.bind_claim(kube, claim)
-    return True
-
-
 def report(loads: list[Load]) -> None:
     print(f"\n{'endpoint':50} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'errors':>6}  req/s/target  p99/target")
@@ -217,16 +193,18 @@ def main(argv: list[str] | None = None) -> int:
         log = work / "controller.log"
         try:
             with controller(state.kubeconfig, root, namespace, events, port, log, extra):
-                _wait("the API", lambda: _get(port, "/healthz") == {"status": "ok"})
-                _wait("the first pass", lambda: "lastPass" in _get(port, "/api/status"))
+                wait_for(lambda: _get(port, "/healthz") == {"status": "ok"}, timeout=90,
+                         message="the API")
+                wait_for(lambda: "lastPass" in _get(port, "/api/status"), timeout=90,
+                         message="the first pass")
 
                 def healthy() -> bool:
-                    make_ready(kube, namespace)
+                    kubelet.settle(kube, namespace)
                     states = {s["status"] for s in _get(port, "/api/services/health")
                               ["services"]}
                     return states == {"healthy"}
 
-                _wait("every service healthy", healthy)
+                wait_for(healthy, timeout=90, message="every service healthy")
                 stored = _get(port, "/api/events?limit=1")["events"][0]["id"]
                 print(f"controller on 127.0.0.1:{port}, services healthy, newest event id "
                       f"{stored}; wrk: {args.connections} connections, {args.duration}s each")

@@ -117,6 +117,17 @@ def bind_claim(kube: Kube, claim: Body) -> Body:
                       meta["namespace"], subresource="status")
 
 
+def settle(kube: Kube, namespace: str) -> None:
+    """What the simulator does, once, for one namespace: every Pod not yet reported goes
+    Ready, every claim Bound (for tests and benchmarks, which run no simulator)."""
+    for pod in kube.list("v1", "Pod", namespace)[0]:
+        if not (pod.get("status") or {}).get("containerStatuses"):
+            mark_ready(kube, pod)
+    for claim in kube.list("v1", "PersistentVolumeClaim", namespace)[0]:
+        if (claim.get("status") or {}).get("phase") != "Bound":
+            bind_claim(kube, claim)
+
+
 def _image_tag(image: str) -> str:
     last = image.rsplit("/", 1)[-1]
     return last.split(":", 1)[1] if ":" in last else "latest"

@@ -24,7 +24,6 @@ import pytest
 
 from controller.cluster import kubelet
 from controller.cluster.running import free_port
-from controller.kube import Kube
 from controller.sources.resource import API_VERSION, KIND
 from tests.api.conftest import SERVICES
 from tests.cluster.test_engine import REPO, App
@@ -200,15 +199,6 @@ def server(app: App, tmp_path: Path) -> Iterator[Server]:
             served.post("/api/down", "{}")
 
 
-def _mark_ready(kube: Kube, namespace: str) -> None:
-    for pod in kube.list("v1", "Pod", namespace)[0]:
-        if not (pod.get("status") or {}).get("containerStatuses"):
-            kubelet.mark_ready(kube, pod)
-    for claim in kube.list("v1", "PersistentVolumeClaim", namespace)[0]:
-        if (claim.get("status") or {}).get("phase") != "Bound":
-            kubelet.bind_claim(kube, claim)
-
-
 def test_the_references_curl_examples_verbatim(server: Server, app: App) -> None:
     ns = app.namespace
     before = app.versions()
@@ -259,7 +249,7 @@ def test_the_references_curl_examples_verbatim(server: Server, app: App) -> None
 
     # Instead of `sleep 10`: make the pods ready (no kubelet here) and poll the health.
     def healthy() -> bool:
-        _mark_ready(app.kube, ns)
+        kubelet.settle(app.kube, ns)
         services = health_shape(server.curl(WF_HEALTH), ns)
         return {s["status"] for s in services} == {"healthy"}
 
