@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,7 +41,6 @@ class KubeEvents:
         self._workloads: dict[tuple[str, str], str] = {}  # (namespace, name) -> service
         self._lock = threading.Lock()
         self._last_posted: tuple[str, str] | None = None
-        self._started = datetime.now(UTC)
 
     # -- incoming -------------------------------------------------------------------------
 
@@ -57,7 +56,7 @@ class KubeEvents:
                     new_namespaces.add(key.namespace)
             for ns in new_namespaces:
                 self._watches[ns] = Reflector(self.kube, Selector("v1", "Event", ns),
-                                              self._on_event, watch_timeout=120).start()
+                                              self._handler(), watch_timeout=120).start()
 
     def service_of(self, resource: str) -> str:
         with self._lock:
@@ -71,16 +70,24 @@ class KubeEvents:
                         return service
         return ""
 
-    def _on_event(self, kind: str, body: Body) -> None:
-        if kind not in ("ADDED", "MODIFIED"):
-            return
-        inv = body.get("involvedObject") or {}
-        resource = f"{inv.get('namespace') or '-'}/{inv.get('kind', '')}/{inv.get('name', '')}"
-        if not self.service_of(resource) and resource not in self._ours:
-            return
-        if kind == "ADDED" and _older_than(body, self._started):
-            return  # history from before we started is not news (the relist replays it)
-        self.recorder.on_kube_event(body)
+    def _handler(self) -> Callable[[str, Body], None]:
+        """One namespace's handler: what the first list finds is history, not news (a
+        repeat of it arrives as MODIFIED with a higher count and is recorded then)."""
+        synced = threading.Event()
+
+        def on_event(kind: str, body: Body) -> None:
+            if kind == "SYNCED":
+                synced.set()
+                return
+            if kind not in ("ADDED", "MODIFIED") or (kind == "ADDED" and not synced.is_set()):
+                return
+            inv = body.get("involvedObject") or {}
+            resource = (f"{inv.get('namespace') or '-'}/{inv.get('kind', '')}/"
+                        f"{inv.get('name', '')}")
+            if self.service_of(resource):
+                self.recorder.on_kube_event(body)
+
+        return on_event
 
     def stop(self) -> None:
         with self._lock:
@@ -111,14 +118,3 @@ class KubeEvents:
             self._last_posted = (reason, message)
         except KubeError as e:
             log.info("cannot post Event %s: %s", reason, e.message)
-
-
-def _older_than(body: Body, when: datetime) -> bool:
-    raw = body.get("lastTimestamp") or body.get("eventTime") or \
-        (body.get("metadata") or {}).get("creationTimestamp") or ""
-    for fmt in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ"):
-        try:
-            return datetime.strptime(str(raw), fmt).replace(tzinfo=UTC) < when
-        except ValueError:
-            continue
-    return False

@@ -1,0 +1,61 @@
+"""Kubernetes Events in and out, on the real control plane."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from controller.main import Controller
+from controller.sources.resource import API_VERSION, KIND
+from tests.cluster.test_engine import App, app  # noqa: F401  (the fixture)
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def _posted(app: App) -> list[dict]:
+    events = app.kube.list("v1", "Event", app.namespace)[0]
+    return [e for e in events if e["involvedObject"].get("kind") == KIND
+            and e.get("source", {}).get("component") == "conductor"]
+
+
+def test_events_about_our_objects_are_stored_and_ours_are_posted(app: App,
+                                                                 tmp_path: Path) -> None:
+    cfg = replace(app.cfg, events=replace(app.cfg.events, path=tmp_path / "events.db"))
+    controller = Controller(cfg).start()
+    try:
+        wait_for(lambda: controller.engine.last is not None and controller.engine.last.ok,
+                 timeout=30, message="the first pass")
+        # The first pass applied objects: one Event on the DeploymentParameters object.
+        posted = wait_for(lambda: _posted(app), message="our Event posted")
+        assert posted[0]["involvedObject"]["apiVersion"] == API_VERSION
+        assert posted[0]["reason"] == "ReconcileSucceeded"
+        # A pass that changes nothing posts nothing.
+        assert controller.engine.reconcile().results.counts()["applied"] == 0
+        assert len(_posted(app)) == len(posted)
+
+        # Events about objects that are not ours are not stored; one about our Deployment
+        # is (the same watch delivers both in order, so the second is the barrier).
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for name, kind, api_version in (("other", "ConfigMap", "v1"),
+                                        ("redis", "Deployment", "apps/v1")):
+            app.kube.create({
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"generateName": f"{name}.", "namespace": app.namespace},
+                "involvedObject": {"apiVersion": api_version, "kind": kind, "name": name,
+                                   "namespace": app.namespace},
+                "type": "Warning", "reason": "FailedCreate", "message": "quota exceeded",
+                "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+                "source": {"component": "test"}})
+        resource = f"{app.namespace}/Deployment/redis"
+        stored = wait_for(lambda: controller.events.query(resource=resource,
+                                                          type="warning"),
+                          timeout=20, message="the Kubernetes Event stored")
+        assert stored[0].reason == "FailedCreate"
+        assert stored[0].service == "redis"
+        assert not controller.events.query(resource=f"{app.namespace}/ConfigMap/other")
+    finally:
+        controller.stop()
