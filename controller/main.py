@@ -30,7 +30,7 @@ from controller.observing import HealthMonitor
 from controller.operations import Operations
 from controller.recording import KubeEvents
 from controller.sources import ParameterSource, Snapshot
-from controller.sources.resource import ResourceSource
+from controller.sources.resource import ParametersResource, ResourceSource
 from controller.watching import Reflector
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,8 @@ class Controller:
             engine = self._engines.get(instance)
             if engine is None:
                 cfg = replace(self.cfg, instance=instance, source="resource")
+                # Only for objects that exist: a name in a request must not grow memory.
+                ParametersResource(self.kube, cfg).read()  # NotFoundError otherwise
                 engine = self._new_engine(cfg, ResourceSource(cfg))
                 self._engines[instance] = engine
             return engine

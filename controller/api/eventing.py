@@ -17,6 +17,7 @@ from typing import Any
 import falcon
 
 from controller.api.common import float_param, int_param
+from controller.errors import RateLimitedError
 from controller.events import MAX_OFFSET
 from controller.main import Controller
 
@@ -121,6 +122,8 @@ class Stream:
 
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
+        self.max_streams = max(1, controller.cfg.api.threads // 2)
+        self.slots = threading.BoundedSemaphore(self.max_streams)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         query = filters(req)
@@ -137,13 +140,42 @@ class Stream:
             recent = store.query(**query, limit=limit)
             after = recent[-1].id - 1 if recent else store.last_id
         store.query(**query, limit=1, after_id=after)  # validation for the resume case too
+        # Each open stream holds one of gunicorn's threads: leave the rest to other calls.
+        if not self.slots.acquire(blocking=False):
+            resp.set_header("Retry-After", "5")
+            raise RateLimitedError("too many open event streams; retry later",
+                                   {"retryAfter": 5, "maxStreams": self.max_streams})
         resp.content_type = "text/event-stream"
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
-        resp.stream = _sse(store, query, after, duration)
+        resp.stream = _Held(_sse(store, query, after, duration), self.slots)
 
 
 PAGE = 100  # events per batch of the store's follow()
+
+
+class _Held:
+    """The stream as a WSGI iterable that gives its slot back on close(), which the server
+    calls however the response ends (done, client gone, or never started)."""
+
+    def __init__(self, stream: Iterator[bytes], slots: threading.BoundedSemaphore) -> None:
+        self.stream = stream
+        self.slots = slots
+        self._closed = False
+
+    def __iter__(self) -> _Held:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self.stream)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            close = getattr(self.stream, "close", None)
+            if close is not None:
+                close()
+            self.slots.release()
 
 
 def _sse(store: Any, query: dict[str, Any], after: int, duration: float) -> Iterator[bytes]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from falcon import testing
 
 from controller.config import ApiSettings
 from tests.api.conftest import Api, envelope
@@ -139,3 +140,20 @@ def test_bodies_over_the_limit_are_refused(make_api: Callable[..., Api]) -> None
     assert api.app.resource()["metadata"]["generation"] == before
     small = api.patch("/api/parameters", {"services": {"redis": {"env": {"K": "v"}}}})
     assert small.status_code == 200, small.text
+
+
+def test_event_streams_are_capped_so_they_cannot_starve_the_threads(
+        make_api: Callable[..., Api]) -> None:
+    api = make_api(api=ApiSettings(auth=False, threads=2))  # room for one stream
+    wsgi = api.client.app
+    environ = testing.create_environ("/api/events/stream", query_string="duration=60")
+    statuses: list[str] = []
+    held = wsgi(environ, lambda status, headers, *_: statuses.append(status))
+    assert statuses == ["200 OK"]
+    refused = api.get("/api/events/stream", params={"duration": "0"})
+    details = envelope(refused, 429, "rate_limited")
+    assert details["maxStreams"] == 1 and refused.headers["Retry-After"] == "5"
+    held.close()  # the server closes the iterable when the client goes: the slot frees
+    assert api.get("/api/events/stream", params={"duration": "0"}).status_code == 200
+    # ...and the test client closes it too, so streams never leak a slot.
+    assert api.get("/api/events/stream", params={"duration": "0"}).status_code == 200
