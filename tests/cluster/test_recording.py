@@ -10,10 +10,12 @@ import pytest
 
 from controller.main import Controller
 from controller.sources.resource import API_VERSION, KIND
-from tests.cluster.test_engine import App, app  # noqa: F401  (the fixture)
+from tests.cluster import test_engine
+from tests.cluster.test_engine import App
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
+app = test_engine.app  # the example app fixture, shared with the engine tests
 
 
 def _posted(app: App) -> list[dict]:
