@@ -81,16 +81,21 @@ class Deploy:
         body["operation"] = op.id
         if self.op != "down" and bool_param(req, "waitHealthy", False) and \
                 instance == self.controller.cfg.instance:
-            body["health"] = self._wait_healthy(req, report.services)
+            body["health"], settled = self._wait_healthy(req, report.services)
+            if not settled:  # applied; health still on its way at the timeout
+                resp.status = falcon.HTTP_202
+                body["message"] = "applied; not every service is healthy yet"
         resp.media = body
 
-    def _wait_healthy(self, req: falcon.Request, services: list[str]) -> dict[str, Any]:
-        """Block until the services are healthy; an unhealthy one fails the call with the
-        reason of its first failing object (as the reference's ImagePullBackOff example)."""
+    def _wait_healthy(self, req: falcon.Request,
+                      services: list[str]) -> tuple[dict[str, Any], bool]:
+        """Block until the services are healthy (True) or the timeout (False: 202, still
+        progressing). An unhealthy one fails the call with the reason of its first failing
+        object, as the reference's ImagePullBackOff example."""
         timeout = float_param(req, "healthTimeout", 120.0, 0, 3600)
         result = self.controller.health.wait(services, timeout)
         health = {name: h.to_dict() for name, h in result.items()}
-        bad = [h for h in result.values() if not h.healthy]
+        bad = [h for h in result.values() if h.status == "unhealthy"]
         if bad:
             first = bad[0]
             resource, why = (first.failing[0][0], first.failing[0][1].reason) \
@@ -99,7 +104,7 @@ class Deploy:
                 "resource": resource, "error": why, "service": first.name,
                 "status": first.status, "message": first.message, "hint": first.hint,
                 "health": health})
-        return health
+        return health, all(h.healthy for h in result.values())
 
 
 class OperationStatus:

@@ -54,7 +54,8 @@ DEPLOY_PARAMS: list[dict[str, Any]] = [INSTANCE,
                                                                "maximum": 3600}},
                  {"name": "waitHealthy", "in": "query", "schema": {"type": "boolean"},
                   "description": "after applying, wait until the services are healthy; "
-                                 "an unhealthy one answers reconciliation_error"},
+                                 "an unhealthy one answers reconciliation_error, services "
+                                 "still progressing at healthTimeout answer 202"},
                  {"name": "healthTimeout", "in": "query",
                   "schema": {"type": "number", "minimum": 0, "maximum": 3600}}]
 
@@ -74,8 +75,9 @@ def _op(summary: str, responses: dict[str, Any], params: list[dict[str, Any]] | 
 def _deploy(what: str) -> dict[str, Any]:
     return {"post": _op(f"{what} services (all when none are named); idempotent",
                         {"200": _resp("done, with a result per object", _ref("DeployResult")),
-                         "202": _resp("still running: follow the operation",
-                                      _ref("Operation"))},
+                         "202": _resp("still running (follow the operation), or applied "
+                                      "but not yet healthy (waitHealthy)", {"anyOf": [
+                                          _ref("Operation"), _ref("DeployResult")]})},
                         DEPLOY_PARAMS, SERVICES_BODY, "deploy")}
 
 

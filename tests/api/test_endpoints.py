@@ -730,3 +730,31 @@ def test_a_patch_that_changes_nothing_writes_nothing(api: Api) -> None:
     assert api.patch("/api/parameters", {"global": {"replicas": 1}}).status_code == 200
     obj = api.app.kube.get(API_VERSION, KIND, "default", api.namespace)
     assert obj is not None and obj["metadata"]["generation"] == 1  # no change, no bump
+
+
+def test_up_can_wait_for_health(api: Api) -> None:
+    # Nothing runs the pods here: still progressing at the timeout is a 202, not an error.
+    result = api.post("/api/up", {"services": ["redis"]},
+                      params={"waitHealthy": "true", "healthTimeout": "0.5"})
+    assert result.status_code == 202, result.text
+    assert result.json["health"]["redis"]["status"] == "progressing"
+    assert result.json["message"] == "applied; not every service is healthy yet"
+    # Healthy: 200 with the health of each service.
+    make_all_ready(api.app)
+    result = api.post("/api/up", {"services": ["redis"]},
+                      params={"waitHealthy": "true", "healthTimeout": "20"})
+    assert result.status_code == 200, result.text
+    assert result.json["health"]["redis"]["status"] == "healthy"
+    # Unhealthy: the contract's reconciliation_error naming the object and the reason.
+    pod = wait_pods(api.app, "redis", 1)[0]
+    kubelet.mark_waiting(api.app.kube, pod, "ImagePullBackOff",
+                         'Back-off pulling image "redis:7.2"')
+    wait_for(lambda: {s["name"]: s["status"] for s in
+                      api.get("/api/services/health").json["services"]}["redis"]
+             == "unhealthy", message="redis unhealthy")
+    details = envelope(api.post("/api/up", {"services": ["redis"]},
+                                params={"waitHealthy": "true", "healthTimeout": "20"}),
+                       500, "reconciliation_error")
+    assert details["error"] == "ImagePullBackOff"
+    assert details["resource"] == f"{api.namespace}/Deployment/redis"
+    assert details["service"] == "redis"
