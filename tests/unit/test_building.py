@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from controller.cluster import building
+from tests.helpers import wait_for
 
 
 def test_concurrent_prepares_build_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     builds: list[int] = []
+    said: list[str] = []
 
     def fake_build(cache_dir: Path, say: building.Progress) -> building.Binaries:
         builds.append(1)
-        time.sleep(0.3)  # hold the lock long enough for the other callers to queue up
+        # Hold the lock until both other callers are queued behind it.
+        wait_for(lambda: sum("waiting" in line for line in said) == 2,
+                 message="the other callers to wait for the lock")
         final = cache_dir / building.KUBE_VERSION / "bin"
         final.mkdir(parents=True)
         for name in building.BINARIES:
@@ -26,7 +29,7 @@ def test_concurrent_prepares_build_once(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(building, "_build", fake_build)
     results: list[building.Binaries] = []
     threads = [threading.Thread(target=lambda: results.append(
-        building.ensure_binaries(tmp_path, lambda _l: None))) for _ in range(3)]
+        building.ensure_binaries(tmp_path, said.append))) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:

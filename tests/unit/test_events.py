@@ -39,6 +39,7 @@ from controller.events import (
     resource_key,
 )
 from controller.objects import ObjectKey
+from tests.helpers import wait_for
 
 BASE = datetime(2030, 1, 1, tzinfo=UTC)  # in the future: retention by age never applies
 RESOURCES = ["default/Deployment/web", "default/Service/web", "prod/Deployment/api",
@@ -595,10 +596,15 @@ def test_wait_for_new_wakes_on_add(store: EventStore) -> None:
 
     t = threading.Thread(target=wait)
     t.start()
-    time.sleep(0.1)
+    wait_for(lambda: _waiting(store), message="the waiter to wait")
     store.add("info", "after")
     t.join(5)
     assert woke and woke[0][0] is True and woke[0][1] < 2
+
+
+def _waiting(store: EventStore) -> bool:
+    """A thread is blocked in wait_for_new (the condition's waiter list is not empty)."""
+    return bool(store._changed._waiters)  # type: ignore[attr-defined]
 
 
 def test_close_wakes_waiters(tmp_path: Path) -> None:
@@ -606,7 +612,7 @@ def test_close_wakes_waiters(tmp_path: Path) -> None:
     result: list[bool] = []
     t = threading.Thread(target=lambda: result.append(s.wait_for_new(0, 10)))
     t.start()
-    time.sleep(0.05)
+    wait_for(lambda: _waiting(s), message="the waiter to wait")
     s.close()
     t.join(5)
     assert result == [False]
@@ -626,7 +632,7 @@ def test_follow_streams_matching_events_and_resumes(store: EventStore) -> None:
 
     t = threading.Thread(target=consume)
     t.start()
-    time.sleep(0.15)  # at least one heartbeat
+    wait_for(lambda: [] in got, message="a heartbeat while nothing matched")
     store.add("info", "skipped")
     store.add("error", "e1")
     store.add_many([{"type": "warning", "message": "w"}, {"type": "error", "message": "e2"}])
