@@ -106,7 +106,6 @@ class Engine:
         self.schema = load_schema(CRD_FILE)
         self.lock = threading.Lock()
         self.last: Report | None = None
-        self.last_good_revision = ""
 
     # -- public operations ----------------------------------------------------------------
 
@@ -129,6 +128,15 @@ class Engine:
     def plan(self, services: Iterable[str] = ()) -> Report:
         """What up/update would do, computed with server-side dry-run; changes nothing."""
         return self._run("plan", list(services), "api")
+
+    def current(self, fresh: bool = False) -> Snapshot:
+        """Parameters and manifests for readers (the API). A Git source answers with what the
+        last pass fetched, so a GET does not cost a fetch; `fresh` fetches (for writes that
+        build on the current file)."""
+        last = self.last.snapshot if self.last else None
+        if not fresh and last is not None and last.source == "git":
+            return last
+        return self.source.snapshot(self.resource.read())
 
     def parameters(self, snap: Snapshot) -> Parameters:
         """The values templates see: the app's defaults (`parameters.yaml` in the manifests
@@ -222,7 +230,7 @@ class Engine:
             self.applier.prune(plan, report.results, dry_run=dry_run)
         if dry_run:
             return
-        self._finish(report, plan, inventory, obj, snap, down, known)
+        self._finish(report, plan, obj, snap, known)
 
     def _delete(self, report: Report, services: set[str],
                 inventory: Mapping[Any, planning.InventoryEntry], obj: Body) -> None:
@@ -246,15 +254,12 @@ class Engine:
         new_inventory = plan.next_inventory({}, succeeded=done - still)
         self._write_status(obj, new_inventory, report, None, None)
 
-    def _finish(self, report: Report, plan: planning.Plan,
-                inventory: Mapping[Any, planning.InventoryEntry], obj: Body, snap: Snapshot,
-                down: frozenset[str], known: set[str]) -> None:
+    def _finish(self, report: Report, plan: planning.Plan, obj: Body, snap: Snapshot,
+                known: set[str]) -> None:
         applied = {r.key: r.fields for r in report.results.items if r.outcome == "applied"}
         done = {r.key for r in report.results.items if r.outcome != "failed"}
         new_inventory = plan.next_inventory(applied, succeeded=done)
-        if report.ok:
-            self.last_good_revision = snap.revision
-        self._write_status(obj, new_inventory, report, snap, (down, known))
+        self._write_status(obj, new_inventory, report, snap, known)
 
     # -- status -----------------------------------------------------------------------------
 
@@ -292,7 +297,7 @@ class Engine:
 
     def _write_status(self, obj: Body, inventory: Mapping[Any, planning.InventoryEntry],
                       report: Report, snap: Snapshot | None,
-                      selection: tuple[frozenset[str], set[str]] | None) -> None:
+                      known: set[str] | None) -> None:
         """Write status only when something other than timestamps changed (no-op passes
         make no write request)."""
         old = obj.get("status") or {}
@@ -302,7 +307,7 @@ class Engine:
         if snap is not None and report.ok:
             new["lastAppliedRevision"] = snap.revision
         down = self.resource.down_services(obj)
-        known = selection[1] if selection else set(old.get("services", {}))
+        known = known if known is not None else set(old.get("services", {}))
         new["services"] = _service_states(report, down, known, old.get("services") or {})
         new["conditions"] = _conditions(report, old.get("conditions") or [])
         if _comparable(new) == _comparable(old):

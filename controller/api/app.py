@@ -60,7 +60,7 @@ def create_app(controller: Controller) -> falcon.App[Any, Any]:
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     routes(app, controller)
-    app.add_route("/openapi.json", OpenAPI(app))
+    app.add_route("/openapi.json", OpenAPI())
     return app
 
 

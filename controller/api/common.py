@@ -70,29 +70,24 @@ def services_from(body: Any) -> list[str]:
 
 
 def int_param(req: falcon.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = req.get_param(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequestError(f"'{name}' must be an integer",
-                                  {"field": name, "value": raw}) from None
-    if not low <= value <= high:
-        raise InvalidRequestError(f"'{name}' must be between {low} and {high}",
-                                  {"field": name, "value": value})
-    return value
+    return int(_number(req, name, default, low, high, int, "an integer"))
 
 
 def float_param(req: falcon.Request, name: str, default: float, low: float,
                 high: float) -> float:
+    return float(_number(req, name, default, low, high, float, "a number"))
+
+
+def _number(req: falcon.Request, name: str, default: float, low: float, high: float,
+            cast: type[int] | type[float], what: str) -> float:
+    """A bounded numeric query parameter; a bad one is an invalid_request naming it."""
     raw = req.get_param(name)
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
+        value = cast(raw)
     except ValueError:
-        raise InvalidRequestError(f"'{name}' must be a number",
+        raise InvalidRequestError(f"'{name}' must be {what}",
                                   {"field": name, "value": raw}) from None
     if not low <= value <= high:
         raise InvalidRequestError(f"'{name}' must be between {low} and {high}",

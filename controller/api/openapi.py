@@ -265,7 +265,7 @@ def document() -> dict[str, Any]:
 
 
 class OpenAPI:
-    def __init__(self, app: falcon.App[Any, Any]) -> None:
+    def __init__(self) -> None:
         self.doc = document()
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:

@@ -57,12 +57,10 @@ class _Base:
         return ParametersResource(self.controller.kube, self.controller.cfg,
                                   self._instance(req))
 
-    def _spec(self, req: falcon.Request) -> dict[str, Any]:
+    def _spec(self, req: falcon.Request, fresh: bool = False) -> dict[str, Any]:
         """The parameters in force: the object's spec, or the Git file for a Git source."""
-        instance = self._instance(req)
-        engine = self.controller.engine_for(instance)
-        obj = engine.resource.read()
-        return dict(engine.source.snapshot(obj).spec)
+        engine = self.controller.engine_for(self._instance(req))
+        return dict(engine.current(fresh).spec)
 
     def _write(self, req: falcon.Request, spec: dict[str, Any], message: str) -> dict[str, Any]:
         validate_spec(spec, self.controller.engine.schema)
@@ -95,7 +93,7 @@ class ParametersRoot(_Base):
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response) -> None:
         patch = _check_shape(json_body(req))
-        spec = merge_patch(self._spec(req), patch)
+        spec = merge_patch(self._spec(req, fresh=True), patch)
         resp.media = self._write(req, spec, "conductor: patch parameters")
 
 
@@ -126,7 +124,7 @@ class Values(_Base):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         engine = self.controller.engine_for(self._instance(req))
-        snap = engine.source.snapshot(engine.resource.read())
+        snap = engine.current()
         params = engine.parameters(snap)
         names = rendering.load_tree(snap.manifest_root).names
         resp.media = {"revision": snap.revision,
@@ -138,7 +136,7 @@ class ServiceValues(_Base):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, service: str) -> None:
         engine = self.controller.engine_for(self._instance(req))
-        snap = engine.source.snapshot(engine.resource.read())
+        snap = engine.current()
         names = rendering.load_tree(snap.manifest_root).names
         if service not in names:
             raise NotFoundError(f"unknown service: {service}",

@@ -58,5 +58,5 @@ class Requirements:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         engine = self.controller.engine
-        snap = engine.source.snapshot(engine.resource.read())
+        snap = engine.current()
         resp.media = requirements.check(self.controller.kube, snap.manifest_root)
