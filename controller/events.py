@@ -911,6 +911,9 @@ def _kube_row(body: Mapping[str, Any], service: str) -> tuple[_Row, int, int | N
 # -- time ---------------------------------------------------------------------------------
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+# What a datetime can hold: every time accepted is one `format_ms` can print back.
+_MIN_MS = int((datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC))
+              / timedelta(milliseconds=1))
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -923,7 +926,13 @@ def parse_time(value: datetime | str, name: str = "timestamp") -> int:
         text = value.strip()
         rel = _RELATIVE.match(text)
         if rel:
-            return _now_ms() - int(float(rel.group(1)) * _UNIT_MS[rel.group(2)])
+            ago = float(rel.group(1)) * _UNIT_MS[rel.group(2)]
+            # "99999999999999999999d" is well-formed but before year 1 (or infinite): a
+            # client error naming the field, not an overflow in SQLite or int().
+            if not ago <= _now_ms() - _MIN_MS:
+                raise ValidationError(f"{name}: duration out of range: {value!r}",
+                                      {"field": name, "value": value})
+            return _now_ms() - int(ago)
         try:
             dt = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
         except ValueError:
