@@ -1,14 +1,27 @@
-"""Request parsing shared by the resources: JSON bodies, service lists, query numbers."""
+"""Request parsing shared by the resources: JSON bodies, service lists, query parameters.
+
+Everything a request carries is parsed and checked here *before* a resource acts on it, so
+a malformed request is a 400 that changed nothing. The rules are the OpenAPI document's
+(`openapi.py`): a query parameter given with an empty value is malformed (never "absent":
+`?instance=` must not quietly mean the default instance), numbers are finite decimals,
+and a JSON body is strict JSON (no NaN/Infinity, no lone surrogates, bounded nesting).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 import falcon
 
 from controller.errors import InvalidRequestError
+
+# Deeper than any document a client means to send, and well below the depth at which the
+# json module (and every recursive walk after it) runs out of interpreter stack. Stricter
+# limits for particular bodies (parameters) are theirs to add.
+MAX_JSON_DEPTH = 512
 
 
 def body_bytes(req: falcon.Request) -> bytes:
@@ -18,22 +31,91 @@ def body_bytes(req: falcon.Request) -> bytes:
     return body if isinstance(body, bytes) else req.bounded_stream.read()
 
 
+def _not_json(message: str, req: falcon.Request, **details: Any) -> NoReturn:
+    raise InvalidRequestError(f"request body is not valid JSON: {message}",
+                              {"content_type": req.content_type or "", **details})
+
+
+def _no_constant(name: str) -> NoReturn:
+    # json.loads accepts NaN/Infinity by default; they are not JSON, and echoed back in an
+    # error's details they would make the error itself invalid JSON.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e309 overflows to inf
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """Strict JSON, or ValueError saying why (RecursionError for nesting that overflows
+    the parser)."""
+    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def json_body(req: falcon.Request, default: Any = None) -> Any:
     """The request body as JSON, whatever Content-Type says.
 
     The reference's own examples send JSON with `curl -d` and no header, which curl labels
     form-urlencoded; reading it as a form would turn `{"services": ["a"]}` into an empty
     selection, i.e. *every* service. An empty body gives `default`; anything that is not
-    JSON is an invalid_request, never a guess.
+    strict JSON is an invalid_request, never a guess (and never a 500 later on, when the
+    answer or a log line would have to encode it).
     """
     raw = body_bytes(req)
     if not raw.strip():
         return default
     try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise InvalidRequestError(f"request body is not valid JSON: {e}",
-                                  {"content_type": req.content_type or ""}) from e
+        doc = parse_json(raw)
+    except RecursionError:
+        _not_json(f"nested deeper than {MAX_JSON_DEPTH} levels", req,
+                  max_depth=MAX_JSON_DEPTH)
+    except ValueError as e:  # includes UnicodeDecodeError (not UTF-8/16/32)
+        _not_json(str(e), req)
+    problem = check_document(doc)
+    if problem:
+        _not_json(problem, req, max_depth=MAX_JSON_DEPTH)
+    return doc
+
+
+# A lone UTF-16 surrogate: json.loads accepts "\ud800" (and UTF-8-encoded surrogates,
+# which it decodes with surrogatepass), but no UTF-8 encoder can write it back.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_document(doc: Any, max_depth: int = MAX_JSON_DEPTH) -> str:
+    """Why a parsed document is refused ("" if it is not): nesting over `max_depth`, or a
+    string (key or value) with a lone surrogate. Iterative, so depth costs no stack."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                return "a string holds a lone UTF-16 surrogate (not Unicode text)"
+        elif isinstance(node, dict | list):
+            if depth > max_depth:
+                return f"nested deeper than {max_depth} levels"
+            if isinstance(node, dict):
+                stack.extend((k, depth) for k in node)
+                stack.extend((v, depth + 1) for v in node.values())
+            else:
+                stack.extend((v, depth + 1) for v in node)
+    return ""
+
+
+# --- query parameters ----------------------------------------------------------------------
+
+
+def query_param(req: falcon.Request, name: str) -> str | None:
+    """A query parameter's value, None when absent; given but empty is an invalid_request
+    (`?instance=` from an unset shell variable must not act on the default instance)."""
+    raw = req.get_param(name)
+    if raw == "":
+        raise InvalidRequestError(f"'{name}' is empty; leave it out to use the default",
+                                  {"field": name, "value": ""})
+    return raw
 
 
 # A DeploymentParameters name that can also be a label value (the objects carry it).
@@ -46,8 +128,8 @@ def instance_param(req: falcon.Request, default: str) -> str:
     Checked here, so a malformed name is the caller's invalid_request, not the API server's
     refusal passed on as a kubernetes_error (502).
     """
-    raw = req.get_param("instance")
-    if raw is None or raw == "":
+    raw = query_param(req, "instance")
+    if raw is None:
         return default
     if len(raw) > 63 or not INSTANCE_NAME.match(raw):
         raise InvalidRequestError("'instance' must be a DeploymentParameters name: lower-case "
@@ -57,50 +139,77 @@ def instance_param(req: falcon.Request, default: str) -> str:
 
 
 def services_from(body: Any) -> list[str]:
-    if body is None:
-        return []
+    """The service selection of a deploy/plan body: `{}`, `{"services": []}` (and an empty
+    body, which the caller turns into `{}`) mean every service; anything else must be a
+    list of non-empty names. A value that is merely falsy (`""`, `false`, `0`, `null`, `{}`)
+    is refused: read as "nothing named" it would take *every* service down."""
     if not isinstance(body, dict):
         raise InvalidRequestError("request body must be a JSON object",
                                   {"expected": {"services": ["name"]}})
-    services = body.get("services") or []
-    if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
-        raise InvalidRequestError("'services' must be a list of service names",
-                                  {"field": "services", "got": services})
+    unknown = sorted(set(body) - {"services"})
+    if unknown:  # a misspelt "service" would otherwise select everything
+        raise InvalidRequestError(f"unknown field(s): {', '.join(unknown)[:200]}",
+                                  {"fields": unknown[:20], "allowed": ["services"]})
+    services = body.get("services", [])
+    if not isinstance(services, list) or \
+            not all(isinstance(s, str) and s for s in services):
+        raise InvalidRequestError("'services' must be a list of service names (an empty list "
+                                  "or no 'services' field means every service)",
+                                  {"field": "services", "type": _json_type(services)})
     return services
 
 
+def _json_type(value: Any) -> str:
+    """The JSON type of a value, for an error's details (the value itself may be huge)."""
+    if isinstance(value, list):
+        kinds = sorted({_json_type(v) for v in value if not isinstance(v, list | dict)}
+                       | {"array" for v in value if isinstance(v, list)}
+                       | {"object" for v in value if isinstance(v, dict)})
+        return f"array of {', '.join(kinds)}" if kinds else "array"
+    return {bool: "boolean", int: "number", float: "number", str: "string", dict: "object",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+_INTEGER = re.compile(r"^[-+]?[0-9]{1,18}$")
+_DECIMAL = re.compile(r"^[-+]?([0-9]{1,18}(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]{1,3})?$")
+
+
 def int_param(req: falcon.Request, name: str, default: int, low: int, high: int) -> int:
-    return int(_number(req, name, default, low, high, int, "an integer"))
+    return int(_number(req, name, default, low, high, _INTEGER, int, "an integer"))
 
 
 def float_param(req: falcon.Request, name: str, default: float, low: float,
                 high: float) -> float:
-    return float(_number(req, name, default, low, high, float, "a number"))
+    return float(_number(req, name, default, low, high, _DECIMAL, float, "a number"))
 
 
 def _number(req: falcon.Request, name: str, default: float, low: float, high: float,
-            cast: type[int] | type[float], what: str) -> float:
-    """A bounded numeric query parameter; a bad one is an invalid_request naming it."""
-    raw = req.get_param(name)
-    if raw is None or raw == "":
+            syntax: re.Pattern[str], cast: type[int] | type[float], what: str) -> float:
+    """A bounded numeric query parameter; a bad one is an invalid_request naming it.
+
+    Plain decimal syntax only: Python's own parsers also take "nan", "inf", "1_000" and
+    digits of other scripts, and a NaN slips through any range check."""
+    raw = query_param(req, name)
+    if raw is None:
         return default
-    try:
-        value = cast(raw)
-    except ValueError:
+    value = cast(raw) if syntax.match(raw) else None
+    if value is None or not math.isfinite(value):
         raise InvalidRequestError(f"'{name}' must be {what}",
-                                  {"field": name, "value": raw}) from None
+                                  {"field": name, "value": raw[:100]})
     if not low <= value <= high:
         raise InvalidRequestError(f"'{name}' must be between {low} and {high}",
-                                  {"field": name, "value": value})
+                                  {"field": name, "value": raw[:100], "minimum": low,
+                                   "maximum": high})
     return value
 
 
 def bool_param(req: falcon.Request, name: str, default: bool) -> bool:
-    raw = req.get_param(name)
-    if raw is None or raw == "":
+    raw = query_param(req, name)
+    if raw is None:
         return default
     if raw.lower() in ("1", "true", "yes"):
         return True
     if raw.lower() in ("0", "false", "no"):
         return False
-    raise InvalidRequestError(f"'{name}' must be true or false", {"field": name, "value": raw})
+    raise InvalidRequestError(f"'{name}' must be true or false",
+                              {"field": name, "value": raw[:100]})

@@ -59,12 +59,16 @@ class Deploy:
         self.op = op
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        # Every input is parsed before anything runs: a bad parameter must be a 400 that
+        # changed nothing, not an error reported after the services were applied.
         services = services_from(json_body(req, {}))
         instance = instance_param(req, self.controller.cfg.instance)
-        engine = self.controller.engine_for(instance)
         timeout = float_param(req, "timeout", self.controller.cfg.api.sync_timeout, 0, 3600)
         if not bool_param(req, "wait", True):
             timeout = 0
+        wait_healthy = bool_param(req, "waitHealthy", False)
+        health_timeout = float_param(req, "healthTimeout", 120.0, 0, 3600)
+        engine = self.controller.engine_for(instance)
         op = self.controller.operations.start(self.op, services, instance,
                                               lambda: getattr(engine, self.op)(services))
         try:
@@ -79,20 +83,18 @@ class Deploy:
             return
         body = report_body(report, self.op)
         body["operation"] = op.id
-        if self.op != "down" and bool_param(req, "waitHealthy", False) and \
-                instance == self.controller.cfg.instance:
-            body["health"], settled = self._wait_healthy(req, report.services)
+        if self.op != "down" and wait_healthy and instance == self.controller.cfg.instance:
+            body["health"], settled = self._wait_healthy(report.services, health_timeout)
             if not settled:  # applied; health still on its way at the timeout
                 resp.status = falcon.HTTP_202
                 body["message"] = "applied; not every service is healthy yet"
         resp.media = body
 
-    def _wait_healthy(self, req: falcon.Request,
-                      services: list[str]) -> tuple[dict[str, Any], bool]:
+    def _wait_healthy(self, services: list[str],
+                      timeout: float) -> tuple[dict[str, Any], bool]:
         """Block until the services are healthy (True) or the timeout (False: 202, still
         progressing). An unhealthy one fails the call with the reason of its first failing
         object, as the reference's ImagePullBackOff example."""
-        timeout = float_param(req, "healthTimeout", 120.0, 0, 3600)
         result = self.controller.health.wait(services, timeout)
         health = {name: h.to_dict() for name, h in result.items()}
         bad = [h for h in result.values() if h.status == "unhealthy"]

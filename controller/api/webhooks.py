@@ -3,44 +3,65 @@
 GitHub (X-Hub-Signature-256), Gitea (X-Gitea-Signature) and generic callers
 (X-Conductor-Signature) sign the body with HMAC-SHA256; GitLab sends its secret token
 (X-Gitlab-Token); a generic caller may also send `Authorization: Bearer <secret>`. All are
-compared in constant time against the configured secret. The answer is immediate (202):
-the fetch and the pass happen in the loop.
+compared in constant time, as bytes, against the configured secret. The secret is read
+once, when the app is built: a missing, unreadable or empty file stops the start with a
+message naming it (an empty key would let an empty token or an HMAC anyone can compute
+through). The answer is immediate (202): the fetch and the pass happen in the loop.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from pathlib import Path
 from typing import Any
 
 import falcon
 
-from controller.api.common import body_bytes
-from controller.errors import ForbiddenError, UnauthorizedError
+from controller.api.common import MAX_JSON_DEPTH, body_bytes, check_document, parse_json
+from controller.config import GitSettings
+from controller.errors import ForbiddenError, InvalidRequestError, UnauthorizedError
 from controller.main import Controller
 
 
+def load_secret(git: GitSettings) -> bytes | None:
+    """The webhook secret (None: webhooks are off), or ValueError naming the file."""
+    path = git.webhook_secret_file
+    if not path:
+        return None
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as e:
+        raise ValueError(f"webhook secret file {path}: {e.strerror or e} "
+                         "(CONDUCTOR_GIT_WEBHOOK_SECRET_FILE)") from e
+    if not secret:
+        raise ValueError(f"webhook secret file {path} is empty: put a random secret in it, "
+                         "or unset CONDUCTOR_GIT_WEBHOOK_SECRET_FILE to turn webhooks off")
+    return secret
+
+
+def _raw(text: str) -> bytes:
+    # Header values arrive as str; compare_digest refuses non-ASCII str (a TypeError, i.e.
+    # a 500). As bytes, any value is simply a mismatch.
+    return text.encode("utf-8", "surrogatepass")
+
+
 def _signature_ok(secret: bytes, body: bytes, presented: str) -> bool:
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
-    presented = presented.removeprefix("sha256=")
-    return hmac.compare_digest(expected, presented.strip().lower())
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+    presented = presented.strip().removeprefix("sha256=")
+    return hmac.compare_digest(expected, _raw(presented.lower()))
 
 
 class GitWebhook:
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
-
-    def _secret(self) -> bytes:
-        path = self.controller.cfg.git.webhook_secret_file
-        if not path:
-            raise ForbiddenError("webhooks are disabled: no webhook secret is configured",
-                                 {"hint": "set CONDUCTOR_GIT_WEBHOOK_SECRET_FILE"})
-        return Path(path).read_bytes().strip()
+        self.secret = load_secret(controller.cfg.git)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        secret = self._secret()
+        secret = self.secret
+        if secret is None:
+            raise ForbiddenError("webhooks are disabled: no webhook secret is configured",
+                                 {"hint": "set CONDUCTOR_GIT_WEBHOOK_SECRET_FILE"})
         body = body_bytes(req)
         provider = "generic"
         if req.get_header("X-Hub-Signature-256"):
@@ -51,12 +72,12 @@ class GitWebhook:
             ok = _signature_ok(secret, body, req.get_header("X-Gitea-Signature") or "")
         elif req.get_header("X-Gitlab-Token") is not None:
             provider = "gitlab"
-            ok = hmac.compare_digest(secret, (req.get_header("X-Gitlab-Token") or "").encode())
+            ok = hmac.compare_digest(secret, _raw(req.get_header("X-Gitlab-Token") or ""))
         elif req.get_header("X-Conductor-Signature"):
             ok = _signature_ok(secret, body, req.get_header("X-Conductor-Signature") or "")
         else:
             scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
-            ok = scheme.lower() == "bearer" and hmac.compare_digest(secret, token.encode())
+            ok = scheme.lower() == "bearer" and hmac.compare_digest(secret, _raw(token))
         if not ok:
             raise UnauthorizedError("webhook signature or token does not match",
                                     {"provider": provider})
@@ -74,9 +95,19 @@ class GitWebhook:
 
 
 def _ref_of(body: bytes) -> str:
-    """The pushed ref of GitHub/GitLab/Gitea push payloads ("" when none is given)."""
+    """The pushed ref of GitHub/GitLab/Gitea push payloads ("" when none is given: a
+    generic caller's empty or non-JSON body just wakes the loop). A JSON body that cannot
+    be handled (nested too deep, lone surrogates) is the caller's invalid_request."""
+    doc: Any = None
     try:
-        doc: Any = json.loads(body or b"{}")
+        doc = parse_json(body or b"{}")
+        problem = check_document(doc)
+    except RecursionError:
+        problem = f"nested deeper than {MAX_JSON_DEPTH} levels"
     except ValueError:
         return ""
-    return str(doc.get("ref") or "") if isinstance(doc, dict) else ""
+    if problem:
+        raise InvalidRequestError(f"webhook body is not usable JSON: {problem}",
+                                  {"max_depth": MAX_JSON_DEPTH})
+    ref = doc.get("ref") if isinstance(doc, dict) else None
+    return ref if isinstance(ref, str) else ""
