@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -99,6 +100,7 @@ class Applier:
         self.kube = kube
         self.cfg = cfg
         self.on_result = on_result
+        self._record_lock = threading.Lock()
 
     # -- before planning ----------------------------------------------------------------
 
@@ -180,13 +182,60 @@ class Applier:
                 self._record(results, ObjectResult(item.key, item.service, "unchanged",
                                                    item.action, item.reason))
         for phase in plan.apply_phases():
-            outcomes = self._map(lambda c: self._apply_one(c, dry_run), phase)
-            for r in outcomes:
-                self._record(results, r)
+            # Each result is recorded the moment it is known, not at the end of its phase:
+            # a controller killed mid-phase still leaves an event per object it applied.
+            outcomes = self._map(
+                lambda c: self._record(results, self._apply_one(c, dry_run)), phase)
             crds = [c for c, r in zip(phase, outcomes, strict=True)
                     if c.key.kind == CRD_KIND and r.outcome == "applied"]
             if crds and not dry_run:
                 self._wait_established(crds)
+
+    def preflight(self, plan: Plan, results: Results) -> list[ObjectResult]:
+        """Server-side dry-run (dryRun=All, the very apply body) of everything the plan
+        would create or update, before the first write of a pass; records and returns the
+        objects the API server refuses (empty: go ahead and apply).
+
+        One refused object must stop the whole pass: otherwise the others roll out with
+        values only half of the app accepted (a frontend pointing at a port its Service
+        refused). Only planned changes are sent, so a pass that changes nothing makes no
+        request here. Two refusals are not the object's fault and are left to the real
+        apply: a kind whose CRD, or a namespace, this same pass creates first (the server
+        cannot know them yet), and a field conflict, which the conflict policy decides per
+        object.
+        """
+        changes = [c for phase in plan.apply_phases() for c in phase]
+        if not changes:
+            return []
+        new_kinds = {(c.manifest.body["spec"]["group"], c.manifest.body["spec"]["names"]["kind"])
+                     for c in changes if c.key.kind == CRD_KIND and c.manifest is not None}
+        new_namespaces = {c.key.name for c in changes
+                          if c.key.kind == "Namespace" and c.key.group == ""}
+
+        def one(change: PlannedChange) -> ObjectResult | None:
+            assert change.manifest is not None
+            try:
+                self.kube.apply(change.manifest.body, dry_run=True,
+                                force=self.cfg.apply.conflicts == "force")
+            except UnknownKindError as e:
+                if (change.key.group, change.key.kind) in new_kinds:
+                    return None
+                return self._refused(change, e)
+            except KubeError as e:
+                if e.status == 409 or (e.status == 404 and change.key.namespace in
+                                       new_namespaces):
+                    return None
+                return self._refused(change, e)
+            return None
+
+        with ThreadPoolExecutor(max_workers=self.cfg.apply.concurrency) as pool:
+            refused = [r for r in pool.map(one, changes) if r is not None]
+        return [self._record(results, r) for r in refused]
+
+    @staticmethod
+    def _refused(change: PlannedChange, e: KubeError) -> ObjectResult:
+        return ObjectResult(change.key, change.service, "failed", change.action,
+                            change.reason, {**_error(e, change.key), "dryRun": True})
 
     def _apply_one(self, change: PlannedChange, dry_run: bool) -> ObjectResult:
         assert change.manifest is not None
@@ -237,8 +286,7 @@ class Applier:
                     self._record(results, ObjectResult(item.key, item.service, "kept",
                                                        item.action, item.reason))
         for phase in plan.prune_phases():
-            for r in self._map(lambda c: self._delete_one(c, dry_run), phase):
-                self._record(results, r)
+            self._map(lambda c: self._record(results, self._delete_one(c, dry_run)), phase)
 
     def _orphan(self, change: PlannedChange) -> ObjectResult:
         # A merge patch, not an apply: an apply without our fields would remove them (and a
@@ -304,10 +352,14 @@ class Applier:
         with ThreadPoolExecutor(max_workers=self.cfg.apply.concurrency) as pool:
             return list(pool.map(fn, changes))
 
-    def _record(self, results: Results, result: ObjectResult) -> None:
-        results.add(result)
-        if self.on_result:
-            self.on_result(result)
+    def _record(self, results: Results, result: ObjectResult) -> ObjectResult:
+        # Called from the phase's worker threads: one at a time, so results and the
+        # recorder see a consistent sequence.
+        with self._record_lock:
+            results.add(result)
+            if self.on_result:
+                self.on_result(result)
+        return result
 
 
 def _error(e: KubeError, key: ObjectKey) -> dict[str, Any]:

@@ -54,6 +54,10 @@ Action = Literal["create", "update", "unchanged", "prune", "keep"]
 MISSING = "missing"  # create: nothing live at the key
 CHANGED = "changed"  # update: the rendered body differs from the one last applied
 DRIFT = "drift"  # update: someone else took over a field we own
+# update: our entry has no fingerprint yet (recorded as intent by a pass that did not finish,
+# or an apply whose answer was lost): re-applied once to learn it. Not drift: nobody else
+# changed anything we know of, so it must not count as a drift correction.
+RESUMED = "resumed"
 ADOPT = "adopt"  # update: live object matches but is not in our inventory yet
 CURRENT = "current"  # unchanged
 REMOVED = "removed"  # prune: in the inventory, no longer rendered
@@ -219,10 +223,10 @@ class InventoryEntry:
 class PlannedChange:
     """One decision about one object.
 
-    Reasons: create `missing`; update `changed`, `drift` or `adopt`; unchanged `current`;
-    prune `removed`, `leftover`, `down` or `gone` (already absent: no request is made);
-    keep `annotation`, `policy` or `disabled`. `manifest` is the body to apply (carrying
-    its digest annotation) for create/update/unchanged, None otherwise.
+    Reasons: create `missing`; update `changed`, `drift`, `resumed` or `adopt`; unchanged
+    `current`; prune `removed`, `leftover`, `down` or `gone` (already absent: no request is
+    made); keep `annotation`, `policy` or `disabled`. `manifest` is the body to apply
+    (carrying its digest annotation) for create/update/unchanged, None otherwise.
     """
 
     action: Action
@@ -442,6 +446,8 @@ def _classify(manifest: Manifest, body: Body | None, entry: InventoryEntry | Non
         return change("update", CHANGED)
     if entry is None:
         return change("update", ADOPT)
+    if not entry.fields:
+        return change("update", RESUMED)
     if live_fingerprint(body, manifest.body) != entry.fields:
         return change("update", DRIFT)
     return change("unchanged", CURRENT)
