@@ -19,11 +19,17 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from controller import planning, rendering
-from controller.applying import Applier, ObjectResult, Results
+from controller.applying import Applier, ObjectResult, Results, selector
 from controller.config import Config
-from controller.crds import CRD_FILE
-from controller.errors import ConductorError, NotFoundError, ReconciliationError
-from controller.kube import Body, Kube, KubeError, NotLeaderError
+from controller.crds import CRD_FILE, ensure_crd, load_crd
+from controller.errors import (
+    ConductorError,
+    KubernetesError,
+    NotFoundError,
+    ReconciliationError,
+    ValidationError,
+)
+from controller.kube import Body, Kube, KubeError, NotLeaderError, UnknownKindError
 from controller.objects import SHARED_SERVICE, Manifest
 from controller.parameters import (
     Parameters,
@@ -33,13 +39,32 @@ from controller.parameters import (
     validate_spec,
 )
 from controller.sources import ParameterSource, Snapshot
-from controller.sources.resource import ParametersResource, load_seed
+from controller.sources.resource import API_VERSION, KIND, ParametersResource, load_seed
 
 log = logging.getLogger(__name__)
 
 Operation = Literal["reconcile", "up", "update", "down", "plan"]
 # Event hook: (type: info|success|warning|error, reason, message, details).
 EventSink = Callable[[str, str, str, Mapping[str, Any]], None]
+
+
+# Kinds listed (across namespaces, with our labels) to find out whether this instance ever
+# applied anything, besides the kinds the app renders: a missing DeploymentParameters
+# object is only created from defaults when none of them carries our labels.
+_EVIDENCE_KINDS = (("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Service"),
+                   ("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"))
+
+
+class ParametersDeletedError(NotFoundError):
+    """The DeploymentParameters object is gone although this instance applied objects.
+
+    Re-creating it from the shipped defaults would reset a running app (passwords, the
+    services marked down, the inventory): passes stop until a person recreates it.
+    """
+
+
+class CRDMissingError(KubernetesError):
+    """The DeploymentParameters CRD is not served and conductor may not install it."""
 
 
 def now_rfc3339() -> str:
@@ -106,6 +131,10 @@ class Engine:
         self.schema = load_schema(CRD_FILE)
         self.lock = threading.Lock()
         self.last: Report | None = None
+        # Whether this instance's DeploymentParameters object existed before (its uid, or
+        # why we know it did): a missing object is then a deletion, never a first install.
+        self._seen = ""
+        self._reported_deleted = False
 
     # -- public operations ----------------------------------------------------------------
 
@@ -144,6 +173,13 @@ class Engine:
         validate_spec(snap.spec, self.schema)
         return Parameters.from_spec(deep_merge(load_seed(snap.manifest_root), snap.spec))
 
+    def ensure_parameters(self) -> Body:
+        """The DeploymentParameters object, created from the defaults only on a first
+        install (see `_parameters_object`); raises ParametersDeletedError or
+        CRDMissingError otherwise."""
+        with self.lock:
+            return self._parameters_object()
+
     # -- the pass -------------------------------------------------------------------------
 
     def _run(self, op: Operation, services: list[str] | None, trigger: str) -> Report:
@@ -173,7 +209,7 @@ class Engine:
 
     def _pass(self, report: Report, services: list[str] | None) -> None:
         op = report.operation
-        obj = self.resource.ensure()
+        obj = self._parameters_object()
         down = self.resource.down_services(obj)
         snap = self.source.snapshot(obj)
         report.revision = snap.revision
@@ -214,8 +250,11 @@ class Engine:
         live = self.applier.observe(desired, ((k, e.api_version) for k, e in inventory.items()
                                               if scope is None or e.service in scope))
         settings = self.cfg.prune
-        if whole and not deployed:
-            settings = replace(settings, allow_empty=True)  # everything is down on purpose
+        if whole and known and not deployed:
+            # Every service is marked down on purpose: the one way to empty an instance. A
+            # tree with no service at all (e.g. a Git push that removed every folder) is an
+            # empty render, refused by the planner unless prune.allow_empty.
+            settings = replace(settings, allow_empty=True)
         plan = planning.plan(desired, live, inventory, services=scope, settings=settings,
                              field_manager=self.cfg.apply.field_manager,
                              app=self.cfg.app_name, instance=self.cfg.instance)
@@ -224,6 +263,9 @@ class Engine:
         if dry_run:
             report.live = live
         if not dry_run:
+            refused = self.applier.preflight(plan, report.results)
+            if refused:
+                raise _refused_error(refused)
             obj = self._record_intent(obj, plan, inventory)
         self.applier.apply(plan, report.results, dry_run=dry_run)
         if whole:
@@ -231,6 +273,94 @@ class Engine:
         if dry_run:
             return
         self._finish(report, plan, obj, snap, known)
+
+    def _parameters_object(self) -> Body:
+        """The DeploymentParameters object; created from the shipped defaults only when
+        this instance never applied anything.
+
+        A missing object is a first install, or a deletion (by a person, or with its CRD).
+        After a deletion, defaults would silently replace the running app's parameters
+        and bring back the services marked down, so the pass stops instead (nothing is
+        applied or pruned, the objects keep running) until it is recreated. A deletion is
+        told from a first install by what we know: this engine read the object before, or
+        objects labelled with this instance exist.
+        """
+        obj = self.resource.get()
+        if obj is not None:
+            self._seen = str(obj.get("metadata", {}).get("uid", "")) or "seen"
+            self._reported_deleted = False
+            return obj
+        self._check_crd()
+        if not self._seen:
+            evidence = self._applied_objects()
+            if evidence:
+                self._seen = "labelled objects"
+        if self._seen:
+            where = f"{self.resource.namespace}/{self.resource.name}"
+            error = ParametersDeletedError(
+                f"DeploymentParameters {where} was deleted after conductor applied it; "
+                "nothing is applied or pruned until it is recreated (kubectl apply, or "
+                "POST /api/parameters): re-creating it from the shipped defaults would "
+                "reset the running app",
+                {"reason": "ParametersDeleted", "namespace": self.resource.namespace,
+                 "instance": self.resource.name})
+            if not self._reported_deleted:
+                self._reported_deleted = True
+                self.on_event("warning", "ParametersDeleted", error.message, error.details)
+            raise error
+        return self.resource.ensure()
+
+    def _check_crd(self) -> None:
+        """After a 404 on our object: is its kind still served? Reinstall the CRD when it
+        was deleted (if RBAC allows), else say plainly that it is missing, rather than
+        failing every pass with the API server's raw `404 page not found`."""
+        self.kube.forget(API_VERSION)
+        try:
+            self.kube.resource(API_VERSION, KIND)
+            return
+        except UnknownKindError:
+            pass
+        name = load_crd()["metadata"]["name"]
+        try:
+            ensure_crd(self.kube)
+        except KubeError as e:
+            raise CRDMissingError(
+                f"the CustomResourceDefinition {name} is not installed and conductor could "
+                f"not install it ({e.status or ''} {e.reason or e.message}); install "
+                "config/crd/deploymentparameters.yaml", {"reason": "CRDNotInstalled",
+                                                         "crd": name, "status": e.status}
+            ) from e
+        log.warning("the CustomResourceDefinition %s was missing; reinstalled", name)
+        self.on_event("warning", "CRDReinstalled",
+                      f"the CustomResourceDefinition {name} was missing and was reinstalled",
+                      {"crd": name})
+
+    def _applied_objects(self) -> list[str]:
+        """Up to a few live objects (any namespace) labelled with this instance: kinds the
+        app renders with its defaults, plus the common ones. Only asked when our object
+        is missing, so it costs nothing on a normal pass."""
+        kinds = set(_EVIDENCE_KINDS)
+        try:
+            snap = self.source.snapshot({})
+            tree = rendering.load_tree(snap.manifest_root)
+            params = self.parameters(snap)
+            kinds |= {(m.api_version, m.key.kind) for m in rendering.render(
+                tree, params, services=tree.names, instance=self.cfg.instance,
+                app=self.cfg.app_name)}
+        except Exception as e:  # an app that does not render still has the common kinds
+            log.info("cannot render the defaults to list their kinds: %s", e)
+        sel = selector(self.cfg)
+        found: list[str] = []
+        for api_version, kind in sorted(kinds):
+            try:
+                items = self.kube.list(api_version, kind, "", sel)[0]
+            except KubeError:  # not served, or not listable cluster-wide: no evidence
+                continue
+            found += [f"{kind} {i['metadata'].get('namespace', '')}/{i['metadata']['name']}"
+                      for i in items]
+            if found:
+                break
+        return found[:5]
 
     def _delete(self, report: Report, services: set[str],
                 inventory: Mapping[Any, planning.InventoryEntry], obj: Body) -> None:
@@ -335,6 +465,20 @@ class Engine:
             self.on_event("success", f"{report.operation.capitalize()}Succeeded",
                           f"{report.operation} finished in {report.duration:.2f}s",
                           {"counts": counts, "revision": report.revision})
+
+
+def _refused_error(refused: list[ObjectResult]) -> ConductorError:
+    """Every object the dry-run refused, in one error: the pass applied nothing."""
+    objects = [r.error or {"resource": str(r.key)} for r in refused]
+    names = ", ".join(f"{o.get('resource')}: {o.get('message', '')}" for o in objects[:3])
+    more = f" (and {len(objects) - 3} more)" if len(objects) > 3 else ""
+    message = f"the API server refused {len(objects)} object(s) in a dry-run; nothing was " \
+              f"applied: {names}{more}"
+    details: dict[str, Any] = {"refused": objects, "applied": 0}
+    # 400/422: the values are wrong (the caller's to fix); anything else is the cluster's.
+    if all(o.get("status") in (400, 422) for o in objects):
+        return ValidationError(message, details)
+    return KubernetesError(message, details)
 
 
 def _inventory(obj: Body) -> dict[Any, planning.InventoryEntry]:

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from controller.config import Config
 from controller.crds import ensure_crd
-from controller.engine import Engine, Report, now_rfc3339
+from controller.engine import Engine, ParametersDeletedError, Report, now_rfc3339
 from controller.events import EngineRecorder, EventStore
 from controller.history import History
 from controller.kube import Kube, KubeError, NotLeaderError
@@ -133,7 +133,11 @@ class Controller:
             if e.status != 403:
                 raise
             log.info("not allowed to install the CRD; assuming it is installed")
-        self.engine.resource.ensure()
+        try:
+            # Created from the defaults only on a first install, never after a deletion.
+            self.engine.ensure_parameters()
+        except ParametersDeletedError as e:  # the first pass reports it (event, status)
+            log.warning("%s", e.message)
 
     def stop(self, timeout: float | None = 60.0) -> None:
         """Stop the triggers, let the current pass finish (up to `timeout`), release."""

@@ -96,15 +96,21 @@ class ParametersResource:
                                self.namespace, subresource="status")
 
     def watch(self, on_change: Callable[[Body], None]) -> Reflector:
-        """Call `on_change` when the object's spec or annotations change (not status)."""
+        """Call `on_change` when the object's spec or annotations change (not status), when
+        it is deleted (at once: the pass must stop rather than wait for the interval) and
+        when it is recreated (a new uid, even at the same generation)."""
         seen: dict[str, Any] = {}
 
         def handler(kind: str, obj: Body) -> None:
+            if kind == "DELETED":
+                seen["mark"] = None  # not the first sight: its return must wake the loop
+                on_change(obj)
+                return
             if kind not in ("ADDED", "MODIFIED"):
                 return
             meta = obj.get("metadata", {})
-            mark = (meta.get("generation"), json.dumps(meta.get("annotations") or {},
-                                                       sort_keys=True))
+            mark = (meta.get("uid"), meta.get("generation"),
+                    json.dumps(meta.get("annotations") or {}, sort_keys=True))
             if seen.get("mark") != mark:
                 first = "mark" not in seen
                 seen["mark"] = mark
