@@ -4,6 +4,12 @@ An API call waits for its operation up to a timeout; if it is still running then
 caller gets its id and follows it (GET /api/operations/{id}) instead of holding a
 connection open. Finished operations are kept for a while (bounded) so late readers find
 them.
+
+Operations live in this process's memory only: after a restart (or on another replica) an
+id is unknown. Every id starts with the id of the process that started it, so such a miss
+is answered plainly ("started by an earlier controller process; not kept across
+restarts") instead of a bare "no operation"; its objects' results are in the events, which
+are recorded as each object is applied.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.engine import Report
+from controller.errors import NotFoundError
 
 
 @dataclass
@@ -46,7 +53,8 @@ class Operation:
 
 
 class Operations:
-    def __init__(self, workers: int = 4, keep: int = 200) -> None:
+    def __init__(self, workers: int = 4, keep: int = 200, boot: str | None = None) -> None:
+        self.boot = boot or secrets.token_hex(4)  # this process's part of every id
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="operation")
         self._ops: OrderedDict[str, Operation] = OrderedDict()
         self._keep = keep
@@ -54,7 +62,7 @@ class Operations:
 
     def start(self, kind: str, services: list[str], instance: str,
               run: Callable[[], Report]) -> Operation:
-        op = Operation(secrets.token_hex(8), kind, services, instance)
+        op = Operation(f"{self.boot}-{secrets.token_hex(6)}", kind, services, instance)
         op.future = self._pool.submit(run)
         with self._lock:
             self._ops[op.id] = op
@@ -69,5 +77,21 @@ class Operations:
         with self._lock:
             return self._ops.get(op_id)
 
+    def missing(self, op_id: str) -> NotFoundError:
+        """The 404 for an id `get` does not know, saying why when we can tell."""
+        boot, dash, rest = op_id.partition("-")
+        if dash and rest and boot != self.boot and _is_hex(boot) and _is_hex(rest):
+            return NotFoundError(
+                f"operation {op_id} was started by an earlier controller process (or another "
+                "replica): operations are kept in memory and are not kept across restarts; "
+                "its results per object are in the events (GET /api/events), the current "
+                "state in GET /api/status",
+                {"operation": op_id, "reason": "OperationLost", "processId": self.boot})
+        return NotFoundError(f"no operation {op_id}", {"operation": op_id})
+
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and all(c in "0123456789abcdef" for c in text)

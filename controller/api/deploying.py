@@ -22,7 +22,7 @@ from controller.api.common import (
     services_from,
 )
 from controller.engine import Report
-from controller.errors import NotFoundError, ReconciliationError
+from controller.errors import ReconciliationError
 from controller.main import Controller
 
 MESSAGES = {
@@ -116,7 +116,7 @@ class OperationStatus:
     def on_get(self, req: falcon.Request, resp: falcon.Response, op_id: str) -> None:
         op = self.controller.operations.get(op_id)
         if op is None:
-            raise NotFoundError(f"no operation {op_id}", {"operation": op_id})
+            raise self.controller.operations.missing(op_id)
         resp.media = op.to_dict()
 
 
