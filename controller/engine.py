@@ -36,6 +36,7 @@ from controller.parameters import (
     deep_merge,
     effective,
     load_schema,
+    resolve_secret_refs,
     validate_spec,
 )
 from controller.sources import ParameterSource, Snapshot
@@ -240,9 +241,11 @@ class Engine:
         whole = op == "reconcile" or (op == "plan" and not services)
         deployed = sorted((known if whole else named) - down)
         params = self.parameters(snap)
-        desired = rendering.render(tree, params, services=deployed,
-                                   instance=self.cfg.instance, app=self.cfg.app_name) \
-            if deployed else []
+        # Secret references are read only here, to render: never stored, never shown.
+        desired = rendering.render(tree, resolve_secret_refs(params, self.resource.read_secret,
+                                                             self.cfg.namespace),
+                                   services=deployed, instance=self.cfg.instance,
+                                   app=self.cfg.app_name) if deployed else []
         namespaces = {name: str(effective(params, name).get("namespace") or "")
                       for name in [*known, SHARED_SERVICE]}
         desired = self.applier.normalize(desired, namespaces)

@@ -6,13 +6,27 @@ overlaid with its own (`effective`), so common settings are written once. Valida
 CRD's own OpenAPI schema, so Git-sourced parameters are held to exactly the rules the API
 server enforces on the resource, and errors name the offending path.
 
+Before the schema, bodies are held to a nesting depth and a size (`check_limits`): a deeply
+nested value is harmless to us but makes kube-apiserver spin for minutes, so it must never
+reach it.
+
+Secret values need not live in the spec at all: any value may be a reference
+`{"secretKeyRef": {"name": ..., "key": ...}}` to a Secret in the DeploymentParameters
+object's namespace, resolved only when templates are rendered (`resolve_secret_refs`), so
+the spec, its history and every API answer hold the Secret's name, never its value. Values
+that are secret anyway (schema `format: password` or `x-conductor-secret: true`, or a key
+named like password/token/secret/key material) are masked by `redact` for readers that may
+not write.
+
 Pure apart from `load_schema`, which reads the CRD file.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import json
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +40,30 @@ DEFAULT_CRD = (
     Path(__file__).resolve().parent.parent / "config" / "crd" / "deploymentparameters.yaml"
 )
 CRD_VERSION = "v1alpha1"
+
+# Far deeper than any template needs, far below what makes the API server (or a recursive
+# walk) struggle; 256 KiB keeps the object well under etcd's 1.5 MiB limit with its status.
+MAX_DEPTH = 32
+MAX_SPEC_BYTES = 256 * 1024
+
+REDACTED = "***REDACTED***"
+SECRET_REF = "secretKeyRef"
+# Keys whose values are secret material. Names of things (secretName, tokenFile,
+# imagePullSecrets, passwordRef) are not secret: an agent needs them to fix a reference.
+_SECRET_KEY = re.compile(
+    r"pass(word|wd|phrase)|^pwd$|token|secret|credential|api[-_.]?key|access[-_.]?key|"
+    r"private[-_.]?key|client[-_.]?key|(^|[-_.])key$|\.pem$|dockerconfigjson",
+    re.IGNORECASE)
+_NAME_SUFFIX = re.compile(r"(name|names|ref|refs|file|path|type|kind|count|secrets)$",
+                          re.IGNORECASE)
+# A reference as conductor's own validator sees it (the CRD cannot say "string or this
+# object" in a structural schema, so secret fields are untyped there).
+_SECRET_REF_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": [SECRET_REF], "additionalProperties": False,
+    "properties": {SECRET_REF: {
+        "type": "object", "required": ["name", "key"], "additionalProperties": False,
+        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 253},
+                       "key": {"type": "string", "minLength": 1, "maxLength": 253}}}}}
 
 
 @dataclass(frozen=True)
@@ -110,9 +148,11 @@ def validate_spec(spec: Any, schema: Mapping[str, Any]) -> None:
     """Raise `ValidationError` listing every way `spec` breaks the CRD's schema.
 
     The message and top-level details name the first failing path (sorted, so the same
-    input always reports the same first error); `errors` holds all of them.
+    input always reports the same first error); `errors` holds all of them. Depth and size
+    are checked first (`check_limits`), so a hostile body costs no schema walk.
     """
-    validator = jsonschema.Draft7Validator(_to_json_schema(schema))
+    check_limits(spec)
+    validator = _Validator(_to_json_schema(schema))
     found = sorted(
         ({"path": _path(e.absolute_path), "reason": e.message}
          for e in validator.iter_errors(spec)),
@@ -124,6 +164,152 @@ def validate_spec(spec: Any, schema: Mapping[str, Any]) -> None:
     more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
     raise ValidationError(f"{first['path']}: {first['reason']}{more}",
                           {"path": first["path"], "reason": first["reason"], "errors": found})
+
+
+def check_limits(value: Any, path: str = "spec") -> None:
+    """Raise `ValidationError` when `value` nests deeper than MAX_DEPTH maps and lists, or
+    its JSON exceeds MAX_SPEC_BYTES. Iterative: the value may be deeper than Python's stack."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, path)]
+    while stack:
+        node, depth, where = stack.pop()
+        if not isinstance(node, Mapping | list):
+            continue
+        if depth > MAX_DEPTH:
+            raise ValidationError(
+                f"{where}: nested deeper than {MAX_DEPTH} levels",
+                {"path": where, "reason": f"nested deeper than {MAX_DEPTH} levels",
+                 "limit": MAX_DEPTH, "limitName": "maxDepth"})
+        items = node.items() if isinstance(node, Mapping) else enumerate(node)
+        for key, child in items:
+            sub = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}"
+            stack.append((child, depth + 1, sub))
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
+    except ValueError:  # NaN and friends are the schema's to refuse, not a size problem
+        return
+    if size > MAX_SPEC_BYTES:
+        raise ValidationError(
+            f"{path}: {size} bytes of JSON, more than the limit of {MAX_SPEC_BYTES}",
+            {"path": path, "reason": f"larger than {MAX_SPEC_BYTES} bytes", "size": size,
+             "limit": MAX_SPEC_BYTES, "limitName": "maxBytes"})
+
+
+def _is_integer(_checker: Any, value: Any) -> bool:
+    # JSON Schema counts 1.0 as an integer; Kubernetes' int32 fields (and our templates,
+    # which would print "1.0") do not.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_Validator: Any = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    jsonschema.Draft7Validator,
+    type_checker=jsonschema.Draft7Validator.TYPE_CHECKER.redefine("integer", _is_integer))
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+
+def is_secret_ref(value: Any) -> bool:
+    """`{"secretKeyRef": {...}}`: a value to be read from a Secret at render time."""
+    return isinstance(value, Mapping) and set(value) == {SECRET_REF}
+
+
+def is_secret_schema(node: Any) -> bool:
+    return isinstance(node, Mapping) and (node.get("format") == "password"
+                                          or node.get("x-conductor-secret") is True)
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key)) and not _NAME_SUFFIX.search(key)
+
+
+def section_schema(schema: Mapping[str, Any], section: str) -> Mapping[str, Any]:
+    """The schema of `global` or of one service's values (`service`) within the spec's."""
+    props = schema.get("properties") or {}
+    if section == "global":
+        return props.get("global") or {}
+    return (props.get("services") or {}).get("additionalProperties") or {}
+
+
+def redact(value: Any, schema: Mapping[str, Any] | None = None) -> Any:
+    """A copy of `value` with secret values replaced by REDACTED.
+
+    Secret: a value whose schema says `format: password` / `x-conductor-secret: true`, or
+    whose key looks like secret material. References to Secrets stay (they name a Secret,
+    and are what a reader needs to see where the value comes from); empty values stay (an
+    unset password is worth knowing, and reveals nothing).
+    """
+    return _redact(value, schema or {}, secret=False)
+
+
+def _redact(value: Any, node: Mapping[str, Any], secret: bool) -> Any:
+    if secret or is_secret_schema(node):
+        if value in (None, "") or is_secret_ref(value):
+            return copy.deepcopy(value)
+        return REDACTED
+    if isinstance(value, Mapping):
+        props = node.get("properties") or {}
+        extra = node.get("additionalProperties")
+        out = {}
+        for key, child in value.items():
+            sub = props.get(key) or (extra if isinstance(extra, Mapping) else {})
+            out[key] = _redact(child, sub, is_secret_key(str(key)))
+        return out
+    if isinstance(value, list):
+        items = node.get("items")
+        return [_redact(v, items if isinstance(items, Mapping) else {}, False) for v in value]
+    return value
+
+
+# Reads a Secret's data (decoded) by name; None when there is no such Secret.
+SecretReader = Callable[[str], Mapping[str, str] | None]
+
+
+def resolve_secret_refs(params: Parameters, read: SecretReader,
+                        namespace: str = "") -> Parameters:
+    """`params` with every Secret reference replaced by the Secret's value.
+
+    Called only to render: the result must not be stored or shown. Each Secret is read
+    once. A missing Secret or key is a `validation_error` naming the parameter, the Secret
+    and the key, so the pass applies nothing rather than render an empty password.
+    """
+    cache: dict[str, Mapping[str, str] | None] = {}
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, Mapping) and SECRET_REF in value:
+            return lookup(value, path)
+        if isinstance(value, Mapping):
+            return {k: walk(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    def lookup(value: Mapping[str, Any], path: str) -> str:
+        ref = value.get(SECRET_REF)
+        name = ref.get("name") if isinstance(ref, Mapping) else None
+        key = ref.get("key") if isinstance(ref, Mapping) else None
+        if not is_secret_ref(value) or not isinstance(name, str) or not isinstance(key, str) \
+                or not name or not key:
+            raise ValidationError(f"{path}: a Secret reference is "
+                                  "{\"secretKeyRef\": {\"name\": ..., \"key\": ...}}",
+                                  {"path": path, "reason": "malformed secretKeyRef"})
+        if name not in cache:
+            cache[name] = read(name)
+        data = cache[name]
+        where = f"{namespace}/{name}" if namespace else name
+        if data is None:
+            raise ValidationError(f"{path}: Secret {where} not found",
+                                  {"path": path, "reason": "Secret not found", "secret": name,
+                                   "key": key, "namespace": namespace})
+        if key not in data:
+            raise ValidationError(f"{path}: Secret {where} has no key '{key}'",
+                                  {"path": path, "reason": "key not in Secret", "secret": name,
+                                   "key": key, "namespace": namespace,
+                                   "available": sorted(data)})
+        return data[key]
+
+    return Parameters(walk(params.global_, "spec.global"),
+                      {name: walk(values, f"spec.services.{name}")
+                       for name, values in params.services.items()})
 
 
 def _path(parts: Any) -> str:
@@ -145,6 +331,12 @@ def _to_json_schema(node: Any) -> Any:
     """
     if not isinstance(node, Mapping):
         return node  # `additionalProperties: false` and the like
+    if is_secret_schema(node):
+        # A secret value is a string, or a reference to one in a Secret.
+        plain = {k: v for k, v in node.items() if k not in ("format", "x-conductor-secret")}
+        plain = _to_json_schema({"type": "string", **plain} if "type" not in plain else plain)
+        plain.pop("x-kubernetes-preserve-unknown-fields", None)
+        return {"anyOf": [plain, _SECRET_REF_SCHEMA]}
     out = dict(node)
     for key in ("properties", "patternProperties"):
         if isinstance(out.get(key), Mapping):

@@ -1,13 +1,22 @@
 """The parameters endpoints: read, replace, patch, inspect, history and rollback.
 
-Writes validate against the CRD's schema first (400 validation_error naming the path) and
-change only the DeploymentParameters object (or, with a Git source that may push, a new
-commit); with a Git source that may not push they answer 409: the controller never
-silently diverges from Git.
+Writes validate against the CRD's schema first (400 validation_error naming the path; a
+body nested too deep or too large is refused before any request) and change only the
+DeploymentParameters object (or, with a Git source that may push, a new commit); with a Git
+source that may not push they answer 409: the controller never silently diverges from Git.
+
+Writes to the object carry the resourceVersion they were computed from, so two concurrent
+writers cannot lose each other's keys: a PATCH whose base changed is re-read and its merge
+patch re-applied (a few times); a replace (POST, rollback) answers 409 conflict when the
+spec changed under it (a status or annotation write in between is retried, it changed no
+parameter).
+
+Readers without the write scope see secret values redacted (see `parameters.redact`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -16,10 +25,27 @@ from controller import rendering
 from controller.api.common import instance_param, int_param, json_body
 from controller.errors import ConflictError, InvalidRequestError, NotFoundError
 from controller.main import Controller
-from controller.parameters import Parameters, effective, validate_spec
+from controller.parameters import (
+    Parameters,
+    check_limits,
+    effective,
+    redact,
+    section_schema,
+    validate_spec,
+)
 from controller.sources.resource import API_VERSION, KIND, ParametersResource
 
 TOP_LEVEL = ("global", "services")
+# Writes of one request racing others: enough for a handful of concurrent writers, bounded
+# so a hot object answers 409 rather than spin.
+WRITE_ATTEMPTS = 8
+
+
+def may_see_secrets(req: falcon.Request) -> bool:
+    """Only a caller who may write the parameters may read their secret values. The auth
+    middleware sets the token's scopes; without them, assume the least."""
+    scopes = getattr(req.context, "scopes", None)
+    return isinstance(scopes, set | frozenset) and "write" in scopes
 
 
 def _check_shape(spec: Any) -> dict[str, Any]:
@@ -62,10 +88,19 @@ class _Base:
         engine = self.controller.engine_for(self._instance(req))
         return dict(engine.current(fresh).spec)
 
-    def _write(self, req: falcon.Request, spec: dict[str, Any], message: str) -> dict[str, Any]:
-        validate_spec(spec, self.controller.engine.schema)
+    def _redact(self, req: falcon.Request, value: Any, section: str = "") -> Any:
+        if may_see_secrets(req):
+            return value
+        schema = self.controller.engine.schema
+        return redact(value, section_schema(schema, section) if section else schema)
+
+    def _write(self, req: falcon.Request, build: Callable[[dict[str, Any]], dict[str, Any]],
+               message: str, *, reapply: bool) -> dict[str, Any]:
+        """Write `build(current spec)`. `reapply`: a conflict re-reads and builds again (a
+        merge patch); otherwise a spec changed by someone else is a 409 (a replace)."""
         instance = self._instance(req)
         cfg = self.controller.cfg
+        schema = self.controller.engine.schema
         if cfg.source == "git" and instance == cfg.instance:
             git = self.controller.git_source()
             if git is None or not cfg.git.write:
@@ -73,28 +108,53 @@ class _Base:
                     "parameters come from Git and this controller may not push; change them "
                     "with a commit", {"source": "git", "url": git.url if git else "",
                                       "ref": cfg.git.ref, "hint": "set CONDUCTOR_GIT_WRITE"})
+            spec = build(self._spec(req, fresh=True))
+            validate_spec(spec, schema)
             sha = git.write_params(spec, message)
             self.controller.loop.wake("api")
             return {"message": "Parameters updated", "parameters": spec, "revision": sha}
-        obj = self._resource(req).replace_spec(spec)
+        resource = self._resource(req)
+        base = resource.read()
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            spec = build(dict(base.get("spec") or {}))
+            validate_spec(spec, schema)
+            try:
+                obj = resource.replace_spec(spec, base)
+                break
+            except ConflictError as e:
+                fresh = resource.read()
+                changed = _generation(fresh) != _generation(base)
+                if attempt == WRITE_ATTEMPTS or (changed and not reapply):
+                    e.details["hint"] = ("the parameters were changed by another writer; "
+                                         "read them again and retry")
+                    e.details["currentGeneration"] = _generation(fresh)
+                    raise
+                base = fresh
         return {"message": "Parameters updated", "parameters": obj.get("spec") or {},
                 "revision": f"generation/{obj['metadata'].get('generation')}"}
+
+
+def _generation(obj: dict[str, Any]) -> Any:
+    return (obj.get("metadata") or {}).get("generation")
 
 
 class ParametersRoot(_Base):
     """GET/POST/PATCH /api/parameters."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self._spec(req)
+        resp.media = self._redact(req, self._spec(req))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         spec = _check_shape(json_body(req))
-        resp.media = self._write(req, spec, "conductor: replace parameters")
+        validate_spec(spec, self.controller.engine.schema)  # before any request
+        resp.media = self._write(req, lambda _current: spec, "conductor: replace parameters",
+                                 reapply=False)
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response) -> None:
         patch = _check_shape(json_body(req))
-        spec = merge_patch(self._spec(req, fresh=True), patch)
-        resp.media = self._write(req, spec, "conductor: patch parameters")
+        check_limits(patch)  # the merged spec is validated in full once the base is read
+        resp.media = self._write(req, lambda current: merge_patch(current, patch),
+                                 "conductor: patch parameters", reapply=True)
 
 
 class Instances(_Base):
@@ -128,7 +188,8 @@ class Values(_Base):
         params = engine.parameters(snap)
         names = rendering.load_tree(snap.manifest_root).names
         resp.media = {"revision": snap.revision,
-                      "services": {n: effective(params, n) for n in names}}
+                      "services": {n: self._redact(req, effective(params, n), "service")
+                                   for n in names}}
 
 
 class ServiceValues(_Base):
@@ -142,15 +203,20 @@ class ServiceValues(_Base):
             raise NotFoundError(f"unknown service: {service}",
                                 {"service": service, "available": names})
         own = Parameters.from_spec(snap.spec)
-        resp.media = {"service": service, "values": own.services.get(service, {}),
-                      "global": own.global_,
-                      "effective": effective(engine.parameters(snap), service)}
+        resp.media = {"service": service,
+                      "values": self._redact(req, own.services.get(service, {}), "service"),
+                      "global": self._redact(req, own.global_, "global"),
+                      "effective": self._redact(req, effective(engine.parameters(snap),
+                                                               service), "service")}
 
 
 class HistoryList(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         limit = int_param(req, "limit", 50, 1, 500)
-        resp.media = {"history": self.controller.history.list(self._instance(req), limit)}
+        rows = self.controller.history.list(self._instance(req), limit)
+        for row in rows:  # history keeps old values for good: old passwords included
+            row["parameters"] = self._redact(req, row["parameters"])
+        resp.media = {"history": rows}
 
 
 class Rollback(_Base):
@@ -167,7 +233,8 @@ class Rollback(_Base):
         if spec is None:
             raise NotFoundError(f"no recorded parameters for revision {revision}",
                                 {"revision": revision, "instance": instance})
-        result = self._write(req, spec, f"conductor: roll parameters back to {revision}")
+        result = self._write(req, lambda _current: spec,
+                             f"conductor: roll parameters back to {revision}", reapply=False)
         result["message"] = f"Parameters rolled back to {revision}"
         result["rolledBackTo"] = revision
         resp.media = result

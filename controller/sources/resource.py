@@ -9,6 +9,7 @@ source its spec is also the parameters, and a change to it wakes the loop.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from typing import Any
 import yaml
 
 from controller.config import Config
-from controller.errors import NotFoundError, ValidationError
+from controller.errors import ConflictError, NotFoundError, ValidationError
 from controller.kube import Body, Kube, KubeError
 from controller.sources import Snapshot
 from controller.watching import Reflector, Selector
@@ -70,11 +71,42 @@ class ParametersResource:
                 return self.read()
             raise
 
-    def replace_spec(self, spec: Mapping[str, Any]) -> Body:
-        """Replace the whole spec: a merge patch that also nulls every key no longer there."""
-        current = self.read().get("spec") or {}
-        return self.kube.patch(API_VERSION, KIND, self.name, {"spec": _replace(current, spec)},
-                               self.namespace)
+    def replace_spec(self, spec: Mapping[str, Any], base: Body | None = None) -> Body:
+        """Replace the whole spec of `base` (read now when not given): a merge patch that
+        nulls every key no longer there, sent with `base`'s resourceVersion.
+
+        The nulls are computed against `base`, so the write is only right if nobody wrote
+        in between: the resourceVersion makes the API server refuse it otherwise (409),
+        raised as `ConflictError` for the caller to retry on a fresh read or to report.
+        """
+        obj = base if base is not None else self.read()
+        meta = obj.get("metadata") or {}
+        patch = {"metadata": {"resourceVersion": str(meta.get("resourceVersion") or "")},
+                 "spec": _replace(obj.get("spec") or {}, spec)}
+        try:
+            return self.kube.patch(API_VERSION, KIND, self.name, patch, self.namespace)
+        except KubeError as e:
+            if e.status == 409:
+                raise ConflictError(
+                    f"DeploymentParameters {self.namespace}/{self.name} changed while it was "
+                    "being written", {"namespace": self.namespace, "instance": self.name,
+                                      "resourceVersion": meta.get("resourceVersion"),
+                                      "generation": meta.get("generation")}) from e
+            if e.status == 404:
+                raise NotFoundError(
+                    f"DeploymentParameters {self.namespace}/{self.name} not found",
+                    {"namespace": self.namespace, "instance": self.name}) from e
+            raise
+
+    def read_secret(self, name: str) -> dict[str, str] | None:
+        """The decoded data of a Secret in this object's namespace (None when missing):
+        where parameters' `secretKeyRef`s point. Used to render only, never to answer."""
+        obj = self.kube.get("v1", "Secret", name, self.namespace)
+        if obj is None:
+            return None
+        data = {str(k): base64.b64decode(str(v)).decode("utf-8", errors="replace")
+                for k, v in (obj.get("data") or {}).items()}
+        return data
 
     def down_services(self, obj: Body) -> frozenset[str]:
         raw = (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_DOWN, "[]")
