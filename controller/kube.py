@@ -5,7 +5,8 @@ own discovery (one request per group-version, cached), so custom resources and
 cluster-scoped kinds work like any other and nothing is decoded into typed models. Every
 request runs under one retry policy (tenacity): transient failures (429, 5xx, timeouts,
 dropped connections) are retried with exponential backoff and jitter; permanent ones
-(400, 403, 404, 409, 422, unknown kind) are raised at once as `KubeError`.
+(400, 403, 404, 409, 422, unknown kind) are raised at once as `KubeError`. A write whose
+answer timed out is not re-sent (`WriteTimeout`): the server has it, and may be busy with it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class KubeError(KubernetesError):
 
     @property
     def transient(self) -> bool:
-        if self.reason == "NotLeader":
+        if self.reason in ("NotLeader", "WriteTimeout"):
             return False
         if self.status == 500 and _PERMANENT_500 in self.message:
             return False
@@ -182,6 +183,12 @@ class Kube:
                               timeout or self.settings.request_timeout)
             status = int(resp.status)
             raw = resp.read()
+        except urllib3.exceptions.ReadTimeoutError as e:
+            # The server has the body and no answer came: it may be working on it (a body
+            # that makes it spin) or have applied it; re-sending a write is not safe, a read is.
+            raise KubeError(f"{method} {path}: no answer in time: {e}", status=0,
+                            reason="WriteTimeout" if method in WRITES else "ConnectionError",
+                            details={"method": method, "path": path}) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise KubeError(f"{method} {path}: {type(e).__name__}: {e}", status=0,
                             reason="ConnectionError",
