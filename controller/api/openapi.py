@@ -1,8 +1,10 @@
 """GET /openapi.json: the API described for agents and tools (OpenAPI 3.0).
 
 Written by hand next to the routes, with response schemas loose enough to grow (we add,
-never break) but strict about the contract's fields. A test keeps its paths and methods
-identical to the app's routes, and a property-based run checks answers against it.
+never break) but strict about the contract's fields, and request schemas exactly as strict
+as the parsers in `common.py`: what the document calls invalid is answered 400 and changes
+nothing (a query parameter given empty is invalid, not "absent"). A test keeps its paths
+and methods identical to the app's routes, and a property-based run checks both ways.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ ERRORS = {"400": ERR, "401": ERR, "403": ERR, "404": ERR, "409": ERR, "413": ERR
 INSTANCE = {"name": "instance", "in": "query", "required": False,
             "description": "DeploymentParameters object (default: the controller's)",
             "schema": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-                       "maxLength": 63}}
+                       "minLength": 1, "maxLength": 63}}
+# `since`/`until`: an RFC 3339 time, or a duration back from now.
+TIME = {"type": "string", "minLength": 1, "anyOf": [
+    {"format": "date-time"}, {"pattern": r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d)$"}]}
 EVENT_FILTERS: list[dict[str, Any]] = [
     {"name": "type", "in": "query", "schema": {"type": "string",
                                                "enum": ["error", "warning", "info",
@@ -42,10 +47,14 @@ EVENT_FILTERS: list[dict[str, Any]] = [
                                                 "maximum": 1000}},
     {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                  "maximum": 10000}},
-    {"name": "resource", "in": "query", "schema": {"type": "string", "maxLength": 300}},
-    {"name": "service", "in": "query", "schema": {"type": "string", "maxLength": 63}},
-    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
-    {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+    {"name": "resource", "in": "query", "schema": {"type": "string", "minLength": 1,
+                                                   "maxLength": 300}},
+    {"name": "service", "in": "query", "schema": {"type": "string", "minLength": 1,
+                                                  "maxLength": 63}},
+    {"name": "since", "in": "query", "schema": TIME,
+     "description": "RFC 3339 time, or a duration back from now (500ms, 30s, 15m, 2h, 7d)"},
+    {"name": "until", "in": "query", "schema": TIME,
+     "description": "RFC 3339 time, or a duration back from now (500ms, 30s, 15m, 2h, 7d)"},
 ]
 SERVICES_BODY = {"required": False, "content": {JSON: {"schema": _ref("ServiceSelection")}}}
 DEPLOY_PARAMS: list[dict[str, Any]] = [INSTANCE,
@@ -167,7 +176,8 @@ PATHS: dict[str, Any] = {
         "restore a recorded revision", {"200": _resp("rolled back", _ref("ParametersWritten"))},
         [INSTANCE], {"required": True, "content": {JSON: {"schema": {
             "type": "object", "required": ["revision"],
-            "properties": {"revision": {"type": "string"}}}}}}, "parameters")},
+            "properties": {"revision": {"type": "string", "minLength": 1}}}}}},
+        "parameters")},
     "/api/parameters/{service}": {"get": _op(
         "one service's values", {"200": _resp("values", OBJ)},
         [{"name": "service", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -186,8 +196,10 @@ SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error", "message", "details"],
               "properties": {"error": {"type": "string", "enum": sorted(STATUS)},
                              "message": STR, "details": OBJ}},
-    "ServiceSelection": {"type": "object", "properties": {
-        "services": {"type": "array", "items": STR}}},
+    # No `services` (or []) selects every service; any other value must be a list of names
+    # (a falsy "" or null selecting everything would take the whole app down).
+    "ServiceSelection": {"type": "object", "additionalProperties": False, "properties": {
+        "services": {"type": "array", "items": {"type": "string", "minLength": 1}}}},
     "ObjectResult": {"type": "object", "required": ["resource", "service", "result"],
                      "properties": {"resource": STR, "service": STR,
                                     "result": {"type": "string",

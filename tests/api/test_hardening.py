@@ -1,0 +1,294 @@
+"""Hostile input against the API (issue 9, findings 2, 12, 14, 15, 16, 25), in-process on a
+real Controller: every malformed request is a 400 (or 401) in the contract's envelope,
+every answer is strict JSON, and nothing was applied, deleted or written before the refusal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from falcon import testing
+
+from controller.api import webhooks
+from controller.api.common import MAX_JSON_DEPTH
+from controller.api.openapi import document
+from controller.config import GitSettings
+from controller.sources.resource import API_VERSION, KIND
+from tests.api.conftest import SERVICES, Api, envelope
+
+pytestmark = pytest.mark.cluster
+
+DEPLOYS = ("/api/up", "/api/update", "/api/down", "/api/plan")
+
+
+def _strict(result: testing.Result) -> Any:
+    """The answer parsed as strict JSON: NaN/Infinity (which Python writes by default) fail."""
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in an answer: not JSON: {result.text[:300]}")
+
+    return json.loads(result.text, parse_constant=refuse)
+
+
+def _refused(result: testing.Result, status: int = 400,
+             code: str = "invalid_request") -> dict[str, Any]:
+    details = envelope(result, status, code)
+    _strict(result)
+    return details
+
+
+def _deployments(api: Api) -> set[str]:
+    items, _ = api.app.kube.list("apps/v1", "Deployment", api.namespace)
+    return {d["metadata"]["name"] for d in items}
+
+
+def _generation(api: Api) -> int:
+    obj = api.app.kube.get(API_VERSION, KIND, "default", api.namespace)
+    assert obj is not None
+    return int(obj["metadata"]["generation"])
+
+
+# --- finding 2: only an absent selection (or []) means every service ---------------------
+
+FALSY_OR_WRONG = ['""', "false", "0", "null", "{}", "true", '"redis"', '[""]', "[1]",
+                  '["redis", null]', '[["redis"]]']
+
+
+def test_a_falsy_or_malformed_selection_is_refused_not_every_service(api: Api) -> None:
+    before = api.app.versions()
+    for path in DEPLOYS:
+        for value in FALSY_OR_WRONG:
+            details = _refused(api.post(path, f'{{"services": {value}}}'))
+            assert details["field"] == "services", (path, value, details)
+        # A misspelt key would otherwise select nothing, i.e. everything.
+        details = _refused(api.post(path, '{"service": ["redis"]}'))
+        assert details["fields"] == ["service"], (path, details)
+        _refused(api.post(path, "null"))  # a JSON null is no selection object either
+    assert api.app.versions() == before  # nothing deleted, nothing re-applied
+    assert _deployments(api) >= {"frontend", "redis"}
+
+
+def test_an_absent_or_empty_selection_still_means_every_service(api: Api) -> None:
+    for body in ("{}", '{"services": []}', ""):
+        result = api.post("/api/plan", body)
+        assert result.status_code == 200, result.text
+        assert result.json["services"] == SERVICES, body
+
+
+# --- finding 12: every parameter is checked before anything runs --------------------------
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("waitHealthy=true&healthTimeout=-1", "healthTimeout"),
+    ("waitHealthy=true&healthTimeout=nan", "healthTimeout"),
+    ("healthTimeout=", "healthTimeout"),
+    ("waitHealthy=maybe", "waitHealthy"),
+    ("timeout=-1", "timeout"),
+    ("wait=perhaps", "wait"),
+    ("instance=", "instance"),
+])
+def test_a_bad_query_parameter_is_refused_before_anything_is_applied(
+        api: Api, query: str, field: str) -> None:
+    assert api.post("/api/down", {"services": ["redis"]}).status_code == 200
+    for op in ("up", "update"):
+        details = _refused(api.post(f"/api/{op}?{query}", {"services": ["redis"]}))
+        assert details["field"] == field, (op, details)
+    assert "redis" not in _deployments(api)  # not re-created, then refused
+    details = _refused(api.post(f"/api/down?{query}", {"services": ["frontend"]}))
+    assert details["field"] == field
+    assert "frontend" in _deployments(api)
+
+
+# --- findings 14 and 15: bodies that are not strict JSON -----------------------------------
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+NOT_STRICT_JSON: list[tuple[str, bytes]] = [
+    ("escaped lone surrogate", b'{"services": ["r\\ud800"]}'),
+    ("UTF-8-encoded surrogate", b'{"services": ["r\xed\xa0\x80"]}'),
+    ("surrogate in a key", b'{"global": {"\\udfff": 1}}'),
+    ("NaN", b'{"services": NaN}'),
+    ("Infinity", b'{"global": {"replicas": Infinity}}'),
+    ("-Infinity", b'{"global": {"replicas": -Infinity}}'),
+    ("overflowing float", b'{"global": {"replicas": 1e309}}'),
+    ("not UTF-8", b'{"services": ["\xff"]}'),
+    ("nesting past the limit", ('{"services": ' + _nested(MAX_JSON_DEPTH) + "}").encode()),
+    ("nesting of 950", _nested(950).encode()),
+    ("nesting of 100000", _nested(100_000).encode()),
+]
+JSON_ROUTES = [("POST", "/api/up"), ("POST", "/api/down"), ("POST", "/api/plan"),
+               ("POST", "/api/parameters"), ("PATCH", "/api/parameters"),
+               ("POST", "/api/parameters/rollback")]
+
+
+def test_bodies_that_are_not_strict_json_are_400_and_change_nothing(api: Api) -> None:
+    before, generation = api.app.versions(), _generation(api)
+    for method, path in JSON_ROUTES:
+        for name, body in NOT_STRICT_JSON:
+            result = api.client.simulate_request(method, path, body=body)
+            assert result.status_code == 400, (method, path, name, result.text[:200])
+            _refused(result)  # was 500 with an empty body (surrogate, nesting) or NaN text
+    assert api.app.versions() == before
+    assert _generation(api) == generation
+
+
+def test_the_depth_limit_leaves_room_for_every_real_document(api: Api) -> None:
+    # Just under the limit, the body is parsed and judged on its content (a list of
+    # names), not refused as unreadable.
+    details = _refused(api.post("/api/plan", '{"services": '
+                                + _nested(MAX_JSON_DEPTH - 1) + "}"))
+    assert details["field"] == "services"
+
+
+# --- finding 15: non-finite numbers in query parameters ------------------------------------
+
+NOT_FINITE = ["nan", "NaN", "inf", "-inf", "Infinity", "1e309", "-1e309", "1_0", "0x10", " "]
+
+
+def test_numbers_in_query_parameters_are_finite_decimals(api: Api) -> None:
+    routes = [("POST", "/api/up", "timeout"), ("POST", "/api/up", "healthTimeout"),
+              ("GET", "/api/events", "limit"), ("GET", "/api/events", "offset"),
+              ("GET", "/api/events/stream", "duration"),
+              ("GET", "/api/parameters/history", "limit")]
+    for method, path, name in routes:
+        for value in NOT_FINITE:
+            result = api.client.simulate_request(method, path, params={name: value},
+                                                 json={"services": ["redis"]})
+            details = _refused(result)  # was {"value": NaN}: not JSON
+            assert details["field"] == name, (path, name, value, details)
+            assert isinstance(details["value"], str), details
+
+
+# --- finding 25: an empty query value is invalid wherever it is documented -----------------
+
+PATH_VALUES = {"name": "redis", "service": "redis", "op_id": "0-0", "kind": "Deployment",
+               "namespace": "NAMESPACE"}
+
+
+def _documented_query_parameters() -> list[tuple[str, str, str]]:
+    out = []
+    for path, item in document()["paths"].items():
+        for method, op in item.items():
+            for p in op.get("parameters", []):
+                if p["in"] == "query":
+                    out.append((method.upper(), path, p["name"]))
+    return out
+
+
+def test_an_empty_query_value_is_400_on_every_documented_parameter(api: Api) -> None:
+    checked = 0
+    generation = _generation(api)
+    spec = api.get("/api/parameters").json
+    # Bodies that would be accepted: only the empty parameter is wrong (and were it read
+    # as absent, the write would change nothing).
+    bodies: dict[tuple[str, str], Any] = {("POST", "/api/parameters"): spec,
+                                          ("PATCH", "/api/parameters"): {},
+                                          ("POST", "/api/parameters/rollback"): {
+                                              "revision": "generation/1"}}
+    for method, path, name in _documented_query_parameters():
+        concrete = path
+        for field, value in PATH_VALUES.items():
+            concrete = concrete.replace(f"{{{field}}}", value.replace("NAMESPACE",
+                                                                      api.namespace))
+        body = bodies.get((method, path), {"services": ["redis"]})
+        result = api.client.simulate_request(method, concrete, query_string=f"{name}=",
+                                             json=body if method != "GET" else None)
+        details = _refused(result)  # `?instance=`, `?until=` were read as absent
+        assert details["field"] == name, (method, path, name, details)
+        checked += 1
+    assert checked >= 30  # every query parameter of every operation
+    assert _generation(api) == generation
+
+
+def test_rollback_to_an_empty_revision_is_refused_as_documented(api: Api) -> None:
+    schema = document()["paths"]["/api/parameters/rollback"]["post"]["requestBody"]
+    revision = schema["content"]["application/json"]["schema"]["properties"]["revision"]
+    assert revision["minLength"] == 1
+    for body in ('{"revision": ""}', '{"revision": 7}', "{}", '{"revision": null}'):
+        details = _refused(api.post("/api/parameters/rollback", body))
+        assert details["field"] == "revision", body
+
+
+# --- findings 14 and 16: the webhook -------------------------------------------------------
+
+SECRET = "hardening-webhook-secret"
+
+
+def _sign(body: bytes, key: bytes = SECRET.encode()) -> str:
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+@pytest.fixture
+def hooked(make_api: Callable[..., Api], tmp_path: Path) -> Api:
+    secret = tmp_path / "webhook-secret"
+    secret.write_text(SECRET + "\n")
+    return make_api(git=GitSettings(webhook_secret_file=str(secret)))
+
+
+def test_a_signed_webhook_body_that_cannot_be_read_is_400_unsigned_401(hooked: Api) -> None:
+    before = hooked.passes()
+    for body in (_nested(950).encode(), _nested(100_000).encode(),
+                 b'{"ref": "refs/heads/\\ud800"}'):
+        _refused(hooked.post("/api/webhooks/git", body,
+                             headers={"X-Hub-Signature-256": _sign(body)}))
+        _refused(hooked.post("/api/webhooks/git", body,
+                             headers={"X-Hub-Signature-256": _sign(b"")}), 401, "unauthorized")
+    assert hooked.passes() == before
+
+
+def test_non_ascii_or_empty_webhook_credentials_are_401(hooked: Api) -> None:
+    body = b'{"ref": "refs/heads/main"}'
+    before = hooked.passes()
+    attempts = [
+        ("github", {"X-Hub-Signature-256": "sha256=\u00e9" + "0" * 63}),
+        ("gitea", {"X-Gitea-Signature": "\u00ff" * 64}),
+        ("generic", {"X-Conductor-Signature": "sha256=caf\u00e9"}),
+        ("gitlab", {"X-Gitlab-Token": SECRET[:-1] + "\u00e9"}),
+        ("generic", {"Authorization": "Bearer \u00e9"}),
+        # What an empty secret file used to accept:
+        ("gitlab", {"X-Gitlab-Token": ""}),
+        ("generic", {"Authorization": "Bearer "}),
+        ("github", {"X-Hub-Signature-256": _sign(body, b"")}),
+    ]
+    for provider, headers in attempts:
+        details = _refused(hooked.post("/api/webhooks/git", body, headers=headers),
+                           401, "unauthorized")  # was 500 TypeError for non-ASCII
+        assert details["provider"] == provider, headers
+    assert hooked.passes() == before
+
+
+@pytest.mark.parametrize("content", ["", "   \n\t"])
+def test_an_empty_webhook_secret_stops_the_start(make_api: Callable[..., Api],
+                                                 tmp_path: Path, content: str) -> None:
+    path = tmp_path / "empty-secret"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))} is empty"):
+        make_api(first_pass=False, git=GitSettings(webhook_secret_file=str(path)))
+
+
+def test_a_missing_webhook_secret_file_stops_the_start(make_api: Callable[..., Api],
+                                                       tmp_path: Path) -> None:
+    path = tmp_path / "no-such-secret"
+    with pytest.raises(ValueError, match=re.escape(str(path))):  # was a 500 on every call
+        make_api(first_pass=False, git=GitSettings(webhook_secret_file=str(path)))
+
+
+def test_the_webhook_secret_is_read_once(hooked: Api, tmp_path: Path) -> None:
+    # Rotated or removed after the start, the file no longer matters: every call is
+    # answered with the secret the app was built with (no read, no 500 per call).
+    Path(hooked.controller.cfg.git.webhook_secret_file).unlink()
+    body = b'{"ref": "refs/heads/main"}'
+    result = hooked.post("/api/webhooks/git", body, headers={"X-Hub-Signature-256":
+                                                             _sign(body)})
+    assert result.status_code == 202, result.text
+    assert webhooks.load_secret(GitSettings()) is None  # no file configured: webhooks off
