@@ -3,7 +3,8 @@
 This is where ordering, concurrency and the no-write guarantee live. Live state is read
 with one LIST per (kind, namespace) and our label selector, never object by object; only
 objects the plan marks create/update are sent (server-side apply as our field manager),
-phase by phase (CRDs, Namespaces, ... workloads, the rest), concurrently within a phase.
+phase by phase (CRDs, Namespaces, ... workloads, the rest), concurrently within a phase,
+after a server-side dry-run of all of them has passed (one refusal applies nothing).
 Deletions run in the reverse order. Every object gets a result: applied, unchanged,
 deleted, kept or failed (with the API's reason), so a partial failure is never hidden.
 """

@@ -1,11 +1,13 @@
 """One reconcile pass, and the up / update / down operations built from the same steps.
 
-source -> validate -> render -> normalize -> observe -> plan -> apply -> prune -> status.
-Any failure before applying (bad parameters, a template that does not render, invalid
-YAML) applies nothing: the error is recorded and the last good state keeps running. One
-lock makes passes and operations strictly sequential. Operations on named services plan
-only those services (plus the shared objects), so they never touch another service's
-objects.
+source -> validate -> render -> normalize -> observe -> plan -> dry-run -> apply -> prune
+-> status. Any failure before applying (bad parameters, a template that does not render,
+invalid YAML, an object the API server refuses in the dry-run) applies nothing: the error
+is recorded and the last good state keeps running. A DeploymentParameters object that
+disappears after we applied it (deleted, or with its CRD) stops the passes rather than
+being re-created from the defaults. One lock makes passes and operations strictly
+sequential. Operations on named services plan only those services (plus the shared
+objects), so they never touch another service's objects.
 """
 
 from __future__ import annotations
