@@ -166,3 +166,61 @@ def test_a_missing_parameter_is_reported_with_file_and_line(app_tree: Tree) -> N
     # The frontend reads services.redis.port too: one error per file, all reported.
     assert files == {"frontend/deployment.yaml", "redis/deployment.yaml", "redis/service.yaml"}
     assert all(e["line"] > 0 for e in err.value.details["errors"])
+
+
+# --- the example's values are typed as the fields they end up in (issue 9, finding 17) -----
+
+SCHEMA = load_schema(ROOT / "config" / "crd" / "deploymentparameters.yaml")
+
+
+@pytest.mark.parametrize("section, values, path", [
+    ("redis", {"port": 70000}, "spec.services.redis.port"),  # rendered into frontend too
+    ("redis", {"port": 0}, "spec.services.redis.port"),
+    ("redis", {"port": "6379"}, "spec.services.redis.port"),
+    ("redis", {"replicas": 99999999999999999999}, "spec.services.redis.replicas"),
+    ("redis", {"replicas": 2147483648}, "spec.services.redis.replicas"),
+    ("redis", {"replicas": 2.5}, "spec.services.redis.replicas"),
+    ("redis", {"replicas": 2.0}, "spec.services.redis.replicas"),  # would render "2.0"
+    ("frontend", {"image": ""}, "spec.services.frontend.image"),
+    ("frontend", {"tag": ""}, "spec.services.frontend.tag"),
+    ("postgres", {"database": ""}, "spec.services.postgres.database"),
+    ("postgres", {"user": ""}, "spec.services.postgres.user"),
+    ("postgres", {"password": 5}, "spec.services.postgres.password"),
+    ("postgres", {"password": {"secretKeyRef": {"name": "db"}}},
+     "spec.services.postgres.password"),
+    ("postgres", {"storageClass": ""}, "spec.services.postgres.storageClass"),
+    ("global", {"port": 65536}, "spec.global.port"),
+    ("global", {"imagePullPolicy": "Sometimes"}, "spec.global.imagePullPolicy"),
+])
+def test_values_the_api_server_would_refuse_are_validation_errors(
+        section: str, values: dict[str, Any], path: str) -> None:
+    spec = copy.deepcopy(DEFAULTS)
+    target = spec["global"] if section == "global" else spec["services"][section]
+    target.update(values)
+    with pytest.raises(ValidationError) as err:
+        validate_spec(spec, SCHEMA)
+    assert err.value.details["path"] == path
+
+
+def test_the_contracts_example_4_and_typical_values_stay_valid() -> None:
+    validate_spec({"global": {"namespace": "default", "replicas": 1},
+                   "services": {"redis": {"replicas": 5}}}, SCHEMA)
+    spec = copy.deepcopy(DEFAULTS)
+    spec["services"]["redis"].update(port=1, replicas=2147483647)
+    spec["services"]["frontend"].update(port=65535, replicas=0)
+    spec["services"]["postgres"].update(password="s3cret", storageClass="fast")
+    validate_spec(spec, SCHEMA)
+    spec["services"]["postgres"]["password"] = {"secretKeyRef": {"name": "db", "key": "pw"}}
+    validate_spec(spec, SCHEMA)
+
+
+def test_a_password_from_a_secret_reference_is_rendered_into_the_secret(app_tree: Tree) -> None:
+    from controller.parameters import resolve_secret_refs
+
+    spec = copy.deepcopy(DEFAULTS)
+    spec["services"]["postgres"]["password"] = {"secretKeyRef": {"name": "db", "key": "pw"}}
+    params = resolve_secret_refs(Parameters.from_spec(spec),
+                                 {"db": {"pw": "from-the-secret"}}.get)
+    manifests = render(app_tree, params)
+    secret = next(m for m in manifests if m.key.kind == "Secret").body
+    assert base64.b64decode(secret["data"]["password"]).decode() == "from-the-secret"

@@ -299,3 +299,128 @@ def test_a_spec_that_is_not_a_map_is_refused(schema: dict[str, Any]) -> None:
     with pytest.raises(ValidationError) as err:
         validate_spec([1], schema)
     assert err.value.details["path"] == "spec"
+
+
+# --- limits (issue 9, finding 9) -------------------------------------------------------------
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_deep_nesting_is_refused_naming_the_limit_and_path(schema: dict[str, Any]) -> None:
+    from controller.parameters import MAX_DEPTH
+
+    with pytest.raises(ValidationError) as err:
+        validate_spec({"services": {"redis": {"x": _nested(400)}}}, schema)
+    details = err.value.details
+    assert details["limit"] == MAX_DEPTH == 32
+    assert details["path"].startswith("spec.services.redis.x.a.a")
+    assert details["path"].count(".") == MAX_DEPTH
+    assert f"nested deeper than {MAX_DEPTH} levels" in err.value.message
+    # Lists count as levels too, and the limit is a limit, not an approximation.
+    with pytest.raises(ValidationError):
+        nested: Any = 1
+        for _ in range(31):  # spec, global and 31 lists: 33 levels
+            nested = [nested]
+        validate_spec({"global": {"x": nested}}, schema)
+    validate_spec({"services": {"redis": {"x": _nested(MAX_DEPTH - 4)}}}, schema)
+
+
+def test_nesting_deeper_than_the_python_stack_is_refused_not_crashed(
+        schema: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        validate_spec({"global": {"x": _nested(5000)}}, schema)
+
+
+def test_a_huge_spec_is_refused_naming_the_limit(schema: dict[str, Any]) -> None:
+    from controller.parameters import MAX_SPEC_BYTES
+
+    with pytest.raises(ValidationError) as err:
+        validate_spec({"global": {"blob": "x" * MAX_SPEC_BYTES}}, schema)
+    assert err.value.details["limit"] == MAX_SPEC_BYTES
+    assert err.value.details["path"] == "spec"
+    assert err.value.details["size"] > MAX_SPEC_BYTES
+
+
+# --- secrets (issue 9, finding 7) ------------------------------------------------------------
+
+
+def test_redact_masks_schema_marked_and_secret_named_values(schema: dict[str, Any]) -> None:
+    from controller.parameters import REDACTED, redact
+
+    spec = {"global": {"namespace": "shop", "apiToken": "t0k3n", "tokenFile": "/run/t",
+                       "nested": {"tls.key": "PEM", "privateKey": "PEM2", "keyspace": "k"}},
+            "services": {"postgres": {"password": "hunter2", "user": "app",
+                                      "imagePullSecrets": ["regcred"],
+                                      "passwordRef": "db"},
+                         "api": {"password": {"secretKeyRef": {"name": "db", "key": "pw"}},
+                                 "clientSecret": "", "list": [{"secret": "s"}]},
+                         "cache": {"creds": {"dsn": "redis://"}, "x-secret": None}}}
+    out = redact(spec, schema)
+    assert out["global"] == {"namespace": "shop", "apiToken": REDACTED, "tokenFile": "/run/t",
+                             "nested": {"tls.key": REDACTED, "privateKey": REDACTED,
+                                        "keyspace": "k"}}
+    assert out["services"]["postgres"] == {"password": REDACTED, "user": "app",
+                                           "imagePullSecrets": ["regcred"],
+                                           "passwordRef": "db"}
+    # A reference names a Secret, not its value; an empty value reveals nothing.
+    assert out["services"]["api"] == {
+        "password": {"secretKeyRef": {"name": "db", "key": "pw"}}, "clientSecret": "",
+        "list": [{"secret": REDACTED}]}
+    assert spec["services"]["postgres"]["password"] == "hunter2"  # input untouched
+
+
+def test_redact_follows_the_schema_marks() -> None:
+    from controller.parameters import REDACTED, redact
+
+    schema = {"type": "object", "properties": {
+        "dsn": {"type": "string", "x-conductor-secret": True},
+        "opaque": {"type": "string", "format": "password"},
+        "items": {"type": "array", "items": {"type": "object", "properties": {
+            "conn": {"type": "string", "format": "password"}}}}}}
+    value = {"dsn": "postgres://u:p@h", "opaque": "x", "plain": "y",
+             "items": [{"conn": "c", "other": "o"}]}
+    assert redact(value, schema) == {"dsn": REDACTED, "opaque": REDACTED, "plain": "y",
+                                     "items": [{"conn": REDACTED, "other": "o"}]}
+
+
+def test_secret_references_resolve_once_per_secret() -> None:
+    from controller.parameters import resolve_secret_refs
+
+    reads: list[str] = []
+
+    def read(name: str) -> dict[str, str] | None:
+        reads.append(name)
+        return {"db": {"pw": "p", "user": "u"}}.get(name)
+
+    ref = {"secretKeyRef": {"name": "db", "key": "pw"}}
+    params = Parameters.from_spec({"global": {"pw": ref},
+                                   "services": {"a": {"list": [ref, 1],
+                                                      "u": {"secretKeyRef": {"name": "db",
+                                                                             "key": "user"}}}}})
+    out = resolve_secret_refs(params, read, "ns")
+    assert out.global_ == {"pw": "p"}
+    assert out.services == {"a": {"list": ["p", 1], "u": "u"}}
+    assert reads == ["db"]
+    assert params.global_ == {"pw": ref}  # the input keeps the reference
+
+
+@pytest.mark.parametrize("value, reason", [
+    ({"secretKeyRef": {"name": "nope", "key": "pw"}}, "Secret not found"),
+    ({"secretKeyRef": {"name": "db", "key": "nope"}}, "key not in Secret"),
+    ({"secretKeyRef": {"name": "db"}}, "malformed secretKeyRef"),
+    ({"secretKeyRef": "db", "extra": 1}, "malformed secretKeyRef"),
+])
+def test_an_unresolvable_reference_names_parameter_secret_and_key(value: Any,
+                                                                 reason: str) -> None:
+    from controller.parameters import resolve_secret_refs
+
+    params = Parameters.from_spec({"services": {"postgres": {"password": value}}})
+    with pytest.raises(ValidationError) as err:
+        resolve_secret_refs(params, {"db": {"pw": "p"}}.get, "ns")
+    assert err.value.details["path"] == "spec.services.postgres.password"
+    assert err.value.details["reason"] == reason
