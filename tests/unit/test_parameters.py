@@ -352,7 +352,8 @@ def test_a_huge_spec_is_refused_naming_the_limit(schema: dict[str, Any]) -> None
 def test_redact_masks_schema_marked_and_secret_named_values(schema: dict[str, Any]) -> None:
     from controller.parameters import REDACTED, redact
 
-    spec = {"global": {"namespace": "shop", "apiToken": "t0k3n", "tokenFile": "/run/t",
+    spec: dict[str, Any] = {"global": {"namespace": "shop", "apiToken": "t0k3n",
+                                       "tokenFile": "/run/t",
                        "nested": {"tls.key": "PEM", "privateKey": "PEM2", "keyspace": "k"}},
             "services": {"postgres": {"password": "hunter2", "user": "app",
                                       "imagePullSecrets": ["regcred"],
