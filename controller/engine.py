@@ -514,7 +514,9 @@ def _service_states(report: Report, down: frozenset[str], known: set[str],
             err = failed[name].error or {}
             out[name] = {"state": "failed",
                          "reason": f"{err.get('resource', '')}: {err.get('message', '')}"[:500]}
-        elif report.error is not None and (not report.services or name in report.services):
+        # Git unreachable is not a service failure: its objects keep running as they were.
+        elif report.error is not None and report.error.code != "source_error" and (
+                not report.services or name in report.services):
             out[name] = {"state": "failed", "reason": report.error.message[:500]}
         elif name in touched:
             out[name] = {"state": "deployed", "reason": ""}
@@ -535,7 +537,10 @@ def _conditions(report: Report, old: list[dict[str, Any]]) -> list[dict[str, Any
         ready = ("False", "ApplyFailed", msg)
         stalled = ("True", "ApplyFailed", msg)
     else:
-        ready = ("True", "Succeeded", f"Applied revision {report.revision}")
+        # e.g. the Git ref moved to a commit that does not descend from the applied one
+        warning = report.snapshot.details.get("warning") if report.snapshot else None
+        ready = ("True", "Succeeded", f"Applied revision {report.revision}"
+                 + (f"; warning: {warning}" if warning else ""))
         stalled = ("False", "Succeeded", "")
     reconciling = ("False", "Succeeded", "")
     previous = {c.get("type"): c for c in old}

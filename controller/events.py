@@ -27,6 +27,7 @@ import logging
 import math
 import re
 import sqlite3
+import tempfile
 import threading
 import time
 import weakref
@@ -181,20 +182,39 @@ class EventStore:
         self._readers_lock = threading.Lock()
         self._closed = False
         self._writer = self._connect()
-        self._writer.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: never corrupt; a power cut may lose the last commits, which
-        # events can afford, and commits skip an fsync each.
-        self._writer.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
-        row = self._writer.execute("SELECT max(id) FROM events").fetchone()
+        try:
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: never corrupt; a power cut may lose the last commits,
+            # which events can afford, and commits skip an fsync each.
+            self._writer.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+            row = self._writer.execute("SELECT max(id) FROM events").fetchone()
+        except BaseException:
+            self._writer.close()  # a file we cannot use must not stay open
+            raise
         self._last_id: int = int(row[0] or 0)
         self._since_prune = 0
         self._pruned_at = 0.0
-        self.prune()
+        try:
+            self.prune()
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def from_settings(cls, settings: EventSettings) -> EventStore:
         return cls(settings.path, settings.max_age_days, settings.max_count)
+
+    def check(self) -> None:
+        """Raise sqlite3.DatabaseError unless every page of the file reads back intact.
+
+        Opening only reads the schema: a file damaged further in opens fine and fails the
+        first query that reaches the damage (a 500 much later, far from its cause).
+        `quick_check` reads every page once, which costs about a second per GB."""
+        with self._write_lock:
+            problems = [str(r[0]) for r in self._writer.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(problems))
 
     # -- connections ----------------------------------------------------------------------
 
@@ -494,6 +514,62 @@ class EventStore:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+# -- opening at start ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreProblem:
+    """Why the configured event store file could not be used, and how to fix it."""
+
+    path: str
+    error: str
+    hint: str
+    fallback: str  # the temporary file used instead until a restart
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "error": self.error, "hint": self.hint,
+                "fallback": self.fallback}
+
+
+def open_store(settings: EventSettings) -> tuple[EventStore, StoreProblem | None]:
+    """The event store at `settings.path`, checked; or, when that file is unusable (not a
+    database, damaged, read-only, a directory, under a file), a fresh store in a temporary
+    directory and the problem, logged once with the file and the fix.
+
+    The events are a diagnosis aid: losing them until someone fixes the file is better
+    than a controller that stops reconciling (or crash-loops) because of them.
+    """
+    store: EventStore | None = None
+    try:
+        store = EventStore.from_settings(settings)
+        store.check()
+        return store, None
+    except (sqlite3.Error, OSError, EventStoreError) as e:
+        if store is not None:
+            store.close()
+        error = f"{type(e).__name__}: {e}"
+    fallback = Path(tempfile.mkdtemp(prefix="conductor-events-")) / "events.db"
+    problem = StoreProblem(str(settings.path), error, _store_hint(settings.path, error),
+                           str(fallback))
+    log.error("event store %s is unusable (%s); %s. Until then events and parameter "
+              "history are kept in %s and lost at restart", problem.path, error,
+              problem.hint, fallback)
+    return EventStore(fallback, settings.max_age_days, settings.max_count), problem
+
+
+def _store_hint(path: Path, error: str) -> str:
+    if path.is_dir():
+        return f"{path} is a directory: set CONDUCTOR_EVENTS_PATH to a file path"
+    if any(p.exists() and not p.is_dir() for p in path.parents):
+        return f"a parent of {path} is not a directory: set CONDUCTOR_EVENTS_PATH to a " \
+               "path under a writable directory"
+    if "readonly" in error.replace(" ", "") or "ermission" in error:
+        return f"make {path} and its directory writable by the controller (SQLite also " \
+               "writes -wal and -shm files beside it)"
+    return f"move {path} (and any -wal/-shm beside it) away to keep it for inspection; " \
+           "the controller then creates a new one"
 
 
 # -- the controller's hooks ---------------------------------------------------------------
@@ -975,5 +1051,5 @@ def _now_ms() -> int:
 
 
 __all__ = ["EVENT_TYPES", "EngineRecorder", "Event", "EventInput", "EventStore",
-           "EventStoreError", "EventType", "format_ms", "parse_time", "redact",
-           "redact_text", "resource_key", "validate_type"]
+           "EventStoreError", "EventType", "StoreProblem", "format_ms", "open_store",
+           "parse_time", "redact", "redact_text", "resource_key", "validate_type"]

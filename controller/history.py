@@ -1,8 +1,14 @@
 """Parameter history: every parameters spec a pass has seen, so a rollback can restore it.
 
 Kept in SQLite beside the event store (same file, own table): a revision (a Git SHA or
-`generation/N` of the resource), its spec, where it came from and when. Rolling back writes
-a stored spec as the new spec (or a new Git commit): history is never rewritten.
+`generation/N` of the resource), its spec, where it came from, when, and whether a pass
+applied it. A pass records the revision it read before it knows the outcome, so revisions
+that were refused (invalid parameters, a template that does not render) are listed too,
+marked `applied: false`; a rollback to one of them would only fail again. Rolling back
+writes a stored spec as the new spec (or a new Git commit): history is never rewritten.
+
+Errors of the file (damaged, read-only, removed underneath) become `EventStoreError`
+naming the file, never a bare sqlite3 error.
 """
 
 from __future__ import annotations
@@ -10,9 +16,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from controller.events import EventStoreError
+
+_T = TypeVar("_T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS parameter_history (
@@ -26,47 +38,93 @@ CREATE TABLE IF NOT EXISTS parameter_history (
 );
 CREATE INDEX IF NOT EXISTS parameter_history_instance ON parameter_history (instance, id);
 """
+# Added later: NULL for rows recorded before it existed (unknown), else 0 or 1.
+_APPLIED_COLUMN = "ALTER TABLE parameter_history ADD COLUMN applied INTEGER"
 
 
 class History:
     def __init__(self, path: Path | str, keep: int = 500) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        self.path = Path(path)
         self._keep = keep
         self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=10)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(parameter_history)")}
+            if "applied" not in columns:
+                self._db.execute(_APPLIED_COLUMN)
+        except BaseException:
+            self._db.close()
+            raise
 
     def record(self, instance: str, revision: str, source: str, spec: dict[str, Any]) -> bool:
-        """Store the spec of a revision once; True when it was new."""
+        """Store the spec of a revision once (not yet applied); True when it was new."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        with self._lock, self._db:
-            cur = self._db.execute(
+
+        def write(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 "INSERT OR IGNORE INTO parameter_history (instance, revision, source, "
-                "timestamp, spec) VALUES (?, ?, ?, ?, ?)",
+                "timestamp, spec, applied) VALUES (?, ?, ?, ?, ?, 0)",
                 (instance, revision, source, now, json.dumps(spec, sort_keys=True)))
             if cur.rowcount:
-                self._db.execute(
+                db.execute(
                     "DELETE FROM parameter_history WHERE instance = ? AND id <= "
                     "(SELECT id FROM parameter_history WHERE instance = ? "
                     "ORDER BY id DESC LIMIT 1 OFFSET ?)", (instance, instance, self._keep))
             return bool(cur.rowcount)
 
+        return self._write(write)
+
+    def mark_applied(self, instance: str, revision: str) -> None:
+        """A pass applied this revision (recorded first with `record`)."""
+        self._write(lambda db: db.execute(
+            "UPDATE parameter_history SET applied = 1 WHERE instance = ? AND revision = ? "
+            "AND applied IS NOT 1", (instance, revision)))
+
     def list(self, instance: str, limit: int = 50) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT revision, source, timestamp, spec FROM parameter_history "
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT revision, source, timestamp, spec, applied FROM parameter_history "
                 "WHERE instance = ? ORDER BY id DESC LIMIT ?", (instance, limit)).fetchall()
         return [{"revision": r[0], "source": r[1], "timestamp": r[2],
-                 "parameters": json.loads(r[3])} for r in rows]
+                 "parameters": json.loads(r[3]), "applied": _applied(r[4])} for r in rows]
 
     def get(self, instance: str, revision: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT spec FROM parameter_history WHERE instance = ? AND revision = ?",
-                (instance, revision)).fetchone()
-        return json.loads(row[0]) if row else None
+        entry = self.entry(instance, revision)
+        return entry["parameters"] if entry else None
+
+    def entry(self, instance: str, revision: str) -> dict[str, Any] | None:
+        """{"parameters", "applied"} of a recorded revision; `applied` is None when it was
+        recorded before the history kept that."""
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT spec, applied FROM parameter_history WHERE instance = ? "
+                "AND revision = ?", (instance, revision)).fetchone()
+        return {"parameters": json.loads(row[0]), "applied": _applied(row[1])} if row \
+            else None
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    # -- the file -------------------------------------------------------------------------
+
+    def _write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._reading() as db, db:  # `with db`: one transaction, committed or rolled back
+            return work(db)
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as e:
+                raise EventStoreError(
+                    f"parameter history in {self.path} is unusable: {e}",
+                    {"path": str(self.path), "error": f"{type(e).__name__}: {e}"}) from e
+
+
+def _applied(value: object) -> bool | None:
+    return None if value is None else bool(value)

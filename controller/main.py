@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -20,7 +21,8 @@ from prometheus_client import CollectorRegistry
 from controller.config import Config
 from controller.crds import ensure_crd
 from controller.engine import Engine, ParametersDeletedError, Report, now_rfc3339
-from controller.events import EngineRecorder, EventStore
+from controller.errors import ConductorError, InvalidYAMLError, ValidationError
+from controller.events import EngineRecorder, open_store
 from controller.history import History
 from controller.kube import Kube, KubeError, NotLeaderError
 from controller.leadership import LeaderElector
@@ -37,7 +39,13 @@ log = logging.getLogger(__name__)
 
 
 class GitParameters:
-    """Adapts the Git source to the engine: parameters and manifests at one commit."""
+    """Adapts the Git source to the engine: parameters and manifests at one commit.
+
+    It also keeps what the controller knows about the repository between passes: when each
+    revision was first seen (a webhook, a poll or a fetch, for push-to-applied latency),
+    the revision applied last (the base of the force-push check), and the last failure to
+    reach Git (counted, and shown in /api/status until the next success).
+    """
 
     def __init__(self, cfg: Config, env: dict[str, str], metrics: Metrics | None = None) -> None:
         from controller.sources.git import GitSource
@@ -45,23 +53,96 @@ class GitParameters:
         self.cfg = cfg
         self.git = GitSource(cfg.git, env)
         self.metrics = metrics
+        # Set by the controller: warnings (a ref that moved to a non-descendant) as events.
+        self.on_event: Callable[[str, str, str, dict[str, Any]], None] | None = None
+        self._lock = threading.Lock()
+        self._seen: dict[str, float] = {}  # sha -> Unix time first seen
+        self._announced: float | None = None  # a webhook's time, until a fetch follows it
+        # The revision applied last; None until the first snapshot reads it from status.
+        self.applied: str | None = None
+        self.error: dict[str, Any] | None = None  # the last failure to reach Git, if any
+        self._warned: set[tuple[str, str]] = set()
+
+    # -- what was seen when --------------------------------------------------------------
+
+    def announced(self) -> None:
+        """A push was announced (webhook): its revision was seen now, whatever it is."""
+        with self._lock:
+            if self._announced is None:
+                self._announced = time.time()
+
+    def polled(self, sha: str) -> bool:
+        """The poller saw the ref at `sha`; True when Git was failing until now."""
+        with self._lock:
+            self._seen.setdefault(sha, time.time())
+            recovered, self.error = self.error is not None, None
+        return recovered
+
+    def failed(self, e: Exception, step: str) -> bool:
+        """Reaching Git failed (poll or fetch): count it, keep it for /api/status; True
+        when this starts an outage (the previous attempt worked)."""
+        if self.metrics:
+            self.metrics.git_failures.labels(**self.metrics.labels).inc()
+        error = e.to_dict() if isinstance(e, ConductorError) else {
+            "error": "source_error", "message": str(e), "details": {}}
+        with self._lock:
+            started = self.error is None
+            self.error = {**error, "step": step, "time": now_rfc3339()}
+        return started
+
+    def first_seen(self, sha: str) -> float | None:
+        with self._lock:
+            return self._seen.get(sha)
+
+    # -- the engine's source -------------------------------------------------------------
 
     def snapshot(self, resource: dict[str, Any]) -> Snapshot:
-        started = time.monotonic()
+        if self.applied is None:  # after a restart: what the last controller applied
+            self.applied = str((resource.get("status") or {}).get("lastAppliedRevision")
+                               or "")
+        started, fetch_started = time.monotonic(), time.time()
         try:
-            snap = self.git.fetch()
-        except Exception:
-            if self.metrics:
-                self.metrics.git_failures.labels(**self.metrics.labels).inc()
+            snap = self.git.fetch(since=self.applied)
+        except (InvalidYAMLError, ValidationError):
+            with self._lock:
+                self.error = None  # Git answered: the content is wrong, not the source
+            raise
+        except Exception as e:
+            self.failed(e, "fetch")
             raise
         finally:
             if self.metrics:
                 self.metrics.git_fetch.labels(**self.metrics.labels).observe(
                     time.monotonic() - started)
+        with self._lock:
+            self.error = None
+            announced, self._announced = self._announced, None
+            seen = min(t for t in (announced, fetch_started) if t is not None)
+            self._seen.setdefault(snap.sha, seen)
+            if len(self._seen) > 1000:  # revisions long applied: drop the oldest
+                for old in sorted(self._seen, key=self._seen.__getitem__)[:500]:
+                    del self._seen[old]
+        details: dict[str, Any] = {"url": self.git.url, "ref": self.cfg.git.ref}
+        if snap.replaced:
+            details["warning"] = (
+                f"the ref {self.cfg.git.ref} moved to {snap.sha[:12]}, which does not "
+                f"descend from the applied {snap.replaced[:12]} (a force-push or reset "
+                "dropped commits)")
+            self._warn_replaced(snap.replaced, snap.sha, details["warning"])
         return Snapshot(spec=snap.params, revision=snap.sha,
                         manifest_root=snap.manifest_root or self.cfg.manifest_root,
-                        source="git", committed_at=snap.committed_at,
-                        details={"url": self.git.url, "ref": self.cfg.git.ref})
+                        source="git", committed_at=snap.committed_at, details=details)
+
+    def _warn_replaced(self, old: str, new: str, message: str) -> None:
+        """One event per move (retries of a failing pass at the same commits are quiet)."""
+        with self._lock:
+            if (old, new) in self._warned:
+                return
+            self._warned.add((old, new))
+        if self.on_event is not None:
+            self.on_event("warning", "RefNotDescendant", message,
+                          {"ref": self.cfg.git.ref, "previous": old, "revision": new,
+                           "url": self.git.url})
 
 
 class Controller:
@@ -78,8 +159,16 @@ class Controller:
                                                         e.status))
         self.source: ParameterSource = (GitParameters(cfg, env or {}, self.metrics)
                                         if cfg.source == "git" else ResourceSource(cfg))
-        self.history = History(cfg.events.path)
-        self.events = EventStore.from_settings(cfg.events)
+        # An unusable events file degrades to a temporary one (logged, metric, status,
+        # event): reconciling matters more than the record of it.
+        self.events, self.event_store_problem = open_store(cfg.events)
+        self.history = History(self.events.path)
+        if isinstance(self.source, GitParameters):
+            self.source.on_event = self._event
+        # The revision the last successful pass or operation applied: what /api/status and
+        # conductor_app_info show, also while later passes fail (a Git outage).
+        self.applied_revision = ""
+        self._store_reported = False
         self.recorder = EngineRecorder(self.events)
         self.kube_events = KubeEvents(self.kube, self.recorder, cfg.namespace, cfg.instance)
         self.recorder.service_of = self.kube_events.service_of
@@ -200,21 +289,35 @@ class Controller:
     # -- triggers ----------------------------------------------------------------------------
 
     def _poll_git(self) -> None:
-        """Wake the loop when the ref moves past what the last pass read (cheap ls-remote)."""
-        assert isinstance(self.source, GitParameters)
+        """Wake the loop when the ref moves past what was applied (cheap ls-remote).
+
+        A failed poll is counted (conductor_git_fetch_failures_total) and shown in
+        /api/status at once; the first failure of an outage also wakes one pass, so the
+        conditions say Stalled with Git's error between interval passes.
+        """
+        source = self.source
+        assert isinstance(source, GitParameters)
         woken = ""
         while not self._stop.wait(self.cfg.git.poll_interval):
             if not self.is_leader():
                 continue
             try:
-                sha = self.source.git.remote_sha()
+                sha = source.git.remote_sha()
             except Exception as e:  # reported, retried at the next poll
                 log.warning("git poll failed: %s", e)
+                if source.failed(e, "poll"):
+                    self.loop.wake("git-error")
                 continue
-            seen = self.engine.last.revision if self.engine.last else ""
-            if sha not in (seen, woken):
+            recovered = source.polled(sha)
+            if sha not in (source.applied, woken) or recovered:
                 woken = sha
                 self.loop.wake("git")
+
+    def git_push_announced(self) -> None:
+        """A webhook announced a push: note when (push-to-applied starts here), run now."""
+        if isinstance(self.source, GitParameters):
+            self.source.announced()
+        self.loop.wake("webhook")
 
     # -- observation ---------------------------------------------------------------------------
 
@@ -228,21 +331,57 @@ class Controller:
         self.health.after_pass(report.plan.items if report.plan else (),
                                report.results.items, report.error)
         snap = report.snapshot
+        applied = snap is not None and report.ok and report.operation != "plan"
         if snap is not None:
             try:
                 self.history.record(self.cfg.instance, snap.revision, snap.source, snap.spec)
-            except Exception:
-                log.exception("cannot record parameter history")
-        committed = snap.committed_at.timestamp() if snap and snap.committed_at else None
+                if applied:
+                    self.history.mark_applied(self.cfg.instance, snap.revision)
+            except Exception as e:  # the event store must never break a pass
+                log.warning("cannot record parameter history: %s", e)
+        if applied and snap is not None:
+            self._applied(snap)
         # One correction per object re-applied (the counter's unit), labelled by service.
         drifted = [r.service for r in report.results.items
                    if r.outcome == "applied" and r.reason == "drift"]
         self.metrics.observe_pass(report.operation, report.duration, report.ok,
-                                  report.results.counts(), report.revision, drifted,
-                                  committed)
+                                  report.results.counts(), report.revision, drifted)
         self.metrics.set_conditions({"Ready": "True" if report.ok else "False",
                                      "Stalled": "False" if report.ok else "True",
                                      "Reconciling": "False"})
+        self._report_event_store()
+
+    def _applied(self, snap: Snapshot) -> None:
+        """A pass applied `snap`: with Git, once per new revision, its latency from when
+        the revision was first seen (and from its commit time)."""
+        self.applied_revision = snap.revision
+        source = self.source
+        if not isinstance(source, GitParameters) or snap.source != "git" or \
+                snap.revision == source.applied:
+            return  # passes that re-apply (or change nothing at) the same revision
+        source.applied = snap.revision
+        seen = source.first_seen(snap.revision)
+        if seen is not None:
+            committed = snap.committed_at.timestamp() if snap.committed_at else None
+            self.metrics.observe_applied(seen, committed)
+
+    def revision(self) -> str:
+        """The revision applied last (after a restart, before a pass: the status's)."""
+        if not self.applied_revision and isinstance(self.source, GitParameters):
+            return self.source.applied or ""
+        return self.applied_revision
+
+    def _report_event_store(self) -> None:
+        """An unusable events file is said once more where operators look: a Warning
+        Event on the DeploymentParameters object (once this replica leads)."""
+        problem = self.event_store_problem
+        if problem is None or self._store_reported or not self.is_leader():
+            return
+        self._store_reported = True
+        self._event("warning", "EventStoreUnusable",
+                    f"event store {problem.path} is unusable ({problem.error}); "
+                    f"{problem.hint}. Events are kept in a temporary file until restart",
+                    problem.to_dict())
 
     def _event(self, type_: str, reason: str, message: str, details: Any) -> None:
         level = logging.ERROR if type_ == "error" else logging.INFO
@@ -265,24 +404,35 @@ class Controller:
                       states.values()), "healthy")
         last = self.engine.last
         sync = "Unknown" if last is None else ("Synced" if last.ok else "OutOfSync")
-        self.metrics.set_app(worst if states else "unknown", sync,
-                             last.revision if last else "")
-        self.metrics.events_stored.set(self.events.count())
+        self.metrics.set_app(worst if states else "unknown", sync, self.revision())
+        self.metrics.events_degraded.set(1 if self.event_store_problem else 0)
+        try:
+            self.metrics.events_stored.set(self.events.count())
+        except Exception as e:  # a scrape must not fail because of the event store
+            log.warning("cannot count stored events: %s", e)
         self.metrics.events_bytes.set(self.events.size_bytes())
 
     def status(self) -> dict[str, Any]:
         """What /api/status shows: role, source, last pass, services, recent errors."""
         last = self.engine.last
         source: dict[str, Any] = {"type": self.cfg.source}
-        if self.cfg.source == "git":
-            git = self.git_source()
-            source.update(url=git.url if git else "", ref=self.cfg.git.ref)
+        if isinstance(self.source, GitParameters):
+            source.update(url=self.source.git.url, ref=self.cfg.git.ref)
+            if self.source.error is not None:  # Git unreachable now (poll or fetch)
+                source["error"] = self.source.error
+            snap = last.snapshot if last else None
+            if snap is not None and snap.details.get("warning"):
+                source["warning"] = snap.details["warning"]
         out: dict[str, Any] = {
             "instance": self.cfg.instance, "namespace": self.cfg.namespace,
             "app": self.cfg.app_name, "time": now_rfc3339(),
             "leader": {"isLeader": self.is_leader(), "identity": self.elector.identity
                        if self.elector else "self", "holder": self.leader_identity()},
-            "source": {**source, "revision": last.revision if last else ""},
+            # The revision applied last, kept while later passes fail (a Git outage).
+            "source": {**source, "revision": self.revision()},
+            "eventStore": {"path": str(self.cfg.events.path), "status": "ok"} if
+            self.event_store_problem is None else
+            {"status": "degraded", **self.event_store_problem.to_dict()},
             "loop": {"interval": self.cfg.loop.interval, "passes": self.loop.passes,
                      "consecutiveFailures": self.loop.failures},
         }
@@ -290,7 +440,7 @@ class Controller:
             out["lastPass"] = {"operation": last.operation, "trigger": last.trigger,
                                "time": last.started, "duration": round(last.duration, 4),
                                "result": "success" if last.ok else "failed",
-                               "counts": last.results.counts()}
+                               "revision": last.revision, "counts": last.results.counts()}
             if last.error:
                 out["lastPass"]["error"] = last.error.to_dict()
         return out

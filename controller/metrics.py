@@ -17,6 +17,10 @@ KIND = "DeploymentParameters"
 HEALTH_STATES = ("healthy", "progressing", "unhealthy", "unknown", "down")
 PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# A webhook-driven push applies in a fraction of a second; a poll-driven one within a poll
+# interval (60 s by default); a repository outage may hold a revision back for long.
+SEEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+COMMIT_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600)
 
 
 class Metrics:
@@ -62,15 +66,22 @@ class Metrics:
             "conductor_git_fetch_duration_seconds", "Git fetch duration.", obj,
             buckets=REQUEST_BUCKETS, registry=registry)
         self.git_failures = Counter(
-            "conductor_git_fetch_failures_total", "Git fetches that failed.", obj,
-            registry=registry)
+            "conductor_git_fetch_failures_total",
+            "Git fetches and polls that failed to reach the ref (network, credentials, a "
+            "missing ref); not invalid content.", obj, registry=registry)
         self.revision = Info(
             "conductor_last_applied_revision", "The last applied revision (Git SHA or "
             "resource generation).", obj, registry=registry)
         self.push_to_applied = Histogram(
             "conductor_push_to_applied_seconds",
-            "From a Git commit's time to the end of the pass that applied it.", obj,
-            buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=registry)
+            "From the first time the controller saw a Git revision (webhook, poll or "
+            "fetch) to the end of the pass that applied it; once per revision.", obj,
+            buckets=SEEN_BUCKETS, registry=registry)
+        self.commit_to_applied = Histogram(
+            "conductor_commit_to_applied_seconds",
+            "From a Git commit's committer time (whole seconds, the committer's clock) to "
+            "the end of the pass that applied it; once per revision.", obj,
+            buckets=COMMIT_BUCKETS, registry=registry)
         self.service_health = Gauge(
             "conductor_service_health",
             "Per-service health: 1 for the current status, 0 for the others.",
@@ -83,6 +94,10 @@ class Metrics:
         self.events_bytes = Gauge(
             "conductor_event_store_bytes", "Size of the event store on disk.",
             registry=registry)
+        self.events_degraded = Gauge(
+            "conductor_event_store_degraded",
+            "1 while the configured event store file is unusable and events go to a "
+            "temporary file until a restart (/api/status says why).", registry=registry)
         self.api_requests = Counter(
             "conductor_api_requests_total", "REST API requests by route, method and status.",
             ["route", "method", "status"], registry=registry)
@@ -100,8 +115,7 @@ class Metrics:
 
     def observe_pass(self, operation: str, seconds: float, ok: bool,
                      outcomes: Mapping[str, int], revision: str,
-                     drifted_services: Iterable[str] = (),
-                     committed_at: float | None = None) -> None:
+                     drifted_services: Iterable[str] = ()) -> None:
         o = self.labels
         self.reconcile_duration.labels(**o, operation=operation).observe(seconds)
         self.reconcile_total.labels(**o, operation=operation,
@@ -115,8 +129,16 @@ class Metrics:
             self.last_success.labels(**o).set(time.time())
             if revision:
                 self.revision.labels(**o).info({"revision": revision})
-            if committed_at is not None:
-                self.push_to_applied.labels(**o).observe(max(0.0, time.time() - committed_at))
+
+    def observe_applied(self, seen_at: float, committed_at: float | None,
+                        now: float | None = None) -> None:
+        """A new Git revision was applied (call once per revision): latency from when it
+        was first seen, and from its commit time when known. Unix times; a time in the
+        future (clock skew) counts as zero, never negative."""
+        now = time.time() if now is None else now
+        self.push_to_applied.labels(**self.labels).observe(max(0.0, now - seen_at))
+        if committed_at is not None:
+            self.commit_to_applied.labels(**self.labels).observe(max(0.0, now - committed_at))
 
     def set_conditions(self, conditions: Mapping[str, str]) -> None:
         for kind, status in conditions.items():

@@ -229,10 +229,17 @@ class Rollback(_Base):
             raise InvalidRequestError("'revision' is required (see /api/parameters/history)",
                                       {"field": "revision"})
         instance = self._instance(req)
-        spec = self.controller.history.get(instance, revision)
-        if spec is None:
+        entry = self.controller.history.entry(instance, revision)
+        if entry is None:
             raise NotFoundError(f"no recorded parameters for revision {revision}",
                                 {"revision": revision, "instance": instance})
+        if entry["applied"] is False:  # refused when it was current: it would fail again
+            raise ConflictError(
+                f"revision {revision} was never applied (its pass failed); roll back to a "
+                "revision with applied: true", {"revision": revision, "instance": instance,
+                                                "applied": False,
+                                                "hint": "see /api/parameters/history"})
+        spec = entry["parameters"]
         result = self._write(req, lambda _current: spec,
                              f"conductor: roll parameters back to {revision}", reapply=False)
         result["message"] = f"Parameters rolled back to {revision}"

@@ -88,7 +88,7 @@ class GitWebhook:
             resp.media = {"message": f"ignored: push to {ref}, watching {configured}",
                           "provider": provider, "triggered": False}
             return
-        self.controller.loop.wake("webhook")
+        self.controller.git_push_announced()  # wakes the loop; push-to-applied starts
         resp.status = falcon.HTTP_202
         resp.media = {"message": "reconciliation triggered", "provider": provider,
                       "triggered": True, "ref": ref}

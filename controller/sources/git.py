@@ -4,6 +4,12 @@ This is the only module that talks to Git. It keeps one clone per remote URL in 
 directory, fetches it, checks the configured ref out detached, and reads the parameters file
 from that exact commit. It can also commit a new parameters file and push it — never forced,
 so a concurrent change by someone else is reported as a conflict instead of being lost.
+A fetch given the commit applied before says when the ref no longer descends from it (a
+force-push dropped it), so the caller can warn instead of silently going back in time.
+
+Failures keep their nature: Git failing (network, credentials, a missing ref or file) is a
+`SourceError`; a parameters file that Git served fine but that is not valid YAML is
+`invalid_yaml` (not a mapping: `validation_error`), so a typo is not a fetch failure.
 
 Credentials never reach argv, the remote URL or .git/config: an HTTPS token (or the
 `user:password@` of the configured URL) travels as an `http.extraHeader` set through
@@ -34,7 +40,13 @@ import git
 import yaml
 
 from controller.config import GitSettings
-from controller.errors import InvalidRequestError, SourceError
+from controller.errors import (
+    ConductorError,
+    InvalidRequestError,
+    InvalidYAMLError,
+    SourceError,
+    ValidationError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +78,10 @@ class GitSnapshot:
     ref: str  # the configured ref
     params: dict[str, Any]  # the parameters file: {"global": ..., "services": ...}
     manifest_root: Path | None  # settings.manifests_path in the worktree; None when ""
-    committed_at: datetime  # commit time, for push-to-applied latency
+    committed_at: datetime  # commit time, for commit-to-applied latency
+    # The `since` commit given to `fetch` when the ref no longer descends from it (a
+    # force-push or a reset dropped it from the branch's history); "" otherwise.
+    replaced: str = ""
 
 
 class _Scrubber:
@@ -120,10 +135,22 @@ class GitSource:
 
     # --- public API -------------------------------------------------------------------
 
-    def fetch(self) -> GitSnapshot:
-        """Bring the cache up to date, check the ref out (detached, clean) and read it."""
+    def fetch(self, since: str = "") -> GitSnapshot:
+        """Bring the cache up to date, check the ref out (detached, clean) and read it.
+
+        `since` is the commit applied before (if any): when the ref's new commit does not
+        descend from it, the snapshot says so in `replaced`.
+
+        A file at that commit that cannot be read as parameters raises InvalidYAMLError or
+        ValidationError (the repository's content is wrong, Git works); anything else that
+        fails is a SourceError.
+        """
         with self._locked("fetch"):
             resolved = self._fetch_locked()
+            # A revision that is no SHA (`generation/N`: the resource source before) has no
+            # history to compare with.
+            replaced = since if _HEX.fullmatch(since) and since != resolved.sha and \
+                not self._descends(resolved.sha, since) else ""
             self._git(["checkout", "--quiet", "--force", "--detach", resolved.sha], "checkout")
             self._git(["clean", "-ffdxq"], "checkout")
             # Recorded before reading: when the file at this commit is broken, the caller
@@ -134,7 +161,8 @@ class GitSource:
             manifest_root = self._manifest_root(resolved.sha)
         log.info("git %s %s at %s", self.url, self.settings.ref, resolved.sha[:12])
         return GitSnapshot(sha=resolved.sha, ref=self.settings.ref, params=params,
-                           manifest_root=manifest_root, committed_at=committed_at)
+                           manifest_root=manifest_root, committed_at=committed_at,
+                           replaced=replaced)
 
     def remote_sha(self) -> str:
         """The ref's current commit on the remote (ls-remote: no objects are fetched)."""
@@ -223,6 +251,13 @@ class GitSource:
         raise self._error(f"ref {ref!r} not found in {self.url}", "checkout",
                           "no branch, tag or commit by that name")
 
+    def _descends(self, sha: str, ancestor: str) -> bool:
+        """Whether `ancestor` is in `sha`'s history. A commit we no longer have is not:
+        the fetch brought `sha`'s whole history."""
+        status, _out, _err = self._run(["merge-base", "--is-ancestor", ancestor, sha],
+                                       "checkout")
+        return status == 0
+
     def _rev(self, name: str) -> str | None:
         out = self._git(["rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
                         "checkout", check=False)
@@ -249,11 +284,13 @@ class GitSource:
         if data is None:
             raise self._error(f"{path}: no such file at {sha[:12]}", "read", "file not found",
                               path=path, sha=sha)
+        # The file's content being wrong is not Git failing: invalid_yaml or
+        # validation_error (as a template's), never counted as a fetch failure.
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise self._error(f"{path}: not UTF-8 text", "read", str(e), path=path,
-                              sha=sha) from None
+                              sha=sha, cls=InvalidYAMLError) from None
         try:
             params = yaml.safe_load(text)
         except yaml.MarkedYAMLError as e:
@@ -263,16 +300,18 @@ class GitSource:
             problem = str(e.problem or e.context or "invalid YAML")
             where = f"{path}:{line}" if line else path
             raise self._error(f"{where}: invalid YAML: {problem}", "read", problem, path=path,
-                              line=line, column=column, sha=sha) from None
+                              line=line, column=column, sha=sha,
+                              cls=InvalidYAMLError) from None
         except yaml.YAMLError as e:
             raise self._error(f"{path}: invalid YAML: {e}", "read", str(e), path=path,
-                              sha=sha) from None
+                              sha=sha, cls=InvalidYAMLError) from None
         if not isinstance(params, dict):
             node = yaml.compose(text, Loader=yaml.SafeLoader)
             line = node.start_mark.line + 1 if node is not None else 1
             got = "empty" if params is None else type(params).__name__
             raise self._error(f"{path}:{line}: parameters must be a mapping, got {got}",
-                              "read", "not a mapping", path=path, line=line, sha=sha)
+                              "read", "not a mapping", path=path, line=line, sha=sha,
+                              cls=ValidationError)
         return params
 
     def _manifest_root(self, sha: str) -> Path | None:
@@ -483,7 +522,7 @@ class GitSource:
         return ""
 
     def _error(self, message: str, step: str, reason: str, *,
-               cls: type[SourceError] = SourceError, **extra: Any) -> SourceError:
+               cls: type[ConductorError] = SourceError, **extra: Any) -> ConductorError:
         """A SourceError whose every string has been scrubbed; raised `from None` by
         callers, so no unscrubbed cause rides along in a traceback."""
         reason = self._scrub(reason.strip())

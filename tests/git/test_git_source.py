@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from controller.config import GitSettings
-from controller.errors import InvalidRequestError, SourceError
+from controller.errors import InvalidRequestError, InvalidYAMLError, SourceError, ValidationError
 from controller.sources.git import GitConflictError, GitSnapshot, GitSource
 from tests.git.conftest import MAIN_PARAMS, SEED_PARAMS, TEMPLATE, GitServer, User, run_git
 
@@ -104,12 +104,15 @@ def test_missing_params_file_names_the_path(settings: GitSettings) -> None:
 
 
 def test_invalid_yaml_names_file_and_line(settings: GitSettings, user: User) -> None:
+    """invalid_yaml as the README promises, not source_error: Git worked, the file is
+    wrong (and a source error would count as a Git fetch failure and fire its alert)."""
     broken = "global:\n  image_tag: '2.0'\nservices:\n  web: {replicas: [1, 2}\n"
     sha = user.commit_and_push({"parameters.yaml": broken})
-    with pytest.raises(SourceError) as caught:
+    with pytest.raises(InvalidYAMLError) as caught:
         source(settings).fetch()
     err = caught.value
-    assert err.code == "source_error"
+    assert not isinstance(err, SourceError)
+    assert err.code == "invalid_yaml"
     assert err.details["line"] == 4
     assert "parameters.yaml:4" in err.message
     assert (err.details["path"], err.details["sha"], err.details["step"]) == (
@@ -121,10 +124,29 @@ def test_invalid_yaml_names_file_and_line(settings: GitSettings, user: User) -> 
 def test_params_that_are_not_a_mapping(settings: GitSettings, user: User, text: str,
                                        line: int) -> None:
     user.commit_and_push({"parameters.yaml": text})
-    with pytest.raises(SourceError) as caught:
+    with pytest.raises(ValidationError) as caught:
         source(settings).fetch()
     assert f"parameters.yaml:{line}" in caught.value.message
     assert "mapping" in caught.value.message
+    assert caught.value.code == "validation_error"
+
+
+def test_a_ref_moved_to_a_non_descendant_is_reported(settings: GitSettings,
+                                                     git_server: GitServer,
+                                                     user: User) -> None:
+    git = source(settings)
+    applied = git.fetch().sha
+    ahead = user.commit_and_push({"parameters.yaml": yaml.safe_dump(SEED_PARAMS)})
+    assert git.fetch(since=applied).replaced == ""  # a fast-forward
+    assert git.fetch(since=ahead).replaced == ""  # unchanged
+    # Someone resets main to the seed commit and force-pushes: `ahead` is dropped.
+    user.git("push", "--quiet", "--force", "origin", f"{git_server.first}:refs/heads/main")
+    snap = git.fetch(since=ahead)
+    assert (snap.sha, snap.replaced) == (git_server.first, ahead)
+    # A commit the cache never had is not an ancestor either; a generation is no SHA.
+    assert git.fetch(since="ab" * 20).replaced == "ab" * 20
+    assert git.fetch(since="generation/3").replaced == ""
+    assert git.fetch().replaced == ""
 
 
 def test_manifests_path_is_the_worktree_at_that_commit(settings: GitSettings,
@@ -187,7 +209,7 @@ def test_write_params_without_a_prior_fetch_and_unchanged_writes(settings: GitSe
 def test_write_params_can_fix_a_broken_file(settings: GitSettings, user: User) -> None:
     broken = user.commit_and_push({"parameters.yaml": "global: [\n"})
     git = source(settings)
-    with pytest.raises(SourceError):
+    with pytest.raises(InvalidYAMLError):
         git.fetch()
     fixed = git.write_params(MAIN_PARAMS, "fix parameters")
     assert run_git(user.path, "fetch", "--quiet") == ""

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from controller.metrics import HEALTH_STATES, KIND, Metrics
 
 OBJ = {"kind": KIND, "name": "default", "namespace": "apps"}
-METRIC_COUNT = 19  # every collector Metrics registers
+METRIC_COUNT = 21  # every collector Metrics registers
 OUTCOMES = {"applied": 3, "unchanged": 5, "deleted": 1, "kept": 0, "failed": 2}
 
 
@@ -37,7 +37,7 @@ def test_labels_name_the_deployment_parameters_object(metrics: Metrics) -> None:
 def test_a_successful_pass(metrics: Metrics, registry: CollectorRegistry) -> None:
     before = time.time()
     metrics.observe_pass("reconcile", 0.3, True, OUTCOMES, "generation/4",
-                         drifted_services=["redis"], committed_at=before - 20)
+                         drifted_services=["redis"])
     op = {**OBJ, "operation": "reconcile"}
     assert value(registry, "conductor_reconcile_duration_seconds_count", **op) == 1
     assert value(registry, "conductor_reconcile_duration_seconds_sum", **op) == \
@@ -56,11 +56,28 @@ def test_a_successful_pass(metrics: Metrics, registry: CollectorRegistry) -> Non
     assert last is not None and before <= last <= time.time()
     assert value(registry, "conductor_last_applied_revision_info", **OBJ,
                  revision="generation/4") == 1
+    # A pass is not a newly applied revision: the latency is the controller's to observe.
+    assert value(registry, "conductor_push_to_applied_seconds_count", **OBJ) is None
+
+
+def test_a_newly_applied_revision_is_timed_from_first_seen_in_sub_second_buckets(
+        metrics: Metrics, registry: CollectorRegistry) -> None:
+    """The review measured 0.23 s from webhook to applied; with 1 s as the smallest
+    bucket and the commit's whole-second time as the start it read as ~0.78 s."""
+    now = 1_700_000_000.0
+    metrics.observe_applied(seen_at=now - 0.23, committed_at=now - 20.6, now=now)
     assert value(registry, "conductor_push_to_applied_seconds_count", **OBJ) == 1
-    pushed = value(registry, "conductor_push_to_applied_seconds_sum", **OBJ)
-    assert pushed is not None and 20 <= pushed < 30
-    assert value(registry, "conductor_push_to_applied_seconds_bucket", **OBJ, le="10.0") == 0
-    assert value(registry, "conductor_push_to_applied_seconds_bucket", **OBJ, le="30.0") == 1
+    assert value(registry, "conductor_push_to_applied_seconds_sum", **OBJ) == \
+        pytest.approx(0.23)
+    assert value(registry, "conductor_push_to_applied_seconds_bucket", **OBJ, le="0.1") == 0
+    assert value(registry, "conductor_push_to_applied_seconds_bucket", **OBJ, le="0.25") == 1
+    # Commit-time lag is its own metric.
+    assert value(registry, "conductor_commit_to_applied_seconds_sum", **OBJ) == \
+        pytest.approx(20.6)
+    assert value(registry, "conductor_commit_to_applied_seconds_bucket", **OBJ,
+                 le="10.0") == 0
+    assert value(registry, "conductor_commit_to_applied_seconds_bucket", **OBJ,
+                 le="30.0") == 1
 
 
 def test_passes_accumulate_by_operation_and_result(metrics: Metrics,
@@ -91,8 +108,7 @@ def test_passes_accumulate_by_operation_and_result(metrics: Metrics,
 
 def test_a_failed_pass_moves_neither_last_success_nor_revision(
         metrics: Metrics, registry: CollectorRegistry) -> None:
-    metrics.observe_pass("reconcile", 1.0, False, {"failed": 4}, "sha1",
-                         committed_at=time.time() - 5)
+    metrics.observe_pass("reconcile", 1.0, False, {"failed": 4}, "sha1")
     assert value(registry, "conductor_reconcile_total", **OBJ, operation="reconcile",
                  result="failure") == 1
     assert value(registry, "conductor_last_successful_reconcile_timestamp_seconds", **OBJ) \
@@ -102,14 +118,17 @@ def test_a_failed_pass_moves_neither_last_success_nor_revision(
     assert value(registry, "conductor_push_to_applied_seconds_count", **OBJ) is None
 
 
-def test_push_to_applied_only_when_the_commit_time_is_known(
+def test_commit_lag_only_when_the_commit_time_is_known(
         metrics: Metrics, registry: CollectorRegistry) -> None:
     metrics.observe_pass("reconcile", 0.1, True, {}, "generation/1")
     assert value(registry, "conductor_push_to_applied_seconds_count", **OBJ) is None
-    # A commit time in the future (clock skew) counts as zero, never negative.
-    metrics.observe_pass("reconcile", 0.1, True, {}, "sha", committed_at=time.time() + 100)
+    metrics.observe_applied(seen_at=time.time() - 1, committed_at=None)
     assert value(registry, "conductor_push_to_applied_seconds_count", **OBJ) == 1
-    assert value(registry, "conductor_push_to_applied_seconds_sum", **OBJ) == 0
+    assert value(registry, "conductor_commit_to_applied_seconds_count", **OBJ) is None
+    # A commit time in the future (clock skew) counts as zero, never negative.
+    metrics.observe_applied(seen_at=time.time(), committed_at=time.time() + 100)
+    assert value(registry, "conductor_commit_to_applied_seconds_count", **OBJ) == 1
+    assert value(registry, "conductor_commit_to_applied_seconds_sum", **OBJ) == 0
 
 
 def test_conditions_are_one_hot(metrics: Metrics, registry: CollectorRegistry) -> None:
@@ -205,7 +224,8 @@ def test_one_registry_per_instance() -> None:
 
 def test_every_metric_has_help_and_the_conductor_prefix(metrics: Metrics,
                                                         registry: CollectorRegistry) -> None:
-    metrics.observe_pass("reconcile", 0.1, True, {"applied": 1}, "sha", ["redis"], time.time())
+    metrics.observe_pass("reconcile", 0.1, True, {"applied": 1}, "sha", ["redis"])
+    metrics.observe_applied(time.time(), time.time())
     metrics.set_conditions({"Ready": "True"})
     metrics.set_service_health({"redis": "healthy"})
     metrics.set_app("healthy", "Synced", "sha")
