@@ -179,6 +179,7 @@ class Controller:
         self.loop = Loop(self.engine, cfg.loop, may_run=self.is_leader)
         # Health from watched state (observing.py), on every replica: the API serves it.
         self.health = HealthMonitor(self.kube, cfg)
+        self._monitors: dict[str, HealthMonitor] = {}  # other instances', on first ask
         self.elector: LeaderElector | None = None
         if cfg.leader.enabled:
             self.elector = LeaderElector(
@@ -235,6 +236,9 @@ class Controller:
             self._watch.stop()
         self.loop.stop(timeout)
         self.health.stop()
+        with self._engines_lock:
+            for monitor in self._monitors.values():
+                monitor.stop()
         self.kube_events.stop()
         self.events.close()
         self.operations.shutdown()
@@ -282,6 +286,22 @@ class Controller:
                 engine = self._new_engine(cfg, ResourceSource(cfg))
                 self._engines[instance] = engine
             return engine
+
+    def health_for(self, instance: str) -> HealthMonitor:
+        """The watched health of a DeploymentParameters object: ours, or another's in the
+        namespace, watched from the first time it is asked for (only for an object that
+        exists: a name in a request must not start watches)."""
+        if instance == self.cfg.instance:
+            return self.health
+        with self._engines_lock:
+            monitor = self._monitors.get(instance)
+            if monitor is None:
+                cfg = replace(self.cfg, instance=instance, source="resource")
+                ParametersResource(self.kube, cfg).read()  # NotFoundError otherwise
+                monitor = HealthMonitor(self.kube, cfg).start()
+                self._monitors[instance] = monitor
+        monitor.wait_synced(timeout=5.0)  # its object listed: it knows its services
+        return monitor
 
     def git_source(self) -> Any:
         return self.source.git if isinstance(self.source, GitParameters) else None

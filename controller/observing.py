@@ -154,6 +154,12 @@ class HealthMonitor:
         for r in [*reflectors, *([self._instance] if self._instance else [])]:
             r.stop()
 
+    def wait_synced(self, timeout: float) -> bool:
+        """Block until the DeploymentParameters object has been listed (so its services are
+        known); False at `timeout`. For a monitor started on demand, before its first answer."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._instance_synced or self._stopped, timeout)
+
     def track(self, keys: Iterable[tuple[ObjectKey, str]]) -> None:
         """Watch these objects' (apiVersion, kind, namespace), and their workloads' pods.
 
