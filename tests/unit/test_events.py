@@ -11,10 +11,13 @@ from __future__ import annotations
 import itertools
 import random
 import re
+import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,9 @@ from typing import Any
 import pytest
 
 from controller import events as events_module
+from controller import history as history_module
 from controller.applying import ObjectResult
+from controller.config import EventSettings
 from controller.errors import ValidationError
 from controller.events import (
     MAX_LIMIT,
@@ -33,11 +38,14 @@ from controller.events import (
     EventInput,
     EventStore,
     EventStoreError,
+    StoreProblem,
     format_ms,
+    open_store,
     parse_time,
     redact,
     resource_key,
 )
+from controller.history import History
 from controller.objects import ObjectKey
 from tests.helpers import wait_for
 
@@ -724,3 +732,168 @@ def test_engine_recorder_kube_events_and_failures(tmp_path: Path) -> None:
     rec.on_event("info", "PassStarted", "reconcile started (x)", {})  # logged, not raised
     rec.on_result(ObjectResult(KEY, "web", "applied", "update"))
     assert rec.on_kube_event(kube_event(uid="u-5")) is None
+
+
+# -- an unusable file at start (issue 9 #11) -----------------------------------------------
+
+
+@contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """`chattr +i`: read-only even for root (tests run as root, where chmod does nothing)."""
+    if shutil.which("chattr") is None or subprocess.run(
+            ["chattr", "+i", str(path)], capture_output=True, check=False).returncode:
+        pytest.skip("chattr +i is not available here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def _filled_file(path: Path, n: int = 3000) -> None:
+    with EventStore(path) as s:
+        s.add_many([{"type": "info", "message": f"event {i} " + "x" * 200}
+                    for i in range(n)])
+        s.add("info", "last")
+    # Fold the write-ahead log into the file, so the file alone holds every page.
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+
+
+def _opens_with_fallback(settings: EventSettings, hint: str) -> StoreProblem:
+    """open_store gives a working store elsewhere, the problem naming the file and a fix,
+    and one ERROR log line naming the file; the parameter history works there too."""
+    store, problem = open_store(settings)
+    try:
+        assert problem is not None
+        assert problem.path == str(settings.path)
+        assert hint in problem.hint, problem
+        assert store.path == Path(problem.fallback) != settings.path
+        store.add("info", "still recording")
+        assert [e.message for e in store.query()] == ["still recording"]
+        history = History(store.path)
+        history.record("default", "generation/1", "resource", {"global": {}})
+        history.mark_applied("default", "generation/1")
+        assert history.list("default")[0]["applied"] is True
+        history.close()
+    finally:
+        store.close()
+    return problem
+
+
+def test_a_file_that_is_not_a_database_falls_back_loudly(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "events.db"
+    path.write_bytes(b"this is not SQLite, just text that happens to be here\n" * 100)
+    with caplog.at_level("ERROR", logger="controller.events"):
+        problem = _opens_with_fallback(EventSettings(path=path), "move")
+    assert "not a database" in problem.error
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and str(path) in errors[0] and problem.hint in errors[0]
+    assert path.read_bytes().startswith(b"this is not SQLite")  # left for inspection
+
+
+def test_a_file_damaged_past_its_schema_is_caught_at_start(tmp_path: Path) -> None:
+    """The case that booted and then answered 500 from /api/parameters/history: the
+    events open and query fine, the damage is in the history's pages, which only a check
+    of every page finds at start."""
+    path = tmp_path / "events.db"
+    _filled_file(path, 50)
+    history = History(path)
+    for i in range(400):
+        history.record("default", f"generation/{i}", "resource", {"v": "y" * 500})
+    history.close()
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = sorted(r[0] for r in con.execute(
+        "SELECT pageno FROM dbstat WHERE name = 'parameter_history'"))
+    size = int(con.execute("PRAGMA page_size").fetchone()[0])
+    con.close()
+    data = bytearray(path.read_bytes())
+    for page in pages[len(pages) // 2:len(pages) // 2 + 3]:  # three leaves in the middle
+        start = (page - 1) * size
+        data[start + 8:start + size] = bytes(size - 8)
+    path.write_bytes(bytes(data))
+    with EventStore(path) as opened:  # the events alone never notice
+        assert opened.query(limit=1)[0].message == "last"
+    problem = _opens_with_fallback(EventSettings(path=path), "move")
+    assert "DatabaseError" in problem.error
+
+
+def test_a_healthy_file_is_used_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    _filled_file(path, 10)
+    store, problem = open_store(EventSettings(path=path))
+    with store:
+        assert problem is None and store.path == path
+        assert store.query(limit=1)[0].message == "last"
+
+
+def test_a_read_only_file_falls_back(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    _filled_file(path, 10)
+    with immutable(path):
+        problem = _opens_with_fallback(EventSettings(path=path), "writable")
+    assert "readonly" in problem.error or "unable to open" in problem.error
+
+
+def test_a_read_only_directory_falls_back(tmp_path: Path) -> None:
+    folder = tmp_path / "state"
+    folder.mkdir()
+    path = folder / "events.db"
+    _filled_file(path, 10)
+    with immutable(folder):
+        _opens_with_fallback(EventSettings(path=path), "")
+    with immutable(folder):  # and a file that is not there yet cannot be created
+        problem = _opens_with_fallback(EventSettings(path=folder / "new.db"), "")
+    assert "new.db" in problem.path
+
+
+def test_a_path_that_is_a_directory_falls_back(tmp_path: Path) -> None:
+    (tmp_path / "events.db").mkdir()
+    problem = _opens_with_fallback(EventSettings(path=tmp_path / "events.db"),
+                                   "is a directory")
+    assert problem.error
+
+
+def test_a_path_under_a_file_falls_back(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("a file where a directory should be")
+    problem = _opens_with_fallback(EventSettings(path=tmp_path / "state" / "events.db"),
+                                   "not a directory")
+    assert "FileExistsError" in problem.error or "NotADirectoryError" in problem.error
+
+
+def test_history_errors_name_the_file(tmp_path: Path) -> None:
+    history = History(tmp_path / "h.db")
+    history.record("default", "generation/1", "resource", {})
+    history._db.execute("DROP TABLE parameter_history")  # damage underneath it
+    with pytest.raises(EventStoreError) as caught:
+        history.list("default")
+    assert str(tmp_path / "h.db") in caught.value.message
+    assert caught.value.details["path"] == str(tmp_path / "h.db")
+    history.close()
+
+
+def test_history_marks_what_applied(tmp_path: Path) -> None:
+    history = History(tmp_path / "h.db")
+    assert history.record("default", "sha-a", "git", {"global": {"v": 1}})
+    history.mark_applied("default", "sha-a")
+    assert history.record("default", "sha-b", "git", {"global": {"v": 2}})  # refused
+    assert not history.record("default", "sha-b", "git", {"global": {"v": 2}})
+    assert [(h["revision"], h["applied"]) for h in history.list("default")] == \
+        [("sha-b", False), ("sha-a", True)]
+    assert history.entry("default", "sha-b") == {"parameters": {"global": {"v": 2}},
+                                                 "applied": False}
+    assert history.get("default", "sha-a") == {"global": {"v": 1}}
+    history.close()
+    # A file from before the column: its rows say "unknown" (None), new ones are marked.
+    old = tmp_path / "old.db"
+    con = sqlite3.connect(old)
+    con.executescript(history_module.SCHEMA)
+    con.execute("INSERT INTO parameter_history (instance, revision, source, timestamp, "
+                "spec) VALUES ('default', 'generation/1', 'resource', 'T', '{}')")
+    con.commit()
+    con.close()
+    upgraded = History(old)
+    assert upgraded.list("default")[0]["applied"] is None
+    upgraded.close()
