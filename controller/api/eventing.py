@@ -16,7 +16,7 @@ from typing import Any
 
 import falcon
 
-from controller.api.common import float_param, int_param
+from controller.api.common import float_param, int_param, query_param
 from controller.errors import RateLimitedError
 from controller.events import MAX_OFFSET
 from controller.main import Controller
@@ -28,8 +28,8 @@ def filters(req: falcon.Request) -> dict[str, Any]:
         "offset": int_param(req, "offset", 0, 0, MAX_OFFSET),
     }
     for name in ("type", "resource", "service", "since", "until"):
-        value = req.get_param(name)
-        if value:
+        value = query_param(req, name)  # given empty: a 400, as the document says
+        if value is not None:
             out[name] = value
     return out
 
