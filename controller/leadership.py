@@ -5,6 +5,11 @@ time + duration in the past) takes it over with an update guarded by resourceVer
 two candidates cannot both win. A leader that cannot renew within `renew_deadline` steps
 down *before* the lease can expire elsewhere, and from that moment its Kubernetes writes
 are refused (see `Kube.write_guard`), so a deposed leader never writes twice.
+
+Lease requests are tried once, with a timeout well inside the renew deadline: the election
+loop itself is the retry (every `retry_period`), so an API server that refuses or hangs
+cannot keep a leader in a retry schedule past its deadline. `last_contact` is when the API
+server last answered a lease request (any answer): what readiness is judged by.
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ class LeaderElector:
         self.holder = ""
         self._leading = False
         self._last_renew = 0.0  # monotonic time of our last successful renew
+        self.last_contact = 0.0  # monotonic time the API server last answered us
+        # One try per request, answered or given up well before the renew deadline.
+        self.request_timeout = max(0.5, min(renew_deadline / 3, retry_period * 2))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.tried = threading.Event()  # set once the first attempt has an answer
@@ -103,18 +111,35 @@ class LeaderElector:
                 self._set(False)  # could not renew in time: step down, stop writing
             self._stop.wait(self.retry_period)
 
+    def _request(self, method: str, body: Body | None = None) -> Body | None:
+        """One lease request, not retried, bounded; None for a lease that is not there."""
+        res = self.kube.resource(API_VERSION, "Lease")
+        path = res.path(self.namespace, "" if method == "POST" else self.name)
+        try:
+            answer = self.kube.request(method, path, body=body, retry=False,
+                                       timeout=self.request_timeout, elect=True)
+        except KubeError as e:
+            if e.status:  # an answer, even a refusal, shows the API server is there
+                self.last_contact = time.monotonic()
+            if e.status == 404 and method == "GET":
+                return None
+            raise
+        self.last_contact = time.monotonic()
+        return answer
+
     def _try(self) -> None:
         now = _now()
-        lease = self.kube.get(API_VERSION, "Lease", self.name, self.namespace)
+        lease = self._request("GET")
         spec: Body = {"holderIdentity": self.identity,
                       "leaseDurationSeconds": int(self.lease_duration),
                       "renewTime": _micro(now)}
         if lease is None:
             spec["acquireTime"] = _micro(now)
             spec["leaseTransitions"] = 0
-            self.kube.create({"apiVersion": API_VERSION, "kind": "Lease",
-                              "metadata": {"name": self.name, "namespace": self.namespace},
-                              "spec": spec}, elect=True)
+            self._request("POST", {"apiVersion": API_VERSION, "kind": "Lease",
+                                   "metadata": {"name": self.name,
+                                                "namespace": self.namespace},
+                                   "spec": spec})
             self._renewed()
             return
         current = lease.get("spec") or {}
@@ -137,7 +162,7 @@ class LeaderElector:
                              "resourceVersion": lease["metadata"]["resourceVersion"]},
                 "spec": spec}
         try:
-            self.kube.replace(body, elect=True)  # a stale resourceVersion loses with 409
+            self._request("PUT", body)  # a stale resourceVersion loses with 409
         except KubeError as e:
             if e.status == 409:
                 self._set(False)

@@ -169,6 +169,11 @@ class Controller:
         # conductor_app_info show, also while later passes fail (a Git outage).
         self.applied_revision = ""
         self._store_reported = False
+        # Readiness's evidence that the API server answers when no lease request shows it.
+        self._probe_lock = threading.Lock()
+        self._prober: threading.Thread | None = None
+        self._probe_contact = float("-inf")
+        self._probe_timeout = max(0.5, min(2.0, cfg.leader.retry_period))
         self.recorder = EngineRecorder(self.events)
         self.kube_events = KubeEvents(self.kube, self.recorder, cfg.namespace, cfg.instance)
         self.recorder.service_of = self.kube_events.service_of
@@ -431,6 +436,43 @@ class Controller:
         except Exception as e:  # a scrape must not fail because of the event store
             log.warning("cannot count stored events: %s", e)
         self.metrics.events_bytes.set(self.events.size_bytes())
+
+    def api_server(self) -> dict[str, Any]:
+        """Whether the API server answered lately, for readiness; never blocks (/readyz is
+        answered on the event loop).
+
+        The evidence is the lease requests (every retry period, on every replica); when
+        they are not fresh, or without leader election, a background probe (one bounded,
+        unretried GET /version per retry period) supplies it. Reachable means an answer
+        within two retry periods plus one request's timeout.
+        """
+        period = self.cfg.leader.retry_period
+        with self._probe_lock:
+            if self._prober is None and not self._stop.is_set():
+                self._prober = threading.Thread(target=self._probe_api_server,
+                                                name="apiserver-probe", daemon=True)
+                self._prober.start()
+        last = max(self._probe_contact,
+                   self.elector.last_contact if self.elector is not None else float("-inf"))
+        age = time.monotonic() - last
+        return {"reachable": age < period * 2 + self._probe_timeout,
+                "lastAnswerSecondsAgo": round(age, 3) if age != float("inf") else None}
+
+    def _probe_api_server(self) -> None:
+        period = self.cfg.leader.retry_period
+        while True:
+            fresh = self.elector is not None and \
+                time.monotonic() - self.elector.last_contact < period
+            if not fresh:
+                try:
+                    self.kube.request("GET", "/version", retry=False,
+                                      timeout=self._probe_timeout)
+                    self._probe_contact = time.monotonic()
+                except KubeError as e:
+                    if e.status and e.status < 500:  # answered, if only with a refusal
+                        self._probe_contact = time.monotonic()
+            if self._stop.wait(period):
+                return
 
     def status(self) -> dict[str, Any]:
         """What /api/status shows: role, source, last pass, services, recent errors."""

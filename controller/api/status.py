@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -17,18 +19,26 @@ class Healthz:
 
 
 class Readyz:
-    """Readiness: started, and (for the leader) the API server reachable. Reports the role;
-    followers are ready too, since every replica serves reads."""
+    """Readiness: started, and the API server answering (a replica that cannot reach it
+    can neither reconcile nor serve current state). Reports the role, from the lease's
+    clock (a leader past its renew deadline says false at once); followers are ready too,
+    since every replica serves reads."""
 
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         c = self.controller
-        body = {"status": "ready", "leader": c.is_leader(), "holder": c.leader_identity()}
+        body: dict[str, Any] = {"status": "ready", "leader": c.is_leader(),
+                                "holder": c.leader_identity()}
         if not c.started.is_set():
             resp.status = falcon.HTTP_503
             body["status"] = "starting"
+        else:
+            body["apiServer"] = c.api_server()
+            if not body["apiServer"]["reachable"]:
+                resp.status = falcon.HTTP_503
+                body["status"] = "apiserver-unreachable"
         resp.media = body
 
 

@@ -27,18 +27,25 @@ from typing import Any
 
 import pytest
 import yaml
+from falcon import testing
 
+from controller.api.app import create_app
 from controller.cluster.running import free_port
-from controller.config import ApplySettings, Config
+from controller.config import ApiSettings, ApplySettings, Config, EventSettings, LeaderSettings
 from controller.kube import Kube, NotLeaderError
 from controller.leadership import LeaderElector
+from controller.main import Controller
 from controller.sources.resource import API_VERSION, KIND
+from tests.cluster import test_engine
+from tests.cluster.test_engine import App
 from tests.cluster.test_process import controller_process
 from tests.conftest import LocalCluster
 from tests.helpers import wait_for
 from tests.proxy import ApiProxy
 
 pytestmark = pytest.mark.cluster
+
+app = test_engine.app  # the example app, copied into the test's namespace
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE = "conductor-conductor-default"  # conductor-<app name>-<instance>
@@ -344,3 +351,56 @@ def test_a_leader_that_cannot_renew_steps_down_and_stops_writing_at_once(
         finally:
             elector.stop(release=True)
             kube.close()
+
+
+def test_readiness_and_the_role_follow_the_api_server(app: App, tmp_path: Path) -> None:
+    """The review saw /readyz answer ready and leader for ~20 s while the API server
+    refused connections. Now: not ready within two retry periods and a request's timeout,
+    no longer leader within the renew deadline, both back once it answers again."""
+    cut = threading.Event()
+
+    def outage(method: str, path: str, n: int) -> str | None:
+        return "drop" if cut.is_set() else None
+
+    with ApiProxy(app.cluster.kubeconfig, tmp_path, outage) as proxy:
+        cfg = replace(app.cfg, kubeconfig=str(proxy.kubeconfig), api=ApiSettings(auth=False),
+                      events=EventSettings(path=tmp_path / "events.db"),
+                      apply=ApplySettings(backoff_initial=0.05, backoff_max=0.2),
+                      leader=LeaderSettings(lease_duration=LEASE_DURATION,
+                                            renew_deadline=RENEW_DEADLINE,
+                                            retry_period=RETRY_PERIOD))
+        controller = Controller(cfg).start()
+        try:
+            client = testing.TestClient(create_app(controller))
+
+            def readyz() -> tuple[int, dict[str, Any]]:
+                result = client.simulate_get("/readyz")
+                return result.status_code, result.json
+
+            wait_for(lambda: readyz() == (200, {**readyz()[1], "status": "ready",
+                                                "leader": True}),
+                     timeout=30, message="ready and leading")
+            cut.set()
+            started = time.monotonic()
+            wait_for(lambda: readyz()[0] == 503, timeout=30, interval=0.05,
+                     message="not ready while the API server is cut off")
+            unready = time.monotonic() - started
+            status, body = readyz()
+            assert (status, body["status"]) == (503, "apiserver-unreachable"), body
+            assert body["apiServer"]["reachable"] is False
+            # The last answer came at most a retry period before the cut; the margin is
+            # the request's timeout (the probe's) and this test's polling.
+            assert unready <= RETRY_PERIOD * 3 + 1.0, unready
+            wait_for(lambda: readyz()[1]["leader"] is False, timeout=30, interval=0.05,
+                     message="leadership given up")
+            stepped_down = time.monotonic() - started
+            assert stepped_down <= RENEW_DEADLINE + 0.5, stepped_down
+            assert stepped_down < LEASE_DURATION  # before another replica could take it
+            assert controller.kube.write_guard() is False
+
+            cut.clear()
+            wait_for(lambda: readyz()[0] == 200 and readyz()[1]["leader"] is True,
+                     timeout=LEASE_DURATION * 3, message="ready and leading again")
+        finally:
+            cut.clear()
+            controller.stop()
