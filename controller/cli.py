@@ -112,6 +112,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
 
 
 def _run(args: argparse.Namespace) -> int:
+    from controller.api.security import TokensFileError
     from controller.api.server import serve
 
     env = dict(os.environ)
@@ -119,7 +120,11 @@ def _run(args: argparse.Namespace) -> int:
     if cfg.source == "git" and not cfg.git.url:
         _say("conductor run: --source git needs --git-url (or CONDUCTOR_GIT_URL)")
         return 2
-    serve(cfg, env)
+    try:
+        serve(cfg, env)
+    except TokensFileError as e:  # checked before anything starts: one line, no traceback
+        _say(f"conductor run: {e}")
+        return 2
     return 0
 
 

@@ -71,7 +71,9 @@ class PruneSettings:
 class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8081
-    threads: int = 8  # gunicorn gthread worker threads (one worker process)
+    # Threads for the resources' blocking work (one worker process, an asyncio worker:
+    # connections and event streams take no thread; see api/worker.py).
+    threads: int = 8
     # Bearer tokens with scopes read/write, from a YAML file (or a mounted Secret):
     #   tokens: [{name: ci, token: "...", scopes: [read, write]}]
     # Authentication is on unless explicitly turned off (auth=false).
@@ -81,6 +83,10 @@ class ApiSettings:
     cors_origins: tuple[str, ...] = ()  # allowed origins; empty = no CORS headers at all
     rate_limit: float = 5.0  # mutating requests per second per client (token bucket)
     rate_burst: int = 20
+    # Failed authentications per client address: a burst, then this many per second.
+    auth_failure_rate: float = 0.5
+    auth_failure_burst: int = 10
+    max_streams: int = 512  # concurrent event streams (each a coroutine, not a thread)
     max_body_bytes: int = 1_048_576
     sync_timeout: float = 30.0  # up/update/down answer 202 with an operation id after this
     certfile: str = ""  # TLS through gunicorn when both are set

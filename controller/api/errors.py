@@ -38,14 +38,24 @@ def envelope(code: str, message: str, details: dict[str, Any] | None = None) -> 
     return {"error": code, "message": message, "details": details or {}}
 
 
-def handle_conductor_error(req: falcon.Request, resp: falcon.Response, ex: ConductorError,
-                           params: dict[str, Any]) -> None:
+# RFC 6750: a 401 says how to authenticate.
+CHALLENGE = 'Bearer realm="conductor"'
+
+
+async def handle_conductor_error(req: falcon.Request, resp: falcon.Response,
+                                 ex: ConductorError, params: dict[str, Any]) -> None:
     resp.status = falcon.code_to_http_status(STATUS.get(ex.code, 500))
     resp.media = ex.to_dict()
+    if ex.code == "unauthorized":
+        resp.set_header("WWW-Authenticate", CHALLENGE)
 
 
-def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError,
-                      params: dict[str, Any]) -> None:
+async def handle_http_error(req: falcon.Request, resp: falcon.Response,
+                            ex: falcon.HTTPError, params: dict[str, Any]) -> None:
+    _http_error(req, resp, ex)
+
+
+def _http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError) -> None:
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
             401: "unauthorized", 403: "forbidden", 429: "rate_limited"}.get(
         ex.status_code, "invalid_request" if ex.status_code < 500 else "internal_error")
@@ -56,12 +66,14 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTT
     pairs = headers.items() if isinstance(headers, dict) else list(headers)
     for name, value in pairs:
         resp.set_header(str(name), str(value))
+    if ex.status_code == 401:
+        resp.set_header("WWW-Authenticate", CHALLENGE)
 
 
-def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception,
-                      params: dict[str, Any]) -> None:
+async def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception,
+                            params: dict[str, Any]) -> None:
     if isinstance(ex, falcon.HTTPError):
-        handle_http_error(req, resp, ex, params)
+        _http_error(req, resp, ex)
         return
     log.exception("unhandled error on %s %s", req.method, req.path)
     resp.status = falcon.HTTP_500
@@ -69,7 +81,7 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception,
                           {"exception": type(ex).__name__})
 
 
-def install(app: falcon.App[Any, Any]) -> None:
+def install(app: Any) -> None:
     # Falcon picks the most specific handler registered for an exception's class.
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)

@@ -1,20 +1,26 @@
 """The events endpoints: filtered queries and a Server-Sent Events stream.
 
 Every filter maps onto one bounded index query of the event store; the stream replays what
-the client missed (Last-Event-ID) and then waits on the store's condition for new rows.
+the client missed (Last-Event-ID) and then waits for new rows: one thread (`Fanout`) waits
+on the store's commits and wakes the streams, which are coroutines on the event loop.
 Agents poll the same queries (`?type=error&limit=10`) over and over: the answer of an
 identical query is kept until the store commits a new event (`PageCache`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
 from typing import Any
 
 import falcon
+from falcon.asgi import SSEvent
 
 from controller.api.common import float_param, int_param, query_param
 from controller.errors import RateLimitedError
@@ -112,20 +118,114 @@ class ForResource(_Query):
         self.respond(resp, query)
 
 
+class Draining:
+    """Set once when the server stops: open event streams end at once instead of holding
+    the graceful stop until their `duration`. Usable from any thread and any loop."""
+
+    def __init__(self) -> None:
+        self._set = threading.Event()
+        self._lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    def is_set(self) -> bool:
+        return self._set.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            self._set.set()
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nothing waits
+                loop.call_soon_threadsafe(event.set)
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[asyncio.Event]:
+        """An asyncio.Event of the running loop, set when draining starts."""
+        event = asyncio.Event()
+        key = (asyncio.get_running_loop(), event)
+        with self._lock:
+            self._waiters.add(key)
+            if self._set.is_set():
+                event.set()
+        try:
+            yield event
+        finally:
+            with self._lock:
+                self._waiters.discard(key)
+
+
+class Fanout:
+    """One thread waits on the event store's commits and wakes every subscribed stream.
+
+    A stream is a coroutine waiting on an asyncio.Event: hundreds of subscribers cost no
+    thread each. The thread starts with the first subscriber and ends with the store."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._subscribers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._thread: threading.Thread | None = None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._subscribers)
+
+    @contextlib.contextmanager
+    def subscribe(self) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        key = (asyncio.get_running_loop(), event)
+        with self._lock:
+            self._subscribers.add(key)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="event-fanout",
+                                                daemon=True)
+                self._thread.start()
+        try:
+            yield event
+        finally:
+            with self._lock:
+                self._subscribers.discard(key)
+
+    def _run(self) -> None:
+        last = self.store.last_id
+        while not self.store.closed:
+            if not self.store.wait_for_new(last, 1.0):
+                continue
+            last = self.store.last_id
+            with self._lock:
+                subscribers = list(self._subscribers)
+            for loop, event in subscribers:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(event.set)
+
+
+HEARTBEAT = 15.0  # seconds between keep-alive comments on a quiet stream
+PAGE = 100  # events per query of a stream
+
+
 class Stream:
     """GET /api/events/stream: text/event-stream, oldest first, `id:` = event id.
 
     Without Last-Event-ID the stream starts with the `limit` newest matching events; with
-    it, it resumes right after that id. `duration` bounds the connection (default 300 s);
-    clients reconnect with Last-Event-ID, as EventSource does.
+    it, it resumes right after that id. `duration` bounds the connection (default 300 s),
+    counted from when the stream has caught up with its backlog; clients reconnect with
+    Last-Event-ID, as EventSource does. A stream is a coroutine: it takes a thread only
+    for its queries, ends as soon as its client goes away, and ends when the server stops.
     """
 
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, pool: Executor, draining: Draining) -> None:
         self.controller = controller
-        self.max_streams = max(1, controller.cfg.api.threads // 2)
-        self.slots = threading.BoundedSemaphore(self.max_streams)
+        self.pool = pool
+        self.draining = draining
+        self.max_streams = max(1, controller.cfg.api.max_streams)
+        self.open = 0
+        self.fanout = Fanout(controller.events)
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def _run(self, fn: Callable[..., Any], /, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, functools.partial(fn, **kwargs))
+
+    async def on_get(self, req: Any, resp: Any) -> None:
         query = filters(req)
         query.pop("offset", None)
         limit = query.pop("limit")
@@ -137,66 +237,70 @@ class Stream:
         else:
             # Validate the filters now (a bad one is a 400, not a broken stream) and start
             # with the newest `limit` matches.
-            recent = store.query(**query, limit=limit)
+            recent = await self._run(store.query, **query, limit=limit)
             after = recent[-1].id - 1 if recent else store.last_id
-        store.query(**query, limit=1, after_id=after)  # validation for the resume case too
-        # Each open stream holds one of gunicorn's threads: leave the rest to other calls.
-        if not self.slots.acquire(blocking=False):
+        # Validation for the resume case too.
+        await self._run(store.query, **query, limit=1, after_id=after)
+        if self.open >= self.max_streams:
             resp.set_header("Retry-After", "5")
             raise RateLimitedError("too many open event streams; retry later",
                                    {"retryAfter": 5, "maxStreams": self.max_streams})
-        resp.content_type = "text/event-stream"
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
-        resp.stream = _Held(_sse(store, query, after, duration), self.slots)
+        # Falcon's SSE path reads the connection while streaming, so the app learns of a
+        # disconnect (App.__call__ sets "conductor.gone") without waiting for a write.
+        gone = req.scope.get("conductor.gone") or asyncio.Event()
+        resp.sse = self._sse(query, after, duration, gone)
+
+    async def _sse(self, query: dict[str, Any], after: int, duration: float,
+                   gone: asyncio.Event) -> AsyncIterator[SSEvent]:
+        """The backlog first (whatever `duration`: a client catching up with Last-Event-ID
+        gets what it missed even with duration=0), then new events until `duration` has
+        passed since it caught up, the client leaves or the server stops."""
+        store = self.controller.events
+        loop = asyncio.get_running_loop()
+        self.open += 1  # only the loop's thread counts: no lock needed
+        try:
+            with self.fanout.subscribe() as woken, self.draining.watch() as draining:
+                yield SSEvent(comment="conductor event stream", retry=2000)
+                last, deadline = after, None
+                while not (gone.is_set() or draining.is_set() or store.closed):
+                    woken.clear()
+                    mark = store.last_id  # read before the query: matches <= mark are seen
+                    page = await self._run(store.query, **query, limit=PAGE, after_id=last,
+                                           oldest_first=True)
+                    if page:
+                        # A short page holds every match up to mark: skip the others.
+                        last = page[-1].id if len(page) >= PAGE else max(page[-1].id, mark)
+                        for e in page:
+                            yield SSEvent(event=e.type, event_id=str(e.id),
+                                          text=json.dumps(e.to_dict()))
+                        if len(page) >= PAGE:
+                            continue
+                    else:
+                        last = max(last, mark)
+                    if deadline is None:  # caught up: the duration counts from here
+                        deadline = loop.time() + duration
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return
+                    if store.last_id > last:
+                        continue
+                    quiet = not await _first(woken, gone, draining,
+                                             timeout=min(HEARTBEAT, remaining))
+                    if quiet and loop.time() < deadline:
+                        yield SSEvent(comment="keep-alive")
+        finally:
+            self.open -= 1
 
 
-PAGE = 100  # events per batch of the store's follow()
-
-
-class _Held:
-    """The stream as a WSGI iterable that gives its slot back on close(), which the server
-    calls however the response ends (done, client gone, or never started)."""
-
-    def __init__(self, stream: Iterator[bytes], slots: threading.BoundedSemaphore) -> None:
-        self.stream = stream
-        self.slots = slots
-        self._closed = False
-
-    def __iter__(self) -> _Held:
-        return self
-
-    def __next__(self) -> bytes:
-        return next(self.stream)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            close = getattr(self.stream, "close", None)
-            if close is not None:
-                close()
-            self.slots.release()
-
-
-def _sse(store: Any, query: dict[str, Any], after: int, duration: float) -> Iterator[bytes]:
-    """The stream: the backlog first (whatever `duration`: a client catching up with
-    Last-Event-ID gets what it missed even with duration=0), then new events until
-    `duration` has passed since it caught up."""
-    stop = threading.Event()
-    timer = threading.Timer(duration, stop.set)
-    timer.daemon = True
+async def _first(*events: asyncio.Event, timeout: float) -> bool:
+    """Wait until any of `events` is set (True) or `timeout` passes (False)."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
     try:
-        yield b": conductor event stream\nretry: 2000\n\n"
-        for batch in store.follow(after_id=after, stop=stop, heartbeat=min(15.0, duration),
-                                  batch=PAGE, **query):
-            if not batch:
-                yield b": keep-alive\n\n"
-            for event in batch:
-                yield (f"id: {event.id}\nevent: {event.type}\n"
-                       f"data: {json.dumps(event.to_dict())}\n\n").encode()
-            if len(batch) < PAGE and not timer.is_alive() and not stop.is_set():
-                timer.start()  # caught up: the duration counts from here
-            if stop.is_set():
-                return
+        done, _ = await asyncio.wait(waiters, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        return bool(done)
     finally:
-        timer.cancel()
+        for w in waiters:
+            w.cancel()

@@ -1,10 +1,15 @@
 """Who may call the API, from where, how often and with how much: one middleware each.
 
 Authentication is on unless configured off: bearer tokens from a file (or a mounted Secret)
-with scopes `read` and `write`, compared in constant time. CORS uses Falcon's own
+with scopes `read` and `write`, compared in constant time; failed attempts are throttled
+per client address, so tokens cannot be guessed at line rate. CORS uses Falcon's own
 middleware with an allow-list (empty by default: no cross-origin access). Mutating calls
 are rate-limited per client (token bucket, 429 with Retry-After), and request bodies are
-capped. Errors leave in the common envelope via the error handlers.
+capped and read whole, on the event loop, only after the caller is authenticated. Errors
+leave in the common envelope via the error handlers.
+
+Each middleware's logic is a plain method (`check`), called by the ASGI hook; the order
+in `middleware()` is the order of the checks.
 """
 
 from __future__ import annotations
@@ -42,25 +47,63 @@ class Token:
     scopes: frozenset[str]
 
 
+class TokensFileError(ValueError):
+    """The tokens file cannot be used; the message names the file and what is wrong."""
+
+
 def load_tokens(path: str) -> list[Token]:
-    """Tokens from YAML: `tokens: [{name, token, scopes: [read, write]}]`."""
-    doc = yaml.safe_load(Path(path).read_text()) or {}
+    """Tokens from YAML: `tokens: [{name, token, scopes: [read, write]}]`.
+
+    Called once before anything starts (the server refuses to start on a bad file), so
+    every problem is a `TokensFileError` with one line naming the file."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise TokensFileError(f"API tokens file {path}: cannot read it: "
+                              f"{e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise TokensFileError(f"API tokens file {path}: not valid YAML: "
+                              f"{str(e).splitlines()[0]}") from e
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("tokens") or [], list):
+        raise TokensFileError(f"API tokens file {path}: expected 'tokens: [{{name, token, "
+                              f"scopes}}]'")
     out = []
     for i, item in enumerate(doc.get("tokens") or []):
-        scopes = frozenset(item.get("scopes") or ["read"])
+        if not isinstance(item, dict):
+            raise TokensFileError(f"API tokens file {path}: token #{i} is not a mapping")
+        raw_scopes = item.get("scopes") or ["read"]
+        if not isinstance(raw_scopes, list) or not all(isinstance(x, str)
+                                                       for x in raw_scopes):
+            raise TokensFileError(f"API tokens file {path}: token #{i}: scopes must be a "
+                                  f"list among read, write")
+        scopes = frozenset(raw_scopes)
         unknown = scopes - {"read", "write"}
-        if unknown or not item.get("token"):
-            raise ValueError(f"{path}: token #{i}: needs a token and scopes among read, write")
+        secret = item.get("token")
+        if unknown or not isinstance(secret, str) or not secret.strip():
+            raise TokensFileError(f"API tokens file {path}: token #{i}: needs a non-empty "
+                                  f"token and scopes among read, write")
         # write implies read: a client that may deploy may also look.
         out.append(Token(str(item.get("name") or f"token-{i}"), str(item["token"]),
                          scopes | ({"read"} if "write" in scopes else set())))
     return out
 
 
+ALL_SCOPES = frozenset({"read", "write"})
+BEARER_CHALLENGE = 'Bearer realm="conductor"'
+
+
 class AuthMiddleware:
-    def __init__(self, settings: ApiSettings, tokens: list[Token]) -> None:
+    """Sets `req.context.client` (who, for rate limits and logs) and `req.context.scopes`
+    (what the caller may do: resources redact secrets for callers without `write`)."""
+
+    def __init__(self, settings: ApiSettings, tokens: list[Token],
+                 failures: FailureThrottle | None = None) -> None:
         self.settings = settings
         self.tokens = tokens
+        self.failures = failures or FailureThrottle(settings.auth_failure_rate,
+                                                    settings.auth_failure_burst)
 
     def _match(self, presented: str) -> Token | None:
         found = None
@@ -69,27 +112,87 @@ class AuthMiddleware:
                 found = token
         return found
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        req.context.client = req.remote_addr or "unknown"
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.check(req, resp)
+
+    def check(self, req: falcon.Request, resp: falcon.Response) -> None:
+        address = req.remote_addr or "unknown"
+        req.context.client = address
+        # Without auth every caller may do everything; with auth, nothing until a token
+        # says so (open paths carry no data a scope would guard).
+        req.context.scopes = ALL_SCOPES if not self.settings.auth else frozenset()
         if (not self.settings.auth or req.path in OPEN_PATHS
                 or req.path in SELF_AUTHENTICATED or req.method == "OPTIONS"):
             return
         needed = "write" if req.method in MUTATING else "read"
-        if needed == "read" and self.settings.public_reads:
-            return
         header = req.get_header("Authorization") or ""
         scheme, _, presented = header.partition(" ")
+        if needed == "read" and self.settings.public_reads and not presented:
+            req.context.scopes = frozenset({"read"})
+            return
+        # A client that keeps failing waits before it may try again (429 Retry-After).
+        self.failures.check(address, resp)
         if scheme.lower() != "bearer" or not presented:
+            self.failures.failed(address)
             hint = "" if self.tokens else " (no API tokens are configured on the server)"
             raise UnauthorizedError("missing bearer token" + hint,
                                     {"header": "Authorization: Bearer <token>"})
         token = self._match(presented.strip())
         if token is None:
+            self.failures.failed(address)
             raise UnauthorizedError("invalid token", {})
+        req.context.scopes = token.scopes
         if needed not in token.scopes:
             raise ForbiddenError(f"token '{token.name}' lacks the '{needed}' scope",
                                  {"required": needed, "scopes": sorted(token.scopes)})
         req.context.client = f"token:{token.name}"
+
+
+class TokenBuckets:
+    """One token bucket per client key: `take` spends one or says how long to wait.
+    Bounded memory: idle clients are forgotten past 10,000 keys."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, key: str, spend: bool) -> int:
+        """Seconds to wait before `key` has a token (0: it has one, spent if `spend`)."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens < 1:
+                self._buckets[key] = (tokens, now)
+                return max(1, math.ceil((1 - tokens) / self.rate))
+            self._buckets[key] = (tokens - 1 if spend else tokens, now)
+            if len(self._buckets) > 10_000:
+                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+            return 0
+
+
+class FailureThrottle:
+    """Failed authentications per client address: `burst` tries, then `rate` per second.
+    Only failures spend; a client that has run out is refused before its token is even
+    compared, so guessing costs the guesser time, not us CPU."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.buckets = TokenBuckets(rate, burst) if rate > 0 else None
+
+    def check(self, address: str, resp: falcon.Response) -> None:
+        if self.buckets is None:
+            return
+        retry = self.buckets.wait(address, spend=False)
+        if retry:
+            resp.set_header("Retry-After", str(retry))
+            raise RateLimitedError(f"too many failed authentications; retry after {retry}s",
+                                   {"retryAfter": retry, "reason": "authentication_failures"})
+
+    def failed(self, address: str) -> None:
+        if self.buckets is not None:
+            self.buckets.wait(address, spend=True)
 
 
 class RateLimitMiddleware:
@@ -98,57 +201,60 @@ class RateLimitMiddleware:
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
+        self.buckets = TokenBuckets(rate, burst)
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.check(req, resp)
+
+    def check(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.method not in MUTATING or self.rate <= 0:
             return
         client = str(getattr(req.context, "client", None) or req.remote_addr or "unknown")
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(client, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            if tokens < 1:
-                self._buckets[client] = (tokens, now)
-                retry = max(1, math.ceil((1 - tokens) / self.rate))
-                resp.set_header("Retry-After", str(retry))
-                raise RateLimitedError(f"too many requests; retry after {retry}s",
-                                       {"retryAfter": retry, "limit": self.rate,
-                                        "burst": self.burst})
-            self._buckets[client] = (tokens - 1, now)
-            if len(self._buckets) > 10_000:  # forget idle clients; bounded memory
-                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+        retry = self.buckets.wait(client, spend=True)
+        if retry:
+            resp.set_header("Retry-After", str(retry))
+            raise RateLimitedError(f"too many requests; retry after {retry}s",
+                                   {"retryAfter": retry, "limit": self.rate,
+                                    "burst": self.burst})
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over the limit: by Content-Length, or (chunked, no length) by reading
-    at most limit + 1 bytes. A chunked body is kept in `req.context.body`: Falcon's
-    bounded stream reads nothing without a Content-Length, and an empty selection means
-    *every* service (see `common.body_bytes`)."""
+    """Read the whole request body into `req.context.body`, on the event loop, before a
+    resource runs: refused over the limit by Content-Length, or (chunked, no length) by
+    reading at most limit + 1 bytes. A resource on the thread pool therefore never waits
+    for a slow client's bytes (see `common.body_bytes`)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    def check_length(self, req: falcon.Request) -> None:
         length = req.content_length
         if length is not None and length > self.max_bytes:
             raise PayloadTooLargeError(f"request body over {self.max_bytes} bytes",
                                        {"limit": self.max_bytes, "length": length})
-        if length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
-            body = req.stream.read(self.max_bytes + 1)
+
+    async def process_request(self, req: Any, resp: Any) -> None:
+        self.check_length(req)
+        length = req.content_length
+        chunked = "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
+        body = b""
+        if length or chunked:
+            body = await req.stream.read(self.max_bytes + 1)
             if len(body) > self.max_bytes:
                 raise PayloadTooLargeError(f"request body over {self.max_bytes} bytes",
                                            {"limit": self.max_bytes,
                                             "transferEncoding": "chunked"})
-            req.context.body = body
+        req.context.body = body
 
 
-def middleware(settings: ApiSettings) -> list[Any]:
-    tokens = load_tokens(settings.tokens_file) if settings.tokens_file else []
-    out: list[Any] = [BodyLimitMiddleware(settings.max_body_bytes),
-                      AuthMiddleware(settings, tokens),
-                      RateLimitMiddleware(settings.rate_limit, settings.rate_burst)]
+def middleware(settings: ApiSettings, tokens: list[Token] | None = None) -> list[Any]:
+    """The checks in order: who (auth), how often (rate), how much (body). `tokens` are
+    loaded by the caller once, before anything starts; by default from the settings."""
+    if tokens is None:
+        tokens = load_tokens(settings.tokens_file) if settings.tokens_file else []
+    out: list[Any] = [AuthMiddleware(settings, tokens),
+                      RateLimitMiddleware(settings.rate_limit, settings.rate_burst),
+                      BodyLimitMiddleware(settings.max_body_bytes)]
     if settings.cors_origins:
         out.insert(0, falcon.CORSMiddleware(allow_origins=list(settings.cors_origins),
                                             allow_credentials=None))

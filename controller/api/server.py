@@ -1,8 +1,11 @@
 """Serve the API with gunicorn, the controller running inside the one worker process.
 
-One worker process with threads: the loop, the watches and every request share one memory
-(and one Prometheus registry). The controller is built in the worker (after the fork), and
-stopped in `worker_exit`, which lets the current pass finish before the process ends.
+One worker process (gunicorn's asyncio worker, see api/worker.py): the loop, the watches
+and every request share one memory (and one Prometheus registry). Configuration the API
+needs (the tokens file) is read and checked before anything starts, so a bad file stops
+`conductor run` with one line naming it, before a lease is taken or a pass runs. The
+controller is built in the worker (after the fork), and stopped in `worker_exit`, which
+lets the current pass finish before the process ends.
 """
 
 from __future__ import annotations
@@ -12,19 +15,21 @@ import runpy
 from pathlib import Path
 from typing import Any
 
-import falcon
 from gunicorn.app.base import BaseApplication
 
+from controller.api.security import Token, load_tokens
 from controller.config import Config
 
 GUNICORN_CONF = Path(__file__).resolve().parents[2] / "config" / "gunicorn.conf.py"
 
 
 class Server(BaseApplication):  # type: ignore[misc]
-    def __init__(self, cfg: Config, env: dict[str, str]) -> None:
+    def __init__(self, cfg: Config, env: dict[str, str], tokens: list[Token]) -> None:
         self.config = cfg
         self.env = env
+        self.tokens = tokens
         self.controller: Any = None
+        self.app: Any = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -33,23 +38,36 @@ class Server(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
         api = self.config.api
         self.cfg.set("bind", [f"{api.host}:{api.port}"])
-        self.cfg.set("threads", api.threads)
         if api.certfile and api.keyfile:
             self.cfg.set("certfile", api.certfile)
             self.cfg.set("keyfile", api.keyfile)
         self.cfg.set("worker_exit", self._worker_exit)
 
-    def load(self) -> falcon.App[Any, Any]:
+    def load(self) -> Any:
         from controller.api.app import create_app
         from controller.main import Controller
 
         self.controller = Controller(self.config, self.env).start()
-        return create_app(self.controller)
+        self.app = create_app(self.controller, tokens=self.tokens)
+        return self.app
+
+    def on_draining(self) -> None:
+        """SIGTERM reached the worker: end event streams now (see api/worker.py)."""
+        if self.app is not None:
+            self.app.on_draining()
 
     def _worker_exit(self, server: Any, worker: Any) -> None:
+        if self.app is not None:
+            self.app.close()
         if self.controller is not None:
             self.controller.stop()
 
 
+def startup_checks(cfg: Config) -> list[Token]:
+    """What must hold before anything starts; raises with one line naming the problem."""
+    return load_tokens(cfg.api.tokens_file) if cfg.api.tokens_file else []
+
+
 def serve(cfg: Config, env: dict[str, str] | None = None) -> None:
-    Server(cfg, dict(os.environ if env is None else env)).run()
+    tokens = startup_checks(cfg)
+    Server(cfg, dict(os.environ if env is None else env), tokens).run()

@@ -9,9 +9,11 @@ teardown. `envelope` checks the contract's error shape, which every error must h
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from falcon import testing
@@ -54,6 +56,14 @@ class Api:
     def patch(self, path: str, body: Any, **kwargs: Any) -> testing.Result:
         return self.client.simulate_patch(path, json=body, **kwargs)
 
+    def stream(self, path: str, params: dict[str, str] | None = None,
+               headers: dict[str, str] | None = None, timeout: float = 60) -> Streamed:
+        """GET an event stream and read it to its end, as a client that stays connected
+        (the test client's one-shot requests disconnect at once, which ends a stream
+        after its first event)."""
+        return asyncio.run(asyncio.wait_for(
+            read_stream(self.client.app, path, params or {}, headers or {}), timeout))
+
     def passes(self) -> int:
         return self.controller.loop.passes
 
@@ -61,6 +71,47 @@ class Api:
         """Let the current pass end and run no more: a drift the test makes stays put
         (its own status write, or a watch event, would otherwise wake one more pass)."""
         self.controller.loop.stop(timeout=60)
+
+
+@dataclass
+class Streamed:
+    status_code: int
+    headers: dict[str, str]
+    text: str
+
+
+async def read_stream(app: Any, path: str, params: dict[str, str],
+                      headers: dict[str, str]) -> Streamed:
+    """A minimal ASGI client: one GET, the whole response, disconnect only after it."""
+    path, _, query = path.partition("?")
+    query = "&".join(q for q in (query, urlencode(params)) if q)
+    scope = testing.create_scope(path=path, query_string=query, headers=headers)
+    finished = asyncio.Event()
+    requested = False
+    status = 0
+    head: dict[str, str] = {}
+    body: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            head.update((k.decode().lower(), v.decode()) for k, v in message["headers"])
+        elif message["type"] == "http.response.body":
+            body.append(message.get("body", b""))
+            if not message.get("more_body"):
+                finished.set()
+
+    await app(scope, receive, send)
+    return Streamed(status, head, b"".join(body).decode())
 
 
 def envelope(result: testing.Result, status: int, code: str) -> dict[str, Any]:

@@ -467,7 +467,7 @@ def _sse(text: str) -> list[dict[str, Any]]:
 
 def test_event_stream_sends_ids_and_resumes_after_last_event_id(api: Api) -> None:
     seeded = _seed(api, "epsilon", 5, "warning")
-    result = api.get("/api/events/stream?service=epsilon&limit=3&duration=0.3")
+    result = api.stream("/api/events/stream?service=epsilon&limit=3&duration=0.3")
     assert result.status_code == 200
     assert result.headers["content-type"].startswith("text/event-stream")
     assert result.headers["cache-control"] == "no-cache"
@@ -479,19 +479,19 @@ def test_event_stream_sends_ids_and_resumes_after_last_event_id(api: Api) -> Non
 
     newer = _seed(api, "epsilon", 2, "error")
     _seed(api, "zeta", 1, "error")  # another service: filtered out
-    resumed = api.get("/api/events/stream?service=epsilon&duration=0.3",
-                      headers={"Last-Event-ID": first[-1]["id"]})
+    resumed = api.stream("/api/events/stream?service=epsilon&duration=0.3",
+                         headers={"Last-Event-ID": first[-1]["id"]})
     assert [int(m["id"]) for m in _sse(resumed.text)] == [e["id"] for e in newer]
     # The query parameter works the same for clients that cannot set headers.
-    again = api.get(f"/api/events/stream?service=epsilon&duration=0.3&type=error"
-                    f"&lastEventId={first[-1]['id']}")
+    again = api.stream(f"/api/events/stream?service=epsilon&duration=0.3&type=error"
+                       f"&lastEventId={first[-1]['id']}")
     assert [int(m["id"]) for m in _sse(again.text)] == [e["id"] for e in newer]
-    nothing = api.get("/api/events/stream?service=epsilon&duration=0",
-                      headers={"Last-Event-ID": str(newer[-1]["id"])})
+    nothing = api.stream("/api/events/stream?service=epsilon&duration=0",
+                         headers={"Last-Event-ID": str(newer[-1]["id"])})
     assert _sse(nothing.text) == []
     # Not an id (a digit to str.isdigit, not to int): ignored, as any other non-id.
-    odd = api.get("/api/events/stream?service=epsilon&duration=0&limit=1",
-                  headers={"Last-Event-ID": "\u00b2"})
+    odd = api.stream("/api/events/stream?service=epsilon&duration=0&limit=1",
+                     headers={"Last-Event-ID": "\u00b2"})
     assert odd.status_code == 200, odd.text
     assert [int(m["id"]) for m in _sse(odd.text)] == [newer[-1]["id"]]
 

@@ -6,6 +6,8 @@ Every refusal is the contract's envelope: 401 unauthorized, 403 forbidden, 429 r
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -142,18 +144,100 @@ def test_bodies_over_the_limit_are_refused(make_api: Callable[..., Api]) -> None
     assert small.status_code == 200, small.text
 
 
-def test_event_streams_are_capped_so_they_cannot_starve_the_threads(
+def test_event_streams_are_capped_and_give_their_slot_back(
         make_api: Callable[..., Api]) -> None:
-    api = make_api(api=ApiSettings(auth=False, threads=2))  # room for one stream
-    wsgi = api.client.app
-    environ = testing.create_environ("/api/events/stream", query_string="duration=60")
-    statuses: list[str] = []
-    held = wsgi(environ, lambda status, headers, *_: statuses.append(status))
-    assert statuses == ["200 OK"]
-    refused = api.get("/api/events/stream", params={"duration": "0"})
+    api = make_api(api=ApiSettings(auth=False, max_streams=1))
+
+    async def scenario() -> None:
+        async with testing.ASGIConductor(api.client.app) as conductor:
+            async with conductor.simulate_get_stream(
+                    "/api/events/stream", params={"duration": "60"}) as held:
+                first = await held.stream.read()  # the stream's opening comment
+                assert first.startswith(b": conductor event stream"), first
+                refused = await conductor.simulate_get("/api/events/stream",
+                                                       params={"duration": "0"})
+                details = envelope(refused, 429, "rate_limited")
+                assert details["maxStreams"] == 1
+                assert refused.headers["Retry-After"] == "5"
+            # The client went away: the stream ends at once and its slot is free again.
+            again = await conductor.simulate_get("/api/events/stream",
+                                                 params={"duration": "0"})
+            assert again.status_code == 200, again.text
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    # ...and the test client's streams (duration-bound) never leak a slot either.
+    assert api.get("/api/events/stream", params={"duration": "0"}).status_code == 200
+    assert api.get("/api/events/stream", params={"duration": "0"}).status_code == 200
+
+
+def test_a_streams_duration_holds_whatever_its_backlog(api: Api) -> None:
+    store = api.controller.events
+    before = store.last_id
+    store.add_many([{"type": "info", "message": f"backlog {i}", "service": "theta"}
+                    for i in range(100)])  # exactly one page of the stream's queries
+    started = time.monotonic()
+    result = api.stream("/api/events/stream", params={"service": "theta", "duration": "1",
+                                                      "lastEventId": str(before)})
+    took = time.monotonic() - started
+    assert result.status_code == 200
+    assert result.text.count("event: info") == 100
+    assert took < 3, took  # was duration + one heartbeat wait: twice the duration
+
+
+def test_a_401_says_how_to_authenticate(make_api: Callable[..., Api], tokens_file: str) -> None:
+    api = make_api(ApiSettings(auth=True, tokens_file=tokens_file))
+    for headers in ({}, _bearer("wrong"), {"Authorization": "Basic eDp5"}):
+        result = api.get("/api/services", headers=headers)
+        envelope(result, 401, "unauthorized")
+        assert result.headers["www-authenticate"].startswith("Bearer"), result.headers
+
+
+def test_failed_authentication_is_throttled_per_client(make_api: Callable[..., Api],
+                                                       tokens_file: str) -> None:
+    api = make_api(ApiSettings(auth=True, tokens_file=tokens_file, auth_failure_burst=10,
+                               auth_failure_rate=0.1))
+    statuses = [api.get("/api/services", headers=_bearer(f"guess-{i}")).status_code
+                for i in range(150)]
+    assert statuses[:10] == [401] * 10, statuses[:12]
+    assert set(statuses[10:]) == {429}, statuses
+    refused = api.get("/api/services", headers=_bearer("guess-again"))
     details = envelope(refused, 429, "rate_limited")
-    assert details["maxStreams"] == 1 and refused.headers["Retry-After"] == "5"
-    held.close()  # the server closes the iterable when the client goes: the slot frees
-    assert api.get("/api/events/stream", params={"duration": "0"}).status_code == 200
-    # ...and the test client closes it too, so streams never leak a slot.
-    assert api.get("/api/events/stream", params={"duration": "0"}).status_code == 200
+    assert details["reason"] == "authentication_failures"
+    assert int(refused.headers["retry-after"]) >= 1
+    # Another address is not locked out; the probes need no token and stay open.
+    other = api.client.simulate_get("/api/services", headers=_bearer(READ),
+                                    remote_addr="127.0.0.2")
+    assert other.status_code == 200, other.text
+    assert api.get("/healthz").status_code == 200
+
+
+def test_made_up_methods_do_not_grow_the_metrics(api: Api) -> None:
+    for i in range(200):
+        result = api.client.simulate_request(f"X{i}METHOD", "/api/services")
+        assert result.status_code in (400, 405), result.status
+    text = api.get("/metrics").text
+    assert "X1METHOD" not in text and "X199METHOD" not in text
+    lines = [line for line in text.splitlines()
+             if line.startswith("conductor_api_requests_total{")
+             and 'method="other"' in line]
+    assert lines and sum(float(line.rsplit(" ", 1)[1]) for line in lines) == 200, lines
+
+
+def test_callers_scopes_are_known_to_the_resources(make_api: Callable[..., Api],
+                                                   tokens_file: str) -> None:
+    from controller.api.security import AuthMiddleware, Token
+
+    def scopes_of(settings: ApiSettings, headers: dict[str, str]) -> frozenset[str]:
+        middleware = AuthMiddleware(settings, [Token("dashboard", READ, frozenset({"read"})),
+                                               Token("ci", WRITE,
+                                                     frozenset({"read", "write"}))])
+        req = testing.create_req(path="/api/parameters", headers=headers)
+        middleware.check(req, None)  # type: ignore[arg-type]
+        scopes: frozenset[str] = req.context.scopes
+        return scopes
+
+    on = ApiSettings(auth=True)
+    assert scopes_of(on, _bearer(READ)) == {"read"}
+    assert scopes_of(on, _bearer(WRITE)) == {"read", "write"}
+    assert scopes_of(ApiSettings(auth=False), {}) == {"read", "write"}
+    assert scopes_of(ApiSettings(auth=True, public_reads=True), {}) == {"read"}
