@@ -154,8 +154,8 @@ def validate_spec(spec: Any, schema: Mapping[str, Any]) -> None:
     check_limits(spec)
     validator = _Validator(_to_json_schema(schema))
     found = sorted(
-        ({"path": _path(e.absolute_path), "reason": e.message}
-         for e in validator.iter_errors(spec)),
+        [*({"path": _path(e.absolute_path), "reason": e.message}
+           for e in validator.iter_errors(spec)), *_bad_refs(spec, "spec")],
         key=lambda e: (e["path"], e["reason"]),
     )
     if not found:
@@ -192,6 +192,21 @@ def check_limits(value: Any, path: str = "spec") -> None:
             f"{path}: {size} bytes of JSON, more than the limit of {MAX_SPEC_BYTES}",
             {"path": path, "reason": f"larger than {MAX_SPEC_BYTES} bytes", "size": size,
              "limit": MAX_SPEC_BYTES, "limitName": "maxBytes"})
+
+
+def _bad_refs(value: Any, path: str) -> list[dict[str, str]]:
+    """Malformed Secret references anywhere (free-form values included): a typo in one
+    should be refused with the spec, not found at render time."""
+    if isinstance(value, Mapping):
+        if SECRET_REF in value:
+            if jsonschema.Draft7Validator(_SECRET_REF_SCHEMA).is_valid(value):
+                return []
+            return [{"path": path, "reason": "a Secret reference is exactly "
+                                             "{secretKeyRef: {name: ..., key: ...}}"}]
+        return [e for k, v in value.items() for e in _bad_refs(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [e for i, v in enumerate(value) for e in _bad_refs(v, f"{path}[{i}]")]
+    return []
 
 
 def _is_integer(_checker: Any, value: Any) -> bool:

@@ -14,9 +14,9 @@ Falcon app through `falcon.testing`; concurrency with real threads.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from falcon import testing
 
 from controller.config import ApiSettings
 from controller.parameters import MAX_DEPTH, REDACTED
@@ -142,32 +143,26 @@ def test_a_missing_secret_applies_nothing_and_says_which(api: Api) -> None:
 # --- finding 8: concurrent writers -----------------------------------------------------------
 
 
-def _concurrently(*calls: Callable[[], Any]) -> list[Any]:
-    results: list[Any] = [None] * len(calls)
-    start = threading.Barrier(len(calls))
+def _concurrently(api: Api, *requests: tuple[str, Any]) -> list[testing.Result]:
+    """Send (method, body) requests to /api/parameters at once: the ASGI app runs each
+    responder on its own pool thread, as under gunicorn."""
+    async def send() -> list[testing.Result]:
+        results: list[testing.Result] = []
+        async with testing.ASGIConductor(api.client.app) as conductor:
+            calls = [conductor.simulate_request(method.upper(), "/api/parameters", json=body)
+                     for method, body in requests]
+            results = list(await asyncio.gather(*calls))
+        return results
 
-    def run(i: int) -> None:
-        start.wait()
-        results[i] = calls[i]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return results
-
-
-def _sender(method: Callable[[str, Any], Any], body: Any) -> Callable[[], Any]:
-    return lambda: method("/api/parameters", body)
+    return asyncio.run(send())
 
 
 def test_concurrent_patches_lose_no_key(make_api: Callable[..., Api]) -> None:
     api = make_api(UNLIMITED)
     for pair in range(20):
         a, b = f"a{pair}", f"b{pair}"
-        results = _concurrently(*(_sender(api.patch, {"global": {"labels": {key: "1"}}})
-                                  for key in (a, b)))
+        results = _concurrently(api, *(("patch", {"global": {"labels": {key: "1"}}})
+                                       for key in (a, b)))
         assert [r.status_code for r in results] == [200, 200], [r.text for r in results]
     labels = _spec(api)["global"]["labels"]
     assert set(labels) == {f"{x}{i}" for x in "ab" for i in range(20)}
@@ -181,7 +176,7 @@ def test_concurrent_replaces_never_merge_bodies(make_api: Callable[..., Api]) ->
         one, two = copy.deepcopy(base), copy.deepcopy(base)
         one["global"]["only-one"] = f"1-{pair}"
         two["global"]["only-two"] = f"2-{pair}"
-        results = _concurrently(_sender(api.post, one), _sender(api.post, two))
+        results = _concurrently(api, ("post", one), ("post", two))
         for r in results:
             assert r.status_code in (200, 409), r.text
             if r.status_code == 409:

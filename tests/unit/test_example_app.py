@@ -185,9 +185,12 @@ SCHEMA = load_schema(ROOT / "config" / "crd" / "deploymentparameters.yaml")
     ("frontend", {"tag": ""}, "spec.services.frontend.tag"),
     ("postgres", {"database": ""}, "spec.services.postgres.database"),
     ("postgres", {"user": ""}, "spec.services.postgres.user"),
-    ("postgres", {"password": 5}, "spec.services.postgres.password"),
     ("postgres", {"password": {"secretKeyRef": {"name": "db"}}},
      "spec.services.postgres.password"),
+    ("postgres", {"password": {"secretKeyRef": {"name": "db", "key": "pw", "x": 1}}},
+     "spec.services.postgres.password"),
+    ("frontend", {"env": {"A": "1"}, "apiToken": {"secretKeyRef": "db"}},
+     "spec.services.frontend.apiToken"),  # a free-form value's reference too
     ("postgres", {"storageClass": ""}, "spec.services.postgres.storageClass"),
     ("global", {"port": 65536}, "spec.global.port"),
     ("global", {"imagePullPolicy": "Sometimes"}, "spec.global.imagePullPolicy"),
