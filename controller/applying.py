@@ -202,8 +202,8 @@ class Applier:
         refused). Only planned changes are sent, so a pass that changes nothing makes no
         request here. Two refusals are not the object's fault and are left to the real
         apply: a kind whose CRD, or a namespace, this same pass creates first (the server
-        cannot know them yet), and a field conflict, which the conflict policy decides per
-        object.
+        cannot know them yet), a field conflict, which the conflict policy decides per
+        object, and a request the server did not answer (transient, retried by the apply).
         """
         changes = [c for phase in plan.apply_phases() for c in phase]
         if not changes:
@@ -223,8 +223,10 @@ class Applier:
                     return None
                 return self._refused(change, e)
             except KubeError as e:
-                if e.status == 409 or (e.status == 404 and change.key.namespace in
-                                       new_namespaces):
+                # Still unanswered after the retries (429, 5xx, no connection) is not a
+                # refusal of the values: the real apply retries again and reports it.
+                if e.status == 409 or e.transient or (
+                        e.status == 404 and change.key.namespace in new_namespaces):
                     return None
                 return self._refused(change, e)
             return None

@@ -270,7 +270,11 @@ class Engine:
         if not dry_run:
             refused = self.applier.preflight(plan, report.results)
             if refused:
-                raise _refused_error(refused)
+                # Status names each refusing service (the failure path alone knows only
+                # the services status already listed).
+                report.error = _refused_error(refused)
+                self._write_status(obj, inventory, report, snap, known)
+                raise report.error
             obj = self._record_intent(obj, plan, inventory)
         self.applier.apply(plan, report.results, dry_run=dry_run)
         if whole:

@@ -311,9 +311,11 @@ def test_a_422_is_reported_once_and_not_retried(app: App, tmp_path: Path) -> Non
     assert [(r.key.kind, r.key.name) for r in failed] == [("Service", "broken")]
     assert failed[0].error is not None and failed[0].error["status"] == 422
     sent = [p for m, p, _ in proxy.stats.log if m == "PATCH" and "/services/broken" in p]
-    assert len(sent) == 1
-    # Everything else was applied; the failure is in status.
-    assert ("Deployment", "redis") in app.objects()
+    assert len(sent) == 1 and "dryRun=All" in sent[0]  # refused by the dry-run, once
+    # A refusal before applying applies nothing (issue 9 finding 10: this used to roll
+    # out every other service); the failure is in status.
+    assert report.error is not None and report.error.code == "validation_error"
+    assert app.objects() == {}
     assert app.resource()["status"]["services"]["broken"]["state"] == "failed"
 
 
