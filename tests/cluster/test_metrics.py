@@ -20,7 +20,7 @@ from falcon import testing
 from prometheus_client import CollectorRegistry
 
 from controller.api.app import create_app
-from controller.config import Config
+from controller.config import ApiSettings, Config, EventSettings
 from controller.main import Controller
 from controller.metrics import KIND
 from tests.cluster import test_engine
@@ -184,3 +184,37 @@ def test_transient_failures_count_as_retries(app: App, tmp_path: Path) -> None:
             assert retried == {("PATCH", "503")}
     assert ("Deployment", "redis") in app.objects()
 
+
+
+def test_an_unusable_events_file_degrades_loudly_and_reconciling_goes_on(
+        app: App, tmp_path: Path) -> None:
+    """Before: a corrupt events file stopped the controller with a traceback that did not
+    name it (or booted, and /api/parameters/history answered 500)."""
+    path = tmp_path / "events.db"
+    path.write_bytes(b"not a database at all\n" * 200)
+    cfg = replace(app.cfg, events=EventSettings(path=path), api=ApiSettings(auth=False))
+    controller = Controller(cfg).start()
+    try:
+        wait_for(lambda: controller.engine.last is not None, timeout=60,
+                 message="the first pass")
+        last = controller.engine.last
+        assert last is not None and last.ok, last.summary() if last else None
+        client = testing.TestClient(create_app(controller))
+        store = client.simulate_get("/api/status").json["eventStore"]
+        assert store["status"] == "degraded" and store["path"] == str(path)
+        assert "not a database" in store["error"] and store["hint"]
+        metrics = client.simulate_get("/metrics").text
+        assert "conductor_event_store_degraded 1.0" in metrics
+        history = client.simulate_get("/api/parameters/history")
+        assert history.status_code == 200, history.text
+        wait_for(lambda: client.simulate_get("/api/parameters/history").json["history"][0]
+                 ["applied"], timeout=10, message="the first pass recorded as applied")
+        # Said where operators look: an event (and a Kubernetes Event), once.
+        wait_for(lambda: [e for e in client.simulate_get("/api/events?type=warning")
+                          .json["events"] if e["reason"] == "EventStoreUnusable"],
+                 timeout=10, message="the EventStoreUnusable event")
+        posted, _ = app.kube.list("v1", "Event", app.namespace)
+        assert [e for e in posted if e.get("reason") == "EventStoreUnusable"]
+    finally:
+        controller.stop()
+    assert path.read_bytes().startswith(b"not a database")  # kept for inspection
