@@ -294,7 +294,10 @@ class Engine:
         told from a first install by what we know: this engine read the object before, or
         objects labelled with this instance exist.
         """
-        obj = self.resource.get()
+        try:
+            obj = self.resource.get()
+        except UnknownKindError:  # the CRD is gone, and discovery knows it already
+            obj = None
         if obj is not None:
             self._seen = str(obj.get("metadata", {}).get("uid", "")) or "seen"
             self._reported_deleted = False
