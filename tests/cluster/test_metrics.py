@@ -213,8 +213,9 @@ def test_an_unusable_events_file_degrades_loudly_and_reconciling_goes_on(
         wait_for(lambda: [e for e in client.simulate_get("/api/events?type=warning")
                           .json["events"] if e["reason"] == "EventStoreUnusable"],
                  timeout=10, message="the EventStoreUnusable event")
-        posted, _ = app.kube.list("v1", "Event", app.namespace)
-        assert [e for e in posted if e.get("reason") == "EventStoreUnusable"]
+        wait_for(lambda: [e for e in app.kube.list("v1", "Event", app.namespace)[0]
+                          if e.get("reason") == "EventStoreUnusable"], timeout=10,
+                 message="the Kubernetes Event on the DeploymentParameters object")
     finally:
         controller.stop()
     assert path.read_bytes().startswith(b"not a database")  # kept for inspection
