@@ -15,7 +15,9 @@ in `middleware()` is the order of the checks.
 from __future__ import annotations
 
 import hmac
+import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ from controller.errors import (
     RateLimitedError,
     UnauthorizedError,
 )
+
+log = logging.getLogger(__name__)
 
 # Paths anyone may call: probes, the metrics scrape, the API description. The Git webhook
 # proves itself with its own signature instead of a bearer token.
@@ -90,6 +94,49 @@ def load_tokens(path: str) -> list[Token]:
     return out
 
 
+class TokenFile:
+    """The tokens file, re-read when it changes: a mounted Secret is updated in place (its
+    symlink swapped), so a rotated token works, and the old one stops working, without a
+    restart. Checked at most every `interval` seconds (one stat); a file that turns bad is
+    logged and the last good tokens stay in force (failing open or closed on a typo would
+    both be worse than the last good state)."""
+
+    def __init__(self, path: str, tokens: list[Token] | None = None,
+                 interval: float = 1.0) -> None:
+        self.path = path
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._key = self._stat()
+        self._tokens = load_tokens(path) if tokens is None else tokens
+        self._checked = time.monotonic()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def tokens(self) -> list[Token]:
+        now = time.monotonic()
+        if now - self._checked < self.interval:
+            return self._tokens
+        with self._lock:
+            if now - self._checked < self.interval:
+                return self._tokens
+            self._checked = now
+            key = self._stat()
+            if key != self._key:
+                self._key = key
+                try:
+                    self._tokens = load_tokens(self.path)
+                    log.info("API tokens file %s changed: %d token(s) in force",
+                             self.path, len(self._tokens))
+                except TokensFileError as e:
+                    log.error("%s; the previous tokens stay in force", e)
+            return self._tokens
+
+
 ALL_SCOPES = frozenset({"read", "write"})
 BEARER_CHALLENGE = 'Bearer realm="conductor"'
 
@@ -98,12 +145,16 @@ class AuthMiddleware:
     """Sets `req.context.client` (who, for rate limits and logs) and `req.context.scopes`
     (what the caller may do: resources redact secrets for callers without `write`)."""
 
-    def __init__(self, settings: ApiSettings, tokens: list[Token],
+    def __init__(self, settings: ApiSettings, tokens: list[Token] | TokenFile,
                  failures: FailureThrottle | None = None) -> None:
         self.settings = settings
-        self.tokens = tokens
+        self.source = tokens
         self.failures = failures or FailureThrottle(settings.auth_failure_rate,
                                                     settings.auth_failure_burst)
+
+    @property
+    def tokens(self) -> list[Token]:
+        return self.source.tokens() if isinstance(self.source, TokenFile) else self.source
 
     def _match(self, presented: str) -> Token | None:
         found = None
@@ -249,10 +300,12 @@ class BodyLimitMiddleware:
 
 def middleware(settings: ApiSettings, tokens: list[Token] | None = None) -> list[Any]:
     """The checks in order: who (auth), how often (rate), how much (body). `tokens` are
-    loaded by the caller once, before anything starts; by default from the settings."""
-    if tokens is None:
-        tokens = load_tokens(settings.tokens_file) if settings.tokens_file else []
-    out: list[Any] = [AuthMiddleware(settings, tokens),
+    the file's as loaded by the caller before anything started (default: read it now);
+    the file is watched for changes from then on."""
+    source: list[Token] | TokenFile = []
+    if settings.tokens_file:
+        source = TokenFile(settings.tokens_file, tokens)
+    out: list[Any] = [AuthMiddleware(settings, source),
                       RateLimitMiddleware(settings.rate_limit, settings.rate_burst),
                       BodyLimitMiddleware(settings.max_body_bytes)]
     if settings.cors_origins:

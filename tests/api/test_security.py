@@ -17,6 +17,7 @@ from falcon import testing
 
 from controller.config import ApiSettings
 from tests.api.conftest import Api, envelope
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -241,3 +242,35 @@ def test_callers_scopes_are_known_to_the_resources(make_api: Callable[..., Api],
     assert scopes_of(on, _bearer(WRITE)) == {"read", "write"}
     assert scopes_of(ApiSettings(auth=False), {}) == {"read", "write"}
     assert scopes_of(ApiSettings(auth=True, public_reads=True), {}) == {"read"}
+
+
+def test_a_rotated_token_works_without_a_restart(make_api: Callable[..., Api],
+                                                 tokens_file: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    api = make_api(ApiSettings(auth=True, tokens_file=tokens_file))
+    assert api.get("/api/services", headers=_bearer(READ)).status_code == 200
+    rotated = "read-token-rotated-5d21"
+    # As a mounted Secret is updated: the new file replaces the old one in one rename.
+    path = Path(tokens_file)
+    new = path.with_name("tokens.new")
+    new.write_text(yaml.safe_dump({"tokens": [
+        {"name": "dashboard", "token": rotated, "scopes": ["read"]},
+        {"name": "ci", "token": WRITE, "scopes": ["write"]}]}))
+    new.replace(path)
+    wait_for(lambda: api.get("/api/services", headers=_bearer(rotated)).status_code == 200,
+             timeout=10, message="the rotated token to be accepted")
+    envelope(api.get("/api/services", headers=_bearer(READ)), 401, "unauthorized")
+    # A file that turns bad keeps the last good tokens in force (and says so in the log).
+    path.write_text("tokens: [{name: broken")
+
+    def broken_seen() -> bool:
+        assert api.get("/api/services", headers=_bearer(rotated)).status_code == 200
+        return "the previous tokens stay in force" in caplog.text
+
+    with caplog.at_level("ERROR", logger="controller.api.security"):
+        wait_for(broken_seen, timeout=10, message="the broken file to be noticed")
+    assert api.get("/api/services", headers=_bearer(rotated)).status_code == 200
+    path.write_text(yaml.safe_dump({"tokens": [
+        {"name": "ci", "token": WRITE, "scopes": ["write"]}]}))
+    wait_for(lambda: api.get("/api/services", headers=_bearer(rotated)).status_code == 401,
+             timeout=10, message="the removed token to be refused")
