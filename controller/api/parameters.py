@@ -103,13 +103,15 @@ class _Base:
         schema = self.controller.engine.schema
         if cfg.source == "git" and instance == cfg.instance:
             git = self.controller.git_source()
-            if git is None or not cfg.git.write:
+            writable = git is not None and cfg.git.write
+            # Validation comes first: an invalid body is a 400 whatever the source allows.
+            spec = build(self._spec(req, fresh=writable))
+            validate_spec(spec, schema)
+            if git is None or not writable:
                 raise ConflictError(
                     "parameters come from Git and this controller may not push; change them "
                     "with a commit", {"source": "git", "url": git.url if git else "",
                                       "ref": cfg.git.ref, "hint": "set CONDUCTOR_GIT_WRITE"})
-            spec = build(self._spec(req, fresh=True))
-            validate_spec(spec, schema)
             sha = git.write_params(spec, message)
             self.controller.loop.wake("api")
             return {"message": "Parameters updated", "parameters": spec, "revision": sha}
