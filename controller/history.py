@@ -7,6 +7,11 @@ that were refused (invalid parameters, a template that does not render) are list
 marked `applied: false`; a rollback to one of them would only fail again. Rolling back
 writes a stored spec as the new spec (or a new Git commit): history is never rewritten.
 
+A resource's revisions (`generation/N`) start again at 1 when the object is deleted and
+created anew, so each row also keeps its `origin` (the object's uid): when a revision comes
+back from another origin, the older row is renamed `generation/N@<uid prefix>` and stays
+listed (and restorable) under that name, and the new object's row takes the plain name.
+
 Errors of the file (damaged, read-only, removed underneath) become `EventStoreError`
 naming the file, never a bare sqlite3 error.
 """
@@ -38,8 +43,9 @@ CREATE TABLE IF NOT EXISTS parameter_history (
 );
 CREATE INDEX IF NOT EXISTS parameter_history_instance ON parameter_history (instance, id);
 """
-# Added later: NULL for rows recorded before it existed (unknown), else 0 or 1.
-_APPLIED_COLUMN = "ALTER TABLE parameter_history ADD COLUMN applied INTEGER"
+# Added later: NULL for rows recorded before they existed (unknown).
+_COLUMNS = {"applied": "ALTER TABLE parameter_history ADD COLUMN applied INTEGER",  # 0 or 1
+            "origin": "ALTER TABLE parameter_history ADD COLUMN origin TEXT"}
 
 
 class History:
@@ -53,21 +59,33 @@ class History:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(parameter_history)")}
-            if "applied" not in columns:
-                self._db.execute(_APPLIED_COLUMN)
+            for name, statement in _COLUMNS.items():
+                if name not in columns:
+                    self._db.execute(statement)
         except BaseException:
             self._db.close()
             raise
 
-    def record(self, instance: str, revision: str, source: str, spec: dict[str, Any]) -> bool:
-        """Store the spec of a revision once (not yet applied); True when it was new."""
+    def record(self, instance: str, revision: str, source: str, spec: dict[str, Any],
+               origin: str = "") -> bool:
+        """Store the spec of a revision once (not yet applied); True when it was new.
+        `origin`: what the revision counts within (a resource's uid), "" for Git."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
         def write(db: sqlite3.Connection) -> bool:
+            if origin:
+                old = db.execute(
+                    "SELECT id, origin FROM parameter_history WHERE instance = ? AND "
+                    "revision = ?", (instance, revision)).fetchone()
+                if old is not None and old[1] and old[1] != origin:
+                    # The same name from a deleted object: keep its row under its own name.
+                    db.execute("UPDATE OR REPLACE parameter_history SET revision = ? "
+                               "WHERE id = ?", (f"{revision}@{old[1][:8]}", old[0]))
             cur = db.execute(
                 "INSERT OR IGNORE INTO parameter_history (instance, revision, source, "
-                "timestamp, spec, applied) VALUES (?, ?, ?, ?, ?, 0)",
-                (instance, revision, source, now, json.dumps(spec, sort_keys=True)))
+                "timestamp, spec, applied, origin) VALUES (?, ?, ?, ?, ?, 0, ?)",
+                (instance, revision, source, now, json.dumps(spec, sort_keys=True),
+                 origin or None))
             if cur.rowcount:
                 db.execute(
                     "DELETE FROM parameter_history WHERE instance = ? AND id <= "

@@ -359,7 +359,8 @@ class Controller:
         applied = snap is not None and report.ok and report.operation != "plan"
         if snap is not None:
             try:
-                self.history.record(self.cfg.instance, snap.revision, snap.source, snap.spec)
+                self.history.record(self.cfg.instance, snap.revision, snap.source, snap.spec,
+                                    origin=str(snap.details.get("uid", "")))
                 if applied:
                     self.history.mark_applied(self.cfg.instance, snap.revision)
             except Exception as e:  # the event store must never break a pass

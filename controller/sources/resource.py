@@ -162,8 +162,11 @@ class ResourceSource:
 
     def snapshot(self, resource: dict[str, Any]) -> Snapshot:
         generation = int(resource.get("metadata", {}).get("generation", 0))
+        # The uid tells this object's generation/N from a deleted namesake's (history).
+        uid = str(resource.get("metadata", {}).get("uid") or "")
         return Snapshot(spec=resource.get("spec") or {}, revision=f"generation/{generation}",
-                        manifest_root=self.cfg.manifest_root, source="resource")
+                        manifest_root=self.cfg.manifest_root, source="resource",
+                        details={"uid": uid} if uid else {})
 
 
 def load_seed(root: Path) -> dict[str, Any]:
