@@ -116,7 +116,14 @@ class _Base:
             self.controller.loop.wake("api")
             return {"message": "Parameters updated", "parameters": spec, "revision": sha}
         resource = self._resource(req)
-        base = resource.read()
+        base = resource.get()
+        if base is None:
+            base = self._recreate(resource, instance, build, reapply)
+            if base is None:  # created with exactly this spec
+                obj = resource.read()
+                return {"message": "Parameters updated",
+                        "parameters": obj.get("spec") or {},
+                        "revision": f"generation/{obj['metadata'].get('generation')}"}
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             spec = build(dict(base.get("spec") or {}))
             validate_spec(spec, schema)
@@ -134,6 +141,30 @@ class _Base:
                 base = fresh
         return {"message": "Parameters updated", "parameters": obj.get("spec") or {},
                 "revision": f"generation/{obj['metadata'].get('generation')}"}
+
+
+    def _recreate(self, resource: ParametersResource, instance: str,
+                  build: Callable[[dict[str, Any]], dict[str, Any]],
+                  reapply: bool) -> dict[str, Any] | None:
+        """The controller's own object is missing (deleted after it was applied: the loop
+        has stopped and kept the app). A whole spec (POST, rollback) creates it again; a
+        merge patch has nothing to merge into. Returns None when created with the spec,
+        or the object another writer created meanwhile (then written over as usual)."""
+        cfg = self.controller.cfg
+        missing = NotFoundError(
+            f"DeploymentParameters {resource.namespace}/{instance} not found",
+            {"namespace": resource.namespace, "instance": instance,
+             "hint": "POST /api/parameters with the whole spec creates the controller's "
+                     "own instance again" if instance == cfg.instance else ""})
+        if reapply or instance != cfg.instance:
+            raise missing
+        spec = build({})
+        validate_spec(spec, self.controller.engine.schema)
+        created = resource.ensure(seed=spec)
+        if (created.get("spec") or {}) == spec:
+            self.controller.loop.wake("api")
+            return None
+        return created
 
 
 def _generation(obj: dict[str, Any]) -> Any:

@@ -296,3 +296,45 @@ def test_services_of_another_instance_or_404(api: Api) -> None:
     assert detail.json["instance"] == "other" and detail.json["objects"] == []
     assert detail.json["health"]["status"] == "down"
     assert api.get("/api/services/redis").json["health"]["status"] != "down"
+
+
+def test_post_recreates_a_deleted_object_and_the_loop_resumes(api: Api) -> None:
+    spec = api.get("/api/parameters").json
+    spec["services"]["postgres"]["password"] = PASSWORD
+    assert api.post("/api/parameters", spec).status_code == 200
+    wait_for(lambda: api.controller.engine.last is not None
+             and api.controller.engine.last.revision == "generation/2"
+             and api.controller.engine.last.ok, timeout=30, message="the new spec applied")
+    api.app.kube.delete(API_VERSION, KIND, "default", api.namespace)
+
+    def stopped() -> bool:
+        last = api.controller.engine.last
+        return last is not None and last.error is not None and \
+            last.error.details.get("reason") == "ParametersDeleted"
+    wait_for(stopped, timeout=30, message="the loop to stop on the deletion")
+    # Nothing to merge into: a PATCH says how to recreate it, and creates nothing.
+    details = envelope(api.patch("/api/parameters", {"global": {"replicas": 1}}), 404,
+                       "not_found")
+    assert "POST /api/parameters" in details["hint"]
+    assert api.app.kube.get(API_VERSION, KIND, "default", api.namespace) is None
+    # An invalid spec creates nothing either.
+    envelope(api.post("/api/parameters", {"services": {"redis": {"replicas": "x"}}}), 400,
+             "validation_error")
+    assert api.app.kube.get(API_VERSION, KIND, "default", api.namespace) is None
+    # The whole spec creates it again; the loop resumes with it, the password kept.
+    created = api.post("/api/parameters", spec)
+    assert created.status_code == 200, created.text
+    assert created.json["revision"] == "generation/1"
+    assert _spec(api)["services"]["postgres"]["password"] == PASSWORD
+    wait_for(lambda: api.controller.engine.last is not None
+             and api.controller.engine.last.ok, timeout=30,
+             message="a successful pass on the recreated object")
+    # The new object's generation/1 does not collide with the deleted one's row.
+    def history() -> dict[str, Any]:
+        return {h["revision"]: h for h in api.get("/api/parameters/history").json["history"]}
+    wait_for(lambda: any(r.startswith("generation/1@") for r in history()), timeout=10,
+             message=f"the deleted object's generation/1 kept apart: {list(history())}")
+    rows = history()
+    assert rows["generation/1"]["parameters"] == spec
+    assert rows["generation/1"]["applied"] is True
+    assert "generation/2" in rows
