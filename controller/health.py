@@ -6,14 +6,24 @@ status) the way kstatus does — observedGeneration, replica counts, conditions 
 be tested on recorded objects and run on watched state without API calls. Waiting for a
 rollout's progress deadline (10 minutes by default) to learn that an image does not exist
 is too slow, so a pod waiting in ImagePullBackOff, CrashLoopBackOff or
-CreateContainerConfigError, or unschedulable for longer than a threshold, makes its workload
-`unhealthy` at once, with the pod, container, reason, message and a short hint.
+CreateContainerConfigError, a container that crashed again after a restart (before the
+kubelet's back-off says CrashLoopBackOff), or a pod unschedulable for longer than a
+threshold, makes its workload `unhealthy` at once, with the pod, container, reason, message
+and a short hint.
+
+`suspended` is an object that is as someone asked and will not progress by itself: a
+paused Deployment, a suspended Job or CronJob. It is not a failure: a service whose worst
+object is suspended is `suspended`, not unhealthy, and an unhealthy object still outranks it.
+The verdicts agree with Argo CD's gitops-engine on its own health test objects (see
+tests/unit/test_health_parity.py), except where the peer's answer serves its sync hooks
+rather than the question "is this working".
 
 Pure: no I/O and no clock; the caller passes `now`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,18 +32,23 @@ from typing import Any, Final, Literal
 
 from controller.objects import Body
 
-Status = Literal["healthy", "progressing", "unhealthy", "unknown"]
-ServiceStatus = Literal["healthy", "progressing", "unhealthy", "unknown", "down"]
+Status = Literal["healthy", "suspended", "progressing", "unhealthy", "unknown"]
+ServiceStatus = Literal["healthy", "suspended", "progressing", "unhealthy", "unknown", "down"]
 
 HEALTHY: Final = "healthy"
+SUSPENDED: Final = "suspended"
 PROGRESSING: Final = "progressing"
 UNHEALTHY: Final = "unhealthy"
 UNKNOWN: Final = "unknown"
 DOWN: Final = "down"
 
 # Worst-of order for a service: one broken object makes it unhealthy; progress (a
-# rollout) outranks not knowing yet (a watch still syncing).
-SEVERITY: Final[Mapping[str, int]] = {HEALTHY: 0, UNKNOWN: 1, PROGRESSING: 2, UNHEALTHY: 3}
+# rollout) outranks not knowing yet (a watch still syncing); a paused object only says the
+# rest is as good as it gets while it stays paused.
+SEVERITY: Final[Mapping[str, int]] = {HEALTHY: 0, SUSPENDED: 1, UNKNOWN: 2, PROGRESSING: 3,
+                                      UNHEALTHY: 4}
+# Every status a service can have, best first (the API's and the metrics' vocabulary).
+SERVICE_STATUSES: Final = (HEALTHY, SUSPENDED, PROGRESSING, UNHEALTHY, UNKNOWN, DOWN)
 
 DEFAULT_PENDING_THRESHOLD = 60.0  # seconds a pod may stay unschedulable before it is a failure
 
@@ -60,6 +75,16 @@ _FORBIDDEN = re.compile(r'cannot (\S+) resource "([^"]+)" in API group "([^"]*)"
                         r'(?: in the namespace "([^"]+)")?')
 
 _WORKLOAD_GROUP = "apps"
+
+# autoscaling/v1 has no status.conditions: the controller writes v2's into this annotation.
+HPA_CONDITIONS: Final = "autoscaling.alpha.kubernetes.io/conditions"
+# AbleToScale reasons that say the target itself cannot be read or scaled.
+HPA_TARGET_FAILURES: Final = frozenset({"FailedGetScale", "FailedUpdateScale"})
+HPA_METRICS_HINT: Final = ("the autoscaler cannot read its metrics: check the metrics API "
+                           "(metrics-server, or the adapter for custom and external metrics) "
+                           "and that the target's containers request the resource it scales on")
+HPA_SELECTOR_HINT: Final = ("the autoscaler cannot use its target's selector: check the "
+                            "target's spec.selector")
 
 
 @dataclass(frozen=True)
@@ -204,6 +229,14 @@ def _assess(obj: Body, pods: Sequence[Body], now: datetime | None,
         return _with_pending(_WORKLOADS[kind](obj, pods, now, threshold), pods, threshold)
     if group == "batch" and kind == "Job":
         return _with_pending(_job(obj, pods, now, threshold), pods, threshold)
+    if group == "batch" and kind == "CronJob":
+        return _cron_job(obj)
+    if group == "autoscaling" and kind == "HorizontalPodAutoscaler":
+        return _autoscaler(obj)
+    if group == "apiregistration.k8s.io" and kind == "APIService":
+        return _api_service(obj)
+    if group == "apiextensions.k8s.io" and kind == "CustomResourceDefinition":
+        return _definition(obj)
     if group == "" and kind == "Pod":
         return _pod(obj, now, threshold)
     if group == "" and kind == "PersistentVolumeClaim":
@@ -233,6 +266,13 @@ def _deployment(obj: Body, pods: Sequence[Body], now: datetime | None,
     if problem:
         return problem
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    if spec.get("paused"):
+        # A paused rollout stays where it is until someone resumes it: not a failure,
+        # and not progress either (the deadline does not run while paused).
+        return ObjectHealth(SUSPENDED, "Paused", "the deployment is paused: "
+                            f"{status.get('updatedReplicas', 0)} of {spec.get('replicas', 1)}"
+                            " replicas updated",
+                            "set spec.paused to false to let the rollout continue")
     want = int(spec.get("replicas", 1))
     updated = int(status.get("updatedReplicas", 0))
     total = int(status.get("replicas", 0))
@@ -306,12 +346,17 @@ def _daemon_set(obj: Body, pods: Sequence[Body], now: datetime | None,
     counts = {name: int(status.get(field_, 0)) for name, field_ in (
         ("scheduled", "currentNumberScheduled"), ("updated", "updatedNumberScheduled"),
         ("available", "numberAvailable"), ("ready", "numberReady"))}
+    # OnDelete: a pod gets the new template only when someone deletes it, so old pods are
+    # the finished state of such a rollout, not a rollout in progress.
+    on_delete = ((obj.get("spec") or {}).get("updateStrategy") or {}).get("type") == "OnDelete"
     for name, value in counts.items():
-        if value < want:
+        if value < want and not (on_delete and name == "updated"):
             return ObjectHealth(PROGRESSING, "RollingUpdate" if name == "updated"
                                 else "PodsNotReady", f"{value} of {want} pods {name}",
                                 details={"desired": want, **counts})
-    return ObjectHealth(HEALTHY, "Ready", f"{want} of {want} pods ready",
+    stale = (f" ({want - counts['updated']} on the old template until deleted: OnDelete)"
+             if on_delete and counts["updated"] < want else "")
+    return ObjectHealth(HEALTHY, "Ready", f"{want} of {want} pods ready{stale}",
                         details={"desired": want, **counts})
 
 
@@ -361,10 +406,120 @@ def _job(obj: Body, pods: Sequence[Body], now: datetime | None,
     if problem:
         return problem
     if (obj.get("spec") or {}).get("suspend"):
-        return ObjectHealth(PROGRESSING, "Suspended", "the job is suspended", details=counts)
+        return ObjectHealth(SUSPENDED, "Suspended", "the job is suspended",
+                            "set spec.suspend to false to run it", counts)
     return ObjectHealth(PROGRESSING, "Running",
                         f"{counts['active']} active, {counts['succeeded']} succeeded, "
                         f"{counts['failed']} failed", details=counts)
+
+
+def _cron_job(obj: Body) -> ObjectHealth:
+    """A CronJob is healthy once it exists: each run is a Job with its own health."""
+    status = obj.get("status") or {}
+    last = str(status.get("lastScheduleTime") or "")
+    if (obj.get("spec") or {}).get("suspend"):
+        return ObjectHealth(SUSPENDED, "Suspended", "the cron job is suspended"
+                            + (f" (last run scheduled {last})" if last else ""),
+                            "set spec.suspend to false to schedule it again")
+    active = len(status.get("active") or [])
+    return ObjectHealth(HEALTHY, "Scheduled", f"{active} active job(s)"
+                        + (f", last scheduled {last}" if last else ", not run yet"))
+
+
+def _autoscaler(obj: Body) -> ObjectHealth:
+    """A HorizontalPodAutoscaler from its conditions (autoscaling/v1 keeps them in an
+    annotation). It is working when it can scale its target and read its metrics."""
+    conds = _autoscaler_conditions(obj)
+    able = conds.get("AbleToScale") or {}
+    active = conds.get("ScalingActive") or {}
+    if able.get("reason") in HPA_TARGET_FAILURES:
+        # The reason, not the status: it names the failed step whatever the status says.
+        reason = str(able["reason"])
+        verb = "read" if reason == "FailedGetScale" else "update"
+        return ObjectHealth(UNHEALTHY, reason,
+                            str(able.get("message") or f"cannot {verb} its target's scale"),
+                            f"the autoscaler cannot {verb} the scale of {_target(obj)}: check "
+                            "that spec.scaleTargetRef names an existing workload (and, for a "
+                            "custom resource, that it has a scale subresource)")
+    if able.get("reason") == "SucceededRescale":
+        # Its last sync scaled the target, which it only does after that sync read its
+        # metrics or the target was out of bounds: a failed ScalingActive is from before.
+        return ObjectHealth(HEALTHY, "SucceededRescale", str(able.get("message") or ""))
+    if active.get("status") == "False" and active.get("reason") != "ScalingDisabled":
+        reason = str(active.get("reason") or "ScalingInactive")
+        return ObjectHealth(UNHEALTHY, reason, str(active.get("message") or "cannot scale"),
+                            HPA_SELECTOR_HINT if reason == "InvalidSelector" else
+                            HPA_METRICS_HINT)
+    if able.get("status") == "True":
+        # ScalingDisabled (target at zero replicas) is a choice, not a failure.
+        limited = conds.get("ScalingLimited") or {}
+        note = (f"; {limited.get('reason')}: {limited.get('message')}"
+                if limited.get("status") == "True" else "")
+        message = str((active if active.get("reason") == "ScalingDisabled" else able)
+                      .get("message") or "")
+        return ObjectHealth(HEALTHY, str(able.get("reason") or "AbleToScale"), message + note)
+    if able:
+        return ObjectHealth(PROGRESSING, str(able.get("reason") or "NotAbleToScale"),
+                            str(able.get("message") or "waiting to scale"))
+    return ObjectHealth(PROGRESSING, "WaitingToAutoscale",
+                        "waiting for the autoscaler controller to report")
+
+
+def _autoscaler_conditions(obj: Body) -> dict[str, Body]:
+    conds = _conditions(obj)
+    if conds:
+        return conds
+    raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(HPA_CONDITIONS)
+    parsed = json.loads(raw) if raw else []
+    if not isinstance(parsed, list):
+        raise ValueError(f"{HPA_CONDITIONS} is not a list")
+    return {str(c.get("type")): c for c in parsed if isinstance(c, dict)}
+
+
+def _target(obj: Body) -> str:
+    ref = (obj.get("spec") or {}).get("scaleTargetRef") or {}
+    return f"{ref.get('kind', '?')}/{ref.get('name', '?')}"
+
+
+def _api_service(obj: Body) -> ObjectHealth:
+    """An aggregated API is usable when kube-apiserver says Available (it probes it)."""
+    available = _conditions(obj).get("Available") or {}
+    if available.get("status") == "True":
+        return ObjectHealth(HEALTHY, str(available.get("reason") or "Available"),
+                            str(available.get("message") or ""))
+    if not available:
+        return ObjectHealth(PROGRESSING, "NotObserved", "waiting for its availability check")
+    service = (obj.get("spec") or {}).get("service") or {}
+    where = f"{service.get('namespace')}/{service.get('name')}" if service else ""
+    # Progressing, as the peer says: the backing pods are often still starting; their
+    # own objects carry the failure when they cannot start.
+    return ObjectHealth(PROGRESSING, str(available.get("reason") or "Unavailable"),
+                        str(available.get("message") or "not available"),
+                        f"the API is served by Service {where}: check its endpoints and pods"
+                        if where else "")
+
+
+def _definition(obj: Body) -> ObjectHealth:
+    """A CRD serves its kind once Established; names another CRD holds are never accepted,
+    and a non-structural schema (apiextensions v1beta1) loses pruning and defaulting."""
+    conds = _conditions(obj)
+    names = conds.get("NamesAccepted") or {}
+    if names.get("status") == "False":
+        message = str(names.get("message") or "names not accepted")
+        return ObjectHealth(UNHEALTHY, str(names.get("reason") or "NamesNotAccepted"), message,
+                            f"its names conflict with another definition: {message}: rename "
+                            "its kind, plural or short names")
+    schema = conds.get("NonStructuralSchema") or {}
+    if schema.get("status") == "True":
+        return ObjectHealth(UNHEALTHY, str(schema.get("reason") or "NonStructuralSchema"),
+                            str(schema.get("message") or "non-structural schema"),
+                            "make its schema structural (every field typed; see "
+                            "apiextensions.k8s.io/v1)")
+    established = conds.get("Established") or {}
+    if established.get("status") == "True":
+        return ObjectHealth(HEALTHY, "Established", str(established.get("message") or ""))
+    return ObjectHealth(PROGRESSING, str(established.get("reason") or "NotEstablished"),
+                        str(established.get("message") or "waiting to be established"))
 
 
 def _pod(pod: Body, now: datetime | None, threshold: float) -> ObjectHealth:
@@ -407,15 +562,23 @@ def pod_problem(pod: Body, now: datetime | None = None,
     """An unhealthy verdict that should not wait for a deadline, or None.
 
     A container waiting for a reason that will not go away by itself (see
-    FAIL_FAST_REASONS), or a pod unschedulable for longer than `pending_threshold`.
+    FAIL_FAST_REASONS), a container that failed again after a restart (the kubelet says
+    CrashLoopBackOff only once it backs off, seconds to minutes later), or a pod
+    unschedulable for longer than `pending_threshold`.
     """
     if (pod.get("metadata") or {}).get("deletionTimestamp"):
         return None  # on its way out: a rollout replacing it is not failing
+    restarts_allowed = (pod.get("spec") or {}).get("restartPolicy", "Always") != "Never"
     for c in _container_statuses(pod):
-        waiting = (c.get("state") or {}).get("waiting") or {}
+        state = c.get("state") or {}
+        waiting = state.get("waiting") or {}
         reason = str(waiting.get("reason") or "")
         if reason in FAIL_FAST_REASONS:
             return _container_problem(pod, c, reason, str(waiting.get("message") or ""))
+        term = state.get("terminated") or {}
+        if (restarts_allowed and term and int(term.get("exitCode") or 0) != 0
+                and int(c.get("restartCount") or 0) > 0):
+            return _crashed(pod, c, term)
     deadline = unschedulable_deadline(pod, pending_threshold)
     if deadline is not None:
         created = deadline - timedelta(seconds=pending_threshold)
@@ -455,6 +618,27 @@ def _container_problem(pod: Body, c: Body, reason: str, message: str) -> ObjectH
         hint = f"the container cannot start: {message}" if message else ""
     text = f"pod {_name(pod)}: container {name}: {reason}" + (f": {message}" if message else "")
     return ObjectHealth(UNHEALTHY, reason, text, hint, details)
+
+
+def _crashed(pod: Body, c: Body, term: Body) -> ObjectHealth:
+    """A container that exited with an error and had been restarted before: it is crashing,
+    whatever the kubelet calls its state right now."""
+    name = str(c.get("name", ""))
+    restarts = int(c.get("restartCount") or 0)
+    why = str(term.get("reason") or "Error")
+    code = term.get("exitCode")
+    details: dict[str, Any] = {"pod": _name(pod), "container": name, "reason": why,
+                               "message": str(term.get("message") or ""),
+                               "image": str(c.get("image", "")), "restartCount": restarts,
+                               "lastTermination": {"reason": why, "exitCode": code}}
+    if why == "OOMKilled":
+        hint = (f"container killed for exceeding its memory limit, {restarts} restart(s): "
+                "raise resources.limits.memory or reduce its memory use")
+    else:
+        hint = (f"container crashing: terminated {why} (exit code {code}), {restarts} "
+                "restart(s): check its logs")
+    return ObjectHealth(UNHEALTHY, why, f"pod {_name(pod)}: container {name}: terminated "
+                        f"{why} (exit code {code}) after {restarts} restart(s)", hint, details)
 
 
 def _config_hint(message: str, details: dict[str, Any]) -> str:
@@ -509,9 +693,15 @@ def _ingress(obj: Body) -> ObjectHealth:
 
 def _address(obj: Body, who: str) -> ObjectHealth:
     ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-    addresses = [str(i.get("ip") or i.get("hostname") or "") for i in ingress]
+    addresses = [str(i.get("ip") or i.get("hostname") or "") for i in ingress
+                 if isinstance(i, dict)]
     if any(addresses):
         return ObjectHealth(HEALTHY, "AddressAssigned", ", ".join(a for a in addresses if a))
+    if addresses:
+        # Some controllers publish an entry without ip or hostname (`[{}]`) once the
+        # load balancer exists: provisioned, with an address they do not report.
+        return ObjectHealth(HEALTHY, "AddressAssigned",
+                            f"{who} published {len(addresses)} entry(ies) without an address")
     return ObjectHealth(PROGRESSING, "NoAddress", f"waiting for an address from {who}")
 
 

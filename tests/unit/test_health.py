@@ -463,7 +463,7 @@ def test_job_states() -> None:
     assert "BackoffLimitExceeded" in failed.hint
     check(assess(JOB_COMPLETE), "healthy", "Complete")
     check(assess(JOB_RUNNING, [POD_IMAGE_PULL_BACKOFF]), "unhealthy", "ImagePullBackOff")
-    check(assess(changed(JOB_RUNNING, spec__suspend=True)), "progressing", "Suspended")
+    check(assess(changed(JOB_RUNNING, spec__suspend=True)), "suspended", "Suspended")
 
 
 # -- pods ------------------------------------------------------------------------------------------
