@@ -673,3 +673,157 @@ def test_forbidden_answers_become_rbac_problems() -> None:
     assert h.status == "unhealthy" and h.reason == "Forbidden"
     assert h.hint.startswith("RBAC: the controller may not patch deployments.apps")
     assert h.details == {"verb": "patch", "resource": "deployments.apps"}
+
+
+# -- suspended ----------------------------------------------------------------------------------
+# A paused rollout and a suspended Job or CronJob wait for a person, not for time: neither
+# progress nor failure (the shapes as kube-controller-manager leaves them).
+
+DEPLOYMENT_PAUSED = changed(
+    DEPLOYMENT_ROLLING, spec__paused=True, status__conditions=[
+        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+         "message": "Deployment has minimum availability."},
+        {"type": "Progressing", "status": "Unknown", "reason": "DeploymentPaused",
+         "message": "Deployment is paused"}])
+CRON_JOB: Body = {
+    "apiVersion": "batch/v1beta1", "kind": "CronJob",
+    "metadata": {"name": "backup", "namespace": "cap", "generation": 1,
+                 "creationTimestamp": CREATED, "labels": OUR_LABELS},
+    "spec": {"schedule": "*/5 * * * *", "concurrencyPolicy": "Forbid", "suspend": False,
+             "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 1},
+    "status": {"lastScheduleTime": "2026-11-23T21:40:00Z",
+               "active": [{"kind": "Job", "namespace": "cap", "name": "backup-1795520400",
+                           "apiVersion": "batch/v1", "resourceVersion": "812",
+                           "uid": "5c2e1f0a-7b7d-4c55-9b1b-0d9a3c1e2f40"}]},
+}
+
+
+def test_paused_deployment_is_suspended_not_progressing() -> None:
+    h = check(assess(DEPLOYMENT_PAUSED), "suspended", "Paused")
+    assert "1 of 2 replicas updated" in h.message
+    assert "spec.paused" in h.hint
+    # Pausing needs the controller to see it first; a pod that cannot run still fails it.
+    check(assess(changed(DEPLOYMENT_PAUSED, metadata__generation=3)), "progressing",
+          "NotObserved")
+    check(assess(DEPLOYMENT_PAUSED, [POD_IMAGE_PULL_BACKOFF]), "unhealthy", "ImagePullBackOff")
+    check(assess(changed(DEPLOYMENT_READY, spec__paused=False)), "healthy")
+
+
+def test_suspended_job_and_cron_job() -> None:
+    h = check(assess(changed(JOB_RUNNING, spec__suspend=True, status={"conditions": [
+        {"type": "Suspended", "status": "True", "reason": "JobSuspended",
+         "message": "Job suspended"}]})), "suspended", "Suspended")
+    assert "spec.suspend" in h.hint
+    # A finished Job stays finished, suspended or not.
+    check(assess(changed(JOB_FAILED, spec__suspend=True)), "unhealthy", "BackoffLimitExceeded")
+    cron = check(assess(CRON_JOB), "healthy", "Scheduled")
+    assert cron.message == "1 active job(s), last scheduled 2026-11-23T21:40:00Z"
+    check(assess(changed(CRON_JOB, status={})), "healthy", "Scheduled")
+    off = check(assess(changed(CRON_JOB, spec__suspend=True)), "suspended", "Suspended")
+    assert "2026-11-23T21:40:00Z" in off.message
+    check(assess(changed(CRON_JOB, apiVersion="batch/v1", spec__suspend=True)), "suspended")
+
+
+def test_a_suspended_service_is_not_unhealthy() -> None:
+    paused = assess(DEPLOYMENT_PAUSED)
+    healthy = assess(SERVICE_CLUSTER_IP)
+    s = aggregate("frontend", "cap", [("cap/Service/frontend", healthy),
+                                      ("cap/Deployment/frontend", paused)],
+                  deployed=True, last_checked="2026-11-23T21:45:00Z")
+    assert (s.status, s.reason) == ("suspended", "Paused")
+    assert s.message.startswith("cap/Deployment/frontend: the deployment is paused")
+    assert s.hint == paused.hint and not s.healthy
+    assert s.to_dict()["objects"][0]["status"] == "suspended"
+    # Anything still moving or broken says more than a pause does.
+    for other, status in [(ObjectHealth("unknown", "NotObserved", ""), "unknown"),
+                          (ObjectHealth("progressing", "RollingUpdate", ""), "progressing"),
+                          (assess(POD_CRASH_LOOP), "unhealthy")]:
+        assert aggregate("x", "cap", [("a", paused), ("b", other)], deployed=True,
+                         last_checked="").status == status
+    assert aggregate("x", "cap", [("a", paused)], deployed=False,
+                     last_checked="").status == "down"
+
+
+# -- DaemonSet OnDelete, load balancers ---------------------------------------------------------
+
+
+def test_daemon_set_on_delete_rollout_is_done_when_pods_are_ready() -> None:
+    # The template changed (generation 4); OnDelete replaces no pod by itself.
+    on_delete = changed(DAEMON_SET_READY, metadata__generation=4,
+                        spec__updateStrategy={"type": "OnDelete"},
+                        status__observedGeneration=4, status__updatedNumberScheduled=1)
+    h = check(assess(on_delete), "healthy", "Ready")
+    assert h.message == "3 of 3 pods ready (2 on the old template until deleted: OnDelete)"
+    check(assess(changed(on_delete, status__numberReady=2, status__numberAvailable=2)),
+          "progressing", "PodsNotReady")
+    # The same status under RollingUpdate is a rollout still under way.
+    check(assess(changed(on_delete, spec__updateStrategy={"type": "RollingUpdate"})),
+          "progressing", "RollingUpdate")
+
+
+def test_load_balancer_entries_without_an_address_count_as_assigned() -> None:
+    # Some cloud controllers publish `ingress: [{}]` (the balancer exists; no ip/hostname).
+    empty_entry: Body = {"loadBalancer": {"ingress": [{}]}}
+    h = check(assess(changed(SERVICE_LB_PENDING, status=empty_entry)), "healthy",
+              "AddressAssigned")
+    assert "without an address" in h.message
+    check(assess(changed(INGRESS_PENDING, status=empty_entry)), "healthy", "AddressAssigned")
+    mixed = {"loadBalancer": {"ingress": [{}, {"ip": "203.0.113.10", "ports": [
+        {"port": 80, "protocol": "TCP"}]}]}}
+    assert assess(changed(SERVICE_LB_PENDING, status=mixed)).message == "203.0.113.10"
+    check(assess(changed(SERVICE_LB_PENDING, status={"loadBalancer": {"ingress": []}})),
+          "progressing", "NoAddress")
+
+
+# -- containers that crash before CrashLoopBackOff ---------------------------------------------
+
+
+def terminated_pod(reason: str, exit_code: int, restarts: int, *,
+                   policy: str = "Always") -> Body:
+    """A pod whose container just exited, as the kubelet reports it in the seconds before it
+    backs off (state terminated, the previous run in lastState)."""
+    run = {"exitCode": exit_code, "reason": reason, "startedAt": "2026-11-23T21:44:50Z",
+           "finishedAt": "2026-11-23T21:44:51Z", "containerID": "containerd://9f1c2a"}
+    pod = changed(POD_READY, metadata__name="frontend-7f8f9dff9-q999w",
+                  spec__restartPolicy=policy, status__conditions=_NOT_READY)
+    pod["status"]["containerStatuses"] = [{
+        "name": "frontend", "state": {"terminated": run},
+        "lastState": {"terminated": {**run, "startedAt": "2026-11-23T21:44:40Z",
+                                     "finishedAt": "2026-11-23T21:44:41Z"}} if restarts else {},
+        "ready": False, "restartCount": restarts, "image": "nginx:1.25", "imageID": "",
+        "started": False}]
+    return pod
+
+
+def test_a_container_failing_again_after_a_restart_is_unhealthy_at_once() -> None:
+    h = check(assess(terminated_pod("Error", 1, 2)), "unhealthy", "Error")
+    assert h.message == ("pod frontend-7f8f9dff9-q999w: container frontend: terminated Error "
+                         "(exit code 1) after 2 restart(s)")
+    assert h.hint == ("container crashing: terminated Error (exit code 1), 2 restart(s): "
+                      "check its logs")
+    assert h.details["lastTermination"] == {"reason": "Error", "exitCode": 1}
+    oom = check(assess(terminated_pod("OOMKilled", 137, 1)), "unhealthy", "OOMKilled")
+    assert "resources.limits.memory" in oom.hint
+    # Its workload fails at once, not when the kubelet's back-off starts.
+    check(assess(DEPLOYMENT_STARTING, [POD_READY, terminated_pod("Error", 1, 1)]),
+          "unhealthy", "Error")
+    check(assess(terminated_pod("Error", 1, 3, policy="OnFailure")), "unhealthy", "Error")
+
+
+def test_a_first_exit_or_a_clean_exit_is_not_a_crash() -> None:
+    # The first failure may be transient: the kubelet restarts it.
+    check(assess(terminated_pod("Error", 1, 0)), "progressing")
+    # OnFailure: a clean exit is done, not crashing.
+    check(assess(terminated_pod("Completed", 0, 1, policy="OnFailure")), "progressing")
+    # Never: the pod's phase tells (Failed), not a restart that will not happen.
+    failed = changed(terminated_pod("Error", 1, 0, policy="Never"), status__phase="Failed")
+    check(assess(failed), "unhealthy", "Failed")
+    # Init containers that finished are done, whatever the restart count of the pod.
+    init_done = changed(POD_READY, status__initContainerStatuses=[
+        {"name": "migrate", "ready": True, "restartCount": 1, "image": "migrate:1",
+         "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}])
+    check(assess(init_done), "healthy", "Ready")
+    init_failing = changed(POD_PENDING, status__initContainerStatuses=[
+        {"name": "migrate", "ready": False, "restartCount": 1, "image": "migrate:1",
+         "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}])
+    check(assess(init_failing), "unhealthy", "Error")
