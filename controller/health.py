@@ -47,8 +47,6 @@ DOWN: Final = "down"
 # rest is as good as it gets while it stays paused.
 SEVERITY: Final[Mapping[str, int]] = {HEALTHY: 0, SUSPENDED: 1, UNKNOWN: 2, PROGRESSING: 3,
                                       UNHEALTHY: 4}
-# Every status a service can have, best first (the API's and the metrics' vocabulary).
-SERVICE_STATUSES: Final = (HEALTHY, SUSPENDED, PROGRESSING, UNHEALTHY, UNKNOWN, DOWN)
 
 DEFAULT_PENDING_THRESHOLD = 60.0  # seconds a pod may stay unschedulable before it is a failure
 

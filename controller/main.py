@@ -426,7 +426,7 @@ class Controller:
             self.metrics.set_leader(self.is_leader())
         states = {h.name: h.status for h in self.health.services()}
         self.metrics.set_service_health(states)
-        worst = next((s for s in ("unhealthy", "progressing", "unknown") if s in
+        worst = next((s for s in ("unhealthy", "progressing", "unknown", "suspended") if s in
                       states.values()), "healthy")
         last = self.engine.last
         sync = "Unknown" if last is None else ("Synced" if last.ok else "OutOfSync")

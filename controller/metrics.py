@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 KIND = "DeploymentParameters"
-HEALTH_STATES = ("healthy", "progressing", "unhealthy", "unknown", "down")
+HEALTH_STATES = ("healthy", "progressing", "unhealthy", "unknown", "down", "suspended")
 PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # A webhook-driven push applies in a fraction of a second; a poll-driven one within a poll

@@ -226,7 +226,7 @@ SCHEMAS: dict[str, Any] = {
                       "properties": {"name": STR, "namespace": STR,
                                      "status": {"type": "string", "enum": [
                                          "healthy", "progressing", "unhealthy", "unknown",
-                                         "down"]},
+                                         "down", "suspended"]},
                                      "lastChecked": STR, "hint": STR,
                                      "objects": {"type": "array", "items": OBJ}}},
     "HealthList": {"type": "object", "required": ["services"], "properties": {

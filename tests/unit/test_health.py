@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
+from controller.api.openapi import SCHEMAS
 from controller.health import (
     CONFIG_HINT,
     IMAGE_HINT,
     ObjectHealth,
+    ServiceStatus,
     aggregate,
     assess,
     parse_forbidden,
     rbac_problem,
     unschedulable_deadline,
 )
+from controller.metrics import HEALTH_STATES
 
 Body = dict[str, Any]
 NOW = datetime(2026, 11, 23, 21, 45, 0, tzinfo=UTC)
@@ -742,6 +745,15 @@ def test_a_suspended_service_is_not_unhealthy() -> None:
                          last_checked="").status == status
     assert aggregate("x", "cap", [("a", paused)], deployed=False,
                      last_checked="").status == "down"
+
+
+def test_every_service_status_is_in_the_api_document_and_the_metrics() -> None:
+    # A status the gauge or the OpenAPI enum does not list would read as "none of them".
+    statuses = set(get_args(ServiceStatus))
+    assert "suspended" in statuses
+    assert set(HEALTH_STATES) == statuses
+    enum = SCHEMAS["ServiceHealth"]["properties"]["status"]["enum"]
+    assert set(enum) == statuses
 
 
 # -- DaemonSet OnDelete, load balancers ---------------------------------------------------------
