@@ -566,7 +566,11 @@ def pod_problem(pod: Body, now: datetime | None = None,
     """
     if (pod.get("metadata") or {}).get("deletionTimestamp"):
         return None  # on its way out: a rollout replacing it is not failing
-    restarts_allowed = (pod.get("spec") or {}).get("restartPolicy", "Always") != "Never"
+    # A pod that has ended (evicted, or its node shut down) restarts nothing: its workload
+    # replaces it, so its last crash is history, not a crash loop.
+    restarts_allowed = ((pod.get("spec") or {}).get("restartPolicy", "Always") != "Never"
+                        and (pod.get("status") or {}).get("phase") not in ("Failed",
+                                                                           "Succeeded"))
     for c in _container_statuses(pod):
         state = c.get("state") or {}
         waiting = state.get("waiting") or {}
@@ -656,6 +660,12 @@ def _config_hint(message: str, details: dict[str, Any]) -> str:
 
 def _failed_pod(pod: Body) -> ObjectHealth:
     status = pod.get("status") or {}
+    if status.get("reason") == "Evicted":
+        # The kubelet's message says which resource ran short; exit codes say nothing.
+        message = str(status.get("message") or "evicted")
+        return ObjectHealth(UNHEALTHY, "Evicted", f"pod {_name(pod)}: {message}",
+                            f"evicted by its node: {message}: set requests that match its "
+                            "use, or give the node more room", {"pod": _name(pod)})
     for c in _container_statuses(pod):
         term = (c.get("state") or {}).get("terminated") or {}
         if term and int(term.get("exitCode", 0)) != 0:

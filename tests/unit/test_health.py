@@ -839,3 +839,19 @@ def test_a_first_exit_or_a_clean_exit_is_not_a_crash() -> None:
         {"name": "migrate", "ready": False, "restartCount": 1, "image": "migrate:1",
          "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}])
     check(assess(init_failing), "unhealthy", "Error")
+
+
+
+def test_an_evicted_pod_left_behind_does_not_fail_its_workload() -> None:
+    # The kubelet evicted it after it had crashed once; the ReplicaSet already replaced it,
+    # and the Failed pod stays until garbage-collected.
+    evicted = changed(terminated_pod("Error", 137, 1), status__phase="Failed",
+                      status__reason="Evicted",
+                      status__message="The node was low on resource: memory. Container "
+                                      "frontend was using 1834604Ki, which exceeds its "
+                                      "request of 128Mi.")
+    check(assess(DEPLOYMENT_READY, [POD_READY, evicted]), "healthy", "Available")
+    h = check(assess(evicted), "unhealthy", "Evicted")
+    assert h.message.startswith("pod frontend-7f8f9dff9-q999w: The node was low on resource: "
+                                "memory.")
+    assert h.hint.startswith("evicted by its node: The node was low on resource: memory.")
