@@ -30,12 +30,14 @@ PEER = Path(os.environ.get("CONDUCTOR_PEER_HEALTH") or _DEFAULT) / "gitops-engin
 EXPECTED = PEER / "expected.tsv"
 
 
+ABSENT = (f"peer health cases not found at {PEER} (they live beside the repository in CI; "
+          "set CONDUCTOR_PEER_HEALTH to a peer-health folder to run them)")
+
+
 def _cases() -> list[Any]:
     if not EXPECTED.is_file():
-        return [pytest.param("", "", "", marks=pytest.mark.skip(
-            reason=f"peer health cases not found at {PEER} (they live beside the repository "
-                   "in CI; set CONDUCTOR_PEER_HEALTH to a peer-health folder to run them)"),
-            id="peer-health-absent")]
+        return [pytest.param("", "", "", marks=pytest.mark.skip(reason=ABSENT),
+                             id="peer-health-absent")]
     with EXPECTED.open(newline="") as f:
         rows = [r for r in csv.reader(f, delimiter="\t") if r and not r[0].startswith("#")]
     return [pytest.param(r[0], r[2], r[3] if len(r) > 3 else "", id=r[0]) for r in rows]
@@ -46,7 +48,7 @@ CASES = _cases()
 
 def test_every_peer_file_has_an_expectation() -> None:
     if not EXPECTED.is_file():
-        pytest.skip(f"peer health cases not found at {PEER}")
+        pytest.skip(ABSENT)
     listed = {p.values[0] for p in CASES}
     assert listed == {p.name for p in PEER.glob("*.yaml")}
     assert len(listed) == 46
