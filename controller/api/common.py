@@ -60,12 +60,13 @@ def json_body(req: falcon.Request, default: Any = None) -> Any:
 
     The reference's own examples send JSON with `curl -d` and no header, which curl labels
     form-urlencoded; reading it as a form would turn `{"services": ["a"]}` into an empty
-    selection, i.e. *every* service. An empty body gives `default`; anything that is not
-    strict JSON is an invalid_request, never a guess (and never a 500 later on, when the
-    answer or a log line would have to encode it).
+    selection, i.e. *every* service. An empty body (no bytes at all) gives `default`;
+    anything else that is not strict JSON, whitespace alone included, is an
+    invalid_request, never a guess (and never a 500 later on, when the answer or a log
+    line would have to encode it).
     """
     raw = body_bytes(req)
-    if not raw.strip():
+    if not raw:
         return default
     try:
         doc = parse_json(raw)

@@ -47,10 +47,10 @@ EVENT_FILTERS: list[dict[str, Any]] = [
                                                 "maximum": 1000}},
     {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                  "maximum": 10000}},
-    {"name": "resource", "in": "query", "schema": {"type": "string", "minLength": 1,
-                                                   "maxLength": 300}},
-    {"name": "service", "in": "query", "schema": {"type": "string", "minLength": 1,
-                                                  "maxLength": 63}},
+    # Exact matches on what the events carry: any other value simply matches nothing.
+    {"name": "resource", "in": "query", "schema": {"type": "string", "minLength": 1},
+     "description": "namespace/Kind/name"},
+    {"name": "service", "in": "query", "schema": {"type": "string", "minLength": 1}},
     {"name": "since", "in": "query", "schema": TIME,
      "description": "RFC 3339 time, or a duration back from now (500ms, 30s, 15m, 2h, 7d)"},
     {"name": "until", "in": "query", "schema": TIME,
@@ -91,6 +91,7 @@ def _deploy(what: str) -> dict[str, Any]:
 
 
 PARAMS_BODY = {"required": True, "content": {JSON: {"schema": _ref("ParametersSpec")}}}
+PATCH_BODY = {"required": True, "content": {JSON: {"schema": _ref("ParametersPatch")}}}
 OBJ = {"type": "object"}
 
 PATHS: dict[str, Any] = {
@@ -130,10 +131,14 @@ PATHS: dict[str, Any] = {
     "/api/events": {"get": _op("events, newest first",
                                {"200": _resp("events", _ref("EventList"))},
                                EVENT_FILTERS, tag="events")},
-    "/api/events/errors": {"get": _op("recent errors",
-                                      {"200": _resp("events", _ref("EventList"))},
-                                      [p for p in EVENT_FILTERS if p["name"] != "type"],
-                                      tag="events")},
+    "/api/events/errors": {"get": {**_op(
+        "recent errors and warnings", {"200": _resp("events", _ref("EventList"))},
+        [p for p in EVENT_FILTERS if p["name"] != "type"], tag="events"),
+        "description": "Newest first, events of two types: `error` (failed passes, objects "
+                       "that failed to apply or delete, objects that turned unhealthy) and "
+                       "`warning` (Kubernetes Warning events of managed objects and of "
+                       "their Pods and ReplicaSets, the controller's own warnings). "
+                       "`/api/events?type=error` lists errors only."}},
     "/api/events/stream": {"get": {
         "summary": "Server-Sent Events with the same filters; Last-Event-ID resumes",
         "tags": ["events"], "parameters": [
@@ -156,9 +161,9 @@ PATHS: dict[str, Any] = {
         "post": _op("replace the parameters (validated against the CRD schema)",
                     {"200": _resp("updated", _ref("ParametersWritten"))}, [INSTANCE],
                     PARAMS_BODY, "parameters"),
-        "patch": _op("JSON merge patch of the parameters",
+        "patch": _op("JSON merge patch of the parameters (RFC 7386: null deletes)",
                      {"200": _resp("updated", _ref("ParametersWritten"))}, [INSTANCE],
-                     PARAMS_BODY, "parameters")},
+                     PATCH_BODY, "parameters")},
     "/api/parameters/instances": {"get": _op(
         "DeploymentParameters objects", {"200": _resp("instances", OBJ)},
         tag="parameters")},
@@ -251,6 +256,12 @@ SCHEMAS: dict[str, Any] = {
     "ParametersSpec": {"type": "object", "properties": {
         "global": {"type": "object"}, "services": {
             "type": "object", "additionalProperties": {"type": "object"}}},
+        "additionalProperties": False},
+    # A merge patch of ParametersSpec: any map may be null, which deletes it.
+    "ParametersPatch": {"type": "object", "properties": {
+        "global": {"type": "object", "nullable": True}, "services": {
+            "type": "object", "nullable": True,
+            "additionalProperties": {"type": "object", "nullable": True}}},
         "additionalProperties": False},
     "ParametersWritten": {"type": "object", "required": ["message", "parameters"],
                           "properties": {"message": STR, "parameters": OBJ,

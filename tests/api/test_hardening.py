@@ -78,6 +78,7 @@ def test_a_falsy_or_malformed_selection_is_refused_not_every_service(api: Api) -
         details = _refused(api.post(path, '{"service": ["redis"]}'))
         assert details["fields"] == ["service"], (path, details)
         _refused(api.post(path, "null"))  # a JSON null is no selection object either
+        _refused(api.post(path, "\n"))  # nor is whitespace: only no body at all is none
     assert api.app.versions() == before  # nothing deleted, nothing re-applied
     assert _deployments(api) >= {"frontend", "redis"}
 

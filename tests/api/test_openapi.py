@@ -166,10 +166,16 @@ class Fuzzed:
         self.headers = {"Authorization": f"Bearer {WRITE_TOKEN}"}
 
     def restore(self) -> None:
-        """Put the parameters back (and the services up) after a write went through."""
+        """Put the parameters back after a write went through (again when the controller's
+        own status write made the replace a conflict)."""
         resource = ParametersResource(self.app.kube, self.app.cfg)
-        if resource.read()["spec"] != self.spec:
-            resource.replace_spec(self.spec)
+
+        def put_back() -> bool:
+            if resource.read()["spec"] != self.spec:
+                resource.replace_spec(self.spec)
+            return True
+
+        wait_for(put_back, timeout=30, message="the parameters put back")
 
 
 @pytest.fixture(scope="module")
@@ -228,9 +234,11 @@ def _bound(case: Any, fuzzed: Fuzzed) -> None:
     if case.path == "/api/events/stream" and _number(query.get("duration", 0), 3600) \
             is not None:
         query["duration"] = 0
-    health = _number(query.get("healthTimeout", 0), 3600)
+    health = _number(query.get("healthTimeout"), 3600)
     if health is not None:
         query["healthTimeout"] = min(health, 1)
+    elif "waitHealthy" in query and "healthTimeout" not in query:
+        query["healthTimeout"] = 1  # the default would wait two minutes
     instance = query.get("instance")
     if case.method != "GET" and isinstance(instance, str) and len(instance) <= 63 \
             and INSTANCE_NAME.match(instance):
