@@ -7,6 +7,8 @@ phase by phase (CRDs, Namespaces, ... workloads, the rest), concurrently within 
 after a server-side dry-run of all of them has passed (one refusal applies nothing).
 Deletions run in the reverse order. Every object gets a result: applied, unchanged,
 deleted, kept or failed (with the API's reason), so a partial failure is never hidden.
+Fields under an ignore rule that we still own are handed over before the apply that
+leaves them out (planning.py says why); a dry run previews them at their live value.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from controller.objects import (
     Manifest,
     ObjectKey,
 )
-from controller.planning import Plan, PlannedChange, live_fingerprint, with_digest
+from controller.planning import (
+    HANDOVER_SUFFIX,
+    Plan,
+    PlannedChange,
+    handover_body,
+    live_fingerprint,
+    with_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +225,7 @@ class Applier:
         def one(change: PlannedChange) -> ObjectResult | None:
             assert change.manifest is not None
             try:
-                self.kube.apply(change.manifest.body, dry_run=True,
+                self.kube.apply(_preview(change), dry_run=True,
                                 force=self.cfg.apply.conflicts == "force")
             except UnknownKindError as e:
                 if (change.key.group, change.key.kind) in new_kinds:
@@ -243,7 +252,10 @@ class Applier:
     def _apply_one(self, change: PlannedChange, dry_run: bool) -> ObjectResult:
         assert change.manifest is not None
         try:
-            live = self.kube.apply(change.manifest.body, dry_run=dry_run,
+            if change.handover is not None and not dry_run:
+                self._hand_over(change, change.handover)
+            live = self.kube.apply(_preview(change) if dry_run else change.body or {},
+                                   dry_run=dry_run,
                                    force=self.cfg.apply.conflicts == "force")
         except KubeError as e:
             return ObjectResult(change.key, change.service, "failed", change.action,
@@ -251,6 +263,32 @@ class Applier:
         return ObjectResult(change.key, change.service, "applied", change.action,
                             change.reason, fields=live_fingerprint(live, change.manifest.body),
                             body=live if dry_run else None)
+
+    def _hand_over(self, change: PlannedChange, body: Body, attempts: int = 5) -> None:
+        """Give the ignored fields we still own to the handover manager, at their live
+        value, before the apply that leaves them out (which would otherwise delete them).
+
+        The body carries the live resourceVersion: if the object moved meanwhile (the
+        other writer scaled again), the value is re-read rather than written back stale.
+        Raises KubeError when it cannot be done: the object then fails, untouched."""
+        manager = self.cfg.apply.field_manager
+        res = self.kube.resource(change.api_version, change.key.kind)
+        path = res.path(change.key.namespace, change.key.name)
+        for attempt in range(attempts):
+            try:
+                self.kube.request("PATCH", path, body=body,
+                                  query={"fieldManager": manager + HANDOVER_SUFFIX},
+                                  content_type="application/apply-patch+yaml")
+                return
+            except KubeError as e:
+                if e.status != 409 or attempt == attempts - 1:
+                    raise
+            live = self.kube.get(change.api_version, change.key.kind, change.key.name,
+                                 change.key.namespace)
+            fresh = handover_body(live, manager, change.ignored) if live else None
+            if fresh is None:
+                return  # gone, or someone else took the fields over: nothing to hand over
+            body = fresh
 
     def _wait_established(self, crds: Sequence[PlannedChange], timeout: float = 30.0) -> None:
         """Custom resources can only be applied once their CRD is served."""
@@ -363,6 +401,38 @@ class Applier:
             if self.on_result:
                 self.on_result(result)
         return result
+
+
+def _preview(change: PlannedChange) -> Body:
+    """The body a dry run sends: as the real apply, but with the fields about to be handed
+    over at their live value (the handover itself is a write), so the answer shows them
+    kept rather than deleted."""
+    body = change.body or {}
+    if change.handover is None:
+        return body
+    preview: Body = _overlay(body, {k: v for k, v in change.handover.items()
+                           if k not in ("apiVersion", "kind", "metadata")} | {
+        "metadata": {k: v for k, v in change.handover["metadata"].items()
+                     if k not in ("name", "namespace", "resourceVersion")}})
+    return preview
+
+
+def _overlay(base: Any, top: Any) -> Any:
+    if isinstance(base, dict) and isinstance(top, dict):
+        return {**base, **{k: _overlay(base.get(k), v) for k, v in top.items()}}
+    if isinstance(base, list) and isinstance(top, list):
+        # List elements met on the way are matched by name (containers, env, ports).
+        out = list(base)
+        for element in top:
+            i = next((n for n, b in enumerate(out) if isinstance(b, dict) and isinstance(
+                element, dict) and "name" in element and b.get("name") == element["name"]),
+                None)
+            if i is None:
+                out.append(copy.deepcopy(element))
+            else:
+                out[i] = _overlay(out[i], element)
+        return out
+    return copy.deepcopy(top)
 
 
 def _error(e: KubeError, key: ObjectKey) -> dict[str, Any]:

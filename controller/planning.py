@@ -18,12 +18,23 @@ What to prune comes from the inventory, the durable record of what this instance
 (kept in the DeploymentParameters status), plus labelled leftovers of a crash between an
 apply and the inventory write. Nothing is ever dropped from the inventory unless the object
 is deleted, gone, or deliberately orphaned: a forgotten object could never be pruned.
+
+Ignore rules (`spec.ignore`) name fields someone else owns (a Deployment's replicas under a
+HorizontalPodAutoscaler, an annotation a mesh injects). Such a field is set from the render
+on create only; after that it is left out of the applied body, the digest and the
+fingerprint (so it is never drift), and our field manager gives up its ownership. Leaving a
+field out of a server-side apply deletes it when we are its only owner, so a field we still
+own is first handed over: applied once, at its live value and guarded by the live
+resourceVersion, by a second field manager (`<manager>-handover`), as the Kubernetes
+documentation advises for HPAs. The live value is never changed.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
@@ -235,6 +246,19 @@ class PlannedChange:
     reason: str
     manifest: Manifest | None = None
     api_version: str = ""
+    # Ignore rules: the JSON pointers ignored on this object; on create, the whole rendered
+    # body (ignored fields set once; same digest annotation as `manifest`); on update, an
+    # apply body handing the ignored fields we still own to HANDOVER_SUFFIX's manager.
+    ignored: tuple[str, ...] = ()
+    initial: Body | None = field(default=None, repr=False)
+    handover: Body | None = field(default=None, repr=False)
+
+    @property
+    def body(self) -> Body | None:
+        """The body to send: the full render on create, else the managed fields only."""
+        if self.action == "create" and self.initial is not None:
+            return self.initial
+        return self.manifest.body if self.manifest is not None else None
 
     @property
     def deletes(self) -> bool:
@@ -350,20 +374,240 @@ def _phases(changes: Sequence[PlannedChange], reverse: bool) -> list[list[Planne
     return [sorted(groups[p], key=lambda c: c.key) for p in sorted(groups, reverse=reverse)]
 
 
+# -- ignore rules -------------------------------------------------------------------------
+
+# The field manager that takes over an ignored field we still own, so that leaving it out
+# of our apply keeps its value (see the module docstring).
+HANDOVER_SUFFIX = "-handover"
+_BAD_TILDE = re.compile(r"~(?![01])")
+
+
+def parse_pointer(text: object) -> tuple[str, ...]:
+    """An RFC 6901 JSON pointer as its unescaped segments; ValueError saying why not.
+
+    Fields that make an object ours or name it (apiVersion, kind, metadata.name/namespace,
+    whole label/annotation maps, `conductor.io/` keys) and status cannot be ignored.
+    """
+    if not isinstance(text, str) or not text.startswith("/") or len(text) < 2:
+        raise ValueError("a JSON pointer starting with '/', e.g. /spec/replicas")
+    raw = text[1:].split("/")
+    if any(not p for p in raw):
+        raise ValueError("empty segment (a doubled or trailing '/')")
+    if any(_BAD_TILDE.search(p) for p in raw):
+        raise ValueError("'~' must be written ~0, and '/' inside a key ~1")
+    parts = tuple(p.replace("~1", "/").replace("~0", "~") for p in raw)
+    if parts[0] in ("apiVersion", "kind", "status") or (
+            parts[0] == "metadata" and (len(parts) < 3 or parts[1] not in (
+                "labels", "annotations") or parts[2].startswith("conductor.io/"))):
+        raise ValueError("names the object or conductor's own fields; only spec-like "
+                         "fields and other labels or annotations can be ignored")
+    return parts
+
+
+@dataclass(frozen=True)
+class IgnoreRule:
+    """Fields left to someone else on the objects a rule selects.
+
+    An empty selector field matches anything: `service` alone covers a service's objects,
+    `kind` + `name` (and `namespace`) one object.
+    """
+
+    paths: tuple[str, ...]
+    service: str = ""
+    kind: str = ""
+    name: str = ""
+    namespace: str = ""
+
+    def matches(self, manifest: Manifest) -> bool:
+        key = manifest.key
+        return all(not want or want == have for want, have in (
+            (self.service, manifest.service), (self.kind, key.kind), (self.name, key.name),
+            (self.namespace, key.namespace)))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in (("service", self.service), (
+            "kind", self.kind), ("name", self.name), ("namespace", self.namespace)) if v}
+        return {**out, "paths": list(self.paths)}
+
+
+def parse_ignore_rules(raw: object, where: str = "spec.ignore") -> tuple[IgnoreRule, ...]:
+    """`spec.ignore` as rules; ValidationError naming the first bad path (the CRD schema
+    checks the shape too, but a Git source reaches us without the API server)."""
+    if raw is None:
+        return ()
+
+    def bad(path: str, reason: str) -> ValidationError:
+        return ValidationError(f"{path}: {reason}", {"path": path, "reason": reason})
+
+    if not isinstance(raw, list):
+        raise bad(where, "must be a list of {service, kind, name, namespace, paths}")
+    out = []
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(item, Mapping):
+            raise bad(at, "must be a mapping")
+        unknown = sorted(set(item) - {"service", "kind", "name", "namespace", "paths"})
+        if unknown:
+            raise bad(at, f"unknown field(s) {', '.join(map(str, unknown))}")
+        for name in ("service", "kind", "name", "namespace"):
+            if not isinstance(item.get(name, ""), str):
+                raise bad(f"{at}.{name}", "must be a string")
+        paths = item.get("paths")
+        if not isinstance(paths, list) or not paths:
+            raise bad(f"{at}.paths", "must be a non-empty list of JSON pointers")
+        for j, path in enumerate(paths):
+            try:
+                parse_pointer(path)
+            except ValueError as e:
+                raise bad(f"{at}.paths[{j}]", f"{path!r}: {e}") from None
+        out.append(IgnoreRule(tuple(paths), str(item.get("service", "")),
+                              str(item.get("kind", "")), str(item.get("name", "")),
+                              str(item.get("namespace", ""))))
+    return tuple(out)
+
+
+def _index(segment: str, node: list[Any]) -> int | None:
+    return int(segment) if segment.isdigit() and int(segment) < len(node) else None
+
+
+def _child(node: Any, segment: str) -> Any:
+    if isinstance(node, Mapping):
+        return node.get(segment)
+    if isinstance(node, list):
+        i = _index(segment, node)
+        return None if i is None else node[i]
+    return None
+
+
+def strip_paths(body: Mapping[str, Any], pointers: Iterable[str],
+                ) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A copy of `body` without the fields at `pointers`, and the pointers it had.
+
+    Maps that the removal leaves empty go too: an empty annotations map in an apply body
+    would still claim the map."""
+    out = copy.deepcopy(dict(body))
+    removed = []
+    for pointer in pointers:
+        parts = parse_pointer(pointer)
+        trail: list[tuple[Any, str]] = []
+        node: Any = out
+        for segment in parts[:-1]:
+            trail.append((node, segment))
+            node = _child(node, segment)
+        if isinstance(node, dict) and parts[-1] in node:
+            del node[parts[-1]]
+        elif isinstance(node, list) and _index(parts[-1], node) is not None:
+            del node[int(parts[-1])]
+        else:
+            continue
+        removed.append(pointer)
+        while trail and node == {}:
+            parent, segment = trail.pop()
+            if isinstance(parent, dict):
+                del parent[segment]
+            node = parent
+    return out, tuple(removed)
+
+
+def _list_key(fields: Mapping[str, Any], element: Any) -> str | None:
+    """The managedFields key of a live list element: `k:{...}` whose key fields it has,
+    or `v:<json>` of its value."""
+    for name in fields:
+        if name.startswith("k:") and isinstance(element, Mapping):
+            try:
+                wanted = json.loads(name[2:])
+            except ValueError:
+                continue
+            if isinstance(wanted, dict) and all(element.get(k) == v for k, v in wanted.items()):
+                return str(name)
+        elif name.startswith("v:"):
+            try:
+                if json.loads(name[2:]) == element:
+                    return str(name)
+            except ValueError:
+                continue
+    return None
+
+
+def _owned_route(fields: Any, live: Any, parts: Sequence[str]) -> list[Any] | None:
+    """How `fields` (one manager's fieldsV1) reaches the live value at `parts`: per segment
+    the map key, or the key fields of the list element; None when it does not own it."""
+    route: list[Any] = []
+    for segment in parts:
+        if not isinstance(fields, Mapping):
+            return None
+        if isinstance(live, list):
+            i = _index(segment, live)
+            name = None if i is None else _list_key(fields, live[i])
+            if i is None or name is None:
+                return None
+            route.append(json.loads(name[2:]) if name.startswith("k:") else None)
+            fields, live = fields[name], live[i]
+        else:
+            if f"f:{segment}" not in fields or not isinstance(live, Mapping):
+                return None
+            route.append(segment)
+            fields, live = fields[f"f:{segment}"], live.get(segment)
+    return route if live is not None else None
+
+
+def handover_body(live: Mapping[str, Any], field_manager: str,
+                  pointers: Iterable[str]) -> Body | None:
+    """An apply body setting the fields at `pointers` that `field_manager` owns (by an
+    Apply) to their live values, guarded by the live resourceVersion; None when it owns
+    none of them."""
+    meta = live.get("metadata") or {}
+    entries = [e.get("fieldsV1") or {} for e in meta.get("managedFields") or []
+               if e.get("manager") == field_manager and e.get("operation") == "Apply"]
+    out: Body = {"apiVersion": live.get("apiVersion"), "kind": live.get("kind"),
+                 "metadata": {k: meta[k] for k in ("name", "namespace", "resourceVersion")
+                              if meta.get(k)}}
+    found = False
+    for pointer in pointers:
+        parts = parse_pointer(pointer)
+        route = next((r for r in (_owned_route(f, live, parts) for f in entries)
+                      if r is not None), None)
+        if route is None:
+            continue
+        found = True
+        node: Any = out
+        value: Any = live
+        for n, (segment, step) in enumerate(zip(parts, route, strict=True)):
+            value = _child(value, segment)
+            last = n == len(parts) - 1
+            if isinstance(node, list):  # step: the element's key fields (None: a set value)
+                if last or step is None:
+                    node.append(copy.deepcopy(value))
+                    break
+                element = next((e for e in node if isinstance(e, dict)
+                                and all(e.get(k) == v for k, v in step.items())), None)
+                if element is None:
+                    element = dict(step)
+                    node.append(element)
+                node = element
+            elif last:
+                node[segment] = copy.deepcopy(value)
+            else:
+                node = node.setdefault(segment, [] if isinstance(value, list) else {})
+    return out if found else None
+
+
 # -- planning -------------------------------------------------------------------------------
 
 
 def plan(desired: Sequence[Manifest], live: Mapping[ObjectKey, Body],
          inventory: Mapping[ObjectKey, InventoryEntry], *,
          services: AbstractSet[str] | None = None, settings: PruneSettings,
-         field_manager: str, app: str, instance: str) -> Plan:
+         field_manager: str, app: str, instance: str,
+         ignore: Sequence[IgnoreRule] = ()) -> Plan:
     """Plan a pass: classify every desired object, then decide what to prune.
 
     `live` holds the objects listed by our label selector plus any live object at a
     desired key; `services` None plans the whole app (every inventory entry not rendered is
     a prune candidate), a set plans only those services, and `desired` must then hold
     nothing else (ValueError). Raises ValidationError when a whole-app render is empty and
-    would prune something, unless `settings.allow_empty`.
+    would prune something, unless `settings.allow_empty`. `ignore` rules leave fields to
+    others (module docstring).
     """
     scope = None if services is None else frozenset(services)
     wanted = _by_key(desired, scope)
@@ -372,7 +616,9 @@ def plan(desired: Sequence[Manifest], live: Mapping[ObjectKey, Body],
     for key in sorted(wanted, key=lambda k: (phase_of(k), k)):
         manifest = wanted[key]
         body = live.get(key)
-        items.append(_classify(with_digest(manifest), body, inventory.get(key), field_manager))
+        items.append(_with_ignored(manifest, body, inventory.get(key), field_manager,
+                                   [p for r in ignore if r.matches(manifest)
+                                    for p in r.paths]))
         if body is not None and _is_ours(body, app, instance):
             observed[key] = _entry_of(body, manifest.service, field_manager)
 
@@ -432,6 +678,26 @@ def _by_key(desired: Sequence[Manifest], scope: frozenset[str] | None,
 
 def _origin(m: Manifest) -> str:
     return f"{m.source}:{m.line}" if m.source else m.service
+
+
+def _with_ignored(manifest: Manifest, body: Body | None, entry: InventoryEntry | None,
+                  field_manager: str, pointers: Sequence[str]) -> PlannedChange:
+    """Classify the managed part of `manifest` (ignored fields left out); a create keeps
+    the whole render to send, an update hands over ignored fields we still own."""
+    if not pointers:
+        return _classify(with_digest(manifest), body, entry, field_manager)
+    ignored = tuple(dict.fromkeys(pointers))
+    stripped, removed = strip_paths(manifest.body, ignored)
+    managed = with_digest(replace(manifest, body=stripped))
+    change = replace(_classify(managed, body, entry, field_manager), ignored=ignored)
+    if change.action == "create" and removed:
+        meta = dict(manifest.body.get("metadata") or {})
+        meta["annotations"] = {**(meta.get("annotations") or {}),
+                               ANNOTATION_DIGEST: digest(stripped)}
+        return replace(change, initial={**manifest.body, "metadata": meta})
+    if change.action == "update" and body is not None and removed:
+        return replace(change, handover=handover_body(body, field_manager, removed))
+    return change
 
 
 def _classify(manifest: Manifest, body: Body | None, entry: InventoryEntry | None,

@@ -35,15 +35,20 @@ from controller.objects import (
 from controller.planning import (
     ANNOTATION_DIGEST,
     OTHER_PHASE,
+    IgnoreRule,
     InventoryEntry,
     Plan,
     digest,
+    handover_body,
     key_from_str,
     key_to_str,
     live_fingerprint,
+    parse_ignore_rules,
+    parse_pointer,
     phase_of,
     plan,
     plan_delete,
+    strip_paths,
     with_digest,
 )
 
@@ -708,3 +713,135 @@ def test_inventory_entries_round_trip_through_status() -> None:
 def test_malformed_inventory_entries_are_rejected(raw: dict[str, Any]) -> None:
     with pytest.raises((KeyError, TypeError, ValueError)):
         InventoryEntry.from_dict(raw)
+
+
+# -- ignore rules (fields someone else owns) ------------------------------------------------
+
+REPLICAS = IgnoreRule(("/spec/replicas",), kind="Deployment", name="web")
+
+
+def ignoring_plan(desired: list[Manifest], live: Mapping[ObjectKey, Body],
+                  inventory: Mapping[ObjectKey, InventoryEntry],
+                  *rules: IgnoreRule) -> Plan:
+    return plan(desired, live, inventory, settings=PruneSettings(), field_manager=FM,
+                app=APP, instance=INSTANCE, ignore=rules or (REPLICAS,))
+
+
+def created_ignoring(m: Manifest) -> tuple[Manifest, dict[ObjectKey, Body], Inventory]:
+    """What we manage of `m`, and live state and inventory after creating it under
+    REPLICAS (the whole render sent, what we manage recorded)."""
+    change = ignoring_plan([m], {}, {}).items[0]
+    assert change.manifest is not None and change.initial is not None
+    live = served_deployment(replace(m, body=change.initial))
+    return change.manifest, {m.key: live}, {m.key: recorded(change.manifest, live)}
+
+
+def test_an_ignored_field_is_set_once_on_create() -> None:
+    change = ignoring_plan([deployment(replicas=3)], {}, {}).items[0]
+    assert (change.action, change.ignored) == ("create", ("/spec/replicas",))
+    assert change.body is not None and change.body["spec"]["replicas"] == 3
+    assert change.manifest is not None and "replicas" not in change.manifest.body["spec"]
+    # Both carry the digest of what we manage, so the next pass sees no change.
+    assert change.body["metadata"]["annotations"][ANNOTATION_DIGEST] == \
+        digest(change.manifest.body)
+
+
+def test_a_field_scaled_by_someone_else_is_not_drift_when_ignored() -> None:
+    managed, live, inventory = created_ignoring(deployment())
+    assert only(ignoring_plan([deployment()], live, inventory)) == ("unchanged", "current")
+    live[managed.key]["spec"]["replicas"] = 7  # an autoscaler scaled it
+    assert only(ignoring_plan([deployment()], live, inventory)) == ("unchanged", "current")
+    # Without the rule the same state is drift: the rule is what makes the difference.
+    web = deployment()
+    live2, inventory2 = deployed(web)
+    live2[web.key]["spec"]["replicas"] = 7
+    assert only(make_plan([web], live2, inventory2)) == ("update", "drift")
+
+
+def test_an_ignored_render_change_applies_nothing() -> None:
+    _, live, inventory = created_ignoring(deployment(replicas=2))
+    assert only(ignoring_plan([deployment(replicas=9)], live, inventory)) == \
+        ("unchanged", "current")
+
+
+def test_an_update_hands_over_an_ignored_field_we_still_own() -> None:
+    # Created with the rendered replicas (so we own them), scaled through the scale
+    # subresource (a 1.20 server leaves the ownership with us), then the image changes.
+    web = deployment(replicas=2)
+    live, inventory = deployed(web)
+    live[web.key]["spec"]["replicas"] = 6
+    change = ignoring_plan([deployment(replicas=2, image="nginx:1.28")], live,
+                           inventory).items[0]
+    assert (change.action, change.reason) == ("update", "changed")
+    assert change.manifest is not None and "replicas" not in change.manifest.body["spec"]
+    # The handover carries the live value, not the rendered one, and the live version.
+    assert change.handover == {"apiVersion": "apps/v1", "kind": "Deployment",
+                               "metadata": {"name": "web", "namespace": NS,
+                                            "resourceVersion": "48213"},
+                               "spec": {"replicas": 6}}
+
+
+def test_no_handover_once_someone_else_owns_the_field() -> None:
+    web = deployment()
+    live, inventory = deployed(web)
+    fields = live[web.key]["metadata"]["managedFields"][0]
+    fields["fieldsV1"] = our_deployment_fields("web", web.body["metadata"]["labels"],
+                                               replicas=False)
+    change = ignoring_plan([deployment(image="nginx:1.28")], live, inventory).items[0]
+    assert change.action == "update" and change.handover is None
+
+
+def test_handover_through_a_keyed_list() -> None:
+    web = deployment()
+    live, _ = deployed(web)
+    body = handover_body(live[web.key], FM, ["/spec/template/spec/containers/0/image"])
+    assert body is not None
+    assert body["spec"] == {"template": {"spec": {"containers": [
+        {"name": "web", "image": "nginx:1.27"}]}}}
+    assert handover_body(live[web.key], "someone-else", ["/spec/replicas"]) is None
+
+
+def test_rules_select_by_service_kind_and_name() -> None:
+    annotated = deployment()
+    annotated.body["metadata"]["annotations"]["mesh.io/inject"] = "true"
+    other = deployment("api", service="api")
+    rules = (IgnoreRule(("/metadata/annotations/mesh.io~1inject",), service="web"),)
+    p = ignoring_plan([annotated, other], {}, {}, *rules)
+    by_name = {c.key.name: c for c in p.items}
+    assert by_name["web"].ignored == ("/metadata/annotations/mesh.io~1inject",)
+    assert by_name["api"].ignored == ()
+    assert by_name["web"].manifest is not None
+    assert "mesh.io/inject" not in by_name["web"].manifest.body["metadata"]["annotations"]
+
+
+def test_strip_paths_drops_maps_it_empties() -> None:
+    body = {"metadata": {"name": "x", "annotations": {"a": "1"}}, "spec": {"replicas": 2}}
+    stripped, removed = strip_paths(body, ["/metadata/annotations/a", "/spec/nothing"])
+    assert stripped == {"metadata": {"name": "x"}, "spec": {"replicas": 2}}
+    assert removed == ("/metadata/annotations/a",)
+    assert body["metadata"]["annotations"] == {"a": "1"}  # input untouched
+
+
+@pytest.mark.parametrize(("raw", "path"), [
+    ("nope", "spec.ignore"),
+    ([{"kind": "Deployment"}], "spec.ignore[0].paths"),
+    ([{"paths": ["spec/replicas"]}], "spec.ignore[0].paths[0]"),
+    ([{"paths": ["/spec//replicas"]}], "spec.ignore[0].paths[0]"),
+    ([{"paths": ["/metadata/name"]}], "spec.ignore[0].paths[0]"),
+    ([{"paths": ["/metadata/labels/conductor.io~1app"]}], "spec.ignore[0].paths[0]"),
+    ([{"paths": ["/spec/a~2b"]}], "spec.ignore[0].paths[0]"),
+    ([{"paths": ["/spec/replicas"], "kindd": "Deployment"}], "spec.ignore[0]"),
+    ([{"paths": ["/spec/replicas"], "name": 3}], "spec.ignore[0].name"),
+])
+def test_bad_ignore_rules_name_their_path(raw: Any, path: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        parse_ignore_rules(raw)
+    assert e.value.details["path"] == path
+
+
+def test_ignore_rules_parse() -> None:
+    assert parse_ignore_rules(None) == ()
+    assert parse_ignore_rules([{"service": "web", "paths": ["/spec/replicas"]}]) == (
+        IgnoreRule(("/spec/replicas",), service="web"),)
+    assert parse_pointer("/metadata/annotations/a~1b~0c") == (
+        "metadata", "annotations", "a/b~c")
