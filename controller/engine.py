@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -34,6 +34,7 @@ from controller.errors import (
 from controller.kube import Body, Kube, KubeError, NotLeaderError, UnknownKindError
 from controller.objects import SHARED_SERVICE, Manifest
 from controller.parameters import (
+from controller.health import DOWN, HEALTHY, SUSPENDED, UNHEALTHY, ServiceHealth
     Parameters,
     deep_merge,
     effective,
@@ -52,6 +53,15 @@ EventSink = Callable[[str, str, str, Mapping[str, Any]], None]
 
 
 # Kinds listed (across namespaces, with our labels) to find out whether this instance ever
+# Every known service's health from watched state (the controller's HealthMonitor): what
+# makes Ready mean "applied and working". Without one (the engine used as a library),
+# Ready says only that the revision was applied.
+HealthView = Callable[[], Sequence[ServiceHealth]]
+# Conditions as (status, reason, message) by type, in kstatus order.
+Verdict = dict[str, tuple[str, str, str]]
+CONDITION_TYPES = ("Ready", "Reconciling", "Stalled")
+# Service states that ask nothing more of anyone: down and suspended on purpose.
+_SETTLED = frozenset({HEALTHY, SUSPENDED, DOWN})
 # applied anything, besides the kinds the app renders: a missing DeploymentParameters
 # object is only created from defaults when none of them carries our labels.
 _EVIDENCE_KINDS = (("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Service"),
@@ -123,7 +133,8 @@ class Engine:
     def __init__(self, cfg: Config, kube: Kube, source: ParameterSource,
                  on_event: EventSink | None = None,
                  on_result: Callable[[ObjectResult], None] | None = None,
-                 on_report: Callable[[Report], None] | None = None) -> None:
+                 on_report: Callable[[Report], None] | None = None,
+                 health: HealthView | None = None) -> None:
         self.cfg = cfg
         self.kube = kube
         self.source = source
@@ -150,6 +161,7 @@ class Engine:
         return self._run("up", list(services), "api")
 
     def update(self, services: Iterable[str] = ()) -> Report:
+        self.health = health
         """Re-read parameters, re-render and apply these services (all deployed if none)."""
         return self._run("update", list(services), "api")
 
@@ -163,6 +175,7 @@ class Engine:
 
     def current(self, fresh: bool = False) -> Snapshot:
         """Parameters and manifests for readers (the API). A Git source answers with what the
+        self.conditions: dict[str, str] = {}  # type -> status, as last computed
         last pass fetched, so a GET does not cost a fetch; `fresh` fetches (for writes that
         build on the current file)."""
         last = self.last.snapshot if self.last else None
@@ -407,19 +420,34 @@ class Engine:
 
     def _record_intent(self, obj: Body, plan: planning.Plan,
                        inventory: Mapping[Any, planning.InventoryEntry]) -> Body:
-        """Before creating objects, add them to the durable inventory.
+        """Before changing anything, say so: new objects join the durable inventory, and
+        `Reconciling=True` tells `kubectl wait` and kstatus readers that a pass is at work.
 
         If the process dies mid-pass, the next controller then knows every object this
-        pass may have created, and prunes what is no longer rendered. Objects already in
-        the inventory need no write, so a pass that creates nothing writes nothing here.
+        pass may have created, and prunes what is no longer rendered. A pass that changes
+        nothing writes nothing here.
         """
         new = {c.key: planning.InventoryEntry(c.service, c.api_version, "", "")
                for c in plan.items if c.action in ("create", "update")
                and c.key not in inventory}
-        if not new:
+        changes = sum(1 for c in plan.items if c.action in ("create", "update", "prune"))
+        if not changes:
             return obj
-        merged = {**inventory, **new}
-        status = {"inventory": [e.to_dict(k) for k, e in sorted(merged.items())]}
+        status: dict[str, Any] = {}
+        if new:
+            merged = {**inventory, **new}
+            status["inventory"] = [e.to_dict(k) for k, e in sorted(merged.items())]
+        old = (obj.get("status") or {}).get("conditions") or []
+        previous = {c.get("type"): c for c in old}
+        verdict: Verdict = {t: (str(c.get("status", "Unknown")), str(c.get("reason", "")),
+                                str(c.get("message", ""))) for t, c in previous.items()
+                            if t in CONDITION_TYPES}
+        verdict["Reconciling"] = ("True", "Progressing",
+                                  f"applying {changes} change(s)")
+        status["conditions"] = _condition_list(verdict, old, _generation(obj))
+        if not new and _comparable({"conditions": status["conditions"]}) == \
+                _comparable({"conditions": old}):
+            return obj
         return self.resource.patch_status(status)
 
     def _record_failure(self, report: Report) -> None:
@@ -445,13 +473,20 @@ class Engine:
         old = obj.get("status") or {}
         new = dict(old)
         new["inventory"] = [e.to_dict(k) for k, e in sorted(inventory.items())]
-        new["observedGeneration"] = int(obj.get("metadata", {}).get("generation", 0))
+        generation = _generation(obj)
+        new["observedGeneration"] = generation
         if snap is not None and report.ok:
             new["lastAppliedRevision"] = snap.revision
         down = self.resource.down_services(obj)
         known = known if known is not None else set(old.get("services", {}))
         new["services"] = _service_states(report, down, known, old.get("services") or {})
-        new["conditions"] = _conditions(report, old.get("conditions") or [])
+        warning = report.snapshot.details.get("warning") if report.snapshot else None
+        # The suspend pass marks its report (getattr: the field belongs to that feature).
+        suspended = bool(getattr(report, "suspended", False))
+        new["conditions"] = _condition_list(
+            _verdict(report, self._health_view(), str(warning or ""), suspended),
+            old.get("conditions") or [], generation)
+        self.conditions = {c["type"]: c["status"] for c in new["conditions"]}
         if _comparable(new) == _comparable(old):
             return
         new["lastPassTime"] = report.started
@@ -508,6 +543,47 @@ def _inventory(obj: Body) -> dict[Any, planning.InventoryEntry]:
 def _service_states(report: Report, down: frozenset[str], known: set[str],
                     old: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    def refresh_health(self) -> dict[str, str] | None:
+        """Between passes: rewrite the conditions for the services' health as watched now.
+
+        Written only when they change (one GET, and a PATCH only then), never over a failed
+        pass's Stalled (the next pass decides), and at the generation the last pass
+        observed. Returns the conditions (type -> status), or None when there is no object
+        or no health view. Raises NotLeaderError on a follower (Kube.write_guard).
+        """
+        if self.health is None:
+            return None
+        with self.lock:
+            obj = self.resource.get()
+            if obj is None:
+                return None
+            old = obj.get("status") or {}
+            conditions = old.get("conditions") or []
+            if any(c.get("type") == "Stalled" and c.get("status") == "True"
+                   for c in conditions) or "lastAppliedRevision" not in old:
+                return {c["type"]: c["status"] for c in conditions if "type" in c}
+            report = Report("reconcile", [], instance=self.cfg.instance,
+                            revision=str(old["lastAppliedRevision"]))
+            ready: Mapping[str, Any] = next(
+                (c for c in conditions if c.get("type") == "Ready"), {})
+            _, _, warning = str(ready.get("message", "")).partition("; warning: ")
+            suspended = (obj.get("spec") or {}).get("suspend") is True
+            new = _condition_list(_verdict(report, self._health_view(), warning, suspended),
+                                  conditions, int(old.get("observedGeneration") or 0))
+            self.conditions = {c["type"]: c["status"] for c in new}
+            if _comparable({"conditions": new}) != _comparable({"conditions": conditions}):
+                self.resource.patch_status({"conditions": new})
+            return self.conditions
+
+    def _health_view(self) -> Sequence[ServiceHealth] | None:
+        if self.health is None:
+            return None
+        try:
+            return self.health()
+        except Exception as e:  # no health is no reason to fail a pass: say "not known"
+            log.warning("cannot read service health: %s", e)
+            return []
+
     failed: dict[str, ObjectResult] = {}
     touched = set()
     for r in report.results.items:
@@ -532,32 +608,76 @@ def _service_states(report: Report, down: frozenset[str], known: set[str],
     return out
 
 
-def _conditions(report: Report, old: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """kstatus: Ready, Reconciling, Stalled; lastTransitionTime kept while status holds."""
+def _verdict(report: Report, health: Sequence[ServiceHealth] | None,
+             warning: str = "", suspended: bool = False) -> Verdict:
+    """kstatus conditions for a pass's outcome and the services' health.
+
+    Stalled: the pass failed (render, validation, apply). Otherwise Ready only when every
+    deployed service is healthy (or suspended, or down on purpose); an unhealthy one makes
+    Ready=False `HealthCheckFailed` naming its failing objects; one still progressing (or
+    not observed yet, or just applied: the watch may not have seen the new generation)
+    makes Ready=False and Reconciling=True `Progressing`. A suspended instance is
+    Ready=False `Suspended`: nothing it renders is applied. Without a health view, Ready
+    means applied.
+    """
     if report.error is not None:
-        ready = ("False", report.error.code, report.error.message)
-        stalled = ("True", report.error.code, report.error.message)
-    elif report.results.failed:
+        return {"Ready": ("False", report.error.code, report.error.message),
+                "Reconciling": ("False", report.error.code, ""),
+                "Stalled": ("True", report.error.code, report.error.message)}
+    if report.results.failed:
         first = report.results.failed[0]
         msg = f"{len(report.results.failed)} object(s) failed; first: " \
               f"{(first.error or {}).get('resource')}: {(first.error or {}).get('message')}"
-        ready = ("False", "ApplyFailed", msg)
-        stalled = ("True", "ApplyFailed", msg)
-    else:
-        # e.g. the Git ref moved to a commit that does not descend from the applied one
-        warning = report.snapshot.details.get("warning") if report.snapshot else None
-        ready = ("True", "Succeeded", f"Applied revision {report.revision}"
-                 + (f"; warning: {warning}" if warning else ""))
-        stalled = ("False", "Succeeded", "")
-    reconciling = ("False", "Succeeded", "")
+        return {"Ready": ("False", "ApplyFailed", msg),
+                "Reconciling": ("False", "ApplyFailed", ""),
+                "Stalled": ("True", "ApplyFailed", msg)}
+    suffix = f"; warning: {warning}" if warning else ""
+    applied = f"Applied revision {report.revision}"
+    stalled = ("False", "Succeeded", "")
+    if suspended:
+        message = "suspended (spec.suspend): changes and drift are not applied until it " \
+                  "is resumed"
+        return {"Ready": ("False", "Suspended", message),
+                "Reconciling": ("False", "Suspended", ""), "Stalled": stalled}
+    if health is None:
+        return {"Ready": ("True", "Succeeded", applied + suffix),
+                "Reconciling": ("False", "Succeeded", ""), "Stalled": stalled}
+    unhealthy = [h for h in health if h.status == UNHEALTHY]
+    if unhealthy:
+        message = "; ".join(_failing(h) for h in unhealthy)
+        return {"Ready": ("False", "HealthCheckFailed", message + suffix),
+                "Reconciling": ("False", "HealthCheckFailed", ""), "Stalled": stalled}
+    changed = report.results.counts().get("applied", 0)
+    waiting = [h for h in health if h.status not in _SETTLED]
+    if changed or waiting:
+        what = ", ".join(f"{h.name}: {h.reason or h.status}" for h in waiting) or \
+            f"{changed} object(s) applied"
+        message = f"{applied}; waiting for health: {what}"
+        return {"Ready": ("False", "Progressing", message + suffix),
+                "Reconciling": ("True", "Progressing", message), "Stalled": stalled}
+    return {"Ready": ("True", "Succeeded", f"{applied}; every service healthy" + suffix),
+            "Reconciling": ("False", "Succeeded", ""), "Stalled": stalled}
+
+
+def _failing(h: ServiceHealth) -> str:
+    """`default/Deployment/frontend: ImagePullBackOff` for each failing object (3 at most)."""
+    objects = [(key, o) for key, o in h.failing if o.status == UNHEALTHY] or list(h.failing)
+    names = ", ".join(f"{key}: {o.reason}" for key, o in objects[:3])
+    more = f" (and {len(objects) - 3} more)" if len(objects) > 3 else ""
+    return f"service {h.name}: {names or h.reason}{more}"
+
+
+def _condition_list(verdict: Verdict, old: Sequence[Mapping[str, Any]],
+                    generation: int) -> list[dict[str, Any]]:
+    """The conditions in kstatus order; lastTransitionTime kept while a status holds."""
     previous = {c.get("type"): c for c in old}
     out = []
-    for kind, (status, reason, message) in (("Ready", ready), ("Reconciling", reconciling),
-                                            ("Stalled", stalled)):
+    for kind in CONDITION_TYPES:
+        status, reason, message = verdict.get(kind, ("Unknown", "", ""))
         before = previous.get(kind) or {}
         changed = before.get("status") != status
-        out.append({"type": kind, "status": status, "reason": reason,
-                    "message": message[:1000],
+        out.append({"type": kind, "status": status, "reason": reason or "Unknown",
+                    "message": message[:1000], "observedGeneration": generation,
                     "lastTransitionTime": now_rfc3339() if changed or not before.get(
                         "lastTransitionTime") else before["lastTransitionTime"]})
     return out
@@ -571,3 +691,7 @@ def _comparable(status: Mapping[str, Any]) -> Any:
 
 
 __all__ = ["Engine", "Manifest", "Report"]
+def _generation(obj: Body) -> int:
+    return int((obj.get("metadata") or {}).get("generation") or 0)
+
+

@@ -815,7 +815,8 @@ def test_rules_select_by_service_kind_and_name() -> None:
 
 
 def test_strip_paths_drops_maps_it_empties() -> None:
-    body = {"metadata": {"name": "x", "annotations": {"a": "1"}}, "spec": {"replicas": 2}}
+    body: dict[str, Any] = {"metadata": {"name": "x", "annotations": {"a": "1"}},
+                            "spec": {"replicas": 2}}
     stripped, removed = strip_paths(body, ["/metadata/annotations/a", "/spec/nothing"])
     assert stripped == {"metadata": {"name": "x"}, "spec": {"replicas": 2}}
     assert removed == ("/metadata/annotations/a",)
