@@ -268,3 +268,31 @@ PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
           suppress_health_check=list(HealthCheck))
 def test_every_operation_conforms_to_the_document(case: Any, fuzzed: Fuzzed) -> None:
     _call(case, fuzzed)
+
+
+@pytest.mark.cluster
+def test_sequences_of_calls_conform_to_the_document(fuzzed: Fuzzed) -> None:
+    """The stateful phase: chains the document's inferred links (a deploy's 202 to its
+    operation, a listed service to its detail, an event to its object's events)."""
+
+    class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def before_call(self, case: Any) -> None:
+            _bound(case, fuzzed)
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"app": fuzzed.falcon_app, "headers": fuzzed.headers}
+
+        def validate_response(self, response: Any, case: Any,
+                              additional_checks: Any = None, **kwargs: Any) -> None:
+            case.validate_response(response, additional_checks=[no_unexpected_server_error],
+                                   excluded_checks=EXCLUDED, transport_kwargs=kwargs or None,
+                                   recorder=self.recorder)
+
+        def after_call(self, response: Any, case: Any) -> None:
+            super().after_call(response, case)
+            if (case.method, case.path) in WRITES:
+                fuzzed.restore()
+
+    Workflow.run(settings=settings(max_examples=20, stateful_step_count=8, deadline=None,
+                                   database=None, phases=PHASES,
+                                   suppress_health_check=list(HealthCheck)))
