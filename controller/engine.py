@@ -31,10 +31,10 @@ from controller.errors import (
     ReconciliationError,
     ValidationError,
 )
+from controller.health import DOWN, HEALTHY, SUSPENDED, UNHEALTHY, ServiceHealth
 from controller.kube import Body, Kube, KubeError, NotLeaderError, UnknownKindError
 from controller.objects import SHARED_SERVICE, Manifest
 from controller.parameters import (
-from controller.health import DOWN, HEALTHY, SUSPENDED, UNHEALTHY, ServiceHealth
     Parameters,
     deep_merge,
     effective,
@@ -50,9 +50,6 @@ log = logging.getLogger(__name__)
 Operation = Literal["reconcile", "up", "update", "down", "plan"]
 # Event hook: (type: info|success|warning|error, reason, message, details).
 EventSink = Callable[[str, str, str, Mapping[str, Any]], None]
-
-
-# Kinds listed (across namespaces, with our labels) to find out whether this instance ever
 # Every known service's health from watched state (the controller's HealthMonitor): what
 # makes Ready mean "applied and working". Without one (the engine used as a library),
 # Ready says only that the revision was applied.
@@ -62,6 +59,9 @@ Verdict = dict[str, tuple[str, str, str]]
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled")
 # Service states that ask nothing more of anyone: down and suspended on purpose.
 _SETTLED = frozenset({HEALTHY, SUSPENDED, DOWN})
+
+
+# Kinds listed (across namespaces, with our labels) to find out whether this instance ever
 # applied anything, besides the kinds the app renders: a missing DeploymentParameters
 # object is only created from defaults when none of them carries our labels.
 _EVIDENCE_KINDS = (("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Service"),
@@ -136,6 +136,7 @@ class Engine:
                  on_report: Callable[[Report], None] | None = None,
                  health: HealthView | None = None) -> None:
         self.cfg = cfg
+        self.health = health
         self.kube = kube
         self.source = source
         self.resource = ParametersResource(kube, cfg)
@@ -149,6 +150,7 @@ class Engine:
         # why we know it did): a missing object is then a deletion, never a first install.
         self._seen = ""
         self._reported_deleted = False
+        self.conditions: dict[str, str] = {}  # type -> status, as last computed
 
     # -- public operations ----------------------------------------------------------------
 
@@ -161,7 +163,6 @@ class Engine:
         return self._run("up", list(services), "api")
 
     def update(self, services: Iterable[str] = ()) -> Report:
-        self.health = health
         """Re-read parameters, re-render and apply these services (all deployed if none)."""
         return self._run("update", list(services), "api")
 
@@ -175,7 +176,6 @@ class Engine:
 
     def current(self, fresh: bool = False) -> Snapshot:
         """Parameters and manifests for readers (the API). A Git source answers with what the
-        self.conditions: dict[str, str] = {}  # type -> status, as last computed
         last pass fetched, so a GET does not cost a fetch; `fresh` fetches (for writes that
         build on the current file)."""
         last = self.last.snapshot if self.last else None
@@ -498,6 +498,47 @@ class Engine:
             if report.error is None:
                 report.error = e
 
+    def refresh_health(self) -> dict[str, str] | None:
+        """Between passes: rewrite the conditions for the services' health as watched now.
+
+        Written only when they change (one GET, and a PATCH only then), never over a failed
+        pass's Stalled (the next pass decides), and at the generation the last pass
+        observed. Returns the conditions (type -> status), or None when there is no object
+        or no health view. Raises NotLeaderError on a follower (Kube.write_guard).
+        """
+        if self.health is None:
+            return None
+        with self.lock:
+            obj = self.resource.get()
+            if obj is None:
+                return None
+            old = obj.get("status") or {}
+            conditions = old.get("conditions") or []
+            if any(c.get("type") == "Stalled" and c.get("status") == "True"
+                   for c in conditions) or "lastAppliedRevision" not in old:
+                return {c["type"]: c["status"] for c in conditions if "type" in c}
+            report = Report("reconcile", [], instance=self.cfg.instance,
+                            revision=str(old["lastAppliedRevision"]))
+            ready: Mapping[str, Any] = next(
+                (c for c in conditions if c.get("type") == "Ready"), {})
+            _, _, warning = str(ready.get("message", "")).partition("; warning: ")
+            suspended = (obj.get("spec") or {}).get("suspend") is True
+            new = _condition_list(_verdict(report, self._health_view(), warning, suspended),
+                                  conditions, int(old.get("observedGeneration") or 0))
+            self.conditions = {c["type"]: c["status"] for c in new}
+            if _comparable({"conditions": new}) != _comparable({"conditions": conditions}):
+                self.resource.patch_status({"conditions": new})
+            return self.conditions
+
+    def _health_view(self) -> Sequence[ServiceHealth] | None:
+        if self.health is None:
+            return None
+        try:
+            return self.health()
+        except Exception as e:  # no health is no reason to fail a pass: say "not known"
+            log.warning("cannot read service health: %s", e)
+            return []
+
     def _emit_finished(self, report: Report) -> None:
         counts = report.results.counts()
         if report.error:
@@ -543,47 +584,6 @@ def _inventory(obj: Body) -> dict[Any, planning.InventoryEntry]:
 def _service_states(report: Report, down: frozenset[str], known: set[str],
                     old: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    def refresh_health(self) -> dict[str, str] | None:
-        """Between passes: rewrite the conditions for the services' health as watched now.
-
-        Written only when they change (one GET, and a PATCH only then), never over a failed
-        pass's Stalled (the next pass decides), and at the generation the last pass
-        observed. Returns the conditions (type -> status), or None when there is no object
-        or no health view. Raises NotLeaderError on a follower (Kube.write_guard).
-        """
-        if self.health is None:
-            return None
-        with self.lock:
-            obj = self.resource.get()
-            if obj is None:
-                return None
-            old = obj.get("status") or {}
-            conditions = old.get("conditions") or []
-            if any(c.get("type") == "Stalled" and c.get("status") == "True"
-                   for c in conditions) or "lastAppliedRevision" not in old:
-                return {c["type"]: c["status"] for c in conditions if "type" in c}
-            report = Report("reconcile", [], instance=self.cfg.instance,
-                            revision=str(old["lastAppliedRevision"]))
-            ready: Mapping[str, Any] = next(
-                (c for c in conditions if c.get("type") == "Ready"), {})
-            _, _, warning = str(ready.get("message", "")).partition("; warning: ")
-            suspended = (obj.get("spec") or {}).get("suspend") is True
-            new = _condition_list(_verdict(report, self._health_view(), warning, suspended),
-                                  conditions, int(old.get("observedGeneration") or 0))
-            self.conditions = {c["type"]: c["status"] for c in new}
-            if _comparable({"conditions": new}) != _comparable({"conditions": conditions}):
-                self.resource.patch_status({"conditions": new})
-            return self.conditions
-
-    def _health_view(self) -> Sequence[ServiceHealth] | None:
-        if self.health is None:
-            return None
-        try:
-            return self.health()
-        except Exception as e:  # no health is no reason to fail a pass: say "not known"
-            log.warning("cannot read service health: %s", e)
-            return []
-
     failed: dict[str, ObjectResult] = {}
     touched = set()
     for r in report.results.items:
@@ -683,6 +683,10 @@ def _condition_list(verdict: Verdict, old: Sequence[Mapping[str, Any]],
     return out
 
 
+def _generation(obj: Body) -> int:
+    return int((obj.get("metadata") or {}).get("generation") or 0)
+
+
 def _comparable(status: Mapping[str, Any]) -> Any:
     out = {k: v for k, v in status.items() if k not in ("lastPassTime", "lastPassDuration")}
     out["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
@@ -691,7 +695,3 @@ def _comparable(status: Mapping[str, Any]) -> Any:
 
 
 __all__ = ["Engine", "Manifest", "Report"]
-def _generation(obj: Body) -> int:
-    return int((obj.get("metadata") or {}).get("generation") or 0)
-
-
