@@ -7,7 +7,9 @@ is recorded and the last good state keeps running. A DeploymentParameters object
 disappears after we applied it (deleted, or with its CRD) stops the passes rather than
 being re-created from the defaults. One lock makes passes and operations strictly
 sequential. Operations on named services plan only those services (plus the shared
-objects), so they never touch another service's objects.
+objects), so they never touch another service's objects. A suspended instance
+(`spec.suspend: true`) still plans every pass, so drift is reported, but applies and prunes
+nothing; up/update refuse it unless forced.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from controller.config import Config
 from controller.crds import CRD_FILE, ensure_crd, load_crd
 from controller.errors import (
     ConductorError,
+    ConflictError,
     KubernetesError,
     NotFoundError,
     ReconciliationError,
@@ -80,6 +83,15 @@ class CRDMissingError(KubernetesError):
     """The DeploymentParameters CRD is not served and conductor may not install it."""
 
 
+class SuspendedError(ConflictError):
+    """up/update asked of a suspended instance without force: refused, nothing changed."""
+
+
+def is_suspended(obj: Body) -> bool:
+    """`spec.suspend: true` on the DeploymentParameters object."""
+    return (obj.get("spec") or {}).get("suspend") is True
+
+
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -100,6 +112,8 @@ class Report:
     plan: planning.Plan | None = None
     live: dict[Any, Body] = field(default_factory=dict, repr=False)  # kept for `plan`
     snapshot: Snapshot | None = field(default=None, repr=False)
+    # The instance was suspended: the plan was computed, nothing applied or pruned.
+    suspended: bool = False
 
     @property
     def ok(self) -> bool:
@@ -124,7 +138,18 @@ class Report:
         }
         if self.error:
             out["error"] = self.error.to_dict()
+        if self.suspended:
+            out["suspended"] = True
+            out["pending"] = self.pending()
         return out
+
+    def pending(self) -> list[dict[str, str]]:
+        """What the plan would change (drift included) but a suspended pass left alone."""
+        if self.plan is None or self.operation == "plan":
+            return []
+        return [{"resource": str(c.key), "service": c.service, "action": c.action,
+                 "reason": c.reason} for c in self.plan.items
+                if c.action in ("create", "update") or c.deletes]
 
 
 class Engine:
@@ -158,13 +183,15 @@ class Engine:
         """A full pass over every deployed service; prunes what is no longer rendered."""
         return self._run("reconcile", None, trigger)
 
-    def up(self, services: Iterable[str] = ()) -> Report:
-        """Mark services deployed (all when none are named) and apply them now."""
-        return self._run("up", list(services), "api")
+    def up(self, services: Iterable[str] = (), force: bool = False) -> Report:
+        """Mark services deployed (all when none are named) and apply them now; on a
+        suspended instance only with `force` (SuspendedError otherwise)."""
+        return self._run("up", list(services), "api", force)
 
-    def update(self, services: Iterable[str] = ()) -> Report:
-        """Re-read parameters, re-render and apply these services (all deployed if none)."""
-        return self._run("update", list(services), "api")
+    def update(self, services: Iterable[str] = (), force: bool = False) -> Report:
+        """Re-read parameters, re-render and apply these services (all deployed if none);
+        on a suspended instance only with `force`."""
+        return self._run("update", list(services), "api", force)
 
     def down(self, services: Iterable[str] = ()) -> Report:
         """Mark services not deployed and delete their objects (reverse order, waited)."""
@@ -198,12 +225,13 @@ class Engine:
 
     # -- the pass -------------------------------------------------------------------------
 
-    def _run(self, op: Operation, services: list[str] | None, trigger: str) -> Report:
+    def _run(self, op: Operation, services: list[str] | None, trigger: str,
+             force: bool = False) -> Report:
         report = Report(op, sorted(services or []), trigger, instance=self.cfg.instance)
         started = time.monotonic()
         with self.lock:
             try:
-                self._pass(report, services)
+                self._pass(report, services, force)
             except ConductorError as e:
                 report.error = e
             except Exception as e:  # report, don't crash the loop; keep the traceback
@@ -211,8 +239,9 @@ class Engine:
                 report.error = ReconciliationError(f"{op} failed: {e}",
                                                    {"exception": type(e).__name__})
             report.duration = time.monotonic() - started
+            # A refusal (not leader, suspended) changed nothing: no failure to record.
             if report.error is not None and op != "plan" and \
-                    not isinstance(report.error, NotLeaderError):
+                    not isinstance(report.error, NotLeaderError | SuspendedError):
                 self._record_failure(report)
             self.last = report if op != "plan" else self.last
         self._emit_finished(report)
@@ -223,9 +252,17 @@ class Engine:
                 log.exception("report hook failed")
         return report
 
-    def _pass(self, report: Report, services: list[str] | None) -> None:
+    def _pass(self, report: Report, services: list[str] | None, force: bool = False) -> None:
         op = report.operation
         obj = self._parameters_object()
+        report.suspended = is_suspended(obj)
+        if report.suspended and op in ("up", "update") and not force:
+            where = f"{self.resource.namespace}/{self.resource.name}"
+            raise SuspendedError(
+                f"DeploymentParameters {where} is suspended: nothing is applied until it is "
+                "resumed (POST /api/resume, or spec.suspend: false); ?force=true applies "
+                "this once anyway", {"reason": "Suspended", "instance": self.resource.name,
+                                     "namespace": self.resource.namespace})
         down = self.resource.down_services(obj)
         snap = self.source.snapshot(obj)
         report.revision = snap.revision
@@ -256,6 +293,7 @@ class Engine:
         whole = op == "reconcile" or (op == "plan" and not services)
         deployed = sorted((known if whole else named) - down)
         params = self.parameters(snap)
+        ignore = planning.parse_ignore_rules(snap.spec.get("ignore"))
         # Secret references are read only here, to render: never stored, never shown.
         desired = rendering.render(tree, resolve_secret_refs(params, self.resource.read_secret,
                                                              self.cfg.namespace),
@@ -275,8 +313,15 @@ class Engine:
             settings = replace(settings, allow_empty=True)
         plan = planning.plan(desired, live, inventory, services=scope, settings=settings,
                              field_manager=self.cfg.apply.field_manager,
-                             app=self.cfg.app_name, instance=self.cfg.instance)
+                             app=self.cfg.app_name, instance=self.cfg.instance,
+                             ignore=ignore)
         report.plan = plan
+        if report.suspended and op == "reconcile":
+            # Drift and changes stay planned (shown in /api/status), nothing is written but
+            # the status, which says Suspended; no snapshot: the revision is not applied.
+            report.live = live
+            self._write_status(obj, inventory, report, None, known)
+            return
         dry_run = op == "plan"
         if dry_run:
             report.live = live
