@@ -324,15 +324,19 @@ class EventStore:
         self._inserted(len(rows))
         return out
 
-    def record_kube_event(self, body: Mapping[str, Any], *, service: str = "") -> Event | None:
+    def record_kube_event(self, body: Mapping[str, Any], *, service: str = "",
+                          resource: str | None = None) -> Event | None:
         """Store a core/v1 (or events.k8s.io/v1) Event of a managed object.
+
+        `resource` files it under another object than the one it is about: a Pod's Event
+        under the Deployment that owns it (its involvedObject stays in the details).
 
         The same Event (by metadata.uid) seen again with a higher count or a later last
         timestamp replaces its stored row (one row per Event; the row takes a new id, so
         newest-first lists and followers see the repetition). Returns None when there is
         nothing new (e.g. the watch re-lists an Event already stored).
         """
-        row, count, last_ms = _kube_row(body, service)
+        row, count, last_ms = _kube_row(body, service, resource)
         with self._transaction() as db:
             stored = db.execute("SELECT id, details FROM events WHERE kube_uid = ?",
                                 (row.kube_uid,)).fetchone()
@@ -604,14 +608,19 @@ class EngineRecorder:
         except Exception as e:
             self._failed(f"the result of {getattr(result, 'key', '?')}", e)
 
-    def on_kube_event(self, body: Mapping[str, Any]) -> Event | None:
-        """A watched Kubernetes Event (ADDED or MODIFIED) of a managed object; None when it
-        was already stored, or could not be (logged)."""
+    def on_kube_event(self, body: Mapping[str, Any], *, resource: str | None = None,
+                      service: str | None = None) -> Event | None:
+        """A watched Kubernetes Event (ADDED or MODIFIED) of a managed object, or of a
+        child filed under the managed `resource` that owns it; None when it was already
+        stored, or could not be (logged)."""
         try:
             inv = body.get("involvedObject") or body.get("regarding") or {}
-            key = resource_key(str(inv.get("namespace") or ""), str(inv.get("kind") or ""),
-                               str(inv.get("name") or ""))
-            return self.store.record_kube_event(body, service=self._service(key))
+            key = resource or resource_key(str(inv.get("namespace") or ""),
+                                           str(inv.get("kind") or ""),
+                                           str(inv.get("name") or ""))
+            return self.store.record_kube_event(
+                body, service=self._service(key) if service is None else service,
+                resource=key)
         except Exception as e:
             self._failed("a Kubernetes Event", e)
             return None
@@ -937,7 +946,8 @@ def _event(row: Sequence[Any]) -> Event:
                  row[5], json.loads(row[7]))
 
 
-def _kube_row(body: Mapping[str, Any], service: str) -> tuple[_Row, int, int | None]:
+def _kube_row(body: Mapping[str, Any], service: str,
+              resource: str | None = None) -> tuple[_Row, int, int | None]:
     """A Kubernetes Event as a row, with its count and last-seen time (ms)."""
     if not isinstance(body, Mapping):
         raise ValidationError("a Kubernetes Event must be an object", {"field": "event"})
@@ -968,16 +978,16 @@ def _kube_row(body: Mapping[str, Any], service: str) -> tuple[_Row, int, int | N
         "component": source.get("component") or body.get("reportingController") or
         body.get("reportingComponent") or "",
         "host": source.get("host") or body.get("reportingInstance") or "",
-        "involvedObject": {k: inv[k] for k in ("apiVersion", "uid", "fieldPath")
-                           if inv.get(k)},
+        "involvedObject": {k: inv[k] for k in ("apiVersion", "kind", "namespace", "name",
+                                               "uid", "fieldPath") if inv.get(k)},
         "event": f"{meta.get('namespace') or ''}/{meta.get('name') or ''}",
     }
     last_ms = _k8s_ms(last)
     # The store's time for this row: when it was last seen, but never in the future (a
     # skewed API server clock would otherwise hold every later timestamp back).
     ts = min(last_ms, _now_ms()) if last_ms is not None else None
-    key = resource_key(str(inv.get("namespace") or ""), str(inv.get("kind") or ""),
-                       str(inv.get("name") or ""))
+    key = resource or resource_key(str(inv.get("namespace") or ""),
+                                   str(inv.get("kind") or ""), str(inv.get("name") or ""))
     row = _row("warning" if body.get("type") == "Warning" else "info",
                str(body.get("message") or body.get("note") or ""), key, service,
                str(body.get("reason") or ""), details, ts, uid)

@@ -31,6 +31,7 @@ from controller.metrics import Metrics
 from controller.observing import HealthMonitor
 from controller.operations import Operations
 from controller.recording import KubeEvents
+from controller.reporting import HealthReporter
 from controller.sources import ParameterSource, Snapshot
 from controller.sources.resource import ParametersResource, ResourceSource
 from controller.watching import Reflector
@@ -184,6 +185,12 @@ class Controller:
         self.loop = Loop(self.engine, cfg.loop, may_run=self.is_leader)
         # Health from watched state (observing.py), on every replica: the API serves it.
         self.health = HealthMonitor(self.kube, cfg)
+        # A Pod's Kubernetes Events belong to the Deployment (and service) that owns it.
+        self.kube_events.owner_of = self.health.managed_owner
+        # Conditions and health events follow the watched health between passes.
+        self.reporter = HealthReporter(self.health, self.engine, self.events,
+                                       is_leader=self.is_leader, post=self.kube_events.post,
+                                       on_conditions=self.metrics.set_conditions)
         self._monitors: dict[str, HealthMonitor] = {}  # other instances', on first ask
         self.elector: LeaderElector | None = None
         if cfg.leader.enabled:
@@ -212,6 +219,7 @@ class Controller:
             self._prepare()
         self._watch = self.engine.resource.watch(lambda _obj: self.loop.wake("resource"))
         self.health.start()
+        self.reporter.start()
         self.loop.start()
         if isinstance(self.source, GitParameters):
             self._poller = threading.Thread(target=self._poll_git, name="git-poller",
@@ -240,6 +248,7 @@ class Controller:
         if self._watch:
             self._watch.stop()
         self.loop.stop(timeout)
+        self.reporter.stop()
         self.health.stop()
         with self._engines_lock:
             for monitor in self._monitors.values():
@@ -273,8 +282,11 @@ class Controller:
     # -- instances and sources ---------------------------------------------------------------
 
     def _new_engine(self, cfg: Config, source: ParameterSource) -> Engine:
+        instance = cfg.instance
+        # Ready means applied *and* healthy: the conditions read the watched health.
         return Engine(cfg, self.kube, source, on_event=self._event,
-                      on_result=self.recorder.on_result, on_report=self._on_report)
+                      on_result=self.recorder.on_result, on_report=self._on_report,
+                      health=lambda: self.health_for(instance).services())
 
     def engine_for(self, instance: str) -> Engine:
         """The engine of a DeploymentParameters object; others than ours use its spec.
@@ -372,9 +384,11 @@ class Controller:
                    if r.outcome == "applied" and r.reason == "drift"]
         self.metrics.observe_pass(report.operation, report.duration, report.ok,
                                   report.results.counts(), report.revision, drifted)
-        self.metrics.set_conditions({"Ready": "True" if report.ok else "False",
-                                     "Stalled": "False" if report.ok else "True",
-                                     "Reconciling": "False"})
+        # The conditions the pass wrote (health included); the reporter follows them up.
+        self.metrics.set_conditions(self.engine.conditions or {
+            "Ready": "True" if report.ok else "False",
+            "Stalled": "False" if report.ok else "True", "Reconciling": "False"})
+        self.reporter.poke()
         self._report_event_store()
 
     def _applied(self, snap: Snapshot) -> None:

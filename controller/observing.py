@@ -135,6 +135,7 @@ class HealthMonitor:
         self._memo: dict[str, tuple[Any, datetime, datetime]] = {}
         self._forbidden: dict[str, list[_Forbidden]] = {}  # by origin
         self._stopped = False
+        self._version = 0  # moves on every change: what `wait_changed` followers compare
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -150,7 +151,7 @@ class HealthMonitor:
         with self._cond:
             self._stopped = True
             reflectors = list(self._reflectors.values())
-            self._cond.notify_all()
+            self._notify()
         for r in [*reflectors, *([self._instance] if self._instance else [])]:
             r.stop()
 
@@ -194,7 +195,7 @@ class HealthMonitor:
                 return  # a pass that changed nothing here is no news for lastChecked
             self._forbidden[_ENGINE] = found
             self._touch(self._known)
-            self._cond.notify_all()
+            self._notify()
 
     def record_forbidden(self, verb: str, resource: str, message: str, *, service: str = "",
                          namespace: str = "") -> None:
@@ -205,7 +206,7 @@ class HealthMonitor:
                 _Forbidden(f"{namespace or '-'}/{resource}", verb, resource, message, service,
                            namespace))
             self._touch(self._known)
-            self._cond.notify_all()
+            self._notify()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -227,6 +228,49 @@ class HealthMonitor:
         with self._cond:
             self._check_known(service)
             return self._objects(service, self._clock(), self._children())
+
+    @property
+    def synced(self) -> bool:
+        """Whether the DeploymentParameters object has been listed (services are known)."""
+        return self._instance_synced
+
+    def wait_changed(self, version: int, timeout: float) -> int:
+        """Block until anything health depends on changed after `version` (or `timeout`,
+        or the soonest time-based change, an unschedulable pod passing its threshold);
+        returns the current version. Start with 0."""
+        with self._cond:
+            if self._version == version and not self._stopped:
+                self._cond.wait(min(timeout, self._next_deadline(self._clock())))
+            return self._version
+
+    def nudge(self) -> None:
+        """Wake `wait_changed` followers as if something changed (a pass wrote status)."""
+        with self._cond:
+            self._notify()
+
+    def managed_owner(self, namespace: str, kind: str, name: str,
+                      uid: str = "") -> tuple[ObjectKey, str] | None:
+        """Our object that this object is, or that controls it (Pod -> ReplicaSet ->
+        Deployment; a Job's, StatefulSet's or DaemonSet's Pod), with its service: whom a
+        Kubernetes Event about a child belongs to. None when the watched state does not
+        link it to one of ours."""
+        with self._cond:
+            obj = self._by_uid.get(uid) if uid else None
+            if obj is None:
+                for store in (self._ours, self._related):
+                    obj = next((o for k, o in store.items() if k.namespace == namespace
+                                and k.kind == kind and k.name == name), None)
+                    if obj is not None:
+                        break
+            for _ in range(4):  # the object itself, then up to 3 owners
+                if obj is None:
+                    return None
+                key = ObjectKey.of(obj)
+                if key in self._ours:
+                    service = _service_label(obj)
+                    return (key, service) if service is not None else None
+                obj = self._by_uid.get(_controller_uid(obj))
+            return None
 
     def wait(self, services: Iterable[str] = (), timeout: float = 300.0, *,
              fail_fast: bool = True) -> dict[str, ServiceHealth]:
@@ -269,7 +313,7 @@ class HealthMonitor:
             with self._cond:
                 self._instance_synced = True
                 self._touch(self._known)
-                self._cond.notify_all()
+                self._notify()
             return
         inventory: dict[ObjectKey, InventoryEntry] = {}
         down: frozenset[str] = frozenset()
@@ -286,7 +330,7 @@ class HealthMonitor:
             self._touch({s for s, old in before.items()
                          if old != self._inputs(s, inventory, down)})
             self.track((k, e.api_version) for k, e in inventory.items())
-            self._cond.notify_all()
+            self._notify()
 
     def _on_object(self, watch: _Watch, kind: str, obj: Body) -> None:
         with self._cond:
@@ -310,7 +354,7 @@ class HealthMonitor:
                 service = _service_label(obj) if watch.ours else self._owner_service(obj)
                 if service is not None:
                     self._touch({service})
-            self._cond.notify_all()
+            self._notify()
 
     def _on_list(self, watch: _Watch, error: KubeError | None) -> None:
         origin = f"watch:{watch}"
@@ -325,7 +369,7 @@ class HealthMonitor:
                     "", watch.namespace)]
             if had or error is not None:
                 self._touch(self._known)
-                self._cond.notify_all()
+                self._notify()
 
     # -- computing (under the lock) --------------------------------------------------------------
 
@@ -402,6 +446,11 @@ class HealthMonitor:
     def _inputs(self, name: str, inventory: Mapping[ObjectKey, InventoryEntry],
                 down: frozenset[str]) -> tuple[bool, frozenset[ObjectKey]]:
         return name in down, frozenset(k for k, e in inventory.items() if e.service == name)
+
+    def _notify(self) -> None:
+        """Under the lock: wake `wait` and `wait_changed`."""
+        self._version += 1
+        self._cond.notify_all()
 
     def _touch(self, services: Iterable[str]) -> None:
         now = self._clock()

@@ -3,8 +3,13 @@ event store; the controller's own noteworthy outcomes become Events on its
 DeploymentParameters object (what `kubectl describe` shows).
 
 Incoming: one Event watch per namespace the app has objects in (namespaces are learned
-from each pass); an Event is kept when it is about an object we applied, or about a Pod or
-ReplicaSet named after one of our workloads (a kubelet's pull failures are about Pods).
+from each pass); an Event is kept when it is about an object we applied, or about one of
+its children: a kubelet's pull failures are about Pods, a Deployment's rollout about
+ReplicaSets. A child's Event is stored under the managed object that owns it (followed
+through ownerReferences in the health monitor's watched state: Pod -> ReplicaSet ->
+Deployment, a Job's Pod -> Job), with the child named in its details, so the events of
+`Deployment/frontend` show why its Pods fail. A child the watched state does not know yet
+(its Event can arrive first) is matched by name to a workload of ours.
 Outgoing: only passes that changed or failed something post an Event, and a repeat of the
 previous one is skipped, so a quiet pass still writes nothing.
 """
@@ -17,7 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.events import EngineRecorder
+from controller.errors import ConductorError
+from controller.events import EngineRecorder, parse_time
 from controller.kube import Body, Kube, KubeError
 from controller.objects import ObjectKey
 from controller.sources.resource import API_VERSION, KIND
@@ -27,6 +33,8 @@ log = logging.getLogger(__name__)
 
 WORKLOADS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet",
                        "CronJob"})
+# (namespace, kind, name, uid) -> our object and its service, or None (HealthMonitor's).
+OwnerLookup = Callable[[str, str, str, str], "tuple[ObjectKey, str] | None"]
 
 
 class KubeEvents:
@@ -38,9 +46,15 @@ class KubeEvents:
         self.instance = instance
         self._watches: dict[str, Reflector] = {}
         self._ours: dict[str, str] = {}  # resource key -> service
-        self._workloads: dict[tuple[str, str], str] = {}  # (namespace, name) -> service
+        # (namespace, name) -> (resource key, service)
+        self._workloads: dict[tuple[str, str], tuple[str, str]] = {}
         self._lock = threading.Lock()
         self._last_posted: tuple[str, str] | None = None
+        self.owner_of: OwnerLookup | None = None  # set by the controller (HealthMonitor)
+        # Events a namespace's first list finds are news when seen after this (a first
+        # deploy's Pod failures happen before its namespace's watch starts); older ones
+        # are history (the store de-duplicates by uid either way).
+        self._since_ms = int(datetime.now(UTC).timestamp() * 1000)
 
     # -- incoming -------------------------------------------------------------------------
 
@@ -51,7 +65,7 @@ class KubeEvents:
             for key, service in objects:
                 self._ours[str(key)] = service
                 if key.kind in WORKLOADS:
-                    self._workloads[(key.namespace, key.name)] = service
+                    self._workloads[(key.namespace, key.name)] = (str(key), service)
                 if key.namespace and key.namespace not in self._watches:
                     new_namespaces.add(key.namespace)
             for ns in new_namespaces:
@@ -59,16 +73,27 @@ class KubeEvents:
                                               self._handler(), watch_timeout=120).start()
 
     def service_of(self, resource: str) -> str:
+        found = self.attribute(resource)
+        return found[1] if found else ""
+
+    def attribute(self, resource: str, uid: str = "") -> tuple[str, str] | None:
+        """The managed object (resource key) and service an Event about `resource`
+        (`namespace/Kind/name`) belongs to: the object itself when it is ours, else the
+        object of ours that owns it; None when it is not ours."""
+        namespace, _, rest = resource.partition("/")
+        kind, _, name = rest.partition("/")
         with self._lock:
             if resource in self._ours:
-                return self._ours[resource]
-            namespace, _, rest = resource.partition("/")
-            kind, _, name = rest.partition("/")
-            if kind in ("Pod", "ReplicaSet"):
-                for (ns, workload), service in self._workloads.items():
-                    if ns == namespace and name.startswith(workload + "-"):
-                        return service
-        return ""
+                return resource, self._ours[resource]
+        owner = self.owner_of(namespace, kind, name, uid) if self.owner_of else None
+        if owner is not None:
+            return str(owner[0]), owner[1]
+        if kind not in ("Pod", "ReplicaSet"):
+            return None
+        with self._lock:  # not watched (yet): a workload's children carry its name
+            found = [(len(workload), hit) for (ns, workload), hit in self._workloads.items()
+                     if ns == namespace and name.startswith(workload + "-")]
+        return max(found)[1] if found else None
 
     def _handler(self) -> Callable[[str, Body], None]:
         """One namespace's handler: what the first list finds is history, not news (a
@@ -79,15 +104,26 @@ class KubeEvents:
             if kind == "SYNCED":
                 synced.set()
                 return
-            if kind not in ("ADDED", "MODIFIED") or (kind == "ADDED" and not synced.is_set()):
+            if kind not in ("ADDED", "MODIFIED"):
+                return
+            if kind == "ADDED" and not synced.is_set() and not self._recent(body):
                 return
             inv = body.get("involvedObject") or {}
             resource = (f"{inv.get('namespace') or '-'}/{inv.get('kind', '')}/"
                         f"{inv.get('name', '')}")
-            if self.service_of(resource):
-                self.recorder.on_kube_event(body)
+            found = self.attribute(resource, str(inv.get("uid") or ""))
+            if found:
+                self.recorder.on_kube_event(body, resource=found[0], service=found[1])
 
         return on_event
+
+    def _recent(self, body: Body) -> bool:
+        last = body.get("lastTimestamp") or body.get("eventTime") or \
+            (body.get("metadata") or {}).get("creationTimestamp")
+        try:
+            return isinstance(last, str) and parse_time(last) >= self._since_ms
+        except ConductorError:  # unreadable: not news
+            return False
 
     def stop(self) -> None:
         with self._lock:

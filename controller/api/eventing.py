@@ -101,10 +101,16 @@ class Events(_Query):
         self.respond(resp, filters(req))
 
 
+# What is wrong, for GET /api/events/errors: the controller's errors and the warnings
+# beside them (Kubernetes Warning events about our objects and their Pods, the
+# controller's own warnings). `?type=error` on /api/events stays errors only.
+ERROR_TYPES = ("error", "warning")
+
+
 class Errors(_Query):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         query = filters(req)
-        query["type"] = "error"
+        query["type"] = ",".join(ERROR_TYPES)
         self.respond(resp, query)
 
 

@@ -102,6 +102,31 @@ def mark_waiting(kube: Kube, pod: Body, reason: str, message: str = "",
     })
 
 
+def post_event(kube: Kube, pod: Body, reason: str, message: str,
+               type_: str = "Warning") -> Body:
+    """An Event about `pod` as a kubelet posts it (e.g. Failed / BackOff for a pull)."""
+    meta, now = pod["metadata"], _now()
+    return kube.create({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta.get("uid", "")},
+        "type": type_, "reason": reason, "message": message,
+        "source": {"component": "kubelet", "host": "simulated"},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1})
+
+
+def pull_failed(kube: Kube, pod: Body, image: str, container: str | None = None) -> Body:
+    """A missing image, as a kubelet reports it: the container in ImagePullBackOff, and
+    the Pod's Failed and BackOff Warning Events."""
+    out = mark_waiting(kube, pod, "ImagePullBackOff", f'Back-off pulling image "{image}"',
+                       container=container)
+    post_event(kube, pod, "Failed", f'Failed to pull image "{image}": rpc error: code = '
+               f'NotFound desc = failed to pull and unpack image "{image}": not found')
+    post_event(kube, pod, "BackOff", f'Back-off pulling image "{image}"')
+    return out
+
+
 def mark_unschedulable(kube: Kube, pod: Body, message: str) -> Body:
     """Pending with PodScheduled=False/Unschedulable, as the scheduler reports."""
     return _patch_status(kube, pod, {"phase": "Pending",
@@ -163,10 +188,7 @@ class Simulator:
                or c.get("image", "") in missing]
         try:
             if bad:
-                image = bad[0].get("image", "")
-                mark_waiting(kube=self.kube, pod=pod, reason="ImagePullBackOff",
-                             container=bad[0]["name"],
-                             message=f'Back-off pulling image "{image}"')
+                pull_failed(self.kube, pod, bad[0].get("image", ""), bad[0]["name"])
             else:
                 mark_ready(self.kube, pod)
         except KubeError as e:

@@ -163,7 +163,8 @@ def test_crd_identity() -> None:
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert set(columns) == {"Ready", "Revision", "Age"}
+    assert set(columns) == {"Ready", "Reason", "Revision", "Age"}
+    assert columns["Reason"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].reason'
     assert columns["Revision"]["jsonPath"] == ".status.lastAppliedRevision"
     assert columns["Age"]["type"] == "date"
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]

@@ -1,0 +1,158 @@
+"""Health between passes: conditions that follow the services, and events at each turn.
+
+A pass happens every minute at best; a Pod that cannot pull its image fails seconds after
+it. `HealthReporter` follows one instance's `HealthMonitor` (event-driven: it wakes on
+every watched change, then waits `delay` seconds so a burst of watch events costs one
+evaluation) and
+
+- rewrites the DeploymentParameters object's conditions (`Engine.refresh_health`) when the
+  services' health changed since it last looked or a pass ran: only then, and only on the
+  leader (a follower's write is refused by Kube.write_guard; it does not try);
+- records health transitions in the event store, on every replica (each serves its own
+  API): an object that turns unhealthy is an `error` event (reason, message, hint, object,
+  service, instance), a service healthy again a `success` event (`Recovered`) for each
+  object that had failed. An error is recorded once per (object, reason) for as long as
+  its service stays unhealthy; the leader also posts it as a Warning Event on the
+  DeploymentParameters object, for `kubectl describe`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from controller.engine import Engine
+from controller.events import EventInput, EventStore
+from controller.health import DOWN, HEALTHY, SUSPENDED, UNHEALTHY, UNKNOWN, ServiceHealth
+from controller.kube import KubeError, NotLeaderError
+from controller.observing import HealthMonitor
+
+log = logging.getLogger(__name__)
+
+DELAY = 1.0  # seconds from a watched change to the evaluation (a burst costs one)
+SAFETY = 30.0  # seconds between evaluations when nothing wakes the reporter
+_RECOVERED = frozenset({HEALTHY, SUSPENDED, DOWN})
+
+
+class HealthReporter:
+    """Follows `monitor`; writes conditions through `engine`, events into `store`."""
+
+    def __init__(self, monitor: HealthMonitor, engine: Engine, store: EventStore, *,
+                 is_leader: Callable[[], bool],
+                 post: Callable[[str, str, str, Mapping[str, Any]], None] | None = None,
+                 on_conditions: Callable[[dict[str, str]], None] | None = None,
+                 delay: float = DELAY) -> None:
+        self.monitor = monitor
+        self.engine = engine
+        self.store = store
+        self.is_leader = is_leader
+        self.post = post
+        self.on_conditions = on_conditions
+        self.delay = delay
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._written: Any = None  # the health signature the conditions were written for
+        # service -> {(resource, reason): message} recorded during its unhealthy spell
+        self._failing: dict[str, dict[tuple[str, str], str]] = {}
+
+    def start(self) -> HealthReporter:
+        self._thread = threading.Thread(target=self._run, name="health-reporter",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.monitor.nudge()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def poke(self) -> None:
+        """A pass wrote status: look again (its conditions may assume a rollout)."""
+        self._written = None
+        self.monitor.nudge()
+
+    def _run(self) -> None:
+        version = 0
+        while not self._stop.is_set():
+            # A poke nudges the monitor, so it wakes this wait too.
+            if self.monitor.wait_changed(version, SAFETY) != version and \
+                    self._stop.wait(self.delay):  # the rest of a burst lands meanwhile
+                return
+            version = self.monitor.wait_changed(-1, 0)  # the version evaluated below
+            try:
+                self.evaluate()
+            except Exception:  # never end the thread: the next change tries again
+                log.exception("health reporter failed")
+
+    def evaluate(self) -> None:
+        """Record transitions and, on the leader, rewrite changed conditions."""
+        if not self.monitor.synced:
+            return
+        services = self.monitor.services()
+        self._record(services)
+        signature = tuple((h.name, h.status, h.reason, tuple(
+            (k, o.status, o.reason) for k, o in h.failing)) for h in services)
+        if signature == self._written or not self.is_leader():
+            return
+        try:
+            conditions = self.engine.refresh_health()
+        except NotLeaderError:
+            return
+        except KubeError as e:  # retried at the next change (or the safety wake-up)
+            log.warning("cannot write health conditions: %s", e.message)
+            return
+        self._written = signature
+        if conditions and self.on_conditions is not None:
+            self.on_conditions(conditions)
+
+    def _record(self, services: list[ServiceHealth]) -> None:
+        instance = self.engine.cfg.instance
+        events: list[EventInput] = []
+        for h in services:
+            if h.status == UNKNOWN:
+                continue  # not observed (yet): no news either way
+            spell = self._failing.get(h.name)
+            if h.status == UNHEALTHY:
+                spell = self._failing.setdefault(h.name, {})
+                for key, o in h.failing:
+                    if o.status != UNHEALTHY or (key, o.reason) in spell:
+                        continue
+                    message = f"{key}: {o.reason}: {o.message}" if o.message else \
+                        f"{key}: {o.reason}"
+                    spell[(key, o.reason)] = message
+                    events.append({
+                        "type": "error", "reason": o.reason or "Unhealthy",
+                        "message": f"service {h.name} unhealthy: {message}",
+                        "resource": key, "service": h.name,
+                        "details": {"object": key, "service": h.name, "instance": instance,
+                                    "namespace": h.namespace, "status": o.status,
+                                    "hint": o.hint, **({"cause": o.details} if o.details
+                                                       else {})}})
+            elif spell is not None and h.status in _RECOVERED:
+                del self._failing[h.name]
+                for key in sorted({k for k, _ in spell}):
+                    events.append({
+                        "type": "success", "reason": "Recovered",
+                        "message": f"service {h.name} is {h.status} again: {key} recovered",
+                        "resource": key, "service": h.name,
+                        "details": {"object": key, "service": h.name, "instance": instance,
+                                    "status": h.status,
+                                    "was": sorted(m for m in spell.values()
+                                                  if m.startswith(key + ":"))}})
+        if not events:
+            return
+        try:
+            self.store.add_many(events)
+        except Exception as error:  # the event store must never stop the reporter
+            log.warning("cannot record health events: %s", error)
+        if self.post is not None and self.is_leader():
+            for event in events:
+                if event["type"] == "error":
+                    self.post("error", str(event.get("reason", "")), event["message"],
+                              event.get("details") or {})
+
+
+__all__ = ["HealthReporter"]
