@@ -20,6 +20,7 @@ from falcon import testing
 from prometheus_client import CollectorRegistry
 
 from controller.api.app import create_app
+from controller.cluster import kubelet
 from controller.config import ApiSettings, Config, EventSettings
 from controller.main import Controller
 from controller.metrics import KIND
@@ -88,8 +89,12 @@ def test_the_first_pass_is_measured(app: App) -> None:
         assert last is not None and last.revision.startswith("generation/")
         assert sample(reg, "conductor_last_applied_revision_info", **obj(app),
                       revision=last.revision) == 1
-        assert sample(reg, "conductor_reconcile_condition", **obj(app), type="Ready",
-                      status="True") == 1
+        # Ready follows the conditions: applied *and* healthy. Pods run once the
+        # (simulated) kubelet reports them; until then the app is only progressing.
+        kubelet.settle(app.kube, app.namespace)
+        wait_for(lambda: (kubelet.settle(app.kube, app.namespace), sample(
+            reg, "conductor_reconcile_condition", **obj(app), type="Ready",
+            status="True"))[1] == 1, timeout=60, message="Ready=True once the pods run")
         assert sample(reg, "conductor_drift_corrections_total", **obj(app),
                       service="redis") == 0
 
