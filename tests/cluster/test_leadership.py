@@ -30,6 +30,7 @@ import yaml
 from falcon import testing
 
 from controller.api.app import create_app
+from controller.cluster import kubelet
 from controller.cluster.running import free_port
 from controller.config import ApiSettings, ApplySettings, Config, EventSettings, LeaderSettings
 from controller.kube import Kube, NotLeaderError
@@ -152,6 +153,7 @@ def redis_replicas(kube: Kube, namespace: str) -> int:
 
 def settled(kube: Kube, namespace: str, replica: Replica) -> bool:
     """The parameters' current generation is applied (Ready) and `replica` has run a pass."""
+    kubelet.settle(kube, namespace)  # Ready means applied and healthy: pods must run
     obj = kube.get(API_VERSION, KIND, "default", namespace) or {}
     status = obj.get("status") or {}
     ready = {c["type"]: c["status"] for c in status.get("conditions", [])}.get("Ready")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.cluster import kubelet
 from controller.cluster.running import free_port
 from controller.kube import Kube
 from controller.objects import LABEL_APP, LABEL_INSTANCE, LABEL_SERVICE
@@ -105,6 +106,7 @@ def test_killed_mid_pass_then_restarted_converges_and_prunes_only_its_own(
                  message="leftovers of the killed pass pruned")
 
         def ready() -> bool:
+            kubelet.settle(kube, namespace)  # Ready means applied and healthy: pods run
             o = kube.get(API_VERSION, KIND, "default", namespace) or {}
             conds = {c["type"]: c["status"] for c in (o.get("status") or {}).get(
                 "conditions", [])}

@@ -19,6 +19,7 @@ import yaml
 from falcon import testing
 
 from controller.api.app import create_app
+from controller.cluster import kubelet
 from controller.config import ApiSettings, Config, EventSettings, GitSettings, LoopSettings
 from controller.kube import Kube
 from controller.main import Controller
@@ -169,6 +170,8 @@ def _status(kube: Kube, namespace: str) -> dict[str, Any]:
 
 
 def _ready(kube: Kube, namespace: str) -> dict[str, Any]:
+    # Ready means applied and healthy: the (simulated) kubelet runs the app's pods.
+    kubelet.settle(kube, namespace)
     conditions = _status(kube, namespace).get("conditions") or []
     return next((c for c in conditions if c["type"] == "Ready"), {})
 
