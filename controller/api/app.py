@@ -24,6 +24,7 @@ from controller.api import (
     security,
     services,
     status,
+    suspending,
     webhooks,
 )
 from controller.api.offload import inline, offload
@@ -131,6 +132,8 @@ def routes(app: falcon.asgi.App[Any, Any], c: Controller, pool: ThreadPoolExecut
     for op in ("up", "update", "down"):
         add(f"/api/{op}", deploying.Deploy(c, op))
     add("/api/plan", deploying.Plan(c))
+    add("/api/suspend", suspending.Suspend(c, suspend=True))
+    add("/api/resume", suspending.Suspend(c, suspend=False))
     add("/api/operations/{op_id}", deploying.OperationStatus(c))
     add("/api/events", eventing.Events(c))
     add("/api/events/errors", eventing.Errors(c))

@@ -3,7 +3,8 @@
 Synchronous up to a timeout: the answer carries a result per object. When the operation
 outlives the timeout the answer is 202 with an operation id to follow, never a dropped
 connection. Failures use the contract's envelope, e.g. `reconciliation_error` naming the
-first failing object.
+first failing object. up/update on a suspended instance answer `409 conflict` at once,
+before an operation starts, unless `?force=true` (the engine checks again under its lock).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from controller.api.common import (
     json_body,
     services_from,
 )
-from controller.engine import Report
+from controller.engine import Report, SuspendedError, is_suspended
 from controller.errors import ReconciliationError
 from controller.main import Controller
 
@@ -68,9 +69,23 @@ class Deploy:
             timeout = 0
         wait_healthy = bool_param(req, "waitHealthy", False)
         health_timeout = float_param(req, "healthTimeout", 120.0, 0, 3600)
+        force = bool_param(req, "force", False) if self.op != "down" else False
         engine = self.controller.engine_for(instance)
-        op = self.controller.operations.start(self.op, services, instance,
-                                              lambda: getattr(engine, self.op)(services))
+        if self.op != "down" and not force:
+            obj = engine.resource.get()
+            if obj is not None and is_suspended(obj):
+                raise SuspendedError(
+                    f"instance {instance} is suspended: {self.op} applies nothing until it "
+                    "is resumed (POST /api/resume); ?force=true applies this once anyway",
+                    {"reason": "Suspended", "instance": instance,
+                     "namespace": engine.resource.namespace})
+
+        def run() -> Report:
+            if self.op == "down":
+                return engine.down(services)
+            return getattr(engine, self.op)(services, force=force)  # type: ignore[no-any-return]
+
+        op = self.controller.operations.start(self.op, services, instance, run)
         try:
             report = op.future.result(timeout=timeout) if timeout else None
         except TimeoutError:
@@ -144,8 +159,15 @@ class Plan:
         counts: dict[str, int] = {}
         for c in changes:
             counts[c["action"]] = counts.get(c["action"], 0) + 1
-        resp.media = {"services": report.services, "revision": report.revision,
-                      "counts": counts, "changes": changes}
+        body: dict[str, Any] = {"services": report.services, "revision": report.revision,
+                                "counts": counts, "changes": changes}
+        ignored = [{"resource": str(c.key), "service": c.service, "paths": list(c.ignored)}
+                   for c in (report.plan.items if report.plan else ()) if c.ignored]
+        if ignored:  # fields left to someone else (spec.ignore): never applied after create
+            body["ignored"] = ignored
+        if report.suspended:
+            body["suspended"] = True
+        resp.media = body
 
 
 def diff(live: dict[str, Any] | None, after: dict[str, Any]) -> str:

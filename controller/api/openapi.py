@@ -81,15 +81,22 @@ def _op(summary: str, responses: dict[str, Any], params: list[dict[str, Any]] | 
     return out
 
 
-def _deploy(what: str) -> dict[str, Any]:
+FORCE = {"name": "force", "in": "query", "schema": {"type": "boolean"},
+         "description": "apply even though the instance is suspended (409 otherwise)"}
+
+
+def _deploy(what: str, suspendable: bool = True) -> dict[str, Any]:
+    params = [*DEPLOY_PARAMS, FORCE] if suspendable else DEPLOY_PARAMS
     return {"post": _op(f"{what} services (all when none are named); idempotent",
                         {"200": _resp("done, with a result per object", _ref("DeployResult")),
                          "202": _resp("still running (follow the operation), or applied "
                                       "but not yet healthy (waitHealthy)", {"anyOf": [
                                           _ref("Operation"), _ref("DeployResult")]})},
-                        DEPLOY_PARAMS, SERVICES_BODY, "deploy")}
+                        params, SERVICES_BODY, "deploy")}
 
 
+NO_BODY = {"required": False, "content": {JSON: {"schema": {
+    "type": "object", "additionalProperties": False}}}}
 PARAMS_BODY = {"required": True, "content": {JSON: {"schema": _ref("ParametersSpec")}}}
 PATCH_BODY = {"required": True, "content": {JSON: {"schema": _ref("ParametersPatch")}}}
 OBJ = {"type": "object"}
@@ -120,10 +127,17 @@ PATHS: dict[str, Any] = {
          INSTANCE], tag="services")},
     "/api/up": _deploy("deploy"),
     "/api/update": _deploy("re-read parameters and apply"),
-    "/api/down": _deploy("remove"),
+    "/api/down": _deploy("remove", suspendable=False),
     "/api/plan": {"post": _op("dry run of up/update with diffs (server-side dry-run)",
                               {"200": _resp("plan", _ref("Plan"))}, [INSTANCE],
                               SERVICES_BODY, "deploy")},
+    "/api/suspend": {"post": _op(
+        "suspend the instance: passes plan and report drift but apply and prune nothing "
+        "(spec.suspend: true); idempotent", {"200": _resp("suspended", _ref("Suspension"))},
+        [INSTANCE], NO_BODY, "deploy")},
+    "/api/resume": {"post": _op(
+        "resume a suspended instance: its next pass applies what waited; idempotent",
+        {"200": _resp("resumed", _ref("Suspension"))}, [INSTANCE], NO_BODY, "deploy")},
     "/api/operations/{op_id}": {"get": _op(
         "a running or finished operation", {"200": _resp("operation", _ref("Operation"))},
         [{"name": "op_id", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -156,7 +170,8 @@ PATHS: dict[str, Any] = {
          for n in ("namespace", "kind", "name")]
         + [p for p in EVENT_FILTERS if p["name"] != "resource"], tag="events")},
     "/api/parameters": {
-        "get": _op("the parameters in force", {"200": _resp("spec", _ref("ParametersSpec"))},
+        "get": _op("the parameters in force", {"200": _resp("spec",
+                                                             _ref("ParametersInForce"))},
                    [INSTANCE], tag="parameters"),
         "post": _op("replace the parameters (validated against the CRD schema)",
                     {"200": _resp("updated", _ref("ParametersWritten"))}, [INSTANCE],
@@ -220,7 +235,15 @@ SCHEMAS: dict[str, Any] = {
             "running", "succeeded", "failed"]}, "report": OBJ, "links": OBJ}},
     "Plan": {"type": "object", "required": ["changes"], "properties": {
         "services": {"type": "array", "items": STR}, "revision": STR, "counts": OBJ,
-        "changes": {"type": "array", "items": OBJ}}},
+        "changes": {"type": "array", "items": OBJ},
+        # Fields left to someone else by spec.ignore, per object; set only when any.
+        "ignored": {"type": "array", "items": {"type": "object", "properties": {
+            "resource": STR, "service": STR, "paths": {"type": "array", "items": STR}}}},
+        "suspended": {"type": "boolean"}}},
+    "Suspension": {"type": "object", "required": ["message", "instance", "suspended"],
+                   "properties": {"message": STR, "instance": STR, "namespace": STR,
+                                  "suspended": {"type": "boolean"},
+                                  "changed": {"type": "boolean"}}},
     "ServiceList": {"type": "object", "required": ["services"], "properties": {
         "services": {"type": "array", "items": {
             "type": "object", "required": ["name", "namespace"],
@@ -256,6 +279,12 @@ SCHEMAS: dict[str, Any] = {
     "ParametersSpec": {"type": "object", "properties": {
         "global": {"type": "object"}, "services": {
             "type": "object", "additionalProperties": {"type": "object"}}},
+        "additionalProperties": False},
+    # What GET answers: the spec, with the controls set on the object (kubectl, /api/suspend).
+    "ParametersInForce": {"type": "object", "properties": {
+        "global": {"type": "object"}, "services": {
+            "type": "object", "additionalProperties": {"type": "object"}},
+        "suspend": {"type": "boolean"}, "ignore": {"type": "array", "items": OBJ}},
         "additionalProperties": False},
     # A merge patch of ParametersSpec: any map may be null, which deletes it.
     "ParametersPatch": {"type": "object", "properties": {
