@@ -182,8 +182,9 @@ def test_prometheus_fires_service_unhealthy_for_a_pod_in_image_pull_backoff(
             result: list[dict[str, Any]] = _api(prom, "/api/v1/query", query=query)["result"]
             return result
         app = f'job="compat",kind="DeploymentParameters",name="default",namespace="{namespace}"'
+        # Ready means applied *and* healthy: redis cannot pull, so it is False.
         ready = wait_for(lambda: compat(
-            f'gotk_reconcile_condition{{{app},type="Ready",status="True"}} == 1'),
+            f'gotk_reconcile_condition{{{app},type="Ready",status="False"}} == 1'),
             timeout=10, message="gotk_reconcile_condition through the relabeling")
         assert len(ready) == 1
         assert compat(f'gotk_reconcile_duration_seconds_count{{{app},operation="reconcile"}}')
