@@ -12,12 +12,45 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from controller.api.security import TokensFileError
 from controller.cluster import building, running
-from controller.config import Config
+from controller.config import (
+    Config,
+    ConfigError,
+    check_environment,
+    effective,
+    known_variables,
+    validate,
+)
+from controller.startup import EXIT_CONFIG, StartupError, check_cluster
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kubeconfig", help="default: $KUBECONFIG, ~/.kube/config, in-cluster")
+    p.add_argument("--context")
+    p.add_argument("--manifests", type=Path, help="manifests root (default: ./manifests "
+                   "of the installed package)")
+    p.add_argument("--app-name")
+    p.add_argument("--namespace", help="namespace of the DeploymentParameters object")
+    p.add_argument("--instance", help="name of the DeploymentParameters object")
+    p.add_argument("--source", choices=["resource", "git"])
+    p.add_argument("--git-url")
+    p.add_argument("--git-ref")
+    p.add_argument("--git-params-path")
+    p.add_argument("--git-manifests-path")
+    p.add_argument("--git-token-file")
+    p.add_argument("--git-ssh-key-file")
+    p.add_argument("--git-poll-interval", type=float)
+    p.add_argument("--interval", type=float, help="seconds between passes (default 60)")
+    p.add_argument("--conflicts", choices=["force", "fail"],
+                   help="server-side apply conflicts: take the fields over, or fail")
+    p.add_argument("--host", help="API bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="API port (default 8081)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,32 +58,24 @@ def _parser() -> argparse.ArgumentParser:
         prog="conductor",
         description="GitOps reconcile-loop controller for multi-service Kubernetes apps.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback behind a start-up error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the controller and its REST API (gunicorn)",
                          description="Run the reconcile loop and the REST API. Every "
                          "option can also be set as CONDUCTOR_<GROUP>_<NAME> in the "
-                         "environment (e.g. CONDUCTOR_LOOP_INTERVAL=30); flags win.")
-    run.add_argument("--kubeconfig", help="default: $KUBECONFIG, ~/.kube/config, in-cluster")
-    run.add_argument("--context")
-    run.add_argument("--manifests", type=Path, help="manifests root (default: ./manifests "
-                     "of the installed package)")
-    run.add_argument("--app-name")
-    run.add_argument("--namespace", help="namespace of the DeploymentParameters object")
-    run.add_argument("--instance", help="name of the DeploymentParameters object")
-    run.add_argument("--source", choices=["resource", "git"])
-    run.add_argument("--git-url")
-    run.add_argument("--git-ref")
-    run.add_argument("--git-params-path")
-    run.add_argument("--git-manifests-path")
-    run.add_argument("--git-token-file")
-    run.add_argument("--git-ssh-key-file")
-    run.add_argument("--git-poll-interval", type=float)
-    run.add_argument("--interval", type=float, help="seconds between passes (default 60)")
-    run.add_argument("--conflicts", choices=["force", "fail"],
-                     help="server-side apply conflicts: take the fields over, or fail")
-    run.add_argument("--host", help="API bind address (default 127.0.0.1)")
-    run.add_argument("--port", type=int, help="API port (default 8081)")
+                         "environment (e.g. CONDUCTOR_LOOP_INTERVAL=30); flags win. "
+                         "Exit codes: 2 configuration, 3 Kubernetes unreachable or "
+                         "credentials refused, 4 a permission or the CRD missing.")
+    _run_options(run)
+    shown = sub.add_parser("config", help="print the effective configuration (secrets "
+                           "masked) and check it",
+                           description="The configuration `conductor run` would use, from "
+                           "the environment and the same flags, one CONDUCTOR_* variable "
+                           "a line, secrets masked; exits 2 on an invalid one.")
+    _run_options(shown)
+    shown.add_argument("--list", action="store_true", help="only the names of every setting")
 
     cl = sub.add_parser("cluster", help="a local Kubernetes control plane on loopback",
                         description="etcd + kube-apiserver + kube-controller-manager on "
@@ -84,8 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "cluster":
         return _cluster(args)
-    if args.command == "run":
-        return _run(args)
+    if args.command in ("run", "config"):
+        try:
+            return _run(args) if args.command == "run" else _config(args)
+        except (ConfigError, TokensFileError, StartupError) as e:
+            if args.debug:
+                traceback.print_exc()
+            _say(f"conductor {args.command}: {e}")
+            return e.exit_code if isinstance(e, StartupError) else EXIT_CONFIG
     return 2
 
 
@@ -111,20 +142,34 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
     )
 
 
+def checked_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    """The configuration, refused (ConfigError, one line) when a variable is unknown or
+    a value invalid."""
+    cfg = config_from_args(args, env)
+    check_environment(env, ignore=(cfg.git.token_env,) if cfg.git.token_env else ())
+    validate(cfg)
+    return cfg
+
+
 def _run(args: argparse.Namespace) -> int:
-    from controller.api.security import TokensFileError
-    from controller.api.server import serve
+    from controller.api.server import serve, startup_checks
 
     env = dict(os.environ)
-    cfg = config_from_args(args, env)
-    if cfg.source == "git" and not cfg.git.url:
-        _say("conductor run: --source git needs --git-url (or CONDUCTOR_GIT_URL)")
-        return 2
-    try:
-        serve(cfg, env)
-    except TokensFileError as e:  # checked before anything starts: one line, no traceback
-        _say(f"conductor run: {e}")
-        return 2
+    cfg = checked_config(args, env)
+    tokens = startup_checks(cfg)  # the tokens file, in full
+    check_cluster(cfg)  # credentials, the API server, permissions: before anything starts
+    serve(cfg, env, tokens)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.list:
+        print("\n".join(known_variables()))
+        return 0
+    env = dict(os.environ)
+    cfg = checked_config(args, env)
+    for name, value in effective(cfg).items():
+        print(f"{name}={value}")
     return 0
 
 

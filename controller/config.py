@@ -2,15 +2,23 @@
 
 No other module reads the environment; `Config.from_env` is called by the command line
 (or the caller of `controller.run`) and the resulting object flows to every component.
+
+Strict: `check_environment` refuses a `CONDUCTOR_*` variable that names no setting (a typo
+would otherwise be silently ignored) and suggests the closest name; every value is
+converted with its field's type (a Literal's choices included) and `validate` checks
+ranges and files. Each problem is one `ConfigError` line naming the setting.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
-from collections.abc import Mapping
+import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 _T = TypeVar("_T")
 
@@ -139,31 +147,174 @@ class Config:
         return replace(cfg, **overrides)  # type: ignore[arg-type]
 
 
+class ConfigError(ValueError):
+    """A setting is unknown or its value is invalid: one line naming it."""
+
+
+PREFIX = "CONDUCTOR_"
+# Variables under the prefix that are not settings of the controller: the project's own
+# tests, benchmarks and test data locations (never read by `conductor run`).
+NOT_SETTINGS = ("CONDUCTOR_TEST_", "CONDUCTOR_BENCH_", "CONDUCTOR_PEER_")
+
+
+def _settings(obj: Any, prefix: str) -> Iterator[tuple[str, Any, Any, Any]]:
+    """(variable name, owner, field, current value) of every leaf setting."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        name = prefix + f.name.upper()
+        current = getattr(obj, f.name)
+        if hasattr(current, "__dataclass_fields__"):
+            yield from _settings(current, name + "_")
+        else:
+            yield name, obj, hints.get(f.name), current
+
+
+def known_variables() -> list[str]:
+    """Every CONDUCTOR_* variable that sets something."""
+    return sorted(name for name, *_ in _settings(Config(), PREFIX))
+
+
+def check_environment(env: Mapping[str, str], ignore: tuple[str, ...] = ()) -> None:
+    """Refuse a CONDUCTOR_* variable that names no setting (`ignore`: variables the
+    configuration itself points at, e.g. the one CONDUCTOR_GIT_TOKEN_ENV names)."""
+    known = set(known_variables())
+    for name in sorted(env):
+        if (not name.startswith(PREFIX) or name in known or name in ignore
+                or name.startswith(NOT_SETTINGS)):
+            continue
+        # Compared without the shared prefix, which would make every name look close.
+        close = difflib.get_close_matches(name.removeprefix(PREFIX),
+                                          [k.removeprefix(PREFIX) for k in sorted(known)],
+                                          n=1, cutoff=0.6)
+        hint = f"; did you mean {PREFIX}{close[0]}?" if close else \
+            "; `conductor config --list` shows every setting"
+        raise ConfigError(f"{name}: unknown setting{hint}")
+
+
 def _apply_env(obj: _T, prefix: str, env: Mapping[str, str]) -> _T:
     changes: dict[str, object] = {}
+    hints = typing.get_type_hints(type(obj))
     for f in fields(obj):  # type: ignore[arg-type]
         name = prefix + f.name.upper()
         current = getattr(obj, f.name)
         if hasattr(current, "__dataclass_fields__"):
             changes[f.name] = _apply_env(current, name + "_", env)
         elif name in env:
-            changes[f.name] = _convert(env[name], current, name)
+            changes[f.name] = _convert(env[name], current, name, hints.get(f.name))
     return replace(obj, **changes)  # type: ignore[type-var]
 
 
-def _convert(raw: str, current: object, name: str) -> object:
+def _convert(raw: str, current: object, name: str, hint: object = None) -> object:
+    choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+    if choices:
+        if raw not in choices:
+            raise ConfigError(f"{name}: expected one of {', '.join(map(str, choices))}, "
+                              f"got {raw!r}")
+        return raw
     if isinstance(current, bool):
         if raw.lower() in ("1", "true", "yes", "on"):
             return True
         if raw.lower() in ("0", "false", "no", "off", ""):
             return False
-        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+        raise ConfigError(f"{name}: expected a boolean (true or false), got {raw!r}")
     if isinstance(current, int):
-        return int(raw)
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
     if isinstance(current, float):
-        return float(raw)
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number (seconds where it is a "
+                              f"duration), got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}: expected a finite number, got {raw!r}")
+        return value
     if isinstance(current, Path):
         return Path(raw)
     if isinstance(current, tuple):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw
+
+
+# (variable, low, high) for numbers; the variable names the setting in messages.
+_RANGES: dict[str, tuple[float, float]] = {
+    "CONDUCTOR_API_PORT": (1, 65535), "CONDUCTOR_API_THREADS": (1, 256),
+    "CONDUCTOR_API_RATE_LIMIT": (0, 1e6), "CONDUCTOR_API_RATE_BURST": (1, 1e6),
+    "CONDUCTOR_API_AUTH_FAILURE_RATE": (0, 1e6), "CONDUCTOR_API_AUTH_FAILURE_BURST": (1, 1e6),
+    "CONDUCTOR_API_MAX_STREAMS": (1, 100_000), "CONDUCTOR_API_MAX_BODY_BYTES": (1, 1 << 30),
+    "CONDUCTOR_API_SYNC_TIMEOUT": (0, 3600),
+    "CONDUCTOR_LOOP_INTERVAL": (0.1, 86400), "CONDUCTOR_LOOP_JITTER": (0, 1),
+    "CONDUCTOR_LOOP_RETRY_BACKOFF": (0.01, 86400),
+    "CONDUCTOR_LOOP_RETRY_BACKOFF_MAX": (0.01, 86400),
+    "CONDUCTOR_APPLY_CONCURRENCY": (1, 256), "CONDUCTOR_APPLY_ATTEMPTS": (1, 100),
+    "CONDUCTOR_APPLY_BACKOFF_INITIAL": (0, 3600), "CONDUCTOR_APPLY_BACKOFF_MAX": (0, 3600),
+    "CONDUCTOR_APPLY_REQUEST_TIMEOUT": (0.1, 3600),
+    "CONDUCTOR_APPLY_DELETE_TIMEOUT": (0, 86400),
+    "CONDUCTOR_GIT_POLL_INTERVAL": (0.1, 86400),
+    "CONDUCTOR_LEADER_LEASE_DURATION": (0.1, 3600),
+    "CONDUCTOR_LEADER_RENEW_DEADLINE": (0.1, 3600),
+    "CONDUCTOR_LEADER_RETRY_PERIOD": (0.01, 3600),
+    "CONDUCTOR_EVENTS_MAX_AGE_DAYS": (0.001, 36500), "CONDUCTOR_EVENTS_MAX_COUNT": (1, 1e9),
+}
+# Files that must be readable when set (the tokens file is checked in full by the API).
+_FILES = ("CONDUCTOR_API_TOKENS_FILE", "CONDUCTOR_API_CERTFILE", "CONDUCTOR_API_KEYFILE",
+          "CONDUCTOR_GIT_TOKEN_FILE", "CONDUCTOR_GIT_SSH_KEY_FILE",
+          "CONDUCTOR_GIT_WEBHOOK_SECRET_FILE")
+
+
+def validate(cfg: Config) -> None:
+    """Every value in range, every named file readable, the combinations coherent: the
+    first problem as one ConfigError line (the command line calls this before starting)."""
+    for name, _owner, hint, value in _settings(cfg, PREFIX):
+        choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+        if choices and value not in choices:
+            raise ConfigError(f"{name}: expected one of {', '.join(map(str, choices))}, "
+                              f"got {value!r}")
+        if name in _RANGES and isinstance(value, int | float) \
+                and not isinstance(value, bool):
+            low, high = _RANGES[name]
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ConfigError(f"{name}: {value} is out of range [{low:g}, {high:g}]")
+        if name in _FILES and value:
+            path = Path(str(value))
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise ConfigError(f"{name}: {path} is not a readable file")
+    leader = cfg.leader
+    if not leader.retry_period < leader.renew_deadline < leader.lease_duration:
+        raise ConfigError("CONDUCTOR_LEADER_*: needs RETRY_PERIOD < RENEW_DEADLINE < "
+                          f"LEASE_DURATION, got {leader.retry_period} < "
+                          f"{leader.renew_deadline} < {leader.lease_duration}")
+    if bool(cfg.api.certfile) != bool(cfg.api.keyfile):
+        raise ConfigError("CONDUCTOR_API_CERTFILE and CONDUCTOR_API_KEYFILE: set both "
+                          "(TLS) or neither")
+    if cfg.source == "git" and not cfg.git.url:
+        raise ConfigError("CONDUCTOR_GIT_URL: --source git needs a repository URL "
+                          "(--git-url)")
+    if not cfg.manifest_root.is_dir() and not (cfg.source == "git"
+                                               and cfg.git.manifests_path):
+        raise ConfigError(f"CONDUCTOR_MANIFEST_ROOT: {cfg.manifest_root} is not a "
+                          "directory (--manifests)")
+    if cfg.kubeconfig:
+        path = Path(cfg.kubeconfig)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ConfigError(f"KUBECONFIG: {path} is not a readable file (--kubeconfig)")
+
+
+def effective(cfg: Config) -> dict[str, str]:
+    """Every setting's variable and effective value, secrets masked (`conductor config`)."""
+    out: dict[str, str] = {}
+    for name, _owner, _hint, value in _settings(cfg, PREFIX):
+        text = ",".join(value) if isinstance(value, tuple) else str(value)
+        out[name] = _masked(name, text)
+    return out
+
+
+def _masked(name: str, text: str) -> str:
+    if "://" in text and "@" in text.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = text.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"  # credentials in a URL
+    secret = any(w in name for w in ("SECRET", "PASSWORD", "TOKEN")) and \
+        not name.endswith(("_FILE", "_ENV", "_TOKENS_FILE"))
+    return "***" if secret and text else text

@@ -68,6 +68,8 @@ def startup_checks(cfg: Config) -> list[Token]:
     return load_tokens(cfg.api.tokens_file) if cfg.api.tokens_file else []
 
 
-def serve(cfg: Config, env: dict[str, str] | None = None) -> None:
-    tokens = startup_checks(cfg)
+def serve(cfg: Config, env: dict[str, str] | None = None,
+          tokens: list[Token] | None = None) -> None:
+    if tokens is None:
+        tokens = startup_checks(cfg)
     Server(cfg, dict(os.environ if env is None else env), tokens).run()
