@@ -368,7 +368,9 @@ class Controller:
         self.health.after_pass(report.plan.items if report.plan else (),
                                report.results.items, report.error)
         snap = report.snapshot
-        applied = snap is not None and report.ok and report.operation != "plan"
+        # A suspended pass applied nothing: its revision is seen, not applied.
+        applied = snap is not None and report.ok and report.operation != "plan" \
+            and not report.suspended
         if snap is not None:
             try:
                 self.history.record(self.cfg.instance, snap.revision, snap.source, snap.spec,
@@ -518,6 +520,8 @@ class Controller:
                                "time": last.started, "duration": round(last.duration, 4),
                                "result": "success" if last.ok else "failed",
                                "revision": last.revision, "counts": last.results.counts()}
+            if last.suspended:  # what waits for a resume, drift included
+                out["lastPass"].update(suspended=True, pending=last.pending())
             if last.error:
                 out["lastPass"]["error"] = last.error.to_dict()
         return out
