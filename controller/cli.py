@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from controller import logs
 from controller.api.security import TokensFileError
 from controller.cluster import building, running
 from controller.config import (
@@ -49,6 +50,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=float, help="seconds between passes (default 60)")
     p.add_argument("--conflicts", choices=["force", "fail"],
                    help="server-side apply conflicts: take the fields over, or fail")
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="log lines as text (default) or JSON objects")
     p.add_argument("--host", help="API bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="API port (default 8081)")
 
@@ -125,7 +128,8 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
     cfg = Config.from_env(env)
     top = {"kubeconfig": args.kubeconfig, "context": args.context,
            "manifest_root": args.manifests, "app_name": args.app_name,
-           "namespace": args.namespace, "instance": args.instance, "source": args.source}
+           "namespace": args.namespace, "instance": args.instance, "source": args.source,
+           "log_format": args.log_format}
     cfg = replace(cfg, **{k: v for k, v in top.items() if v is not None})
     git = {"url": args.git_url, "ref": args.git_ref, "params_path": args.git_params_path,
            "manifests_path": args.git_manifests_path, "token_file": args.git_token_file,
@@ -156,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
 
     env = dict(os.environ)
     cfg = checked_config(args, env)
+    logs.setup(cfg.log_format, args.verbose, cfg.instance, cfg.namespace)
     tokens = startup_checks(cfg)  # the tokens file, in full
     check_cluster(cfg)  # credentials, the API server, permissions: before anything starts
     serve(cfg, env, tokens)

@@ -129,6 +129,7 @@ class Config:
     source: Literal["resource", "git"] = "resource"
     kubeconfig: str = ""  # "" = $KUBECONFIG / ~/.kube/config / in-cluster
     context: str = ""
+    log_format: Literal["text", "json"] = "text"  # json: one object a line (logs.py)
     git: GitSettings = field(default_factory=GitSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
     apply: ApplySettings = field(default_factory=ApplySettings)

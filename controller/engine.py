@@ -586,18 +586,20 @@ class Engine:
 
     def _emit_finished(self, report: Report) -> None:
         counts = report.results.counts()
+        pass_fields = {"operation": report.operation, "trigger": report.trigger,
+                       "revision": report.revision}
         if report.error:
             self.on_event("error", f"{report.operation.capitalize()}Failed",
                           f"{report.operation} failed: {report.error.message}",
-                          {**report.error.to_dict(), "revision": report.revision})
+                          {**report.error.to_dict(), **pass_fields})
         elif report.results.failed:
             self.on_event("error", f"{report.operation.capitalize()}Failed",
                           f"{report.operation}: {counts['failed']} object(s) failed",
-                          {"counts": counts, "revision": report.revision})
+                          {"counts": counts, **pass_fields})
         else:
             self.on_event("success", f"{report.operation.capitalize()}Succeeded",
                           f"{report.operation} finished in {report.duration:.2f}s",
-                          {"counts": counts, "revision": report.revision})
+                          {"counts": counts, **pass_fields})
 
 
 def _refused_error(refused: list[ObjectResult]) -> ConductorError:

@@ -27,7 +27,7 @@ from controller.history import History
 from controller.kube import Kube, KubeError, NotLeaderError
 from controller.leadership import LeaderElector
 from controller.loop import Loop
-from controller.metrics import Metrics
+from controller.metrics import Metrics, register_runtime
 from controller.observing import HealthMonitor
 from controller.operations import Operations
 from controller.recording import KubeEvents
@@ -152,7 +152,10 @@ class Controller:
     def __init__(self, cfg: Config, env: dict[str, str] | None = None,
                  kube: Kube | None = None, registry: CollectorRegistry | None = None) -> None:
         self.cfg = cfg
-        self.registry = registry or CollectorRegistry()
+        if registry is None:  # ours: with the standard process and Python series
+            registry = CollectorRegistry()
+            register_runtime(registry)
+        self.registry = registry
         self.metrics = Metrics(self.registry, cfg.instance, cfg.namespace)
         self.kube = kube or Kube.connect(
             cfg, observer=self.metrics.observe_request,
@@ -427,7 +430,10 @@ class Controller:
 
     def _event(self, type_: str, reason: str, message: str, details: Any) -> None:
         level = logging.ERROR if type_ == "error" else logging.INFO
-        log.log(level, "%s: %s", reason, message)
+        fields = details if isinstance(details, dict) else {}
+        log.log(level, "%s: %s", reason, message, extra={
+            "reason": reason, **{k: fields[k] for k in ("operation", "trigger", "revision",
+                                                         "service", "object") if k in fields}})
         self.recorder.on_event(type_, reason, message, details)
         if self.is_leader():
             self.kube_events.post(type_, reason, message, details)

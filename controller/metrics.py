@@ -11,7 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 KIND = "DeploymentParameters"
 HEALTH_STATES = ("healthy", "progressing", "unhealthy", "unknown", "down", "suspended")
@@ -99,8 +108,9 @@ class Metrics:
             "1 while the configured event store file is unusable and events go to a "
             "temporary file until a restart (/api/status says why).", registry=registry)
         self.api_requests = Counter(
-            "conductor_api_requests_total", "REST API requests by route, method and status.",
-            ["route", "method", "status"], registry=registry)
+            "conductor_api_requests_total",
+            "REST API requests by route, method and HTTP status code.",
+            ["route", "method", "code"], registry=registry)
         self.api_latency = Histogram(
             "conductor_api_request_duration_seconds", "REST API latency by route and method.",
             ["route", "method"], buckets=REQUEST_BUCKETS, registry=registry)
@@ -165,3 +175,12 @@ class Metrics:
 
     def set_leader(self, leading: bool) -> None:
         self.leader.labels(**self.labels).set(1 if leading else 0)
+
+
+def register_runtime(registry: CollectorRegistry) -> None:
+    """The client library's standard process_*, python_gc_* and python_info series on
+    `registry` (a process's, not the library's global one): what dashboards for any Python
+    service expect beside conductor's own."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)

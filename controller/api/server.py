@@ -17,6 +17,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from controller import logs
 from controller.api.security import Token, load_tokens
 from controller.config import Config
 
@@ -42,6 +43,9 @@ class Server(BaseApplication):  # type: ignore[misc]
             self.cfg.set("certfile", api.certfile)
             self.cfg.set("keyfile", api.keyfile)
         self.cfg.set("worker_exit", self._worker_exit)
+        if self.config.log_format == "json":
+            self.cfg.set("logconfig_dict", logs.gunicorn_config(self.config.instance,
+                                                                self.config.namespace))
 
     def load(self) -> Any:
         from controller.api.app import create_app

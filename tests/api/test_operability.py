@@ -1,0 +1,61 @@
+"""What operators read: JSON log lines from the real process, the standard process and
+Python series beside conductor's metrics, the request counter's `code` label."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.cluster.running import free_port
+from tests.api.conftest import Api
+from tests.api.test_server import get
+from tests.cluster.test_engine import App
+from tests.cluster.test_process import controller_process
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def test_metrics_carry_process_and_python_series_and_the_code_label(api: Api) -> None:
+    assert api.get("/api/services").status_code == 200
+    text = api.get("/metrics").text
+    for family in ("process_cpu_seconds_total", "process_resident_memory_bytes",
+                   "process_open_fds", "python_info", "python_gc_objects_collected_total"):
+        assert f"\n{family}" in text, family
+    line = next(line for line in text.splitlines()
+                if line.startswith("conductor_api_requests_total{")
+                and 'route="/api/services"' in line)
+    assert 'code="200"' in line and "status=" not in line, line
+
+
+def test_json_logs_are_one_object_a_line_with_the_pass_fields(app: App,
+                                                              tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "controller.log"
+    with controller_process(app.cluster, app.root, app.namespace, port, log,
+                            CONDUCTOR_LOG_FORMAT="json"):
+        wait_for(lambda: get(port, "/healthz").status == 200, timeout=60,
+                 message=f"the API to answer (log: {log})")
+        wait_for(lambda: "lastPass" in get(port, "/api/status").json, timeout=60,
+                 message="the first pass")
+
+        def records() -> list[dict[str, object]]:
+            lines = [line for line in log.read_text().splitlines() if line.strip()]
+            return [json.loads(line) for line in lines]  # every line is one JSON object
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the access line of our probe may lag a little
+            found = records()
+            if any(r.get("logger") == "gunicorn.access" for r in found):
+                break
+        passed = [r for r in found if r.get("reason") == "ReconcileSucceeded"]
+        assert passed, found[-10:]
+        assert passed[0]["instance"] == "default"
+        assert passed[0]["namespace"] == app.namespace
+        assert passed[0]["operation"] == "reconcile"
+        assert str(passed[0]["revision"]).startswith("generation/")
+        assert {"time", "level", "logger", "message"} <= set(passed[0])
+        assert any(r.get("logger") == "gunicorn.error" for r in found)
+        assert any(r.get("logger") == "gunicorn.access" for r in found)
