@@ -112,7 +112,9 @@ class _Base:
                     "parameters come from Git and this controller may not push; change them "
                     "with a commit", {"source": "git", "url": git.url if git else "",
                                       "ref": cfg.git.ref, "hint": "set CONDUCTOR_GIT_WRITE"})
-            sha = git.write_params(spec, message)
+            from controller.sources.git import author_for  # gitpython: only with Git
+
+            sha = git.write_params(spec, message, author=author_for(_token_name(req)))
             self.controller.loop.wake("api")
             return {"message": "Parameters updated", "parameters": spec, "revision": sha}
         resource = self._resource(req)
@@ -165,6 +167,12 @@ class _Base:
             self.controller.loop.wake("api")
             return None
         return created
+
+
+def _token_name(req: falcon.Request) -> str:
+    """The API token's name (the auth middleware sets `token:<name>`); "" without auth."""
+    client = str(getattr(req.context, "client", "") or "")
+    return client.removeprefix("token:") if client.startswith("token:") else ""
 
 
 def _generation(obj: dict[str, Any]) -> Any:

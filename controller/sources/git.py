@@ -3,7 +3,10 @@
 This is the only module that talks to Git. It keeps one clone per remote URL in the cache
 directory, fetches it, checks the configured ref out detached, and reads the parameters file
 from that exact commit. It can also commit a new parameters file and push it — never forced,
-so a concurrent change by someone else is reported as a conflict instead of being lost.
+so a concurrent change by someone else is reported as a conflict instead of being lost. A
+write edits the file rather than rewriting it (`editing`: comments, key order and quoting
+stay), is authored by the API token that asked for it (`author_for`), and its message lists
+the paths that changed.
 A fetch given the commit applied before says when the ref no longer descends from it (a
 force-push dropped it), so the caller can warn instead of silently going back in time.
 
@@ -47,6 +50,7 @@ from controller.errors import (
     SourceError,
     ValidationError,
 )
+from controller.sources import editing
 
 log = logging.getLogger(__name__)
 
@@ -192,17 +196,18 @@ class GitSource:
                      author: str = DEFAULT_AUTHOR) -> str:
         """Commit the parameters file on the branch and push; returns the new commit SHA.
 
-        The commit's parent is the branch tip this source last fetched (fetching first if it
-        never did), so parameters edited from a snapshot can't overwrite a newer push: the
-        push is then not a fast-forward and GitConflictError is raised. Nothing is retried
-        or forced. When the file would not change, no commit is made and the base is
-        returned.
+        The file is edited, not rewritten (`editing.edit`): comments, key order and quoting
+        stay, only the values that changed change, and the commit message lists the paths
+        that changed. The commit's parent is the branch tip this source last fetched
+        (fetching first if it never did), so parameters edited from a snapshot can't
+        overwrite a newer push: the push is then not a fast-forward and GitConflictError
+        is raised. Nothing is retried or forced. When the file would not change, no commit
+        is made and the base is returned.
         """
         match = _AUTHOR.match(author)
         if not match:
             raise InvalidRequestError(f"author {author!r} is not 'Name <email>'",
                                       {"author": author})
-        content = _dump(params)
         path = self._params_path()
         with self._locked("push"):
             base = self._last or self._fetch_locked()
@@ -211,13 +216,23 @@ class GitSource:
                     f"ref {self.settings.ref!r} is not a branch; parameters can only be "
                     "committed to a branch", "push", "not a branch",
                     cls=GitConflictError, conflict="not_a_branch")
-            if self._blob(base.sha, path, "push") == content.encode():
+            blob = self._blob(base.sha, path, "push")
+            original = _text(blob)
+            try:
+                content = editing.edit(original, params)
+            except yaml.YAMLError as e:
+                raise InvalidRequestError(f"parameters cannot be written as YAML: {e}",
+                                          {"reason": str(e)}) from e
+            if blob == content.encode():
                 return base.sha
-            sha = self._commit(base.sha, path, content, message or "Update parameters",
+            paths = editing.changed_paths(_old_params(original), params)
+            sha = self._commit(base.sha, path, content,
+                               _commit_message(message or "Update parameters", path, paths),
                                match["name"], match["email"])
             self._push(sha, base.branch)
             self._last = _Resolved(sha, base.branch)
-        log.info("git %s: pushed %s to %s", self.url, sha[:12], base.branch)
+        log.info("git %s: pushed %s to %s (%s)", self.url, sha[:12], base.branch,
+                 ", ".join(paths) or "no value changed")
         return sha
 
     # --- fetching and reading ---------------------------------------------------------
@@ -580,19 +595,36 @@ def _repo_path(path: str) -> str:
     return "/".join(p for p in PurePosixPath(path).parts if p not in ("/", "."))
 
 
-def _dump(params: Mapping[str, Any]) -> str:
+def author_for(token_name: str | None) -> str:
+    """The commit author for a write made with an API token: `conductor (<token name>)`,
+    plain `conductor` when the API has no authentication. The name is reduced to what an
+    author name may hold (no angle brackets, no line breaks)."""
+    name = re.sub(r"[<>\s]+", " ", token_name or "").strip()
+    return f"conductor ({name}) <conductor@localhost>" if name else DEFAULT_AUTHOR
+
+
+def _commit_message(subject: str, path: str, paths: list[str]) -> str:
+    """The caller's subject, then every changed path in the body (one a line)."""
+    if not paths:
+        return f"{subject}\n\n{path}: formatting only, no value changed\n"
+    body = "\n".join(f"- {p}" for p in paths)
+    return f"{subject}\n\nChanged in {path}:\n{body}\n"
+
+
+def _text(blob: bytes | None) -> str | None:
+    """The file's text, or None when there is none or it is not UTF-8 (written afresh)."""
+    if blob is None:
+        return None
     try:
-        return yaml.safe_dump(_plain(params), sort_keys=True, default_flow_style=False,
-                              allow_unicode=True)
-    except yaml.YAMLError as e:
-        raise InvalidRequestError(f"parameters cannot be written as YAML: {e}",
-                                  {"reason": str(e)}) from e
+        return blob.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
-def _plain(value: Any) -> Any:
-    """Mappings and sequences as dict and list, which is what safe_dump can write."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+def _old_params(text: str | None) -> dict[str, Any]:
+    """What the file held, for the list of changed paths; {} when it held no mapping."""
+    try:
+        old = yaml.safe_load(text) if text is not None else None
+    except yaml.YAMLError:
+        return {}
+    return old if isinstance(old, dict) else {}
