@@ -128,7 +128,8 @@ WRITE_TOKEN = "fuzz-write-token-" + secrets.token_hex(8)
 # mutating calls stay on the controller's own instance (another instance name would
 # deploy a second copy of the app over the first one's objects).
 WRITES = {("POST", "/api/parameters"), ("PATCH", "/api/parameters"),
-          ("POST", "/api/parameters/rollback")}
+          ("POST", "/api/parameters/rollback"), ("POST", "/api/suspend"),
+          ("POST", "/api/resume")}
 DEPLOYS = {"/api/up", "/api/update", "/api/down"}
 
 
