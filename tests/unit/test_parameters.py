@@ -137,7 +137,8 @@ def test_default_crd_path_is_the_shipped_file() -> None:
 
 def test_load_schema_returns_the_spec_schema(schema: dict[str, Any]) -> None:
     assert schema["type"] == "object"
-    assert set(schema["properties"]) == {"global", "services"}
+    # Values (global, services) and the controls beside them (suspend, ignore rules).
+    assert set(schema["properties"]) == {"global", "services", "suspend", "ignore"}
 
 
 def test_load_schema_reports_an_unreadable_file(tmp_path: Path) -> None:
