@@ -274,3 +274,42 @@ def test_chunked_bodies_are_read_and_limited(server: Server, tmp_path: Path) -> 
                              f"-H 'Content-Type: application/json' --data-binary @{big}")
         details = envelope(answer, 413, "payload_too_large")
         assert details["limit"] == 1_048_576
+
+
+def test_hostile_input_over_the_wire_is_400_in_strict_json(server: Server, app: App,
+                                                            tmp_path: Path) -> None:
+    """Issue 9 (findings 2, 14, 15) through the real server: curl's bytes, gunicorn's
+    parsing. Each answer is the envelope in strict JSON, and the app keeps running."""
+
+    def strict(answer: Answer) -> dict[str, Any]:
+        details = envelope(answer, 400, "invalid_request")
+
+        def refuse(name: str) -> None:
+            raise AssertionError(f"{name} in an answer: {answer.text[:200]}")
+
+        json.loads(answer.text, parse_constant=refuse)
+        return details
+
+    before = {d["metadata"]["name"] for d in
+              app.kube.list("apps/v1", "Deployment", app.namespace)[0]}
+    assert before == {"frontend", "redis"}
+    for value in ('""', "false", "0", "null", "{}"):  # each took every service down
+        assert strict(server.post("/api/down", f'{{"services": {value}}}'))["field"] \
+            == "services"
+    strict(server.post("/api/up", '{"services": NaN}'))
+    strict(server.post("/api/up", '{"services": ["r\\ud800"]}'))  # was 500, empty body
+    raw = tmp_path / "surrogate.json"
+    raw.write_bytes(b'{"services": ["r\xed\xa0\x80"]}')
+    strict(server.curl(f"curl -X POST http://localhost:8081/api/plan --data-binary @{raw}"))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    strict(server.curl(f"curl -X POST http://localhost:8081/api/up --data-binary @{deep}"))
+    for query in ("timeout=nan", "timeout=1e309", "healthTimeout=inf&waitHealthy=true",
+                  "instance="):
+        strict(server.curl(f"curl -X POST 'http://localhost:8081/api/up?{query}' "
+                           """-d '{"services": ["redis"]}'"""))
+    assert strict(server.curl("curl 'http://localhost:8081/api/events/stream?duration=nan'")
+                  )["field"] == "duration"
+    after = {d["metadata"]["name"] for d in
+             app.kube.list("apps/v1", "Deployment", app.namespace)[0]}
+    assert after == before
