@@ -124,40 +124,53 @@ class ForResource(_Query):
         self.respond(resp, query)
 
 
-class Draining:
-    """Set once when the server stops: open event streams end at once instead of holding
-    the graceful stop until their `duration`. Usable from any thread and any loop."""
+class Waiters:
+    """asyncio.Events of any loops, set from any thread: how a thread wakes coroutines.
+    `sticky`: once set, every later waiter starts set (a one-way switch)."""
 
-    def __init__(self) -> None:
-        self._set = threading.Event()
+    def __init__(self, sticky: bool = False) -> None:
+        self.sticky = sticky
+        self._set = False
         self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._waiters)
+
     def is_set(self) -> bool:
-        return self._set.is_set()
+        return self._set
 
     def set(self) -> None:
         with self._lock:
-            self._set.set()
+            self._set = self.sticky
             waiters = list(self._waiters)
         for loop, event in waiters:
             with contextlib.suppress(RuntimeError):  # its loop is closed: nothing waits
                 loop.call_soon_threadsafe(event.set)
 
     @contextlib.contextmanager
-    def watch(self) -> Iterator[asyncio.Event]:
-        """An asyncio.Event of the running loop, set when draining starts."""
+    def wait(self) -> Iterator[asyncio.Event]:
+        """An asyncio.Event of the running loop, set by the next `set()`."""
         event = asyncio.Event()
         key = (asyncio.get_running_loop(), event)
         with self._lock:
             self._waiters.add(key)
-            if self._set.is_set():
+            if self._set:
                 event.set()
         try:
             yield event
         finally:
             with self._lock:
                 self._waiters.discard(key)
+
+
+class Draining(Waiters):
+    """Set once when the server stops: open event streams end at once instead of holding
+    the graceful stop until their `duration`."""
+
+    def __init__(self) -> None:
+        super().__init__(sticky=True)
 
 
 class Fanout:
@@ -168,41 +181,29 @@ class Fanout:
 
     def __init__(self, store: Any) -> None:
         self.store = store
+        self.waiters = Waiters()
         self._lock = threading.Lock()
-        self._subscribers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._thread: threading.Thread | None = None
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._subscribers)
+        return len(self.waiters)
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[asyncio.Event]:
-        event = asyncio.Event()
-        key = (asyncio.get_running_loop(), event)
-        with self._lock:
-            self._subscribers.add(key)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="event-fanout",
-                                                daemon=True)
-                self._thread.start()
-        try:
-            yield event
-        finally:
+        with self.waiters.wait() as event:
             with self._lock:
-                self._subscribers.discard(key)
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="event-fanout",
+                                                    daemon=True)
+                    self._thread.start()
+            yield event
 
     def _run(self) -> None:
         last = self.store.last_id
         while not self.store.closed:
-            if not self.store.wait_for_new(last, 1.0):
-                continue
-            last = self.store.last_id
-            with self._lock:
-                subscribers = list(self._subscribers)
-            for loop, event in subscribers:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(event.set)
+            if self.store.wait_for_new(last, 1.0):
+                last = self.store.last_id
+                self.waiters.set()
 
 
 HEARTBEAT = 15.0  # seconds between keep-alive comments on a quiet stream
@@ -267,7 +268,7 @@ class Stream:
         loop = asyncio.get_running_loop()
         self.open += 1  # only the loop's thread counts: no lock needed
         try:
-            with self.fanout.subscribe() as woken, self.draining.watch() as draining:
+            with self.fanout.subscribe() as woken, self.draining.wait() as draining:
                 yield SSEvent(comment="conductor event stream", retry=2000)
                 last, deadline = after, None
                 while not (gone.is_set() or draining.is_set() or store.closed):
