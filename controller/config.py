@@ -118,6 +118,19 @@ class EventSettings:
 
 
 @dataclass(frozen=True)
+class NotificationSettings:
+    """Notifications out (notifying.py): receivers from a YAML file, URLs and keys in
+    files it names; delivery retried with backoff until the receiver takes it."""
+
+    receivers_file: str = ""  # "" = no notifications
+    timeout: float = 10.0  # seconds per delivery attempt
+    attempts: int = 5  # tries per round on 5xx, 408/429, timeouts, refused connections
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0  # also the pause between rounds while a receiver is down
+    rate_per_minute: float = 30.0  # per receiver unless it says otherwise; delays, never drops
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a controller needs; `Config()` works out of the box on the example app."""
 
@@ -137,6 +150,7 @@ class Config:
     api: ApiSettings = field(default_factory=ApiSettings)
     events: EventSettings = field(default_factory=EventSettings)
     leader: LeaderSettings = field(default_factory=LeaderSettings)
+    notify: NotificationSettings = field(default_factory=NotificationSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Config:
@@ -258,11 +272,14 @@ _RANGES: dict[str, tuple[float, float]] = {
     "CONDUCTOR_LEADER_RENEW_DEADLINE": (0.1, 3600),
     "CONDUCTOR_LEADER_RETRY_PERIOD": (0.01, 3600),
     "CONDUCTOR_EVENTS_MAX_AGE_DAYS": (0.001, 36500), "CONDUCTOR_EVENTS_MAX_COUNT": (1, 1e9),
+    "CONDUCTOR_NOTIFY_TIMEOUT": (0.1, 3600), "CONDUCTOR_NOTIFY_ATTEMPTS": (1, 100),
+    "CONDUCTOR_NOTIFY_BACKOFF_INITIAL": (0, 3600), "CONDUCTOR_NOTIFY_BACKOFF_MAX": (0.01, 3600),
+    "CONDUCTOR_NOTIFY_RATE_PER_MINUTE": (0.01, 1e6),
 }
 # Files that must be readable when set (the tokens file is checked in full by the API).
 _FILES = ("CONDUCTOR_API_TOKENS_FILE", "CONDUCTOR_API_CERTFILE", "CONDUCTOR_API_KEYFILE",
           "CONDUCTOR_GIT_TOKEN_FILE", "CONDUCTOR_GIT_SSH_KEY_FILE",
-          "CONDUCTOR_GIT_WEBHOOK_SECRET_FILE")
+          "CONDUCTOR_GIT_WEBHOOK_SECRET_FILE", "CONDUCTOR_NOTIFY_RECEIVERS_FILE")
 
 
 def validate(cfg: Config) -> None:
@@ -282,6 +299,11 @@ def validate(cfg: Config) -> None:
             path = Path(str(value))
             if not path.is_file() or not os.access(path, os.R_OK):
                 raise ConfigError(f"{name}: {path} is not a readable file")
+    # An empty key would make an empty token, or an HMAC anyone can compute, valid.
+    secret = cfg.git.webhook_secret_file
+    if secret and not Path(secret).read_bytes().strip():
+        raise ConfigError(f"CONDUCTOR_GIT_WEBHOOK_SECRET_FILE: {secret} is empty (put a "
+                          "random secret in it, or unset it to turn webhooks off)")
     leader = cfg.leader
     if not leader.retry_period < leader.renew_deadline < leader.lease_duration:
         raise ConfigError("CONDUCTOR_LEADER_*: needs RETRY_PERIOD < RENEW_DEADLINE < "

@@ -19,7 +19,7 @@ from falcon import testing
 from controller.api import webhooks
 from controller.api.common import MAX_JSON_DEPTH
 from controller.api.openapi import document
-from controller.config import ApiSettings, GitSettings
+from controller.config import ApiSettings, Config, ConfigError, GitSettings, validate
 from controller.sources.resource import API_VERSION, KIND
 from tests.api.conftest import SERVICES, Api, envelope
 
@@ -310,3 +310,16 @@ def test_the_webhook_secret_is_read_once(hooked: Api, tmp_path: Path) -> None:
                                                              _sign(body)})
     assert result.status_code == 202, result.text
     assert webhooks.load_secret(GitSettings()) is None  # no file configured: webhooks off
+
+
+def test_an_empty_webhook_secret_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    # `conductor run` validates its configuration before it takes the lease or starts a
+    # pass: an empty secret stops it there, with one line naming the variable and file.
+    path = tmp_path / "empty-secret"
+    path.write_text(" \n")
+    cfg = Config(git=GitSettings(webhook_secret_file=str(path)))
+    with pytest.raises(ConfigError, match=rf"WEBHOOK_SECRET_FILE: {re.escape(str(path))} "
+                                          "is empty"):
+        validate(cfg)
+    path.write_text("s3cret\n")
+    validate(cfg)
