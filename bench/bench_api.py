@@ -9,6 +9,11 @@ its pods ready (a simulated kubelet's status writes), then loads it from another
 latency percentiles per endpoint, and the ratios against the targets for in-memory reads:
 >= 1,000 requests/s and p99 < 20 ms. With N connections always busy, latency is about
 N / throughput: the p99 target needs N well under 20 ms x the rate (16 by default).
+
+`--streams N` (default 200) then loads the first two endpoints again while N Server-Sent
+Events subscribers hold streams open and a pass every 2 s (POST /api/update) wakes them
+all, and prints the ratios against the run without subscribers (the reference, same
+process, same server): the API must keep its latency with that many streams open.
 """
 
 from __future__ import annotations
@@ -19,14 +24,17 @@ import os
 import random
 import re
 import secrets
+import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +156,86 @@ def wrk(port: int, path: str, seconds: int, connections: int, threads: int) -> L
     return parse_wrk(path, done.stdout)
 
 
+@contextmanager
+def subscribers(port: int, n: int) -> Iterator[Callable[[], tuple[int, int]]]:
+    """N event streams held open (and read) by one thread; yields a probe of (streams still
+    open, bytes read). Every socket is closed at the end."""
+    selector = selectors.DefaultSelector()
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET /api/events/stream?duration=3600 HTTP/1.1\r\nHost: b\r\n\r\n")
+        socks.append(s)
+    received = [0]
+    open_ = set(socks)
+    stop = threading.Event()
+
+    def read() -> None:
+        for s in socks:
+            s.setblocking(False)
+            selector.register(s, selectors.EVENT_READ)
+        while not stop.is_set():
+            for key, _ in selector.select(timeout=0.2):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    selector.unregister(sock)
+                    open_.discard(sock)
+                received[0] += len(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield lambda: (len(open_), received[0])
+    finally:
+        stop.set()
+        reader.join(5)
+        for s in socks:
+            s.close()
+
+
+def _post(port: int, path: str, body: bytes) -> None:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        resp.read()
+
+
+def with_streams(port: int, paths: list[str], n: int, seconds: int, connections: int,
+                 threads: int, reference: dict[str, Load]) -> bool:
+    """The same loads with N streams open and a pass every 2 s; ratios to `reference`."""
+    stop = threading.Event()
+
+    def passes() -> None:  # bounded: one every 2 s while the loads run
+        while not stop.wait(2.0):
+            _post(port, "/api/update?wait=false", b"{}")
+
+    with subscribers(port, n) as probe:
+        wait_for(lambda: probe()[1] > 0, timeout=30, message="the streams to start")
+        driver = threading.Thread(target=passes, daemon=True)
+        driver.start()
+        loads = []
+        try:
+            for path in paths:
+                loads.append(wrk(port, path, seconds, connections, threads))
+        finally:
+            stop.set()
+            driver.join(35)
+        still_open, read = probe()
+    print(f"\nwith {n} event streams open ({still_open} still open at the end, "
+          f"{read / 1024:.0f} KiB read) and a pass every 2 s:")
+    print(f"{'endpoint':50} {'req/s':>9} {'p99 ms':>8}  req/s/reference  p99/reference")
+    for x in loads:
+        ref = reference[x.path]
+        print(f"{x.path:50} {x.rps:9.0f} {x.p99_ms:8.2f}  {x.rps / ref.rps:15.2f}  "
+              f"{x.p99_ms / ref.p99_ms:13.2f}")
+    return still_open == n and all(x.rps >= TARGET_RPS and x.p99_ms < TARGET_P99_MS
+                                   and not x.errors for x in loads)
+
+
 def report(loads: list[Load]) -> None:
     print(f"\n{'endpoint':50} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'errors':>6}  req/s/target  p99/target")
@@ -167,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=16, help="keep-alive connections")
     p.add_argument("--wrk-threads", type=int, default=1)
     p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--streams", type=int, default=200,
+                   help="event-stream subscribers of the second round (0: skip it)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment of the controller (e.g. CONDUCTOR_API_THREADS=4)")
     args = p.parse_args(argv)
@@ -216,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {path}: {loads[-1].rps:.0f} req/s, p99 {loads[-1].p99_ms:.2f} ms",
                           flush=True)
                 report(loads)
+                if args.streams:
+                    ok = with_streams(port, ENDPOINTS[:2], args.streams, args.duration,
+                                      args.connections, args.wrk_threads,
+                                      {x.path: x for x in loads})
+                    print(f"targets with {args.streams} streams open: "
+                          f"{'met' if ok else 'NOT met'}")
         finally:
             kube.delete("v1", "Namespace", namespace)
             kube.close()
