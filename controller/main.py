@@ -28,6 +28,7 @@ from controller.kube import Kube, KubeError, NotLeaderError
 from controller.leadership import LeaderElector
 from controller.loop import Loop
 from controller.metrics import Metrics, register_runtime
+from controller.notifying import Notifier
 from controller.observing import HealthMonitor
 from controller.operations import Operations
 from controller.recording import KubeEvents
@@ -194,6 +195,9 @@ class Controller:
         self.reporter = HealthReporter(self.health, self.engine, self.events,
                                        is_leader=self.is_leader, post=self.kube_events.post,
                                        on_conditions=self.metrics.set_conditions)
+        # Notifications out follow the event store (a bad receivers file stops the start).
+        self.notifier = Notifier.from_settings(cfg.notify, self.events,
+                                               instance=cfg.instance, is_leader=self.is_leader)
         self._monitors: dict[str, HealthMonitor] = {}  # other instances', on first ask
         self.elector: LeaderElector | None = None
         if cfg.leader.enabled:
@@ -223,6 +227,7 @@ class Controller:
         self._watch = self.engine.resource.watch(lambda _obj: self.loop.wake("resource"))
         self.health.start()
         self.reporter.start()
+        self.notifier.start()
         self.loop.start()
         if isinstance(self.source, GitParameters):
             self._poller = threading.Thread(target=self._poll_git, name="git-poller",
@@ -257,6 +262,7 @@ class Controller:
             for monitor in self._monitors.values():
                 monitor.stop()
         self.kube_events.stop()
+        self.notifier.stop()
         self.events.close()
         self.operations.shutdown()
         if self.elector:
