@@ -59,6 +59,15 @@ def _check_shape(spec: Any) -> dict[str, Any]:
     return spec
 
 
+def _values_replaced(current: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A replace (POST, rollback) replaces the parameter values (`global`, `services`);
+    the instance's controls beside them (`suspend`, `ignore`) are kept: a values write
+    must not resume a suspended instance or drop its ignore rules (PATCH and
+    /api/suspend, /api/resume change those)."""
+    kept = {k: v for k, v in current.items() if k not in TOP_LEVEL}
+    return {**kept, **{k: v for k, v in values.items() if k in TOP_LEVEL}}
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch: maps merge, null deletes, anything else replaces."""
     if not isinstance(patch, dict):
@@ -188,8 +197,8 @@ class ParametersRoot(_Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         spec = _check_shape(json_body(req))
         validate_spec(spec, self.controller.engine.schema)  # before any request
-        resp.media = self._write(req, lambda _current: spec, "conductor: replace parameters",
-                                 reapply=False)
+        resp.media = self._write(req, lambda current: _values_replaced(current, spec),
+                                 "conductor: replace parameters", reapply=False)
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response) -> None:
         patch = _check_shape(json_body(req))
@@ -281,7 +290,7 @@ class Rollback(_Base):
                                                 "applied": False,
                                                 "hint": "see /api/parameters/history"})
         spec = entry["parameters"]
-        result = self._write(req, lambda _current: spec,
+        result = self._write(req, lambda current: _values_replaced(current, spec),
                              f"conductor: roll parameters back to {revision}", reapply=False)
         result["message"] = f"Parameters rolled back to {revision}"
         result["rolledBackTo"] = revision

@@ -338,3 +338,21 @@ def test_post_recreates_a_deleted_object_and_the_loop_resumes(api: Api) -> None:
     assert rows["generation/1"]["parameters"] == spec
     assert rows["generation/1"]["applied"] is True
     assert "generation/2" in rows
+
+
+def test_a_values_replace_keeps_suspend_and_ignore_rules(api: Api) -> None:
+    rules = [{"service": "redis", "kind": "Deployment", "paths": ["/spec/replicas"]}]
+    api.app.kube.patch(API_VERSION, KIND, "default",
+                       {"spec": {"suspend": True, "ignore": rules}}, api.namespace)
+    values = {k: v for k, v in _spec(api).items() if k in ("global", "services")}
+    values["services"]["redis"]["replicas"] = 2
+    assert api.post("/api/parameters", values).status_code == 200
+    spec = _spec(api)
+    assert spec["suspend"] is True and spec["ignore"] == rules
+    assert spec["services"]["redis"]["replicas"] == 2
+    history = api.get("/api/parameters/history").json["history"]
+    first = history[-1]["revision"]
+    rolled = api.post("/api/parameters/rollback", {"revision": first})
+    assert rolled.status_code in (200, 409), rolled.text  # 409: never applied (suspended)
+    spec = _spec(api)
+    assert spec["suspend"] is True and spec["ignore"] == rules
