@@ -202,7 +202,9 @@ def test_an_empty_query_value_is_400_on_every_documented_parameter(api: Api) -> 
     bodies: dict[tuple[str, str], Any] = {("POST", "/api/parameters"): spec,
                                           ("PATCH", "/api/parameters"): {},
                                           ("POST", "/api/parameters/rollback"): {
-                                              "revision": "generation/1"}}
+                                              "revision": "generation/1"},
+                                          ("POST", "/api/suspend"): {},
+                                          ("POST", "/api/resume"): {}}
     for method, path, name in _documented_query_parameters():
         concrete = path
         for field, value in PATH_VALUES.items():
