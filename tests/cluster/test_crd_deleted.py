@@ -88,3 +88,34 @@ def test_deleted_crd_that_may_not_be_reinstalled_is_reported_plainly(
             assert "page not found" not in report.error.message
     finally:
         guarded.close()
+
+
+def test_an_older_crd_is_upgraded_so_new_fields_are_kept(kube: Kube,
+                                                         restore_crd: None) -> None:
+    from controller.crds import DIGEST_ANNOTATION
+
+    ensure_crd(kube)
+    older = load_crd()
+    del older["metadata"]["annotations"][DIGEST_ANNOTATION]  # as a release before digests
+    schema = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    del schema["properties"]["spec"]["properties"]["suspend"]  # as a release before it
+    kube.apply(older, force=True)
+    name = older["metadata"]["name"]
+
+    def installed() -> dict[str, Any]:
+        crd = kube.get(CRD, "CustomResourceDefinition", name)
+        assert crd is not None
+        return crd
+    spec_props = ("spec", "versions", 0, "schema", "openAPIV3Schema", "properties", "spec",
+                  "properties")
+
+    def props() -> dict[str, Any]:
+        node: Any = installed()
+        for key in spec_props:
+            node = node[key]
+        return dict(node)
+    assert "suspend" not in props()
+    ensure_crd(kube)
+    assert "suspend" in props()
+    assert installed()["metadata"]["annotations"][DIGEST_ANNOTATION] == \
+        load_crd()["metadata"]["annotations"][DIGEST_ANNOTATION]
