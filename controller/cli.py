@@ -28,6 +28,7 @@ from controller.config import (
     known_variables,
     validate,
 )
+from controller.notifying import NotifyConfigError, load_receivers
 from controller.startup import EXIT_CONFIG, StartupError, check_cluster
 
 
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("run", "config"):
         try:
             return _run(args) if args.command == "run" else _config(args)
-        except (ConfigError, TokensFileError, StartupError) as e:
+        except (ConfigError, TokensFileError, StartupError, NotifyConfigError) as e:
             if args.debug:
                 traceback.print_exc()
             _say(f"conductor {args.command}: {e}")
@@ -162,6 +163,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = checked_config(args, env)
     logs.setup(cfg.log_format, args.verbose, cfg.instance, cfg.namespace)
     tokens = startup_checks(cfg)  # the tokens file, in full
+    if cfg.notify.receivers_file:  # the receivers file, in full
+        load_receivers(cfg.notify.receivers_file, cfg.notify.rate_per_minute)
     check_cluster(cfg)  # credentials, the API server, permissions: before anything starts
     serve(cfg, env, tokens)
     return 0

@@ -51,6 +51,10 @@ def test_configuration_errors_are_one_line_exit_2(cluster: LocalCluster,
             "CONDUCTOR_APPLY_CONFLICTS", "force, fail")
     missing = tmp_path / "nowhere" / "kubeconfig"
     refused(conductor(*run_args(str(missing))), 2, str(missing))
+    receivers = tmp_path / "receivers.yaml"
+    receivers.write_text("receivers:\n  - name: chat\n    type: carrier-pigeon\n")
+    refused(conductor(*run_args(cluster.kubeconfig),
+                      CONDUCTOR_NOTIFY_RECEIVERS_FILE=str(receivers)), 2, str(receivers))
 
 
 def test_an_unreachable_api_server_is_exit_3_and_debug_shows_why(
