@@ -130,6 +130,11 @@ class ServiceHealth:
     def healthy(self) -> bool:
         return self.status == HEALTHY
 
+    @property
+    def settled(self) -> bool:
+        """Nothing more will happen by waiting: healthy, or suspended on purpose."""
+        return self.status in (HEALTHY, SUSPENDED)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "namespace": self.namespace,
                                "status": self.status, "lastChecked": self.last_checked}

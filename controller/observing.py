@@ -274,7 +274,8 @@ class HealthMonitor:
 
     def wait(self, services: Iterable[str] = (), timeout: float = 300.0, *,
              fail_fast: bool = True) -> dict[str, ServiceHealth]:
-        """Block until the services (all deployed ones if none are named) are healthy.
+        """Block until the services (all deployed ones if none are named) are settled:
+        healthy, or suspended (a paused Deployment does not change by waiting).
 
         Returns each one's health when they all are, at `timeout`, or — with `fail_fast` —
         as soon as one is unhealthy; callers read which are not healthy, and why, from the
@@ -290,7 +291,7 @@ class HealthMonitor:
                 for name in wanted:
                     self._check_known(name)
                 result = {n: self._health(n, now, children) for n in wanted}
-                if self._instance_synced and all(h.healthy for h in result.values()):
+                if self._instance_synced and all(h.settled for h in result.values()):
                     return result
                 if fail_fast and any(h.status == UNHEALTHY for h in result.values()):
                     return result

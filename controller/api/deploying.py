@@ -107,9 +107,9 @@ class Deploy:
 
     def _wait_healthy(self, services: list[str],
                       timeout: float) -> tuple[dict[str, Any], bool]:
-        """Block until the services are healthy (True) or the timeout (False: 202, still
-        progressing). An unhealthy one fails the call with the reason of its first failing
-        object, as the reference's ImagePullBackOff example."""
+        """Block until the services are healthy or suspended (True) or the timeout (False:
+        202, still progressing). An unhealthy one fails the call with the reason of its
+        first failing object, as the reference's ImagePullBackOff example."""
         result = self.controller.health.wait(services, timeout)
         health = {name: h.to_dict() for name, h in result.items()}
         bad = [h for h in result.values() if h.status == "unhealthy"]
@@ -121,7 +121,7 @@ class Deploy:
                 "resource": resource, "error": why, "service": first.name,
                 "status": first.status, "message": first.message, "hint": first.hint,
                 "health": health})
-        return health, all(h.healthy for h in result.values())
+        return health, all(h.settled for h in result.values())
 
 
 class OperationStatus:

@@ -790,3 +790,19 @@ def test_up_can_wait_for_health(api: Api) -> None:
     assert details["error"] == "ImagePullBackOff"
     assert details["resource"] == f"{api.namespace}/Deployment/redis"
     assert details["service"] == "redis"
+
+
+def test_waiting_for_health_ends_at_a_paused_deployment(api: Api) -> None:
+    # A paused Deployment is suspended on purpose: waiting would not change it, so the call
+    # answers at once (200, the status says suspended) instead of at the timeout (202).
+    make_all_ready(api.app)
+    api.stop_loop()
+    api.app.kube.patch("apps/v1", "Deployment", "redis", {"spec": {"paused": True}},
+                       api.namespace)
+    wait_for(lambda: {s["name"]: s["status"] for s in
+                      api.get("/api/services/health").json["services"]}["redis"]
+             == "suspended", message="redis suspended")
+    result = api.post("/api/up", {"services": ["redis"]},
+                      params={"waitHealthy": "true", "healthTimeout": "30"})
+    assert result.status_code == 200, result.text
+    assert result.json["health"]["redis"]["status"] == "suspended"
