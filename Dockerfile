@@ -44,6 +44,10 @@ RUN python -m venv /opt/venv \
 
 # --- final ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="conductor" \
+      org.opencontainers.image.description="GitOps reconcile-loop controller for multi-service Kubernetes apps" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
 # git for the Git source (gitpython runs the git binary); ssh for git@ URLs with
 # --git-ssh-key-file.
 RUN apt-get update \
@@ -81,8 +85,3 @@ EXPOSE 8081
 # kubelet's probes and the Service need `run --host 0.0.0.0`, which the Deployment passes.
 ENTRYPOINT ["python", "-m", "controller"]
 CMD ["run"]
-# Last: buildah 1.28 (Debian's) rebuilds a LABEL step on every build, and so every step after
-# it; right after FROM it cost a warm rebuild 40 s instead of 12.
-LABEL org.opencontainers.image.title="conductor" \
-      org.opencontainers.image.description="GitOps reconcile-loop controller for multi-service Kubernetes apps" \
-      org.opencontainers.image.licenses="Apache-2.0"
