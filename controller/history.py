@@ -23,11 +23,11 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from controller.events import EventStoreError
+from controller.times import now, rfc3339_micro
 
 _T = TypeVar("_T")
 
@@ -70,7 +70,7 @@ class History:
                origin: str = "") -> bool:
         """Store the spec of a revision once (not yet applied); True when it was new.
         `origin`: what the revision counts within (a resource's uid), "" for Git."""
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        stamp = rfc3339_micro(now())
 
         def write(db: sqlite3.Connection) -> bool:
             if origin:
@@ -84,7 +84,7 @@ class History:
             cur = db.execute(
                 "INSERT OR IGNORE INTO parameter_history (instance, revision, source, "
                 "timestamp, spec, applied, origin) VALUES (?, ?, ?, ?, ?, 0, ?)",
-                (instance, revision, source, now, json.dumps(spec, sort_keys=True),
+                (instance, revision, source, stamp, json.dumps(spec, sort_keys=True),
                  origin or None))
             if cur.rowcount:
                 db.execute(

@@ -22,7 +22,7 @@ from controller.config import Config
 from controller.crds import ensure_crd
 from controller.engine import Engine, ParametersDeletedError, Report, now_rfc3339
 from controller.errors import ConductorError, InvalidYAMLError, ValidationError
-from controller.events import EngineRecorder, open_store
+from controller.events import open_store
 from controller.history import History
 from controller.kube import Kube, KubeError, NotLeaderError
 from controller.leadership import LeaderElector
@@ -31,7 +31,7 @@ from controller.metrics import Metrics, register_runtime
 from controller.notifying import Notifier
 from controller.observing import HealthMonitor
 from controller.operations import Operations
-from controller.recording import KubeEvents
+from controller.recording import EngineRecorder, KubeEvents
 from controller.reporting import HealthReporter
 from controller.sources import ParameterSource, Snapshot
 from controller.sources.resource import ParametersResource, ResourceSource

@@ -34,11 +34,11 @@ from typing import Any
 import jsonschema
 import yaml
 
+from controller import assets
 from controller.errors import SourceError, ValidationError
+from controller.redaction import REDACTED
 
-DEFAULT_CRD = (
-    Path(__file__).resolve().parent.parent / "config" / "crd" / "deploymentparameters.yaml"
-)
+DEFAULT_CRD = assets.CRD  # package data (controller/assets)
 CRD_VERSION = "v1alpha1"
 
 # Far deeper than any template needs, far below what makes the API server (or a recursive
@@ -46,7 +46,6 @@ CRD_VERSION = "v1alpha1"
 MAX_DEPTH = 32
 MAX_SPEC_BYTES = 256 * 1024
 
-REDACTED = "***REDACTED***"
 SECRET_REF = "secretKeyRef"
 # Keys whose values are secret material. Names of things (secretName, tokenFile,
 # imagePullSecrets, passwordRef) are not secret: an agent needs them to fix a reference.

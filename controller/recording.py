@@ -12,22 +12,28 @@ Deployment, a Job's Pod -> Job), with the child named in its details, so the eve
 (its Event can arrive first) is matched by name to a workload of ours.
 Outgoing: only passes that changed or failed something post an Event, and a repeat of the
 previous one is skipped, so a quiet pass still writes nothing.
+The engine's own reports (its `on_event`/`on_result` hooks) reach the event store through
+`EngineRecorder`, which is also where the incoming Kubernetes Events are stored.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.errors import ConductorError
-from controller.events import EngineRecorder, parse_time
+from controller.events import Event, EventStore, resource_key
 from controller.kube import Body, Kube, KubeError
 from controller.objects import ObjectKey
 from controller.sources.resource import API_VERSION, KIND
+from controller.times import now_ms, now_rfc3339, parse_time
 from controller.watching import Reflector, Selector
+
+if TYPE_CHECKING:  # applying imports the Kubernetes client for the engine, not for this
+    from controller.applying import ObjectResult
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,109 @@ WORKLOADS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job", "Replica
                        "CronJob"})
 # (namespace, kind, name, uid) -> our object and its service, or None (HealthMonitor's).
 OwnerLookup = Callable[[str, str, str, str], "tuple[ObjectKey, str] | None"]
+
+
+class EngineRecorder:
+    """Records what the engine reports (its `on_event` and `on_result` hooks) as events.
+
+    Unchanged and kept objects are not recorded: every pass reports them, and they would
+    soon be all the store holds. Dry runs (`plan`) record their start and end but no object
+    results, since nothing was applied. A failure to record is logged, never raised: the
+    event store must not break a reconcile pass.
+    """
+
+    def __init__(self, store: EventStore,
+                 service_of: Callable[[str], str] | None = None) -> None:
+        self.store = store
+        self.service_of = service_of  # resource key -> service, when an event names none
+        self._operation = ""  # of the pass in progress (passes are sequential)
+        self._pass_service = ""
+
+    def on_event(self, type: str, reason: str, message: str,
+                 details: Mapping[str, Any]) -> None:
+        try:
+            self._on_event(type, reason, message, details)
+        except Exception as e:
+            self._failed(f"event {reason}", e)
+
+    def on_result(self, result: ObjectResult) -> None:
+        try:
+            self._on_result(result)
+        except Exception as e:
+            self._failed(f"the result of {getattr(result, 'key', '?')}", e)
+
+    def on_kube_event(self, body: Mapping[str, Any], *, resource: str | None = None,
+                      service: str | None = None) -> Event | None:
+        """A watched Kubernetes Event (ADDED or MODIFIED) of a managed object, or of a
+        child filed under the managed `resource` that owns it; None when it was already
+        stored, or could not be (logged)."""
+        try:
+            inv = body.get("involvedObject") or body.get("regarding") or {}
+            key = resource or resource_key(str(inv.get("namespace") or ""),
+                                           str(inv.get("kind") or ""),
+                                           str(inv.get("name") or ""))
+            return self.store.record_kube_event(
+                body, service=self._service(key) if service is None else service,
+                resource=key)
+        except Exception as e:
+            self._failed("a Kubernetes Event", e)
+            return None
+
+    def _on_event(self, type: str, reason: str, message: str,
+                  details: Mapping[str, Any]) -> None:
+        if reason == "PassStarted":
+            # The engine names the operation only in its message ("plan started (api)").
+            self._operation = message.split(" ", 1)[0]
+            services = list(details.get("services") or [])
+            self._pass_service = str(services[0]) if len(services) == 1 else ""
+        service = self._pass_service
+        if reason.endswith(("Succeeded", "Failed")):
+            self._operation, self._pass_service = "", ""
+        self.store.add(type, message, reason=reason, details=details, service=service)
+
+    def _on_result(self, result: ObjectResult) -> None:
+        if result.outcome in ("unchanged", "kept") or self._operation == "plan" or \
+                getattr(result, "body", None) is not None:
+            return  # a body is only kept on a dry-run answer
+        resource = str(result.key)
+        service = result.service or self._service(resource)
+        details: dict[str, Any] = {"action": result.action}
+        if result.reason:
+            details["planReason"] = result.reason
+        what = f"{result.key.kind} {result.key.name}"
+        if result.outcome == "failed":
+            err = result.error or {}
+            details["error"] = err
+            deleting = result.action in ("prune", "delete")
+            self.store.add("error", f"{'delete' if deleting else 'apply'} {what} failed: "
+                           f"{err.get('message', 'unknown error')}",
+                           reason="DeleteFailed" if deleting else "ApplyFailed",
+                           resource=resource, service=service, details=details)
+        elif result.outcome == "applied":
+            reason = {"create": "Created", "update": "Updated"}.get(result.action, "Applied")
+            self.store.add("success", f"{what} {reason.lower()}", reason=reason,
+                           resource=resource, service=service, details=details)
+        elif result.outcome == "deleted":
+            # `down` deletes on request; any other pass prunes what is no longer rendered.
+            pruned = result.action == "prune" and self._operation != "down"
+            reason = "Pruned" if pruned else "Deleted"
+            self.store.add("success", f"{what} {reason.lower()}", reason=reason,
+                           resource=resource, service=service, details=details)
+
+    def _service(self, resource: str) -> str:
+        if self.service_of is None:
+            return ""
+        try:
+            return self.service_of(resource) or ""
+        except Exception as e:  # a lookup bug must not lose the event
+            log.warning("service_of(%s) failed: %s", resource, e)
+            return ""
+
+    @staticmethod
+    def _failed(what: str, e: Exception) -> None:
+        expected = isinstance(e, ConductorError | sqlite3.Error)  # closed, invalid, disk
+        log.warning("cannot record %s: %s", what, e, exc_info=not expected)
+
 
 
 class KubeEvents:
@@ -54,7 +163,7 @@ class KubeEvents:
         # Events a namespace's first list finds are news when seen after this (a first
         # deploy's Pod failures happen before its namespace's watch starts); older ones
         # are history (the store de-duplicates by uid either way).
-        self._since_ms = int(datetime.now(UTC).timestamp() * 1000)
+        self._since_ms = now_ms()
 
     # -- incoming -------------------------------------------------------------------------
 
@@ -140,7 +249,7 @@ class KubeEvents:
             return
         if (reason, message) == self._last_posted:
             return
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = now_rfc3339()
         obj = {"apiVersion": "v1", "kind": "Event",
                "metadata": {"generateName": f"{self.instance}.", "namespace": self.namespace},
                "involvedObject": {"apiVersion": API_VERSION, "kind": KIND,

@@ -25,6 +25,7 @@ from controller.api.common import (
 from controller.engine import Report, SuspendedError, is_suspended
 from controller.errors import ReconciliationError
 from controller.main import Controller
+from controller.redaction import REDACTED
 
 MESSAGES = {
     "up": "Successfully deployed all manifests",
@@ -32,7 +33,6 @@ MESSAGES = {
     "down": "Successfully removed all manifests",
 }
 FAILURES = {"up": "Deployment failed", "update": "Update failed", "down": "Removal failed"}
-REDACTED = "***REDACTED***"
 CHANGED = "***REDACTED (changed)***"
 
 

@@ -24,7 +24,7 @@ from falcon.asgi import SSEvent
 
 from controller.api.common import float_param, int_param, query_param
 from controller.errors import RateLimitedError
-from controller.events import MAX_OFFSET
+from controller.eventquery import MAX_OFFSET
 from controller.main import Controller
 
 

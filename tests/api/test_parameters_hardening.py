@@ -27,7 +27,8 @@ import yaml
 from falcon import testing
 
 from controller.config import ApiSettings
-from controller.parameters import MAX_DEPTH, REDACTED
+from controller.parameters import MAX_DEPTH
+from controller.redaction import REDACTED
 from controller.sources.resource import API_VERSION, KIND
 from tests.api.conftest import Api, envelope
 from tests.helpers import wait_for

@@ -29,24 +29,21 @@ from controller import history as history_module
 from controller.applying import ObjectResult
 from controller.config import EventSettings
 from controller.errors import ValidationError
+from controller.eventquery import MAX_LIMIT, MAX_OFFSET
 from controller.events import (
-    MAX_LIMIT,
-    MAX_OFFSET,
-    REDACTED,
-    EngineRecorder,
     Event,
     EventInput,
     EventStore,
     EventStoreError,
     StoreProblem,
-    format_ms,
     open_store,
-    parse_time,
-    redact,
     resource_key,
 )
 from controller.history import History
 from controller.objects import ObjectKey
+from controller.recording import EngineRecorder
+from controller.redaction import REDACTED, redact
+from controller.times import format_ms, parse_time
 from tests.helpers import wait_for
 
 BASE = datetime(2030, 1, 1, tzinfo=UTC)  # in the future: retention by age never applies

@@ -352,7 +352,8 @@ def test_a_huge_spec_is_refused_naming_the_limit(schema: dict[str, Any]) -> None
 
 
 def test_redact_masks_schema_marked_and_secret_named_values(schema: dict[str, Any]) -> None:
-    from controller.parameters import REDACTED, redact
+    from controller.parameters import redact
+    from controller.redaction import REDACTED
 
     spec: dict[str, Any] = {"global": {"namespace": "shop", "apiToken": "t0k3n",
                                        "tokenFile": "/run/t",
@@ -378,7 +379,8 @@ def test_redact_masks_schema_marked_and_secret_named_values(schema: dict[str, An
 
 
 def test_redact_follows_the_schema_marks() -> None:
-    from controller.parameters import REDACTED, redact
+    from controller.parameters import redact
+    from controller.redaction import REDACTED
 
     schema = {"type": "object", "properties": {
         "dsn": {"type": "string", "x-conductor-secret": True},
