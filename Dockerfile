@@ -3,20 +3,17 @@
 # The conductor controller image: `docker build -t conductor:latest .`
 #
 # Two stages on the same slim Python base. The builder resolves the dependencies declared in
-# pyproject.toml into a virtualenv at /opt/venv; the final image holds that venv, git (for
-# the Git source), and the source tree laid out as in a checkout:
-#   /app/controller          the package (on PYTHONPATH)
-#   /app/config/crd          the DeploymentParameters CRD, also its parameter schema
-#   /app/manifests           the example app, baked in as the reference embeds its manifests
-# The package is deliberately not pip-installed: it finds the CRD and the default manifests
-# relative to its own parent directory (controller/crds.py CRD_FILE,
-# controller/parameters.py DEFAULT_CRD, controller/config.py DEFAULT_MANIFESTS), which only
-# resolves inside such a tree, not in site-packages. So the venv holds only dependencies and
-# /app is on PYTHONPATH.
+# pyproject.toml into a virtualenv at /opt/venv, then builds and installs the conductor
+# package itself (a wheel, by pip) into it; the final image holds that venv and git (for the
+# Git source), no source tree. What the product reads at run time is package data in
+# site-packages/controller/assets (controller/assets/__init__.py): the CRD, gunicorn's
+# settings and the example app, the default manifests root. The development control plane
+# (devcluster/) and the tests are not in the package.
 #
-# Your own manifests: mount them over /app/manifests (a ConfigMap or volume), or build
-# `FROM conductor` with `COPY manifests /app/manifests`; or use the Git source
-# (CONDUCTOR_SOURCE=git, CONDUCTOR_GIT_URL, ...). See README, "Deploy kit".
+# Your own manifests: mount them (a ConfigMap or volume) and point CONDUCTOR_MANIFEST_ROOT
+# (or `run --manifests`) at them, or build `FROM conductor` with
+# `COPY manifests /manifests` and `ENV CONDUCTOR_MANIFEST_ROOT=/manifests`; or use the Git
+# source (CONDUCTOR_SOURCE=git, CONDUCTOR_GIT_URL, ...). See README, "Deploy kit".
 #
 # tests/deploy/test_image.py builds this file with buildah and runs the image with podman
 # (on a base image made locally with debootstrap: `--build-arg PYTHON_IMAGE=...`).
@@ -29,9 +26,9 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# --- builder: dependencies only ---------------------------------------------------------
+# --- builder: dependencies, then the package ------------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
-# pip compiles the dependencies' bytecode here: at run time nothing can be written.
+# pip compiles the bytecode here: at run time nothing can be written.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -41,6 +38,15 @@ RUN python -m venv /opt/venv \
  && python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
       > requirements.txt \
  && /opt/venv/bin/pip install -r requirements.txt
+# The package: its sources and the files its assets/ symlinks name (building the wheel
+# copies their content into it). Installed, not copied: nothing is put on PYTHONPATH.
+COPY README.md ./
+COPY controller ./controller
+COPY config/crd ./config/crd
+COPY config/gunicorn.conf.py ./config/gunicorn.conf.py
+COPY manifests ./manifests
+RUN /opt/venv/bin/pip install --no-deps . \
+ && /opt/venv/bin/python -c 'import controller.assets as a; assert a.CRD.is_file() and a.GUNICORN_CONF.is_file() and (a.MANIFESTS / "parameters.yaml").is_file()'
 
 # --- final ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -60,19 +66,11 @@ RUN groupadd --system --gid 10001 conductor \
       --shell /usr/sbin/nologin conductor
 
 COPY --from=builder /opt/venv /opt/venv
-WORKDIR /app
-COPY controller /app/controller
-COPY config/crd /app/config/crd
-COPY config/gunicorn.conf.py /app/config/gunicorn.conf.py
-COPY manifests /app/manifests
-# Bytecode now (root owns /app, the runtime user cannot write there), and `conductor` as
-# a command for `kubectl exec ... -- conductor --help`.
-RUN python -m compileall -q /app/controller \
- && printf '#!/bin/sh\nexec python -m controller "$@"\n' > /usr/local/bin/conductor \
- && chmod 0755 /usr/local/bin/conductor
+# The working directory holds nothing: `--manifests` / CONDUCTOR_MANIFEST_ROOT name your app,
+# the package's example app is the default.
+WORKDIR /tmp
 
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/app \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \

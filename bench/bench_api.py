@@ -43,12 +43,12 @@ from typing import Any
 import yaml
 
 from bench.common import control_plane
-from controller.cluster import kubelet
-from controller.cluster.running import free_port
 from controller.config import Config
 from controller.crds import ensure_crd
 from controller.events import EventInput, EventStore
 from controller.kube import Kube
+from devcluster import kubelet
+from devcluster.running import free_port
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from controller.cluster import building, running
+from devcluster import building, running
 
 
 @contextmanager

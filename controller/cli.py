@@ -1,17 +1,19 @@
-"""The `conductor` command line: run the controller, and manage the local control plane.
+"""The `conductor` command line: run the controller, print its configuration.
 
 Configuration is read here once (environment, then flags) and passed down; nothing below
-reads the environment.
+reads the environment. `conductor cluster ...` hands its arguments to the local control
+plane's own command line (`python -m devcluster`, a separate process), which a checkout of
+the repository has and the installed product does not: the product never imports it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import logging
 import os
-import signal
+import subprocess
 import sys
-import threading
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -19,7 +21,6 @@ from pathlib import Path
 
 from controller import logs
 from controller.api.security import TokensFileError
-from controller.cluster import building, running
 from controller.config import (
     Config,
     ConfigError,
@@ -81,38 +82,23 @@ def _parser() -> argparse.ArgumentParser:
     _run_options(shown)
     shown.add_argument("--list", action="store_true", help="only the names of every setting")
 
-    cl = sub.add_parser("cluster", help="a local Kubernetes control plane on loopback",
-                        description="etcd + kube-apiserver + kube-controller-manager on "
-                        "127.0.0.1, built once from Debian's source package and cached.")
-    csub = cl.add_subparsers(dest="action", required=True, metavar="ACTION")
-    up = csub.add_parser("up", help="start it (building the binaries the first time)")
-    up.add_argument("--simulate-kubelet", action="store_true",
-                    help="also run a SIMULATED kubelet: it runs no containers, it only "
-                    "marks Pods Running/Ready (and PVCs Bound) so services can look healthy")
-    up.add_argument("--missing-image", action="append", default=[], metavar="TAG",
-                    help="with --simulate-kubelet: Pods using this image tag go to "
-                    "ImagePullBackOff (repeatable; also read from STATE_DIR/missing-images)")
-    csub.add_parser("down", help="stop exactly the processes `up` started")
-    csub.add_parser("env", help="print the export line for KUBECONFIG")
-    csub.add_parser("prepare", help="only build and cache the binaries")
-    kl = csub.add_parser("kubelet", help=argparse.SUPPRESS)
-    kl.add_argument("--kubeconfig", required=True)
-    kl.add_argument("--missing-images", required=True)
-    for sp in (up, *[csub.choices[n] for n in ("down", "env", "prepare")]):
-        sp.add_argument("--state-dir", type=Path, default=None,
-                        help=f"where state, logs and kubeconfig live "
-                        f"(default {running.default_state_dir()})")
-        sp.add_argument("--cache-dir", type=Path, default=None,
-                        help=f"binary cache (default {building.default_cache_dir()})")
+    # Only listed here: `main` hands `cluster ...` to devcluster before parsing (see there).
+    sub.add_parser("cluster", help="a local Kubernetes control plane on loopback (from a "
+                   "checkout of the repository: `conductor cluster --help`)", add_help=False)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    lead = 0
+    while lead < len(given) and given[lead] in ("-v", "--verbose", "--debug"):
+        lead += 1
+    if given[lead:lead + 1] == ["cluster"]:
+        verbose = bool({"-v", "--verbose"} & set(given[:lead]))
+        return _cluster([*(["-v"] if verbose else []), *given[lead + 1:]])
+    args = _parser().parse_args(given)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "cluster":
-        return _cluster(args)
     if args.command in ("run", "config"):
         try:
             return _run(args) if args.command == "run" else _config(args)
@@ -185,40 +171,22 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _cluster(args: argparse.Namespace) -> int:
+DEVCLUSTER_MISSING = ("conductor cluster: the local control plane is not part of the "
+                      "installed product; run it from a checkout of the repository "
+                      "(`python -m devcluster up`)")
+
+
+def _cluster(rest: list[str]) -> int:
+    """`conductor cluster ...` is `python -m devcluster ...`, when that package is there.
+
+    Looked up as the child will look it up (the working directory first, then this
+    interpreter's path), so the message below is the only failure of a missing package.
+    """
+    if importlib.machinery.PathFinder.find_spec("devcluster", [os.getcwd(), *sys.path]) \
+            is None:
+        _say(DEVCLUSTER_MISSING)
+        return 2
     try:
-        if args.action == "prepare":
-            bins = building.ensure_binaries(args.cache_dir, _say)
-            print(bins.bin_dir)
-        elif args.action == "up":
-            bins = building.ensure_binaries(args.cache_dir, _say)
-            state = running.up(args.state_dir, bins, _say,
-                               simulate_kubelet=args.simulate_kubelet,
-                               missing_tags=args.missing_image)
-            print(f"export KUBECONFIG={state.kubeconfig}")
-            _say(f"API server {state.server}; logs in {Path(state.dir) / 'logs'}; "
-                 f"stop with `conductor cluster down`")
-        elif args.action == "down":
-            stopped = running.down(args.state_dir)
-            _say("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-        elif args.action == "env":
-            print(running.env_line(args.state_dir))
-        elif args.action == "kubelet":
-            return _kubelet(args)
-    except (building.BuildError, running.ClusterError) as e:
-        _say(f"conductor cluster {args.action}: {e}")
-        return 1
-    return 0
-
-
-def _kubelet(args: argparse.Namespace) -> int:
-    from controller.cluster import kubelet
-    from controller.kube import Kube
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    kube = Kube.connect(Config(kubeconfig=args.kubeconfig))
-    logging.getLogger(__name__).info("kubelet SIMULATION running (no containers are run)")
-    kubelet.run_forever(kube, Path(args.missing_images), stop)
-    return 0
+        return subprocess.call([sys.executable, "-m", "devcluster", *rest])
+    except KeyboardInterrupt:
+        return 130

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from controller import assets
+
 _T = TypeVar("_T")
 
-DEFAULT_MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+DEFAULT_MANIFESTS = assets.MANIFESTS  # the example app, package data (controller/assets)
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,13 @@ from typing import Any
 
 import yaml
 
+from controller import assets
 from controller.kube import Kube, KubeError, UnknownKindError
 
 log = logging.getLogger(__name__)
 
-CRD_FILE = Path(__file__).resolve().parent.parent / "config" / "crd" / \
-    "deploymentparameters.yaml"
+# Package data (controller/assets): an installed wheel carries it, as a checkout does.
+CRD_FILE = assets.CRD
 
 
 DIGEST_ANNOTATION = "conductor.io/crd-digest"

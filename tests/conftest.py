@@ -1,6 +1,6 @@
 """Shared fixtures: a real local control plane for the session, a fresh namespace per test.
 
-The control plane is `controller.cluster.running` on loopback (etcd, kube-apiserver,
+The control plane is `devcluster.running` on loopback (etcd, kube-apiserver,
 kube-controller-manager), started once per session in a temporary state directory and
 stopped at the end. Set CONDUCTOR_TEST_KUBECONFIG to reuse one that is already running.
 """
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from controller.cluster import building, running
 from controller.config import Config
 from controller.kube import Kube
+from devcluster import building, running
 
 
 class LocalCluster:

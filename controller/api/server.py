@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import os
 import runpy
-from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from controller import logs
+from controller import assets, logs
 from controller.api.security import Token, load_tokens
 from controller.config import Config
 
-GUNICORN_CONF = Path(__file__).resolve().parents[2] / "config" / "gunicorn.conf.py"
+GUNICORN_CONF = assets.GUNICORN_CONF  # package data (controller/assets)
 
 
 class Server(BaseApplication):  # type: ignore[misc]

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from controller.cluster import kubelet
-from controller.cluster.running import free_port
 from controller.sources.resource import API_VERSION, KIND
+from devcluster import kubelet
+from devcluster.running import free_port
 from tests.api.conftest import SERVICES
 from tests.cluster.test_engine import REPO, App
 from tests.cluster.test_process import controller_process

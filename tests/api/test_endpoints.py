@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from controller.cluster import kubelet
 from controller.config import GitSettings
 from controller.sources.resource import API_VERSION, KIND
+from devcluster import kubelet
 from tests.api.conftest import SERVICES, Api, envelope
 from tests.cluster.test_engine import App
 from tests.cluster.test_health import make_all_ready, wait_pods

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cluster.running import free_port
+from devcluster.running import free_port
 from tests.api.conftest import Api
 from tests.api.test_server import get
 from tests.cluster.test_engine import App

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from controller.cluster.running import free_port
 from controller.kube import Kube
+from devcluster.running import free_port
 from tests.cluster.test_engine import App
 from tests.cluster.test_process import controller_process
 from tests.helpers import wait_for

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.cluster import kubelet, running
 from controller.kube import Kube, KubeError
+from devcluster import kubelet, running
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.cluster import kubelet
 from controller.config import Config
 from controller.engine import Engine
 from controller.health import IMAGE_HINT, ServiceHealth, parse_time, rfc3339
 from controller.kube import Kube
 from controller.main import Controller
 from controller.observing import HealthMonitor
+from devcluster import kubelet
 from tests.cluster import test_engine
 from tests.cluster.test_engine import App
 from tests.helpers import wait_for

@@ -30,13 +30,13 @@ import yaml
 from falcon import testing
 
 from controller.api.app import create_app
-from controller.cluster import kubelet
-from controller.cluster.running import free_port
 from controller.config import ApiSettings, ApplySettings, Config, EventSettings, LeaderSettings
 from controller.kube import Kube, NotLeaderError
 from controller.leadership import LeaderElector
 from controller.main import Controller
 from controller.sources.resource import API_VERSION, KIND
+from devcluster import kubelet
+from devcluster.running import free_port
 from tests.cluster import test_engine
 from tests.cluster.test_engine import App
 from tests.cluster.test_process import controller_process

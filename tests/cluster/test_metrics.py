@@ -20,10 +20,10 @@ from falcon import testing
 from prometheus_client import CollectorRegistry
 
 from controller.api.app import create_app
-from controller.cluster import kubelet
 from controller.config import ApiSettings, Config, EventSettings
 from controller.main import Controller
 from controller.metrics import KIND
+from devcluster import kubelet
 from tests.cluster import test_engine
 from tests.cluster.test_engine import App
 from tests.helpers import wait_for
@@ -113,7 +113,7 @@ def test_the_first_pass_is_measured(app: App) -> None:
             assert series in resp.text, series
         assert sample(reg, "conductor_event_store_events") > 0
         assert sample(reg, "conductor_api_requests_total", route="/metrics", method="GET",
-                      status="200") == 1
+                      code="200") == 1
 
 
 def test_a_drift_correction_is_counted_per_service(app: App) -> None:

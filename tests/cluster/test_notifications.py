@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.cluster import kubelet
 from controller.config import NotificationSettings
 from controller.main import Controller
+from devcluster import kubelet
 from tests.cluster import test_engine
 from tests.cluster.test_engine import App
 from tests.cluster.test_health import wait_pods

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.cluster import kubelet
-from controller.cluster.running import free_port
 from controller.kube import Kube
 from controller.objects import LABEL_APP, LABEL_INSTANCE, LABEL_SERVICE
 from controller.sources.resource import API_VERSION, KIND
+from devcluster import kubelet
+from devcluster.running import free_port
 from tests.conftest import LocalCluster
 from tests.helpers import wait_for
 
@@ -93,7 +93,14 @@ def test_killed_mid_pass_then_restarted_converges_and_prunes_only_its_own(
     obj = kube.get(API_VERSION, KIND, "default", namespace)
     assert obj is not None
     status = obj.get("status") or {}
-    assert not status.get("conditions"), "the first pass finished before the kill"
+    # The pass said it was under way (Reconciling, written with its intent) and never
+    # got to say it was done.
+    conditions = {c["type"]: (c["status"], c.get("reason")) for c in
+                  status.get("conditions") or []}
+    assert conditions.get("Reconciling", ("True",))[0] == "True", conditions
+    assert conditions.get("Ready", ("False",))[0] != "True", \
+        "the first pass finished before the kill"
+    assert "lastAppliedRevision" not in status, "the first pass finished before the kill"
     # Before creating anything the pass recorded its intent, so the next one knows.
     pending = [e for e in status.get("inventory", []) if e["s"] == "bulk"]
     assert len(pending) == BULK and all(e["d"] == "" for e in pending)

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.cluster import kubelet
-from controller.cluster.running import free_port
 from controller.kube import Kube
+from devcluster import kubelet
+from devcluster.running import free_port
 from tests.cluster.test_process import controller_process
 from tests.conftest import LocalCluster
 from tests.helpers import wait_for

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.cluster.running import free_port
 from controller.kube import Kube
+from devcluster.running import free_port
 from tests.conftest import LocalCluster
 from tests.deploy.test_kit import _service_account_kubeconfig
 

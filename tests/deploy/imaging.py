@@ -8,7 +8,7 @@ The default for users stays `python:3.11-slim`.
 
 The debootstrapped tree costs a minute or two, so it is cached as a tarball under
 ~/.cache/conductor/images, keyed by everything that goes into it (suite, packages, the
-machine's CA bundle); as in controller/cluster/building.py a file lock makes concurrent runs
+machine's CA bundle); as in devcluster/building.py a file lock makes concurrent runs
 wait for one build, and the finished tarball appears with one rename, so a crash never
 leaves a half-written cache that looks complete. buildah's layer cache (`--layers`) makes
 a rebuild with unchanged dependencies cost only the copy of the source; the image stays

@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.cluster import kubelet
-from controller.cluster.running import free_port
 from controller.kube import Kube
 from controller.sources.resource import API_VERSION, KIND
+from devcluster import kubelet
+from devcluster.running import free_port
 from tests.conftest import LocalCluster
 from tests.deploy import imaging
 from tests.helpers import wait_for
@@ -99,19 +99,21 @@ def test_image_metadata_and_contents(image: Built) -> None:
     assert config["Cmd"] == ["run"]
     assert "8081/tcp" in config["ExposedPorts"]
     # gunicorn's settings as `conductor run` reads them, naming a worker class the image
-    # can import; the CRD and the example app next to the package.
-    probe = ("import runpy, importlib, pathlib; "
-             "s = runpy.run_path('/app/config/gunicorn.conf.py'); "
+    # can import; the CRD and the example app: package data of the installed package.
+    probe = ("import runpy, importlib.util, pathlib, controller.assets as a; "
+             "s = runpy.run_path(str(a.GUNICORN_CONF)); "
              "m, _, c = s['worker_class'].rpartition('.'); getattr(importlib.import_module(m), c); "
              "import controller.crds as crds, controller.config as cfg; "
              "print(s['worker_class'], crds.CRD_FILE, cfg.DEFAULT_MANIFESTS, "
-             "pathlib.Path(cfg.DEFAULT_MANIFESTS, 'parameters.yaml').is_file())")
+             "pathlib.Path(cfg.DEFAULT_MANIFESTS, 'parameters.yaml').is_file(), "
+             "importlib.util.find_spec('devcluster'))")
     out = imaging.run("probe", ["podman", "run", "--rm", "--runtime", imaging.runtime(),
                                 "--read-only", "--network", "none", *imaging.ULIMITS,
                                 "--entrypoint", "python", image.image, "-c", probe])
+    assets = "/opt/venv/lib/python3.11/site-packages/controller/assets"
     assert out.split() == ["controller.api.worker.Worker",
-                           "/app/config/crd/deploymentparameters.yaml", "/app/manifests",
-                           "True"]
+                           f"{assets}/crd/deploymentparameters.yaml", f"{assets}/manifests",
+                           "True", "None"]
 
 
 @pytest.fixture

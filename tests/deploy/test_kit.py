@@ -4,8 +4,8 @@ What the kit promises is checked where it can go wrong: the alert rules with pro
 own unit tests (and against the metric names the controller really exports); the build
 with `kubectl kustomize`, then a server-side dry-run of all of it on the local API server
 (through config/kubernetes-1.20, the overlay for that 1.20 server; test_schemas.py checks
-the default kit against 1.25 and later offline); the image's source layout (the CRD and
-the manifests found next to the package); and the least-privilege RBAC by deploying the
+the default kit against 1.25 and later offline); the image installs the package (no
+loose folders); and the least-privilege RBAC by deploying the
 example app as the kit's ServiceAccount, with a token the API server issued for exactly
 that account.
 """
@@ -18,7 +18,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -284,40 +283,20 @@ def test_dockerfile_shape(built: list[Body]) -> None:
             assert (REPO / src).exists(), src
 
 
-def test_image_layout_finds_crd_and_manifests(tmp_path: Path) -> None:
-    """Lay the source out as the Dockerfile's COPY lines do, import from there (PYTHONPATH
-    as in the image, before the development install) and find the CRD and manifests."""
+def test_image_installs_the_package_not_loose_folders() -> None:
+    """The final stage takes only the builder's venv, where the package is pip-installed
+    (its assets are package data: tests/deploy/test_wheel.py); nothing is put on
+    PYTHONPATH and no source folder is copied into it; devcluster/ is not in the context."""
     lines = _dockerfile()
-    env_line = next(line for line in lines if line.startswith("ENV PATH="))
-    pythonpath = re.search(r"PYTHONPATH=(\S+)", env_line)
-    assert pythonpath is not None
-    app = tmp_path / "app"
     final = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
-    for line in lines[final:]:
-        if line.startswith("COPY ") and "--from=" not in line:
-            src, dest = line.split()[1:]
-            target = tmp_path / dest.lstrip("/")
-            if (REPO / src).is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(REPO / src, target)
-            else:
-                shutil.copytree(REPO / src, target,
-                                ignore=shutil.ignore_patterns("__pycache__"))
-    probe = ("import controller, controller.crds as c, controller.parameters as p, "
-             "controller.config as k; print(controller.__file__); print(c.CRD_FILE); "
-             "print(p.DEFAULT_CRD); print(k.DEFAULT_MANIFESTS)")
-    image_root = tmp_path / pythonpath.group(1).lstrip("/")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         cwd="/", timeout=60, check=True,
-                         env={**os.environ, "PYTHONPATH": str(image_root),
-                              "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(tmp_path)}).stdout
-    package, crd, default_crd, manifests = (Path(p) for p in out.split())
-    assert package.is_relative_to(app)
-    assert crd == default_crd == app / "config" / "crd" / "deploymentparameters.yaml"
-    assert crd.is_file()
-    assert manifests == app / "manifests"
-    assert (manifests / "parameters.yaml").is_file()
-    assert not list(app.rglob("__pycache__")), "bytecode written at run time"
+    assert [line for line in lines[final:] if line.startswith("COPY ")] == \
+        ["COPY --from=builder /opt/venv /opt/venv"]
+    assert not any("PYTHONPATH" in line for line in lines)
+    assert any(line.startswith("RUN /opt/venv/bin/pip install --no-deps .")
+               for line in lines[:final])
+    allowed = {line[1:] for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    assert not any(a.startswith(("devcluster", "tests", "bench")) for a in allowed)
 
 
 # -- on the real API server ----------------------------------------------------------------

@@ -19,11 +19,11 @@ import yaml
 from falcon import testing
 
 from controller.api.app import create_app
-from controller.cluster import kubelet
 from controller.config import ApiSettings, Config, EventSettings, GitSettings, LoopSettings
 from controller.kube import Kube
 from controller.main import Controller
 from controller.sources.resource import API_VERSION, KIND
+from devcluster import kubelet
 from tests.api.conftest import envelope
 from tests.conftest import LocalCluster
 from tests.git.conftest import GitServer, User

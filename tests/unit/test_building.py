@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cluster import building
+from devcluster import building
 from tests.helpers import wait_for
 
 

@@ -24,11 +24,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from controller.cluster.building import Binaries, ensure_binaries
+from devcluster.building import Binaries, ensure_binaries
 
 Progress = Callable[[str], None]
 
 SERVICE_CIDR = "10.0.0.0/24"
+# The directory holding this package: the simulator runs `python -m devcluster` from there,
+# so it starts whatever the caller's working directory (devcluster is not installed).
+ROOT = Path(__file__).resolve().parents[1]
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 # The controller manager minus node, cloud, route, service and volume controllers: this
 # cluster has no nodes, no cloud and no storage, and those loops would only log errors.
@@ -100,7 +103,7 @@ def up(state_dir: Path | None = None, binaries: Binaries | None = None,
        simulate_kubelet: bool = False, missing_tags: Iterable[str] = ()) -> ClusterState:
     """Start the control plane (or return the running one) and write its kubeconfig.
 
-    With `simulate_kubelet`, also start the kubelet simulation (see cluster/kubelet.py);
+    With `simulate_kubelet`, also start the kubelet simulation (see devcluster/kubelet.py);
     image tags in `missing_tags` (or later added to `missing_images_file`) go to
     ImagePullBackOff instead of Ready.
     """
@@ -202,7 +205,7 @@ def down(state_dir: Path | None = None, timeout: float = 15.0) -> list[str]:
 def env_line(state_dir: Path | None = None) -> str:
     state = ClusterState.load((state_dir or default_state_dir()).resolve())
     if state is None:
-        raise ClusterError("no local control plane is running; run `conductor cluster up`")
+        raise ClusterError("no local control plane is running; run `python -m devcluster up`")
     return f"export KUBECONFIG={state.kubeconfig}"
 
 
@@ -217,9 +220,9 @@ def _start_simulator(state: ClusterState, missing_tags: Iterable[str]) -> None:
     existing = path.read_text().split() if path.exists() else []
     path.write_text("".join(f"{t}\n" for t in dict.fromkeys([*existing, *missing_tags])))
     state.processes.append(_start(state_dir, "kubelet-simulator", [
-        sys.executable, "-m", "controller", "cluster", "kubelet",
+        sys.executable, "-m", "devcluster", "kubelet",
         f"--kubeconfig={state.kubeconfig}", f"--missing-images={path}",
-    ]))
+    ], cwd=ROOT))
     state.save()
 
 
@@ -264,12 +267,13 @@ current-context: conductor-local
     os.chmod(path, 0o600)
 
 
-def _start(state_dir: Path, name: str, argv: list[str]) -> Proc:
+def _start(state_dir: Path, name: str, argv: list[str], cwd: Path | None = None) -> Proc:
     log = state_dir / "logs" / f"{name}.log"
     with log.open("ab") as out:
         try:
             popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     cwd=cwd)
         except OSError as e:
             raise ClusterError(f"cannot start {name}: {e}") from e
     return Proc(name, popen.pid, _start_time(popen.pid), str(log))

@@ -1,0 +1,1 @@
+../../config/gunicorn.conf.py
