@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from controller import planning, rendering
@@ -47,6 +46,7 @@ from controller.parameters import (
 )
 from controller.sources import ParameterSource, Snapshot
 from controller.sources.resource import API_VERSION, KIND, ParametersResource, load_seed
+from controller.times import now_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,6 @@ class SuspendedError(ConflictError):
 def is_suspended(obj: Body) -> bool:
     """`spec.suspend: true` on the DeploymentParameters object."""
     return (obj.get("spec") or {}).get("suspend") is True
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -326,6 +322,7 @@ class Engine:
         if dry_run:
             report.live = live
         if not dry_run:
+            self.kube.check_may_write(op)  # before the dry runs: a follower sends nothing
             refused = self.applier.preflight(plan, report.results)
             if refused:
                 # Status names each refusing service (the failure path alone knows only

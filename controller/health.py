@@ -27,10 +27,11 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
 from controller.objects import Body
+from controller.times import parse_rfc3339, rfc3339
 
 Status = Literal["healthy", "suspended", "progressing", "unhealthy", "unknown"]
 ServiceStatus = Literal["healthy", "suspended", "progressing", "unhealthy", "unknown", "down"]
@@ -183,25 +184,12 @@ def parse_forbidden(message: str) -> tuple[str, str] | None:
     return verb, f"{resource}.{group}" if group else resource
 
 
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> datetime | None:
-    """An RFC 3339 timestamp as the API server writes it ("...Z"); None if unreadable."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (AttributeError, ValueError):
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def unschedulable_deadline(pod: Body, pending_threshold: float) -> datetime | None:
     """When an unschedulable pod turns from progressing to unhealthy (None if it is not)."""
     sched = _conditions(pod).get("PodScheduled") or {}
     if sched.get("status") != "False" or sched.get("reason") != "Unschedulable":
         return None
-    created = parse_time(str(pod.get("metadata", {}).get("creationTimestamp", "")))
+    created = parse_rfc3339(pod.get("metadata", {}).get("creationTimestamp"))
     return created + timedelta(seconds=pending_threshold) if created else None
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from controller.kube import Body, Kube, KubeError
+from controller.times import parse_rfc3339, rfc3339_micro
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +34,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _micro(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _parse(raw: str) -> datetime:
-    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
-        try:
-            return datetime.strptime(raw, fmt).replace(tzinfo=UTC)
-        except ValueError:
-            continue
-    return datetime.fromtimestamp(0, UTC)
+    """A renewTime; unreadable counts as long expired (the epoch)."""
+    return parse_rfc3339(raw) or datetime.fromtimestamp(0, UTC)
 
 
 def default_identity() -> str:
@@ -132,9 +125,9 @@ class LeaderElector:
         lease = self._request("GET")
         spec: Body = {"holderIdentity": self.identity,
                       "leaseDurationSeconds": int(self.lease_duration),
-                      "renewTime": _micro(now)}
+                      "renewTime": rfc3339_micro(now)}
         if lease is None:
-            spec["acquireTime"] = _micro(now)
+            spec["acquireTime"] = rfc3339_micro(now)
             spec["leaseTransitions"] = 0
             self._request("POST", {"apiVersion": API_VERSION, "kind": "Lease",
                                    "metadata": {"name": self.name,
@@ -152,10 +145,10 @@ class LeaderElector:
             return
         transitions = int(current.get("leaseTransitions") or 0)
         if self.holder != self.identity:
-            spec["acquireTime"] = _micro(now)
+            spec["acquireTime"] = rfc3339_micro(now)
             transitions += 1
         else:
-            spec["acquireTime"] = current.get("acquireTime") or _micro(now)
+            spec["acquireTime"] = current.get("acquireTime") or rfc3339_micro(now)
         spec["leaseTransitions"] = transitions
         body = {"apiVersion": API_VERSION, "kind": "Lease",
                 "metadata": {"name": self.name, "namespace": self.namespace,
@@ -180,7 +173,7 @@ class LeaderElector:
             lease = self.kube.get(API_VERSION, "Lease", self.name, self.namespace)
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 spec = dict(lease["spec"])
-                spec["renewTime"] = _micro(datetime.fromtimestamp(0, UTC))
+                spec["renewTime"] = rfc3339_micro(datetime.fromtimestamp(0, UTC))
                 spec["holderIdentity"] = ""
                 lease["spec"] = spec
                 self.kube.replace(lease, elect=True)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
 from typing import Any
+
+from controller.times import format_ms
 
 FIELDS = ("instance", "namespace", "operation", "trigger", "revision", "object", "service",
           "reason")
@@ -25,8 +26,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds").replace("+00:00", "Z"),
+            "time": format_ms(int(record.created * 1000)),
             "level": record.levelname.lower(), "logger": record.name,
             "message": record.getMessage()}
         for name in FIELDS:

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from controller.config import Config
 from controller.crds import ensure_crd
-from controller.engine import Engine, ParametersDeletedError, Report, now_rfc3339
+from controller.engine import Engine, ParametersDeletedError, Report
 from controller.errors import ConductorError, InvalidYAMLError, ValidationError
 from controller.events import open_store
 from controller.history import History
@@ -35,6 +35,7 @@ from controller.recording import EngineRecorder, KubeEvents
 from controller.reporting import HealthReporter
 from controller.sources import ParameterSource, Snapshot
 from controller.sources.resource import ParametersResource, ResourceSource
+from controller.times import now_rfc3339
 from controller.watching import Reflector
 
 log = logging.getLogger(__name__)

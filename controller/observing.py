@@ -42,13 +42,13 @@ from controller.health import (
     assess,
     parse_forbidden,
     rbac_problem,
-    rfc3339,
     unschedulable_deadline,
 )
 from controller.kube import Body, Kube, KubeError
 from controller.objects import LABEL_SERVICE, SHARED_SERVICE, ObjectKey
 from controller.planning import InventoryEntry, PlannedChange
 from controller.sources.resource import API_VERSION, KIND, ParametersResource
+from controller.times import rfc3339
 from controller.watching import Handler, Reflector, Selector
 
 log = logging.getLogger(__name__)
