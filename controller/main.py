@@ -27,7 +27,7 @@ from controller.history import History
 from controller.kube import Kube, KubeError, NotLeaderError
 from controller.leadership import LeaderElector
 from controller.loop import Loop
-from controller.metrics import Metrics, register_runtime
+from controller.metrics import LiveState, Metrics, register_runtime
 from controller.notifying import Notifier
 from controller.observing import HealthMonitor
 from controller.operations import Operations
@@ -215,6 +215,7 @@ class Controller:
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         self.started = threading.Event()
+        self.metrics.read_live(self.live_state)  # everything it reads exists from here on
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -281,7 +282,6 @@ class Controller:
         return self.elector.holder
 
     def _on_leader(self, leading: bool) -> None:
-        self.metrics.set_leader(leading)
         if leading:
             try:
                 self._prepare()
@@ -445,27 +445,25 @@ class Controller:
         if self.is_leader():
             self.kube_events.post(type_, reason, message, details)
 
-    def refresh_gauges(self) -> None:
-        """Gauges computed at scrape time from memory: leadership, service health, the event
-        store."""
-        if self.elector is not None:
-            # From the lease's clock, not only on changes: a follower that never led says 0
-            # (the alerts' leader filter relies on it), and a leader past its renew deadline
-            # says 0 at once, even while its election thread still waits for the API server.
-            self.metrics.set_leader(self.is_leader())
-        states = {h.name: h.status for h in self.health.services()}
-        self.metrics.set_service_health(states)
-        worst = next((s for s in ("unhealthy", "progressing", "unknown", "suspended") if s in
-                      states.values()), "healthy")
-        last = self.engine.last
-        sync = "Unknown" if last is None else ("Synced" if last.ok else "OutOfSync")
-        self.metrics.set_app(worst if states else "unknown", sync, self.revision())
-        self.metrics.events_degraded.set(1 if self.event_store_problem else 0)
+    def live_state(self) -> LiveState:
+        """What the scrape-time gauges show, from memory: read by the registry's
+        `LiveGauges` collector at every scrape, whoever collects."""
         try:
-            self.metrics.events_stored.set(self.events.count())
+            stored: int | None = self.events.count()
         except Exception as e:  # a scrape must not fail because of the event store
             log.warning("cannot count stored events: %s", e)
-        self.metrics.events_bytes.set(self.events.size_bytes())
+            stored = None
+        last = self.engine.last
+        return LiveState(
+            services={h.name: h.status for h in self.health.services()},
+            sync="Unknown" if last is None else ("Synced" if last.ok else "OutOfSync"),
+            revision=self.revision(),
+            # From the lease's clock at each scrape: a follower that never led says 0 (the
+            # alerts' leader filter relies on it), and a leader past its renew deadline says
+            # 0 at once, even while its election thread still waits for the API server.
+            leader=self.is_leader() if self.elector is not None else None,
+            events_stored=stored, events_bytes=self.events.size_bytes(),
+            events_degraded=self.event_store_problem is not None)
 
     def api_server(self) -> dict[str, Any]:
         """Whether the API server answered lately, for readiness; never blocks (/readyz is

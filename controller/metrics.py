@@ -4,12 +4,20 @@ Names and labels are chosen so that dashboards and alerts written for Flux and A
 over with a relabel at most: the pass metrics carry `kind`, `name`, `namespace` like Flux's
 `gotk_reconcile_*` (kind is always DeploymentParameters), and `conductor_app_info` carries
 `health_status` / `sync_status` like Argo CD's `argocd_app_info`.
+
+Values that are state, not events (service health, the app's health and sync, leadership,
+the event store's size) are computed at scrape time: `LiveGauges` is a collector
+registered in the registry whose `collect()` reads the controller's `LiveState` afresh, so
+every path that collects the registry (the /metrics resource, a test, any exporter) sees
+current values and nobody has to remember to refresh them first.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,6 +29,10 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 KIND = "DeploymentParameters"
 HEALTH_STATES = ("healthy", "progressing", "unhealthy", "unknown", "down", "suspended")
@@ -30,6 +42,88 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # interval (60 s by default); a repository outage may hold a revision back for long.
 SEEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 COMMIT_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600)
+# The app's health is its worst service's, in this order ("healthy" when none is worse).
+_WORST_FIRST = ("unhealthy", "progressing", "unknown", "suspended")
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """What the scrape-time gauges show, read from memory at every scrape."""
+
+    services: Mapping[str, str] = field(default_factory=dict)  # service -> health status
+    sync: str = "Unknown"  # Synced | OutOfSync | Unknown (no pass yet)
+    revision: str = ""
+    leader: bool | None = None  # None: no leader election, so no conductor_leader series
+    events_stored: int | None = 0  # None: the store could not count (no sample)
+    events_bytes: int = 0
+    events_degraded: bool = False
+
+    @property
+    def health(self) -> str:
+        """The app's health: its worst service's; "unknown" with no service."""
+        if not self.services:
+            return "unknown"
+        states = set(self.services.values())
+        return next((s for s in _WORST_FIRST if s in states), "healthy")
+
+
+@dataclass(frozen=True)
+class GaugeSpec:
+    """A gauge `LiveGauges` yields: its name, help and label names (what a Gauge would
+    declare; the README's metric list is checked against these too)."""
+
+    name: str
+    documentation: str
+    labelnames: tuple[str, ...] = ()
+
+    def family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.documentation,
+                                 labels=self.labelnames if self.labelnames else None)
+
+
+class LiveGauges(Collector):
+    """The scrape-time gauges: `collect()` reads a fresh `LiveState` from `read`.
+
+    Until a reader is set (the controller sets it once it is built) the labelled gauges
+    have no series and the others their defaults. A reader that fails costs its gauges one
+    scrape (logged), never the scrape itself."""
+
+    def __init__(self, labels: Mapping[str, str], specs: Iterable[GaugeSpec]) -> None:
+        self.labels = dict(labels)
+        self.specs = {spec.name: spec for spec in specs}
+        self.read: Callable[[], LiveState] | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only: registering must not call the reader (the controller is not built).
+        for spec in self.specs.values():
+            yield spec.family()
+
+    def collect(self) -> Iterator[Metric]:
+        state = LiveState()
+        if self.read is not None:
+            try:
+                state = self.read()
+            except Exception:
+                log.exception("cannot read the scrape-time gauges")
+                yield from self.describe()
+                return
+        obj = list(self.labels.values())
+        families = {name: spec.family() for name, spec in self.specs.items()}
+        health = families["conductor_service_health"]
+        for service, status in sorted(state.services.items()):
+            for value in HEALTH_STATES:
+                health.add_metric([*obj, service, value], 1 if value == status else 0)
+        if self.read is not None:  # one series, the current one (as argocd_app_info)
+            families["conductor_app_info"].add_metric(
+                [*obj, state.health, state.sync, state.revision], 1)
+        if state.events_stored is not None:
+            families["conductor_event_store_events"].add_metric([], state.events_stored)
+        families["conductor_event_store_bytes"].add_metric([], state.events_bytes)
+        families["conductor_event_store_degraded"].add_metric(
+            [], 1 if state.events_degraded else 0)
+        if state.leader is not None:
+            families["conductor_leader"].add_metric(obj, 1 if state.leader else 0)
+        yield from families.values()
 
 
 class Metrics:
@@ -91,22 +185,22 @@ class Metrics:
             "From a Git commit's committer time (whole seconds, the committer's clock) to "
             "the end of the pass that applied it; once per revision.", obj,
             buckets=COMMIT_BUCKETS, registry=registry)
-        self.service_health = Gauge(
+        # Scrape-time gauges (LiveGauges, registered below): specs, not Gauge objects.
+        self.service_health = GaugeSpec(
             "conductor_service_health",
             "Per-service health: 1 for the current status, 0 for the others.",
-            [*obj, "service", "status"], registry=registry)
-        self.app_info = Gauge(
+            (*obj, "service", "status"))
+        self.app_info = GaugeSpec(
             "conductor_app_info", "The app instance (as argocd_app_info): health and sync.",
-            [*obj, "health_status", "sync_status", "revision"], registry=registry)
-        self.events_stored = Gauge(
-            "conductor_event_store_events", "Events in the event store.", registry=registry)
-        self.events_bytes = Gauge(
-            "conductor_event_store_bytes", "Size of the event store on disk.",
-            registry=registry)
-        self.events_degraded = Gauge(
+            (*obj, "health_status", "sync_status", "revision"))
+        self.events_stored = GaugeSpec(
+            "conductor_event_store_events", "Events in the event store.")
+        self.events_bytes = GaugeSpec(
+            "conductor_event_store_bytes", "Size of the event store on disk.")
+        self.events_degraded = GaugeSpec(
             "conductor_event_store_degraded",
             "1 while the configured event store file is unusable and events go to a "
-            "temporary file until a restart (/api/status says why).", registry=registry)
+            "temporary file until a restart (/api/status says why).")
         self.api_requests = Counter(
             "conductor_api_requests_total",
             "REST API requests by route, method and HTTP status code.",
@@ -114,9 +208,16 @@ class Metrics:
         self.api_latency = Histogram(
             "conductor_api_request_duration_seconds", "REST API latency by route and method.",
             ["route", "method"], buckets=REQUEST_BUCKETS, registry=registry)
-        self.leader = Gauge(
-            "conductor_leader", "1 while this replica holds the leader lease.", obj,
-            registry=registry)
+        self.leader = GaugeSpec(
+            "conductor_leader", "1 while this replica holds the leader lease.", tuple(obj))
+        self.live = LiveGauges(self.labels, [self.service_health, self.app_info,
+                                             self.events_stored, self.events_bytes,
+                                             self.events_degraded, self.leader])
+        registry.register(self.live)
+
+    def read_live(self, read: Callable[[], LiveState]) -> None:
+        """Where the scrape-time gauges come from (called once, when the state exists)."""
+        self.live.read = read
 
     @property
     def labels(self) -> dict[str, str]:
@@ -156,25 +257,11 @@ class Metrics:
                 self.reconcile_condition.labels(**self.labels, type=kind, status=value).set(
                     1 if value == status else 0)
 
-    def set_service_health(self, states: Mapping[str, str]) -> None:
-        for service, state in states.items():
-            for value in HEALTH_STATES:
-                self.service_health.labels(**self.labels, service=service, status=value).set(
-                    1 if value == state else 0)
-
-    def set_app(self, health: str, sync: str, revision: str) -> None:
-        self.app_info.clear()
-        self.app_info.labels(**self.labels, health_status=health, sync_status=sync,
-                             revision=revision).set(1)
-
     def observe_request(self, verb: str, code: int, seconds: float) -> None:
         self.kube_latency.labels(verb=verb, code=str(code)).observe(seconds)
 
     def count_retry(self, verb: str, code: int) -> None:
         self.kube_retries.labels(verb=verb, code=str(code)).inc()
-
-    def set_leader(self, leading: bool) -> None:
-        self.leader.labels(**self.labels).set(1 if leading else 0)
 
 
 def register_runtime(registry: CollectorRegistry) -> None:

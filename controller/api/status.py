@@ -55,7 +55,7 @@ class MetricsResource:
         self.controller = controller
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self.controller.refresh_gauges()
+        # Scrape-time gauges are a registered collector (metrics.LiveGauges): fresh as is.
         resp.content_type = CONTENT_TYPE_LATEST
         resp.data = generate_latest(self.controller.registry)
 

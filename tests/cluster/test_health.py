@@ -21,10 +21,12 @@ import yaml
 
 from controller.config import Config
 from controller.engine import Engine
-from controller.health import IMAGE_HINT, ServiceHealth, parse_time, rfc3339
+from controller.health import IMAGE_HINT, ServiceHealth
 from controller.kube import Kube
 from controller.main import Controller
 from controller.observing import HealthMonitor
+from controller.times import parse_rfc3339 as parse_time
+from controller.times import rfc3339
 from devcluster import kubelet
 from tests.cluster import test_engine
 from tests.cluster.test_engine import App

@@ -149,7 +149,6 @@ def test_a_signed_push_webhook_applies_the_new_commit_now(
 
 
 def _metric(controller: Controller, name: str, **labels: str) -> float:
-    controller.refresh_gauges()
     obj = {"kind": "DeploymentParameters", "name": "default",
            "namespace": controller.cfg.namespace}
     return controller.registry.get_sample_value(name, {**obj, **labels}) or 0.0
@@ -234,7 +233,6 @@ def test_a_git_outage_is_counted_and_reported_between_passes_and_fails_no_servic
         # ...but a source failure is no service failure, and the revision stays.
         assert {s["state"] for s in status["services"].values()} == {"deployed"}, status
         assert status["lastAppliedRevision"] == applied
-        controller.refresh_gauges()
         info = [s for s in controller.registry.collect() if s.name == "conductor_app_info"]
         assert [x.labels["revision"] for x in info[0].samples] == [applied]
     finally:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from controller.metrics import HEALTH_STATES, KIND, Metrics
+from controller.metrics import HEALTH_STATES, KIND, GaugeSpec, LiveState, Metrics
 
 OBJ = {"kind": KIND, "name": "default", "namespace": "apps"}
 METRIC_COUNT = 21  # every collector Metrics registers
@@ -28,6 +29,11 @@ def metrics(registry: CollectorRegistry) -> Metrics:
 
 def value(registry: CollectorRegistry, sample: str, **labels: str) -> float | None:
     return registry.get_sample_value(sample, labels)
+
+
+def live(metrics: Metrics, **state: Any) -> None:
+    """Scrapes from now on see this state (what the controller's `live_state` returns)."""
+    metrics.read_live(lambda: LiveState(**state))
 
 
 def test_labels_name_the_deployment_parameters_object(metrics: Metrics) -> None:
@@ -149,13 +155,13 @@ def test_conditions_are_one_hot(metrics: Metrics, registry: CollectorRegistry) -
 
 
 def test_service_health_is_one_hot(metrics: Metrics, registry: CollectorRegistry) -> None:
-    metrics.set_service_health({"redis": "unhealthy", "frontend": "healthy"})
+    live(metrics, services={"redis": "unhealthy", "frontend": "healthy"})
     for status in HEALTH_STATES:
         assert value(registry, "conductor_service_health", **OBJ, service="redis",
                      status=status) == (1 if status == "unhealthy" else 0)
         assert value(registry, "conductor_service_health", **OBJ, service="frontend",
                      status=status) == (1 if status == "healthy" else 0)
-    metrics.set_service_health({"redis": "healthy"})
+    live(metrics, services={"redis": "healthy"})
     assert value(registry, "conductor_service_health", **OBJ, service="redis",
                  status="unhealthy") == 0
     assert value(registry, "conductor_service_health", **OBJ, service="redis",
@@ -167,8 +173,8 @@ def test_service_health_is_one_hot(metrics: Metrics, registry: CollectorRegistry
 
 def test_app_info_keeps_only_the_current_series(metrics: Metrics,
                                                 registry: CollectorRegistry) -> None:
-    metrics.set_app("progressing", "Synced", "sha1")
-    metrics.set_app("healthy", "Synced", "sha2")
+    live(metrics, services={"web": "progressing"}, sync="Synced", revision="sha1")
+    live(metrics, services={"web": "healthy"}, sync="Synced", revision="sha2")
     assert value(registry, "conductor_app_info", **OBJ, health_status="healthy",
                  sync_status="Synced", revision="sha2") == 1
     assert value(registry, "conductor_app_info", **OBJ, health_status="progressing",
@@ -201,17 +207,19 @@ def test_kube_requests_and_retries_by_verb_and_code(metrics: Metrics,
 
 def test_leader_gauge(metrics: Metrics, registry: CollectorRegistry) -> None:
     assert value(registry, "conductor_leader", **OBJ) is None
-    metrics.set_leader(True)
+    live(metrics, leader=True)
     assert value(registry, "conductor_leader", **OBJ) == 1
-    metrics.set_leader(False)
+    live(metrics, leader=False)
     assert value(registry, "conductor_leader", **OBJ) == 0
+    live(metrics, leader=None)  # no leader election: no series
+    assert value(registry, "conductor_leader", **OBJ) is None
 
 
 def test_one_registry_per_instance() -> None:
     """Two controllers in one process (tests) do not collide: nothing is global."""
     first, second = CollectorRegistry(), CollectorRegistry()
-    Metrics(first, "a", "ns").set_leader(True)
-    Metrics(second, "b", "ns").set_leader(False)
+    live(Metrics(first, "a", "ns"), leader=True)
+    live(Metrics(second, "b", "ns"), leader=False)
     assert first.get_sample_value("conductor_leader", {**OBJ, "name": "a",
                                                        "namespace": "ns"}) == 1
     assert first.get_sample_value("conductor_leader", {**OBJ, "name": "b",
@@ -227,11 +235,9 @@ def test_every_metric_has_help_and_the_conductor_prefix(metrics: Metrics,
     metrics.observe_pass("reconcile", 0.1, True, {"applied": 1}, "sha", ["redis"])
     metrics.observe_applied(time.time(), time.time())
     metrics.set_conditions({"Ready": "True"})
-    metrics.set_service_health({"redis": "healthy"})
-    metrics.set_app("healthy", "Synced", "sha")
+    live(metrics, services={"redis": "healthy"}, sync="Synced", revision="sha", leader=True)
     metrics.observe_request("GET", 200, 0.01)
     metrics.count_retry("GET", 503)
-    metrics.set_leader(True)
     families = list(registry.collect())
     assert len(families) == METRIC_COUNT
     for family in families:
@@ -244,6 +250,9 @@ def documented(collector: Any) -> str:
     add `_bucket`, `_sum`, `_count`), type, labels, help text. Regenerate the list with
     `python -c 'from tests.unit.test_metrics import *; print(*map(documented, collectors()),
     sep="\\n")'`."""
+    if isinstance(collector, GaugeSpec):  # a scrape-time gauge (metrics.LiveGauges)
+        return documented_gauge(collector.name, collector.labelnames,
+                                collector.documentation)
     kind: str = collector._type
     name: str = collector._name
     labels = list(collector._labelnames)
@@ -256,9 +265,15 @@ def documented(collector: Any) -> str:
     return f"- `{name}` ({kind}; {shown}): {collector._documentation}"
 
 
+def documented_gauge(name: str, labels: Sequence[str], documentation: str) -> str:
+    shown = "labels " + ", ".join(f"`{label}`" for label in labels) if labels else "no labels"
+    return f"- `{name}` (gauge; {shown}): {documentation}"
+
+
 def collectors() -> list[Any]:
     metrics = Metrics(CollectorRegistry(), "default", "apps")
-    return [c for c in vars(metrics).values() if hasattr(c, "_documentation")]
+    return [c for c in vars(metrics).values()
+            if hasattr(c, "_documentation") or isinstance(c, GaugeSpec)]
 
 
 def test_the_readme_documents_every_metric_exactly() -> None:
@@ -268,3 +283,40 @@ def test_the_readme_documents_every_metric_exactly() -> None:
     expected = [documented(c) for c in collectors()]
     assert len(expected) == METRIC_COUNT
     assert listed == expected
+
+
+def test_scrape_time_gauges_are_fresh_on_every_collect(metrics: Metrics,
+                                                       registry: CollectorRegistry) -> None:
+    """The gauges that are state are read at collect time by a registered collector: any
+    scrape path (generate_latest here, no /metrics resource, no refresh call) sees now."""
+    state = {"services": {"redis": "progressing"}, "leader": False, "events_stored": 3}
+    metrics.read_live(lambda: LiveState(**state))
+    text = generate_latest(registry).decode()
+    assert 'status="progressing"} 1.0' in text and "conductor_event_store_events 3.0" in text
+    state.update(services={"redis": "healthy"}, leader=True, events_stored=4)
+    assert value(registry, "conductor_service_health", **OBJ, service="redis",
+                 status="healthy") == 1
+    assert value(registry, "conductor_app_info", **OBJ, health_status="healthy",
+                 sync_status="Unknown", revision="") == 1
+    assert value(registry, "conductor_leader", **OBJ) == 1
+    assert value(registry, "conductor_event_store_events") == 4
+
+
+def test_a_failing_reader_costs_its_gauges_not_the_scrape(metrics: Metrics,
+                                                          registry: CollectorRegistry) -> None:
+    def broken() -> LiveState:
+        raise RuntimeError("the health monitor is gone")
+
+    metrics.observe_request("GET", 200, 0.01)
+    metrics.read_live(broken)
+    text = generate_latest(registry).decode()
+    assert "conductor_kube_request_duration_seconds_count" in text
+    assert "# TYPE conductor_service_health gauge" in text
+    assert value(registry, "conductor_event_store_events") is None
+
+
+def test_app_health_is_the_worst_service() -> None:
+    assert LiveState().health == "unknown"
+    assert LiveState(services={"a": "healthy", "b": "suspended"}).health == "suspended"
+    assert LiveState(services={"a": "progressing", "b": "unhealthy"}).health == "unhealthy"
+    assert LiveState(services={"a": "healthy", "b": "down"}).health == "healthy"
