@@ -96,6 +96,11 @@ class EventStoreError(ConductorError):
     """The store cannot be used: closed, or a file written by a newer schema."""
 
 
+# What a failing store raises: its own error, or SQLite's (a damaged file, a full disk).
+# Callers that must survive the store (the recorder) catch these without knowing SQLite.
+STORE_ERRORS: tuple[type[Exception], ...] = (EventStoreError, sqlite3.Error)
+
+
 @dataclass(frozen=True)
 class Event:
     """One stored event, as the API returns it."""
@@ -727,7 +732,7 @@ def _ts(value: datetime | str | None) -> int | None:
 
 
 # Importers from before the split (the API, bench, tests) find these names here too.
-__all__ = ["EVENT_TYPES", "MAX_LIMIT", "MAX_OFFSET", "REDACTED", "Event", "EventInput",
-           "EventStore", "EventStoreError", "EventType", "StoreProblem", "format_ms",
-           "open_store", "parse_time", "redact", "redact_text", "resource_key",
+__all__ = ["EVENT_TYPES", "MAX_LIMIT", "MAX_OFFSET", "REDACTED", "STORE_ERRORS", "Event",
+           "EventInput", "EventStore", "EventStoreError", "EventType", "StoreProblem",
+           "format_ms", "open_store", "parse_time", "redact", "redact_text", "resource_key",
            "validate_type"]

@@ -2,9 +2,10 @@
 
 `Controller` owns the long-lived pieces of one process (the Kubernetes connection, the
 engine, the loop, the watch on the DeploymentParameters object, the Git poller, the lease,
-the event store, the metrics registry) and is what the API serves from. `run` starts it
-under gunicorn, in the single worker process, so the loop and the API share one memory
-(and one Prometheus registry).
+the event store, the metrics registry) and is what the API serves from.
+`controller.api.server.serve` starts it under gunicorn, in the single worker process, so
+the loop and the API share one memory (and one Prometheus registry); nothing here imports
+the API (it sits above this module).
 """
 
 from __future__ import annotations
@@ -538,11 +539,4 @@ class Controller:
         return out
 
 
-def run(cfg: Config) -> None:
-    """Run the controller and its API under gunicorn until SIGTERM/SIGINT."""
-    from controller.api.server import serve
-
-    serve(cfg)
-
-
-__all__ = ["Controller", "run"]
+__all__ = ["Controller"]

@@ -19,13 +19,12 @@ The engine's own reports (its `on_event`/`on_result` hooks) reach the event stor
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from controller.errors import ConductorError
-from controller.events import Event, EventStore, resource_key
+from controller.events import STORE_ERRORS, Event, EventStore, resource_key
 from controller.kube import Body, Kube, KubeError
 from controller.objects import ObjectKey
 from controller.sources.resource import API_VERSION, KIND
@@ -141,7 +140,7 @@ class EngineRecorder:
 
     @staticmethod
     def _failed(what: str, e: Exception) -> None:
-        expected = isinstance(e, ConductorError | sqlite3.Error)  # closed, invalid, disk
+        expected = isinstance(e, (ConductorError, *STORE_ERRORS))  # closed, invalid, disk
         log.warning("cannot record %s: %s", what, e, exc_info=not expected)
 
 
