@@ -72,7 +72,13 @@ def test_status_names_leader_source_and_last_pass(api: Api) -> None:
 
 def test_metrics_are_prometheus_text_with_the_reconcile_counter(api: Api) -> None:
     api.get("/api/services")  # counted under its route template
-    result = api.get("/metrics")
+    # The engine publishes its first pass (engine.last, what make_api waits for) a moment
+    # before the controller's report hook has counted it: wait for the count, not a pass.
+    def counted() -> Any:
+        scraped = api.get("/metrics")
+        return [scraped] if "conductor_reconcile_total{" in scraped.text else None
+
+    result = wait_for(counted, timeout=10, message="the first pass counted")[0]
     assert result.status_code == 200
     assert result.headers["content-type"].startswith("text/plain")
     text = result.text
