@@ -156,6 +156,14 @@ class Kube:
 
     # -- raw requests -------------------------------------------------------------------
 
+    def check_may_write(self, what: str) -> None:
+        """Raise NotLeaderError now if this replica may not write: a pass that will write
+        checks before its dry runs, which the guard lets through (plans are reads)."""
+        if not self.write_guard():
+            raise NotLeaderError(f"{what}: this replica is not the leader; writes go "
+                                 "through the leader", status=0, reason="NotLeader",
+                                 details={"operation": what})
+
     def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
                 body: Any = None, content_type: str = "application/json",
                 timeout: float | None = None, retry: bool = True, elect: bool = False) -> Body:

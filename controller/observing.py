@@ -382,10 +382,13 @@ class HealthMonitor:
                                  "the app instance has not been observed yet")
         keys = self._keys(name)
         pairs = [(str(k), h) for k, h in self._objects(name, now, children)]
-        pairs += [(f.where, rbac_problem(f.verb, f.resource, f.message))
-                  for f in self._forbidden_for(name, keys)]
+        forbidden = self._forbidden_for(name, keys)
+        pairs += [(f.where, rbac_problem(f.verb, f.resource, f.message)) for f in forbidden]
+        # A service whose objects the API server refused to create (RBAC, before anything
+        # was applied) is wanted, not "not deployed": its problems say why it is missing.
+        deployed = name not in self._down and (bool(keys) or bool(forbidden))
         result = aggregate(name, _namespace(keys, self.cfg.default_namespace), pairs,
-                           deployed=name not in self._down and bool(keys), last_checked="")
+                           deployed=deployed, last_checked="")
         return replace(result, last_checked=rfc3339(self._last_checked(name, result, now)))
 
     def _objects(self, name: str, now: datetime,

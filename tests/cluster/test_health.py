@@ -336,9 +336,37 @@ def limited_kube(app: App, tmp_path: Path) -> Kube:
     return Kube.connect(Config(kubeconfig=str(path)))
 
 
-def test_forbidden_answers_are_rbac_problems(app: App, tmp_path: Path) -> None:
+def test_a_service_rbac_keeps_from_being_created_is_unhealthy_not_down(
+        app: App, tmp_path: Path) -> None:
+    # The first install, refused by the dry run: nothing exists, yet every service is
+    # wanted; health names the refusal instead of calling them not deployed.
     kube = limited_kube(app, tmp_path)
     try:
+        report = app.engine(kube=kube).up()
+        assert report.error is not None and report.results.failed, report.summary()
+        monitor = HealthMonitor(kube, app.cfg).start()
+        try:
+            assert report.plan is not None
+            monitor.after_pass(report.plan.items, report.results.items, report.error)
+            health = status_of(monitor, "frontend", "unhealthy")
+            assert health.reason == "Forbidden", health
+            assert health.hint.startswith("RBAC: the controller may not patch services")
+        finally:
+            monitor.stop()
+    finally:
+        kube.close()
+        for kind in ("ClusterRoleBinding", "ClusterRole"):
+            app.kube.delete("rbac.authorization.k8s.io/v1", kind, f"limited-{app.namespace}")
+
+
+def test_forbidden_answers_are_rbac_problems(app: App, tmp_path: Path) -> None:
+    # Deployed with full rights; then the controller's account loses Services' writes and
+    # pods' reads, and a change to the frontend's port needs both its Service and its
+    # Deployment: the dry run refuses the Service, so nothing is applied.
+    assert app.engine().up().ok
+    kube = limited_kube(app, tmp_path)
+    try:
+        app.patch_spec({"services": {"frontend": {"port": 8080}}})
         report = app.engine(kube=kube).up()
         failed = {(r.key.kind, (r.error or {}).get("status")) for r in report.results.failed}
         assert failed == {("Service", 403)}, report.summary()
