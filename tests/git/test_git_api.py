@@ -300,8 +300,9 @@ def test_a_force_push_to_a_non_descendant_is_applied_with_a_warning(
     _webhook(client, rewritten)
     wait_for(lambda: client.simulate_get("/api/status").json["source"]["revision"]
              == rewritten, timeout=30, message="the rewritten ref applied")
-    ready = _ready(kube, namespace)
-    assert ready["status"] == "True"
+    # Ready follows health (the pods the kubelet runs) a moment after the pass.
+    ready = wait_for(lambda: (r := _ready(kube, namespace)).get("status") == "True" and r,
+                     timeout=30, message="Ready=True after the rewritten ref")
     assert "does not descend from the applied " + ahead[:12] in ready["message"], ready
     events = client.simulate_get("/api/events?type=warning").json["events"]
     moved = [e for e in events if e["reason"] == "RefNotDescendant"]
