@@ -166,7 +166,12 @@ class Engine:
         self.on_report = on_report  # after every pass and operation, outside the lock
         self.schema = load_schema(CRD_FILE)
         self.lock = threading.Lock()
+        # The newest finished pass, published once its hooks have run (recorded, measured,
+        # history written): whoever sees it sees its consequences too.
         self.last: Report | None = None
+        self._last_lock = threading.Lock()
+        self._passes = 0  # passes started under `lock`, so a slow hook cannot publish back
+        self._published = 0
         # Whether this instance's DeploymentParameters object existed before (its uid, or
         # why we know it did): a missing object is then a deletion, never a first install.
         self._seen = ""
@@ -239,13 +244,18 @@ class Engine:
             if report.error is not None and op != "plan" and \
                     not isinstance(report.error, NotLeaderError | SuspendedError):
                 self._record_failure(report)
-            self.last = report if op != "plan" else self.last
+            self._passes += 1
+            number = self._passes
         self._emit_finished(report)
         if self.on_report is not None:
             try:
                 self.on_report(report)
             except Exception:
                 log.exception("report hook failed")
+        if op != "plan":
+            with self._last_lock:
+                if number > self._published:
+                    self.last, self._published = report, number
         return report
 
     def _pass(self, report: Report, services: list[str] | None, force: bool = False) -> None:
