@@ -10,6 +10,7 @@ identical query is kept until the store commits a new event (`PageCache`).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import json
@@ -25,6 +26,7 @@ from falcon.asgi import SSEvent
 from controller.api.common import float_param, int_param, query_param
 from controller.errors import RateLimitedError
 from controller.eventquery import MAX_OFFSET
+from controller.events import Event, EventStoreError
 from controller.main import Controller
 
 
@@ -174,16 +176,26 @@ class Draining(Waiters):
 
 
 class Fanout:
-    """One thread waits on the event store's commits and wakes every subscribed stream.
+    """One thread follows the event store's commits, reads each new event once, and wakes
+    every subscribed stream.
 
     A stream is a coroutine waiting on an asyncio.Event: hundreds of subscribers cost no
-    thread each. The thread starts with the first subscriber and ends with the store."""
+    thread each. The new events are kept in a bounded window, each serialized once, so a
+    commit costs one query however many streams are open; a stream filters the window in
+    memory (`since` answers what it holds after an id, or None when the stream fell behind
+    it and must query the store). The thread starts with the first subscriber and ends
+    with the store."""
+
+    WINDOW = 4096  # events kept in memory (trimmed to this when twice as many)
 
     def __init__(self, store: Any) -> None:
         self.store = store
         self.waiters = Waiters()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._ids: list[int] = []
+        self._window: list[tuple[Event, str]] = []
+        self._covered = 0  # every event with an id above this is in the window
 
     def __len__(self) -> int:
         return len(self.waiters)
@@ -193,17 +205,60 @@ class Fanout:
         with self.waiters.wait() as event:
             with self._lock:
                 if self._thread is None or not self._thread.is_alive():
+                    self._covered = self.store.last_id
+                    self._ids, self._window = [], []
                     self._thread = threading.Thread(target=self._run, name="event-fanout",
                                                     daemon=True)
                     self._thread.start()
             yield event
 
+    def since(self, after: int) -> list[tuple[Event, str]] | None:
+        """The window's events after id `after` (with their SSE data), oldest first; None
+        when the window does not reach back to `after`."""
+        with self._lock:
+            if after < self._covered:
+                return None
+            return self._window[bisect.bisect_right(self._ids, after):]
+
     def _run(self) -> None:
-        last = self.store.last_id
+        last = self._covered
         while not self.store.closed:
-            if self.store.wait_for_new(last, 1.0):
-                last = self.store.last_id
-                self.waiters.set()
+            if not self.store.wait_for_new(last, 1.0):
+                continue
+            try:
+                while True:  # every new event, once
+                    page = self.store.query(after_id=last, limit=PAGE, oldest_first=True)
+                    if page:
+                        self._add(page)
+                        last = page[-1].id
+                    if len(page) < PAGE:
+                        break
+            except EventStoreError:  # closed underneath: the loop condition ends us
+                continue
+            self.waiters.set()
+
+    def _add(self, page: list[Event]) -> None:
+        items = [(e, json.dumps(e.to_dict())) for e in page]
+        with self._lock:
+            self._window += items
+            self._ids += [e.id for e in page]
+            if len(self._window) > 2 * self.WINDOW:
+                cut = len(self._window) - self.WINDOW
+                self._covered = self._ids[cut - 1]
+                del self._window[:cut], self._ids[:cut]
+
+
+def matcher(query: dict[str, Any]) -> Callable[[Event], bool] | None:
+    """The stream's filters as a predicate on an event (already validated by a store
+    query); None for time-bounded filters, which only the store answers."""
+    if "since" in query or "until" in query:
+        return None
+    raw = query.get("type")
+    types = {t.strip() for t in raw.split(",")} if isinstance(raw, str) else None
+    resource, service = query.get("resource"), query.get("service")
+    return lambda e: ((types is None or e.type in types)
+                      and (resource is None or e.resource == resource)
+                      and (service is None or e.service == service))
 
 
 HEARTBEAT = 15.0  # seconds between keep-alive comments on a quiet stream
@@ -270,13 +325,27 @@ class Stream:
         try:
             with self.fanout.subscribe() as woken, self.draining.wait() as draining:
                 yield SSEvent(comment="conductor event stream", retry=2000)
-                last, deadline = after, None
+                last = after
+                deadline: float | None = None  # set once the backlog is sent
+                match = matcher(query)
                 while not (gone.is_set() or draining.is_set() or store.closed):
                     woken.clear()
-                    mark = store.last_id  # read before the query: matches <= mark are seen
-                    page = await self._run(store.query, **query, limit=PAGE, after_id=last,
-                                           oldest_first=True)
-                    if page:
+                    window = self.fanout.since(last) if deadline is not None \
+                        and match is not None else None
+                    if window is not None and match is not None:  # caught up: shared read
+                        for e, data in window:
+                            if match(e):
+                                yield SSEvent(event=e.type, event_id=str(e.id), text=data)
+                        if window:
+                            last = window[-1][0].id
+                        page = None
+                    else:
+                        mark = store.last_id  # read before the query: matches <= mark seen
+                        page = await self._run(store.query, **query, limit=PAGE,
+                                               after_id=last, oldest_first=True)
+                    if page is None:
+                        pass
+                    elif page:
                         # A short page holds every match up to mark: skip the others.
                         last = page[-1].id if len(page) >= PAGE else max(page[-1].id, mark)
                         for e in page:
@@ -291,7 +360,9 @@ class Stream:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         return
-                    if store.last_id > last:
+                    # Behind the store: query again (the window path waits for the
+                    # fan-out instead, which wakes us once it has read the new events).
+                    if window is None and store.last_id > last:
                         continue
                     quiet = not await _first(woken, gone, draining,
                                              timeout=min(HEARTBEAT, remaining))

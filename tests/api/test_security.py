@@ -7,6 +7,7 @@ Every refusal is the contract's envelope: 401 unauthorized, 403 forbidden, 429 r
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -274,3 +275,25 @@ def test_a_rotated_token_works_without_a_restart(make_api: Callable[..., Api],
         {"name": "ci", "token": WRITE, "scopes": ["write"]}]}))
     wait_for(lambda: api.get("/api/services", headers=_bearer(rotated)).status_code == 401,
              timeout=10, message="the removed token to be refused")
+
+
+def test_new_events_reach_open_streams_once_each_filtered_and_in_order(api: Api) -> None:
+    store = api.controller.events
+    stream = api.client.app._router.find("/api/events/stream")[0]
+    wanted: list[int] = []
+
+    def feed() -> None:
+        wait_for(lambda: len(stream.fanout) >= 1, timeout=10, message="a subscriber")
+        # One commit of more than a page (the shared read pages through it), two services.
+        added = store.add_many([{"type": "warning" if i % 3 else "error",
+                                 "message": f"new {i}", "service": ("iota", "kappa")[i % 2]}
+                                for i in range(150)])
+        wanted.extend(e.id for e in added if e.service == "iota" and e.type == "warning")
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    result = api.stream("/api/events/stream", params={
+        "service": "iota", "type": "warning", "duration": "3", "limit": "1"})
+    feeder.join(10)
+    ids = [int(line[4:]) for line in result.text.splitlines() if line.startswith("id: ")]
+    assert wanted and ids == wanted, (len(ids), len(wanted))
