@@ -232,12 +232,7 @@ def test_a_failing_object_is_a_reconciliation_error(make_api: Callable[..., Api]
     # Passes the dry run, fails at the apply: a field another manager owns, with the
     # conflict policy `fail`.
     api = make_api(apply=replace(app.cfg.apply, conflicts="fail"))
-    other = {"apiVersion": "apps/v1", "kind": "Deployment",
-             "metadata": {"name": "redis", "namespace": api.namespace},
-             "spec": {"replicas": 5}}
-    app.kube.request("PATCH", f"/apis/apps/v1/namespaces/{api.namespace}/deployments/redis",
-                     query={"fieldManager": "someone-else", "force": "true"}, body=other,
-                     content_type="application/apply-patch+yaml")
+    app.take_replicas("redis", 5)
     api.stop_loop()  # the drift stays for the call to meet
     details = envelope(api.post("/api/up", {"services": ["redis"]}), 500,
                        "reconciliation_error")

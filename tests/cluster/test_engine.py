@@ -87,6 +87,16 @@ class App:
     def patch_spec(self, patch: dict[str, Any]) -> None:
         self.kube.patch(API_VERSION, KIND, "default", {"spec": patch}, self.namespace)
 
+    def take_replicas(self, name: str, replicas: int, manager: str = "someone-else") -> None:
+        """Another field manager takes a Deployment's spec.replicas by server-side apply
+        (a conflict for conductor)."""
+        body = {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": self.namespace},
+                "spec": {"replicas": replicas}}
+        self.kube.request("PATCH", f"/apis/apps/v1/namespaces/{self.namespace}/deployments/"
+                          f"{name}", query={"fieldManager": manager, "force": "true"},
+                          body=body, content_type="application/apply-patch+yaml")
+
 
 @pytest.fixture
 def app(cluster: LocalCluster, kube: Kube, namespace: str, tmp_path: Path,
@@ -385,13 +395,7 @@ def test_custom_resources_and_cluster_scoped_objects(app: App) -> None:
 def test_conflict_policy_force_or_fail(app: App) -> None:
     engine = app.engine()
     assert engine.up().ok
-    # Another field manager takes spec.replicas by server-side apply (a conflict for us).
-    other = {"apiVersion": "apps/v1", "kind": "Deployment",
-             "metadata": {"name": "redis", "namespace": app.namespace},
-             "spec": {"replicas": 5}}
-    app.kube.request("PATCH", f"/apis/apps/v1/namespaces/{app.namespace}/deployments/redis",
-                     query={"fieldManager": "someone-else", "force": "true"}, body=other,
-                     content_type="application/apply-patch+yaml")
+    app.take_replicas("redis", 5)  # another field manager's: a conflict for us
     strict = app.engine(replace(app.cfg, apply=replace(app.cfg.apply, conflicts="fail")))
     report = strict.reconcile()
     failed = {(r.key.kind, r.key.name): r.error for r in report.results.failed}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -355,12 +356,23 @@ def limited_kube(app: App, tmp_path: Path) -> Kube:
     return Kube.connect(Config(kubeconfig=str(path)))
 
 
+@contextmanager
+def limited(app: App, tmp_path: Path) -> Iterator[Kube]:
+    """`limited_kube`, closed and its cluster-scoped grants removed afterwards."""
+    kube = limited_kube(app, tmp_path)
+    try:
+        yield kube
+    finally:
+        kube.close()
+        for kind in ("ClusterRoleBinding", "ClusterRole"):
+            app.kube.delete("rbac.authorization.k8s.io/v1", kind, f"limited-{app.namespace}")
+
+
 def test_a_service_rbac_keeps_from_being_created_is_unhealthy_not_down(
         app: App, tmp_path: Path) -> None:
     # The first install, refused by the dry run: nothing exists, yet every service is
     # wanted; health names the refusal instead of calling them not deployed.
-    kube = limited_kube(app, tmp_path)
-    try:
+    with limited(app, tmp_path) as kube:
         report = app.engine(kube=kube).up()
         assert report.error is not None and report.results.failed, report.summary()
         monitor = HealthMonitor(kube, app.cfg).start()
@@ -372,10 +384,6 @@ def test_a_service_rbac_keeps_from_being_created_is_unhealthy_not_down(
             assert health.hint.startswith("RBAC: the controller may not patch services")
         finally:
             monitor.stop()
-    finally:
-        kube.close()
-        for kind in ("ClusterRoleBinding", "ClusterRole"):
-            app.kube.delete("rbac.authorization.k8s.io/v1", kind, f"limited-{app.namespace}")
 
 
 def test_forbidden_answers_are_rbac_problems(app: App, tmp_path: Path) -> None:
@@ -383,8 +391,7 @@ def test_forbidden_answers_are_rbac_problems(app: App, tmp_path: Path) -> None:
     # pods' reads, and a change to the frontend's port needs both its Service and its
     # Deployment: the dry run refuses the Service, so nothing is applied.
     assert app.engine().up().ok
-    kube = limited_kube(app, tmp_path)
-    try:
+    with limited(app, tmp_path) as kube:
         app.patch_spec({"services": {"frontend": {"port": 8080}}})
         report = app.engine(kube=kube).up()
         failed = {(r.key.kind, (r.error or {}).get("status")) for r in report.results.failed}
@@ -407,7 +414,3 @@ def test_forbidden_answers_are_rbac_problems(app: App, tmp_path: Path) -> None:
                      timeout=DETECT, message="list pods forbidden")
         finally:
             monitor.stop()
-    finally:
-        kube.close()
-        for kind in ("ClusterRoleBinding", "ClusterRole"):
-            app.kube.delete("rbac.authorization.k8s.io/v1", kind, f"limited-{app.namespace}")
