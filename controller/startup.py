@@ -16,13 +16,11 @@ from typing import Any
 
 from controller.config import Config
 from controller.kube import Kube, KubeError, UnknownKindError
+from controller.sources.resource import API_VERSION, KIND
 
 EXIT_CONFIG = 2
 EXIT_UNREACHABLE = 3
 EXIT_FORBIDDEN = 4
-
-API_VERSION = "conductor.io/v1alpha1"
-KIND = "DeploymentParameters"
 
 
 class StartupError(Exception):
