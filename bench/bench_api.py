@@ -43,10 +43,10 @@ from typing import Any
 import yaml
 
 from bench.common import control_plane
+from controller.adapters.crds import ensure_crd
+from controller.adapters.kube import Kube
+from controller.adapters.store.events import EventInput, EventStore
 from controller.config import Config
-from controller.crds import ensure_crd
-from controller.events import EventInput, EventStore
-from controller.kube import Kube
 from devcluster import kubelet
 from devcluster.running import free_port
 from tests.helpers import wait_for

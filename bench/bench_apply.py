@@ -20,13 +20,13 @@ from pathlib import Path
 import yaml
 
 from bench.common import control_plane, write_app
-from controller import rendering
+from controller.adapters.crds import ensure_crd
+from controller.adapters.kube import Kube
+from controller.adapters.sources.resource import ResourceSource, load_seed
 from controller.config import Config, LoopSettings
-from controller.crds import ensure_crd
-from controller.engine import Engine
-from controller.kube import Kube
-from controller.parameters import Parameters
-from controller.sources.resource import ResourceSource, load_seed
+from controller.model import rendering
+from controller.model.parameters import Parameters
+from controller.reconcile.engine import Engine
 from tests.proxy import ApiProxy
 
 

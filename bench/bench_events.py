@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from controller.events import MAX_OFFSET, EventInput, EventStore, format_ms
+from controller.adapters.store.events import MAX_OFFSET, EventInput, EventStore, format_ms
 
 TARGET_MS = 10.0
 DAY_MS = 86_400_000
@@ -170,7 +170,7 @@ def main() -> None:
 
 def _window(since: str, extra: dict[str, Any]) -> dict[str, Any]:
     """A one-day window starting at `since`."""
-    from controller.events import parse_time
+    from controller.adapters.store.events import parse_time
 
     return {"since": since, "until": format_ms(parse_time(since) + DAY_MS), **extra}
 

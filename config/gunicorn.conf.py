@@ -1,4 +1,4 @@
-"""gunicorn settings of `conductor run` (read by controller/api/server.py).
+"""gunicorn settings of `conductor run` (read by controller/serving.py).
 
 One worker process: the reconcile loop, the watches and the API share one memory and one
 Prometheus registry, so no multiprocess metrics mode is needed. The worker is gunicorn's

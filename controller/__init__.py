@@ -13,6 +13,6 @@ __all__ = ["Config", "run"]
 
 def run(config: Config | None = None) -> None:
     """Run the controller in the foreground until SIGTERM/SIGINT."""
-    from controller.api.server import serve  # deferred: the CLI's --help stays fast
+    from controller.serving import serve  # deferred: the CLI's --help stays fast
 
     serve(config or Config.from_env())

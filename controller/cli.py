@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from controller import logs
+from controller.adapters.startup import EXIT_CONFIG, StartupError, check_cluster
 from controller.api.security import TokensFileError
 from controller.config import (
     Config,
@@ -29,8 +30,7 @@ from controller.config import (
     known_variables,
     validate,
 )
-from controller.notifying import NotifyConfigError, load_receivers
-from controller.startup import EXIT_CONFIG, StartupError, check_cluster
+from controller.runtime.notifying import NotifyConfigError, load_receivers
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
@@ -143,7 +143,7 @@ def checked_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from controller.api.server import serve, startup_checks
+    from controller.serving import serve, startup_checks
 
     env = dict(os.environ)
     cfg = checked_config(args, env)

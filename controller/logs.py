@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Any
 
-from controller.times import format_ms
+from controller.model.times import format_ms
 
 FIELDS = ("instance", "namespace", "operation", "trigger", "revision", "object", "service",
           "reason")

@@ -80,8 +80,8 @@ def _say(line: str) -> None:
 
 
 def _kubelet(args: argparse.Namespace) -> int:
+    from controller.adapters.kube import Kube
     from controller.config import Config
-    from controller.kube import Kube
     from devcluster import kubelet
 
     stop = threading.Event()

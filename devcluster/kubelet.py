@@ -17,8 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from controller.kube import Body, Kube, KubeError
-from controller.watching import Reflector, Selector
+from controller.adapters.kube import Body, Kube, KubeError
+from controller.adapters.watching import Reflector, Selector
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from controller.adapters.kube import Kube
 from controller.config import Config
-from controller.kube import Kube
 from devcluster import building, running
 
 
@@ -73,6 +73,6 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def crd(kube: Kube) -> dict[str, Any]:
     """The DeploymentParameters CRD from config/crd, installed and served."""
-    from controller.crds import ensure_crd
+    from controller.adapters.crds import ensure_crd
 
     return ensure_crd(kube)

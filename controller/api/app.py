@@ -29,7 +29,7 @@ from controller.api import (
 )
 from controller.api.offload import inline, offload
 from controller.api.openapi import OpenAPI
-from controller.main import Controller
+from controller.runtime.controller import Controller
 
 # Request metrics are labelled by method: only these, anything else is "other" (a client
 # inventing methods must not grow /metrics without bound).

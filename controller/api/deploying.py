@@ -22,10 +22,10 @@ from controller.api.common import (
     json_body,
     services_from,
 )
-from controller.engine import Report, SuspendedError, is_suspended
 from controller.errors import ReconciliationError
-from controller.main import Controller
-from controller.redaction import REDACTED
+from controller.model.redaction import REDACTED
+from controller.reconcile.engine import Report, SuspendedError, is_suspended
+from controller.runtime.controller import Controller
 
 MESSAGES = {
     "up": "Successfully deployed all manifests",

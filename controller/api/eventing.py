@@ -23,11 +23,11 @@ from typing import Any
 import falcon
 from falcon.asgi import SSEvent
 
+from controller.adapters.store.events import Event, EventStoreError
 from controller.api.common import float_param, int_param, query_param
 from controller.errors import RateLimitedError
-from controller.eventquery import MAX_OFFSET
-from controller.events import Event, EventStoreError
-from controller.main import Controller
+from controller.model.eventquery import MAX_OFFSET
+from controller.runtime.controller import Controller
 
 
 def filters(req: falcon.Request) -> dict[str, Any]:

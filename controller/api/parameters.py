@@ -21,11 +21,11 @@ from typing import Any
 
 import falcon
 
-from controller import rendering
+from controller.adapters.sources.resource import API_VERSION, KIND, ParametersResource
 from controller.api.common import instance_param, int_param, json_body
 from controller.errors import ConflictError, InvalidRequestError, NotFoundError
-from controller.main import Controller
-from controller.parameters import (
+from controller.model import rendering
+from controller.model.parameters import (
     Parameters,
     check_limits,
     effective,
@@ -33,7 +33,7 @@ from controller.parameters import (
     section_schema,
     validate_spec,
 )
-from controller.sources.resource import API_VERSION, KIND, ParametersResource
+from controller.runtime.controller import Controller
 
 TOP_LEVEL = ("global", "services")
 # Writes of one request racing others: enough for a handful of concurrent writers, bounded
@@ -121,7 +121,7 @@ class _Base:
                     "parameters come from Git and this controller may not push; change them "
                     "with a commit", {"source": "git", "url": git.url if git else "",
                                       "ref": cfg.git.ref, "hint": "set CONDUCTOR_GIT_WRITE"})
-            from controller.sources.git import author_for  # gitpython: only with Git
+            from controller.adapters.sources.git import author_for  # gitpython: only with Git
 
             sha = git.write_params(spec, message, author=author_for(_token_name(req)))
             self.controller.loop.wake("api")

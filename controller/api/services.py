@@ -11,8 +11,8 @@ from __future__ import annotations
 import falcon
 
 from controller.api.common import instance_param
-from controller.main import Controller
-from controller.observing import HealthMonitor
+from controller.runtime.controller import Controller
+from controller.runtime.observing import HealthMonitor
 
 
 class _Base:

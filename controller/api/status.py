@@ -7,8 +7,8 @@ from typing import Any
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from controller import requirements
-from controller.main import Controller
+from controller.adapters import requirements
+from controller.runtime.controller import Controller
 
 
 class Healthz:

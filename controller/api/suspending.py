@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import falcon
 
+from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.api.common import instance_param, json_body
-from controller.engine import is_suspended
 from controller.errors import InvalidRequestError
-from controller.main import Controller
-from controller.sources.resource import API_VERSION, KIND
+from controller.reconcile.engine import is_suspended
+from controller.runtime.controller import Controller
 
 
 class Suspend:

@@ -21,7 +21,7 @@ import falcon
 from controller.api.common import MAX_JSON_DEPTH, body_bytes, check_document, parse_json
 from controller.config import GitSettings
 from controller.errors import ForbiddenError, InvalidRequestError, UnauthorizedError
-from controller.main import Controller
+from controller.runtime.controller import Controller
 
 
 def load_secret(git: GitSettings) -> bytes | None:

@@ -20,7 +20,7 @@ from falcon import testing
 
 from controller.api.app import create_app
 from controller.config import ApiSettings
-from controller.main import Controller
+from controller.runtime.controller import Controller
 from tests.cluster import test_engine
 from tests.cluster.test_engine import App
 from tests.helpers import wait_for

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from controller.sources.resource import API_VERSION, KIND
+from controller.adapters.sources.resource import API_VERSION, KIND
 from devcluster import kubelet
 from devcluster.running import free_port
 from tests.api.conftest import SERVICES

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.config import GitSettings
-from controller.sources.resource import API_VERSION, KIND
 from devcluster import kubelet
 from tests.api.conftest import SERVICES, Api, envelope
 from tests.cluster.test_engine import App

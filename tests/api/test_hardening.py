@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from falcon import testing
 
+from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.api import webhooks
 from controller.api.common import MAX_JSON_DEPTH
 from controller.api.openapi import document
 from controller.config import ApiSettings, Config, ConfigError, GitSettings, validate
-from controller.sources.resource import API_VERSION, KIND
 from tests.api.conftest import SERVICES, Api, envelope
 
 pytestmark = pytest.mark.cluster

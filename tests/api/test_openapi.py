@@ -29,12 +29,12 @@ import yaml
 from hypothesis import HealthCheck, Phase, settings
 from prometheus_client import CollectorRegistry
 
+from controller.adapters.kube import Kube
+from controller.adapters.metrics import Metrics
+from controller.adapters.sources.resource import ParametersResource
 from controller.api.app import create_app
 from controller.api.openapi import document
 from controller.config import ApiSettings, Config, GitSettings
-from controller.kube import Kube
-from controller.metrics import Metrics
-from controller.sources.resource import ParametersResource
 from tests.cluster.test_engine import REPO, App
 from tests.conftest import LocalCluster
 from tests.helpers import wait_for
@@ -182,7 +182,7 @@ class Fuzzed:
 @pytest.fixture(scope="module")
 def fuzzed(cluster: LocalCluster, kube: Kube, crd: dict[str, Any],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
-    from controller.main import Controller
+    from controller.runtime.controller import Controller
 
     namespace = f"api-fuzz-{secrets.token_hex(3)}"
     kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})

@@ -26,10 +26,10 @@ import pytest
 import yaml
 from falcon import testing
 
+from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.config import ApiSettings
-from controller.parameters import MAX_DEPTH
-from controller.redaction import REDACTED
-from controller.sources.resource import API_VERSION, KIND
+from controller.model.parameters import MAX_DEPTH
+from controller.model.redaction import REDACTED
 from tests.api.conftest import Api, envelope
 from tests.helpers import wait_for
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from controller.kube import Kube
+from controller.adapters.kube import Kube
 from devcluster.running import free_port
 from tests.cluster.test_engine import App
 from tests.cluster.test_process import controller_process

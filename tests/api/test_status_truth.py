@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from controller.crds import load_crd
-from controller.kube import Body, Kube
-from controller.sources.resource import API_VERSION, KIND
+from controller.adapters.crds import load_crd
+from controller.adapters.kube import Body, Kube
+from controller.adapters.sources.resource import API_VERSION, KIND
 from devcluster import kubelet
 from tests.api.conftest import Api
 from tests.helpers import wait_for

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from controller.crds import ensure_crd, load_crd
-from controller.kube import Body, Kube, KubeError
-from controller.sources.resource import API_VERSION, KIND
+from controller.adapters.crds import ensure_crd, load_crd
+from controller.adapters.kube import Body, Kube, KubeError
+from controller.adapters.sources.resource import API_VERSION, KIND
 from tests.cluster import test_engine
 from tests.cluster.test_engine import App
 from tests.helpers import wait_for
@@ -92,7 +92,7 @@ def test_deleted_crd_that_may_not_be_reinstalled_is_reported_plainly(
 
 def test_an_older_crd_is_upgraded_so_new_fields_are_kept(kube: Kube,
                                                          restore_crd: None) -> None:
-    from controller.crds import DIGEST_ANNOTATION
+    from controller.adapters.crds import DIGEST_ANNOTATION
 
     ensure_crd(kube)
     older = load_crd()

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.adapters.kube import Kube, KubeError
+from controller.adapters.sources.resource import API_VERSION, KIND, ResourceSource
 from controller.config import ApplySettings, Config, EventSettings, LoopSettings
-from controller.engine import Engine
-from controller.kube import Kube, KubeError
-from controller.main import Controller
-from controller.objects import LABEL_INSTANCE
-from controller.sources.resource import API_VERSION, KIND, ResourceSource
+from controller.model.objects import LABEL_INSTANCE
+from controller.reconcile.engine import Engine
+from controller.runtime.controller import Controller
 from tests.conftest import LocalCluster
 from tests.helpers import wait_for
 from tests.proxy import ApiProxy

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.kube import Kube, KubeError
+from controller.adapters.kube import Kube, KubeError
 from devcluster import kubelet, running
 from tests.helpers import wait_for
 

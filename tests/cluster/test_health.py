@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.adapters.kube import Kube
 from controller.config import Config
-from controller.engine import Engine
-from controller.health import IMAGE_HINT, ServiceHealth
-from controller.kube import Kube
-from controller.main import Controller
-from controller.observing import HealthMonitor
-from controller.times import parse_rfc3339 as parse_time
-from controller.times import rfc3339
+from controller.model.health import IMAGE_HINT, ServiceHealth
+from controller.model.times import parse_rfc3339 as parse_time
+from controller.model.times import rfc3339
+from controller.reconcile.engine import Engine
+from controller.runtime.controller import Controller
+from controller.runtime.observing import HealthMonitor
 from devcluster import kubelet
 from tests.cluster import test_engine
 from tests.cluster.test_engine import App

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from controller.kube import Kube
+from controller.adapters.kube import Kube
 from tests.api import conftest as api_fixtures
 from tests.api.conftest import Api
 from tests.cluster import test_engine, test_suspend

@@ -29,12 +29,12 @@ import pytest
 import yaml
 from falcon import testing
 
+from controller.adapters.kube import Kube, NotLeaderError
+from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.api.app import create_app
 from controller.config import ApiSettings, ApplySettings, Config, EventSettings, LeaderSettings
-from controller.kube import Kube, NotLeaderError
-from controller.leadership import LeaderElector
-from controller.main import Controller
-from controller.sources.resource import API_VERSION, KIND
+from controller.runtime.controller import Controller
+from controller.runtime.leadership import LeaderElector
 from devcluster import kubelet
 from devcluster.running import free_port
 from tests.cluster import test_engine

@@ -19,10 +19,10 @@ import pytest
 from falcon import testing
 from prometheus_client import CollectorRegistry
 
+from controller.adapters.metrics import KIND
 from controller.api.app import create_app
 from controller.config import ApiSettings, Config, EventSettings
-from controller.main import Controller
-from controller.metrics import KIND
+from controller.runtime.controller import Controller
 from devcluster import kubelet
 from tests.cluster import test_engine
 from tests.cluster.test_engine import App

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.config import NotificationSettings
-from controller.main import Controller
+from controller.runtime.controller import Controller
 from devcluster import kubelet
 from tests.cluster import test_engine
 from tests.cluster.test_engine import App

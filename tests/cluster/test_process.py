@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.kube import Kube
-from controller.objects import LABEL_APP, LABEL_INSTANCE, LABEL_SERVICE
-from controller.sources.resource import API_VERSION, KIND
+from controller.adapters.kube import Kube
+from controller.adapters.sources.resource import API_VERSION, KIND
+from controller.model.objects import LABEL_APP, LABEL_INSTANCE, LABEL_SERVICE
 from devcluster import kubelet
 from devcluster.running import free_port
 from tests.conftest import LocalCluster

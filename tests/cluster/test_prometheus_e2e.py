@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.kube import Kube
+from controller.adapters.kube import Kube
 from devcluster import kubelet
 from devcluster.running import free_port
 from tests.cluster.test_process import controller_process

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.main import Controller
-from controller.sources.resource import API_VERSION, KIND
+from controller.adapters.sources.resource import API_VERSION, KIND
+from controller.runtime.controller import Controller
 from tests.cluster import test_engine
 from tests.cluster.test_engine import App
 from tests.helpers import wait_for

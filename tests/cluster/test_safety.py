@@ -16,18 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from controller.applying import ObjectResult
-from controller.engine import Engine
-from controller.kube import Kube
-from controller.main import Controller
-from controller.operations import Operations
-from controller.sources.resource import (
+from controller.adapters.kube import Kube
+from controller.adapters.sources.resource import (
     API_VERSION,
     KIND,
     ParametersResource,
     ResourceSource,
     load_seed,
 )
+from controller.reconcile.applying import ObjectResult
+from controller.reconcile.engine import Engine
+from controller.runtime.controller import Controller
+from controller.runtime.operations import Operations
 from tests.cluster import test_engine
 from tests.cluster.test_engine import App
 from tests.helpers import wait_for

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.kube import Kube
+from controller.adapters.kube import Kube
 from devcluster.running import free_port
 from tests.conftest import LocalCluster
 from tests.deploy.test_kit import _service_account_kubeconfig

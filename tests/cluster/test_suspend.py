@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from controller.crds import load_crd
-from controller.engine import SuspendedError
-from controller.kube import Kube
-from controller.sources.resource import API_VERSION, KIND
+from controller.adapters.crds import load_crd
+from controller.adapters.kube import Kube
+from controller.adapters.sources.resource import API_VERSION, KIND
+from controller.reconcile.engine import SuspendedError
 from tests.api import conftest as api_fixtures
 from tests.api.conftest import Api, envelope
 from tests.cluster import test_engine

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.kube import Kube
-from controller.sources.resource import API_VERSION, KIND
+from controller.adapters.kube import Kube
+from controller.adapters.sources.resource import API_VERSION, KIND
 from devcluster import kubelet
 from devcluster.running import free_port
 from tests.conftest import LocalCluster
@@ -103,7 +103,7 @@ def test_image_metadata_and_contents(image: Built) -> None:
     probe = ("import runpy, importlib.util, pathlib, controller.assets as a; "
              "s = runpy.run_path(str(a.GUNICORN_CONF)); "
              "m, _, c = s['worker_class'].rpartition('.'); getattr(importlib.import_module(m), c); "
-             "import controller.crds as crds, controller.config as cfg; "
+             "import controller.adapters.crds as crds, controller.config as cfg; "
              "print(s['worker_class'], crds.CRD_FILE, cfg.DEFAULT_MANIFESTS, "
              "pathlib.Path(cfg.DEFAULT_MANIFESTS, 'parameters.yaml').is_file(), "
              "importlib.util.find_spec('devcluster'))")

@@ -26,14 +26,19 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from controller.adapters.kube import Body, Kube, KubeError
+from controller.adapters.metrics import Metrics
+from controller.adapters.sources.resource import (
+    API_VERSION,
+    KIND,
+    ParametersResource,
+    ResourceSource,
+)
 from controller.cli import _parser
 from controller.config import ApplySettings, Config, LoopSettings
-from controller.engine import Engine
-from controller.kube import Body, Kube, KubeError
-from controller.leadership import LeaderElector
-from controller.metrics import Metrics
-from controller.objects import LABEL_INSTANCE
-from controller.sources.resource import API_VERSION, KIND, ParametersResource, ResourceSource
+from controller.model.objects import LABEL_INSTANCE
+from controller.reconcile.engine import Engine
+from controller.runtime.leadership import LeaderElector
 from tests.conftest import LocalCluster
 from tests.helpers import wait_for
 
@@ -127,7 +132,7 @@ def test_alerts_use_metrics_the_controller_exports() -> None:
     used = {m for rule in _alerts().values()
             for m in re.findall(r"\bconductor_[a-z_]+", rule["expr"])}
     assert used, "the rules use no conductor metric"
-    assert used <= exported, f"not exported by controller/metrics.py: {used - exported}"
+    assert used <= exported, f"not exported by controller/adapters/metrics.py: {used - exported}"
 
 
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:

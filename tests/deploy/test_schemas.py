@@ -29,8 +29,8 @@ from kubernetes_validate import utils as kv_utils
 from packaging.version import Version
 from referencing import Registry, Resource
 
-from controller.parameters import Parameters
-from controller.rendering import load_tree, render
+from controller.model.parameters import Parameters
+from controller.model.rendering import load_tree, render
 
 REPO = Path(__file__).resolve().parents[2]
 OLDEST_SUPPORTED = Version("1.25")

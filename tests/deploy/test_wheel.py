@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.kube import Kube
-from controller.sources.resource import API_VERSION, KIND
+from controller.adapters.kube import Kube
+from controller.adapters.sources.resource import API_VERSION, KIND
 from devcluster import kubelet
 from devcluster.running import free_port
 from tests.conftest import LocalCluster

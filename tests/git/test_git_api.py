@@ -18,11 +18,11 @@ import pytest
 import yaml
 from falcon import testing
 
+from controller.adapters.kube import Kube
+from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.api.app import create_app
 from controller.config import ApiSettings, Config, EventSettings, GitSettings, LoopSettings
-from controller.kube import Kube
-from controller.main import Controller
-from controller.sources.resource import API_VERSION, KIND
+from controller.runtime.controller import Controller
 from devcluster import kubelet
 from tests.api.conftest import envelope
 from tests.conftest import LocalCluster

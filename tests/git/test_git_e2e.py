@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.adapters.kube import Kube
+from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.config import Config, EventSettings, GitSettings, LoopSettings
-from controller.kube import Kube
-from controller.main import Controller
-from controller.sources.resource import API_VERSION, KIND
+from controller.runtime.controller import Controller
 from tests.conftest import LocalCluster
 from tests.git.conftest import GitServer, User
 from tests.helpers import wait_for

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
+from controller.adapters.sources.git import GitConflictError, GitSnapshot, GitSource
 from controller.config import GitSettings
 from controller.errors import InvalidRequestError, InvalidYAMLError, SourceError, ValidationError
-from controller.sources.git import GitConflictError, GitSnapshot, GitSource
 from tests.git.conftest import MAIN_PARAMS, SEED_PARAMS, TEMPLATE, GitServer, User, run_git
 
 TOKEN = "tok-3f9c2a7d-very-secret"

@@ -14,12 +14,12 @@ import pytest
 import yaml
 from falcon import testing
 
+from controller.adapters.sources import editing
+from controller.adapters.sources.git import GitSource, author_for
 from controller.api.app import create_app
 from controller.config import ApiSettings, Config, EventSettings, GitSettings, LoopSettings
 from controller.errors import InvalidYAMLError
-from controller.main import Controller
-from controller.sources import editing
-from controller.sources.git import GitSource, author_for
+from controller.runtime.controller import Controller
 from tests.conftest import LocalCluster
 from tests.git.conftest import User
 from tests.git.test_git_e2e import _example_files, _params

@@ -24,13 +24,9 @@ from typing import Any
 
 import pytest
 
-from controller import events as events_module
-from controller import history as history_module
-from controller.applying import ObjectResult
-from controller.config import EventSettings
-from controller.errors import ValidationError
-from controller.eventquery import MAX_LIMIT, MAX_OFFSET
-from controller.events import (
+from controller.adapters.store import events as events_module
+from controller.adapters.store import history as history_module
+from controller.adapters.store.events import (
     Event,
     EventInput,
     EventStore,
@@ -39,11 +35,15 @@ from controller.events import (
     open_store,
     resource_key,
 )
-from controller.history import History
-from controller.objects import ObjectKey
-from controller.recording import EngineRecorder
-from controller.redaction import REDACTED, redact
-from controller.times import format_ms, parse_time
+from controller.adapters.store.history import History
+from controller.config import EventSettings
+from controller.errors import ValidationError
+from controller.model.eventquery import MAX_LIMIT, MAX_OFFSET
+from controller.model.objects import ObjectKey
+from controller.model.redaction import REDACTED, redact
+from controller.model.times import format_ms, parse_time
+from controller.reconcile.applying import ObjectResult
+from controller.runtime.recording import EngineRecorder
 from tests.helpers import wait_for
 
 BASE = datetime(2030, 1, 1, tzinfo=UTC)  # in the future: retention by age never applies
@@ -782,7 +782,7 @@ def test_a_file_that_is_not_a_database_falls_back_loudly(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "events.db"
     path.write_bytes(b"this is not SQLite, just text that happens to be here\n" * 100)
-    with caplog.at_level("ERROR", logger="controller.events"):
+    with caplog.at_level("ERROR", logger="controller.adapters.store.events"):
         problem = _opens_with_fallback(EventSettings(path=path), "move")
     assert "not a database" in problem.error
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]

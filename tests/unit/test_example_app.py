@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from controller.errors import ValidationError
-from controller.objects import LABEL_SERVICE, SHARED_SERVICE, Manifest
-from controller.parameters import Parameters, load_schema, validate_spec
-from controller.rendering import Tree, load_tree, render
+from controller.model.objects import LABEL_SERVICE, SHARED_SERVICE, Manifest
+from controller.model.parameters import Parameters, load_schema, validate_spec
+from controller.model.rendering import Tree, load_tree, render
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -218,7 +218,7 @@ def test_the_contracts_example_4_and_typical_values_stay_valid() -> None:
 
 
 def test_a_password_from_a_secret_reference_is_rendered_into_the_secret(app_tree: Tree) -> None:
-    from controller.parameters import resolve_secret_refs
+    from controller.model.parameters import resolve_secret_refs
 
     spec = copy.deepcopy(DEFAULTS)
     spec["services"]["postgres"]["password"] = {"secretKeyRef": {"name": "db", "key": "pw"}}

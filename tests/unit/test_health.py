@@ -15,8 +15,9 @@ from typing import Any, get_args
 
 import pytest
 
+from controller.adapters.metrics import HEALTH_STATES
 from controller.api.openapi import SCHEMAS
-from controller.health import (
+from controller.model.health import (
     CONFIG_HINT,
     IMAGE_HINT,
     ObjectHealth,
@@ -27,7 +28,6 @@ from controller.health import (
     rbac_problem,
     unschedulable_deadline,
 )
-from controller.metrics import HEALTH_STATES
 
 Body = dict[str, Any]
 NOW = datetime(2026, 11, 23, 21, 45, 0, tzinfo=UTC)

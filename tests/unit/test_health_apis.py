@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from controller.health import HPA_METRICS_HINT, ObjectHealth, aggregate, assess
+from controller.model.health import HPA_METRICS_HINT, ObjectHealth, aggregate, assess
 
 Body = dict[str, Any]
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.health import assess
+from controller.model.health import assess
 
 _DEFAULT = Path(__file__).resolve().parents[2].parent / "shared" / "peer-health"
 PEER = Path(os.environ.get("CONDUCTOR_PEER_HEALTH") or _DEFAULT) / "gitops-engine"

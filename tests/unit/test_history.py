@@ -1,10 +1,11 @@
-"""Parameter history (controller/history.py): a recreated object's revisions do not collide."""
+"""Parameter history (controller/adapters/store/history.py): a recreated object's
+revisions do not collide."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from controller.history import History
+from controller.adapters.store.history import History
 
 
 def test_a_recreated_object_keeps_both_histories(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client as k8s
 
+from controller.adapters.kube import Kube, KubeError
 from controller.config import ApplySettings
-from controller.kube import Kube, KubeError
 
 
 class SilentServer:

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller.applying import Results
 from controller.config import LoopSettings
-from controller.engine import Report
 from controller.errors import ReconciliationError
-from controller.loop import Loop
+from controller.reconcile.applying import Results
+from controller.reconcile.engine import Report
+from controller.runtime.loop import Loop
 from tests.helpers import wait_for
 
 

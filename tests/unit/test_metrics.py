@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from controller.metrics import HEALTH_STATES, KIND, GaugeSpec, LiveState, Metrics
+from controller.adapters.metrics import HEALTH_STATES, KIND, GaugeSpec, LiveState, Metrics
 
 OBJ = {"kind": KIND, "name": "default", "namespace": "apps"}
 METRIC_COUNT = 21  # every collector Metrics registers

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from controller.adapters.store.events import EventStore
 from controller.config import NotificationSettings
-from controller.events import EventStore
-from controller.notifying import (
+from controller.runtime.notifying import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     Notifier,

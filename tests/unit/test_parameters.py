@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.errors import SourceError, ValidationError
-from controller.parameters import (
+from controller.model.parameters import (
     DEFAULT_CRD,
     Parameters,
     deep_merge,
@@ -314,7 +314,7 @@ def _nested(depth: int) -> dict[str, Any]:
 
 
 def test_deep_nesting_is_refused_naming_the_limit_and_path(schema: dict[str, Any]) -> None:
-    from controller.parameters import MAX_DEPTH
+    from controller.model.parameters import MAX_DEPTH
 
     with pytest.raises(ValidationError) as err:
         validate_spec({"services": {"redis": {"x": _nested(400)}}}, schema)
@@ -339,7 +339,7 @@ def test_nesting_deeper_than_the_python_stack_is_refused_not_crashed(
 
 
 def test_a_huge_spec_is_refused_naming_the_limit(schema: dict[str, Any]) -> None:
-    from controller.parameters import MAX_SPEC_BYTES
+    from controller.model.parameters import MAX_SPEC_BYTES
 
     with pytest.raises(ValidationError) as err:
         validate_spec({"global": {"blob": "x" * MAX_SPEC_BYTES}}, schema)
@@ -352,8 +352,8 @@ def test_a_huge_spec_is_refused_naming_the_limit(schema: dict[str, Any]) -> None
 
 
 def test_redact_masks_schema_marked_and_secret_named_values(schema: dict[str, Any]) -> None:
-    from controller.parameters import redact
-    from controller.redaction import REDACTED
+    from controller.model.parameters import redact
+    from controller.model.redaction import REDACTED
 
     spec: dict[str, Any] = {"global": {"namespace": "shop", "apiToken": "t0k3n",
                                        "tokenFile": "/run/t",
@@ -379,8 +379,8 @@ def test_redact_masks_schema_marked_and_secret_named_values(schema: dict[str, An
 
 
 def test_redact_follows_the_schema_marks() -> None:
-    from controller.parameters import redact
-    from controller.redaction import REDACTED
+    from controller.model.parameters import redact
+    from controller.model.redaction import REDACTED
 
     schema = {"type": "object", "properties": {
         "dsn": {"type": "string", "x-conductor-secret": True},
@@ -394,7 +394,7 @@ def test_redact_follows_the_schema_marks() -> None:
 
 
 def test_secret_references_resolve_once_per_secret() -> None:
-    from controller.parameters import resolve_secret_refs
+    from controller.model.parameters import resolve_secret_refs
 
     reads: list[str] = []
 
@@ -422,7 +422,7 @@ def test_secret_references_resolve_once_per_secret() -> None:
 ])
 def test_an_unresolvable_reference_names_parameter_secret_and_key(value: Any,
                                                                  reason: str) -> None:
-    from controller.parameters import resolve_secret_refs
+    from controller.model.parameters import resolve_secret_refs
 
     params = Parameters.from_spec({"services": {"postgres": {"password": value}}})
     with pytest.raises(ValidationError) as err:

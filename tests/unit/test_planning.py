@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from controller.config import PruneSettings
 from controller.errors import ValidationError
-from controller.objects import (
+from controller.model.objects import (
     ANNOTATION_PRUNE,
     LABEL_APP,
     LABEL_INSTANCE,
@@ -32,7 +32,7 @@ from controller.objects import (
     Manifest,
     ObjectKey,
 )
-from controller.planning import (
+from controller.model.planning import (
     ANNOTATION_DIGEST,
     OTHER_PHASE,
     IgnoreRule,

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from controller.errors import InvalidYAMLError, NotFoundError, SourceError, ValidationError
-from controller.objects import (
+from controller.model.objects import (
     ANNOTATION_SOURCE,
     LABEL_APP,
     LABEL_INSTANCE,
@@ -22,8 +22,8 @@ from controller.objects import (
     Manifest,
     ObjectKey,
 )
-from controller.parameters import Parameters
-from controller.rendering import Template, Tree, load_tree, render, service_label
+from controller.model.parameters import Parameters
+from controller.model.rendering import Template, Tree, load_tree, render, service_label
 
 CM = """apiVersion: v1
 kind: ConfigMap

@@ -1,4 +1,4 @@
-"""controller/times.py: the one home of timestamp formats (Kubernetes Time and MicroTime,
+"""controller/model/times.py: the one home of timestamp formats (Kubernetes Time and MicroTime,
 the event store's milliseconds) and of their parsers."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from controller.errors import ValidationError
-from controller.times import (
+from controller.model.times import (
     format_ms,
     now_ms,
     parse_ms,

@@ -59,9 +59,9 @@ from typing import Any, Literal
 import tenacity
 import yaml
 
+from controller.adapters.store.events import Event, EventStore
 from controller.config import NotificationSettings
 from controller.errors import ConductorError
-from controller.events import Event, EventStore
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ of a schema: `redact` masks by key name at any depth (password, token, key mater
 Authorization...), a Secret object's data values, kubectl's last-applied copy, and
 credentials quoted inside strings (`redact_text`: Bearer headers, URL user info,
 password=..., JWTs, GitHub tokens, PEM keys). Parameters know their schema
-(`format: password`) and keep Secret references readable: `controller.parameters.redact`
+(`format: password`) and keep Secret references readable: `controller.model.parameters.redact`
 does that walk with REDACTED from here. Pure: no I/O.
 """
 

@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from controller import planning, rendering
-from controller.applying import Applier, ObjectResult, Results, selector
+from controller.adapters.crds import CRD_FILE, ensure_crd, load_crd
+from controller.adapters.kube import Body, Kube, KubeError, NotLeaderError, UnknownKindError
+from controller.adapters.sources import ParameterSource, Snapshot
+from controller.adapters.sources.resource import API_VERSION, KIND, ParametersResource, load_seed
 from controller.config import Config
-from controller.crds import CRD_FILE, ensure_crd, load_crd
 from controller.errors import (
     ConductorError,
     ConflictError,
@@ -33,10 +34,10 @@ from controller.errors import (
     ReconciliationError,
     ValidationError,
 )
-from controller.health import DOWN, HEALTHY, SUSPENDED, UNHEALTHY, ServiceHealth
-from controller.kube import Body, Kube, KubeError, NotLeaderError, UnknownKindError
-from controller.objects import SHARED_SERVICE, Manifest
-from controller.parameters import (
+from controller.model import planning, rendering
+from controller.model.health import DOWN, HEALTHY, SUSPENDED, UNHEALTHY, ServiceHealth
+from controller.model.objects import SHARED_SERVICE, Manifest
+from controller.model.parameters import (
     Parameters,
     deep_merge,
     effective,
@@ -44,9 +45,8 @@ from controller.parameters import (
     resolve_secret_refs,
     validate_spec,
 )
-from controller.sources import ParameterSource, Snapshot
-from controller.sources.resource import API_VERSION, KIND, ParametersResource, load_seed
-from controller.times import now_rfc3339
+from controller.model.times import now_rfc3339
+from controller.reconcile.applying import Applier, ObjectResult, Results, selector
 
 log = logging.getLogger(__name__)
 

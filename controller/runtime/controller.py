@@ -3,7 +3,7 @@
 `Controller` owns the long-lived pieces of one process (the Kubernetes connection, the
 engine, the loop, the watch on the DeploymentParameters object, the Git poller, the lease,
 the event store, the metrics registry) and is what the API serves from.
-`controller.api.server.serve` starts it under gunicorn, in the single worker process, so
+`controller.serving.serve` starts it under gunicorn, in the single worker process, so
 the loop and the API share one memory (and one Prometheus registry); nothing here imports
 the API (it sits above this module).
 """
@@ -19,25 +19,25 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from controller.adapters.crds import ensure_crd
+from controller.adapters.kube import Kube, KubeError, NotLeaderError
+from controller.adapters.metrics import LiveState, Metrics, register_runtime
+from controller.adapters.sources import ParameterSource, Snapshot
+from controller.adapters.sources.resource import ParametersResource, ResourceSource
+from controller.adapters.store.events import open_store
+from controller.adapters.store.history import History
+from controller.adapters.watching import Reflector
 from controller.config import Config
-from controller.crds import ensure_crd
-from controller.engine import Engine, ParametersDeletedError, Report
 from controller.errors import ConductorError, InvalidYAMLError, ValidationError
-from controller.events import open_store
-from controller.history import History
-from controller.kube import Kube, KubeError, NotLeaderError
-from controller.leadership import LeaderElector
-from controller.loop import Loop
-from controller.metrics import LiveState, Metrics, register_runtime
-from controller.notifying import Notifier
-from controller.observing import HealthMonitor
-from controller.operations import Operations
-from controller.recording import EngineRecorder, KubeEvents
-from controller.reporting import HealthReporter
-from controller.sources import ParameterSource, Snapshot
-from controller.sources.resource import ParametersResource, ResourceSource
-from controller.times import now_rfc3339
-from controller.watching import Reflector
+from controller.model.times import now_rfc3339
+from controller.reconcile.engine import Engine, ParametersDeletedError, Report
+from controller.runtime.leadership import LeaderElector
+from controller.runtime.loop import Loop
+from controller.runtime.notifying import Notifier
+from controller.runtime.observing import HealthMonitor
+from controller.runtime.operations import Operations
+from controller.runtime.recording import EngineRecorder, KubeEvents
+from controller.runtime.reporting import HealthReporter
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class GitParameters:
     """
 
     def __init__(self, cfg: Config, env: dict[str, str], metrics: Metrics | None = None) -> None:
-        from controller.sources.git import GitSource
+        from controller.adapters.sources.git import GitSource
 
         self.cfg = cfg
         self.git = GitSource(cfg.git, env)

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
+from controller.adapters.kube import Kube, KubeError
 from controller.errors import ValidationError
-from controller.kube import Kube, KubeError
 
 FILE = "requirements.yaml"
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,

@@ -17,9 +17,9 @@ every one to be an index search.
 
 One writer connection behind a lock, and one reader connection per thread: in WAL mode
 readers see a consistent snapshot and never wait for the writer. Secrets never reach the
-file: every event passes through `redact` (controller/redaction.py) first. Filters are
-checked in controller/eventquery.py, timestamps come from controller/times.py, and the
-engine's hooks that feed the store live in controller/recording.py.
+file: every event passes through `redact` (controller/model/redaction.py) first. Filters are
+checked in controller/model/eventquery.py, timestamps come from controller/model/times.py, and the
+engine's hooks that feed the store live in controller/runtime/recording.py.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any, NamedTuple, Required, TypedDict
 
 from controller.config import EventSettings
 from controller.errors import ConductorError, ValidationError
-from controller.eventquery import (
+from controller.model.eventquery import (
     EVENT_TYPES,
     MAX_LIMIT,
     MAX_OFFSET,
@@ -49,8 +49,8 @@ from controller.eventquery import (
     filters,
     validate_type,
 )
-from controller.redaction import REDACTED, redact, redact_text
-from controller.times import format_ms, now_ms, parse_ms, parse_time
+from controller.model.redaction import REDACTED, redact, redact_text
+from controller.model.times import format_ms, now_ms, parse_ms, parse_time
 
 log = logging.getLogger(__name__)
 

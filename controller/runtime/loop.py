@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 
 from controller.config import LoopSettings
-from controller.engine import Engine, Report
+from controller.reconcile.engine import Engine, Report
 
 log = logging.getLogger(__name__)
 

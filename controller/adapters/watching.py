@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.kube import Body, Kube, KubeError
-from controller.objects import ObjectKey
+from controller.adapters.kube import Body, Kube, KubeError
+from controller.model.objects import ObjectKey
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from controller.kube import Body, Kube, KubeError
-from controller.times import parse_rfc3339, rfc3339_micro
+from controller.adapters.kube import Body, Kube, KubeError
+from controller.model.times import parse_rfc3339, rfc3339_micro
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import yaml
 
 from controller import assets
 from controller.errors import SourceError, ValidationError
-from controller.redaction import REDACTED
+from controller.model.redaction import REDACTED
 
 DEFAULT_CRD = assets.CRD  # package data (controller/assets)
 CRD_VERSION = "v1alpha1"

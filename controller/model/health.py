@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
-from controller.objects import Body
-from controller.times import parse_rfc3339, rfc3339
+from controller.model.objects import Body
+from controller.model.times import parse_rfc3339, rfc3339
 
 Status = Literal["healthy", "suspended", "progressing", "unhealthy", "unknown"]
 ServiceStatus = Literal["healthy", "suspended", "progressing", "unhealthy", "unknown", "down"]

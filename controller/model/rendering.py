@@ -53,7 +53,7 @@ from controller.errors import (
     SourceError,
     ValidationError,
 )
-from controller.objects import (
+from controller.model.objects import (
     ANNOTATION_SOURCE,
     LABEL_APP,
     LABEL_INSTANCE,
@@ -64,7 +64,7 @@ from controller.objects import (
     Manifest,
     ObjectKey,
 )
-from controller.parameters import Parameters, effective
+from controller.model.parameters import Parameters, effective
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml", ".j2")  # .yaml.j2 and .yml.j2 end in .j2
 # Files in the root that look like YAML but are not templates: the default parameters

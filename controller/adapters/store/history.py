@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.events import EventStoreError
-from controller.times import now, rfc3339_micro
+from controller.adapters.store.events import EventStoreError
+from controller.model.times import now, rfc3339_micro
 
 _T = TypeVar("_T")
 

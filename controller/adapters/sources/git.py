@@ -42,6 +42,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import git
 import yaml
 
+from controller.adapters.sources import editing
 from controller.config import GitSettings
 from controller.errors import (
     ConductorError,
@@ -50,7 +51,6 @@ from controller.errors import (
     SourceError,
     ValidationError,
 )
-from controller.sources import editing
 
 log = logging.getLogger(__name__)
 

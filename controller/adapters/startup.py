@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.adapters.kube import Kube, KubeError, UnknownKindError
+from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.config import Config
-from controller.kube import Kube, KubeError, UnknownKindError
-from controller.sources.resource import API_VERSION, KIND
 
 EXIT_CONFIG = 2
 EXIT_UNREACHABLE = 3

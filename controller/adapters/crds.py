@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from controller import assets
-from controller.kube import Kube, KubeError, UnknownKindError
+from controller.adapters.kube import Kube, KubeError, UnknownKindError
 
 log = logging.getLogger(__name__)
 

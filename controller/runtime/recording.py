@@ -23,16 +23,16 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from controller.adapters.kube import Body, Kube, KubeError
+from controller.adapters.sources.resource import API_VERSION, KIND
+from controller.adapters.store.events import STORE_ERRORS, Event, EventStore, resource_key
+from controller.adapters.watching import Reflector, Selector
 from controller.errors import ConductorError
-from controller.events import STORE_ERRORS, Event, EventStore, resource_key
-from controller.kube import Body, Kube, KubeError
-from controller.objects import ObjectKey
-from controller.sources.resource import API_VERSION, KIND
-from controller.times import now_ms, now_rfc3339, parse_time
-from controller.watching import Reflector, Selector
+from controller.model.objects import ObjectKey
+from controller.model.times import now_ms, now_rfc3339, parse_time
 
 if TYPE_CHECKING:  # applying imports the Kubernetes client for the engine, not for this
-    from controller.applying import ObjectResult
+    from controller.reconcile.applying import ObjectResult
 
 log = logging.getLogger(__name__)
 

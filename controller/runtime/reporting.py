@@ -23,11 +23,11 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from controller.engine import Engine
-from controller.events import EventInput, EventStore
-from controller.health import DOWN, HEALTHY, SUSPENDED, UNHEALTHY, UNKNOWN, ServiceHealth
-from controller.kube import KubeError, NotLeaderError
-from controller.observing import HealthMonitor
+from controller.adapters.kube import KubeError, NotLeaderError
+from controller.adapters.store.events import EventInput, EventStore
+from controller.model.health import DOWN, HEALTHY, SUSPENDED, UNHEALTHY, UNKNOWN, ServiceHealth
+from controller.reconcile.engine import Engine
+from controller.runtime.observing import HealthMonitor
 
 log = logging.getLogger(__name__)
 

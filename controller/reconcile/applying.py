@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from controller.adapters.kube import Body, Kube, KubeError, UnknownKindError
 from controller.config import Config
-from controller.kube import Body, Kube, KubeError, UnknownKindError
-from controller.objects import (
+from controller.model.objects import (
     LABEL_APP,
     LABEL_INSTANCE,
     LABEL_INSTANCE_NAMESPACE,
@@ -33,7 +33,7 @@ from controller.objects import (
     Manifest,
     ObjectKey,
 )
-from controller.planning import (
+from controller.model.planning import (
     HANDOVER_SUFFIX,
     Plan,
     PlannedChange,

@@ -18,11 +18,11 @@ from typing import Any
 
 import yaml
 
+from controller.adapters.kube import Body, Kube, KubeError
+from controller.adapters.sources import Snapshot
+from controller.adapters.watching import Reflector, Selector
 from controller.config import Config
 from controller.errors import ConflictError, NotFoundError, ValidationError
-from controller.kube import Body, Kube, KubeError
-from controller.sources import Snapshot
-from controller.watching import Reflector, Selector
 
 log = logging.getLogger(__name__)
 

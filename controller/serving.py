@@ -48,7 +48,7 @@ class Server(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         from controller.api.app import create_app
-        from controller.main import Controller
+        from controller.runtime.controller import Controller
 
         self.controller = Controller(self.config, self.env).start()
         self.app = create_app(self.controller, tokens=self.tokens)

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Literal, NamedTuple
 
 from controller.errors import ValidationError
-from controller.times import parse_time
+from controller.model.times import parse_time
 
 EventType = Literal["error", "warning", "info", "success"]
 EVENT_TYPES: tuple[EventType, ...] = ("error", "warning", "info", "success")

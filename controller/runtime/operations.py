@@ -23,8 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.engine import Report
 from controller.errors import NotFoundError
+from controller.reconcile.engine import Report
 
 
 @dataclass

@@ -44,7 +44,7 @@ from urllib.parse import unquote
 
 from controller.config import PruneSettings
 from controller.errors import ValidationError
-from controller.objects import (
+from controller.model.objects import (
     ANNOTATION_PRUNE,
     LABEL_APP,
     LABEL_INSTANCE,

@@ -2,7 +2,7 @@
 
 Health endpoints and waits must cost no API request per call and follow a change within
 seconds, so the monitor mirrors everything health depends on with Reflectors (list, then
-watch) and computes health from that mirror with the pure rules in `controller.health`:
+watch) and computes health from that mirror with the pure rules in `controller.model.health`:
 
 - the DeploymentParameters object: its status inventory says which objects each service
   owns (and so which kinds and namespaces to watch), its annotation which services are down;
@@ -28,10 +28,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.applying import ObjectResult, selector
+from controller.adapters.kube import Body, Kube, KubeError
+from controller.adapters.sources.resource import API_VERSION, KIND, ParametersResource
+from controller.adapters.watching import Handler, Reflector, Selector
 from controller.config import Config
 from controller.errors import NotFoundError
-from controller.health import (
+from controller.model.health import (
     DEFAULT_PENDING_THRESHOLD,
     PROGRESSING,
     UNHEALTHY,
@@ -44,12 +46,10 @@ from controller.health import (
     rbac_problem,
     unschedulable_deadline,
 )
-from controller.kube import Body, Kube, KubeError
-from controller.objects import LABEL_SERVICE, SHARED_SERVICE, ObjectKey
-from controller.planning import InventoryEntry, PlannedChange
-from controller.sources.resource import API_VERSION, KIND, ParametersResource
-from controller.times import rfc3339
-from controller.watching import Handler, Reflector, Selector
+from controller.model.objects import LABEL_SERVICE, SHARED_SERVICE, ObjectKey
+from controller.model.planning import InventoryEntry, PlannedChange
+from controller.model.times import rfc3339
+from controller.reconcile.applying import ObjectResult, selector
 
 log = logging.getLogger(__name__)
 

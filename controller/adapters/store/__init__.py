@@ -1,0 +1,1 @@
+"""Durable stores: the event store and the parameter history."""

@@ -1,0 +1,1 @@
+"""One pass for one app instance, synchronous: live state, apply, prune, report."""
