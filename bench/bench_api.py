@@ -49,7 +49,7 @@ from controller.adapters.store.events import EventInput, EventStore
 from controller.config import Config
 from devcluster import kubelet
 from devcluster.running import free_port
-from tests.helpers import wait_for
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_RPS = 1000.0

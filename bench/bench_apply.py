@@ -27,7 +27,7 @@ from controller.config import Config, LoopSettings
 from controller.model import rendering
 from controller.model.parameters import Parameters
 from controller.reconcile.engine import Engine
-from tests.proxy import ApiProxy
+from tests.support.proxy import ApiProxy
 
 
 def _namespace(kube: Kube, name: str) -> None:

@@ -1,4 +1,7 @@
-"""Shared fixtures: a real local control plane for the session, a fresh namespace per test.
+"""Shared fixtures: a real local control plane for the session, a fresh namespace per test,
+the example app copied into it (`app`), the current CRD (`current_crd`), and controllers
+served in-process for the API tests (`make_api`, `api`: a real `Controller`, started, its
+first pass awaited, driven through `falcon.testing.TestClient`; stopped at teardown).
 
 The control plane is `devcluster.running` on loopback (etcd, kube-apiserver,
 kube-controller-manager), started once per session in a temporary state directory and
@@ -10,28 +13,26 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from falcon import testing
 
+from controller.adapters.crds import load_crd
 from controller.adapters.kube import Kube
-from controller.config import Config
+from controller.adapters.sources.resource import API_VERSION, KIND
+from controller.api.app import create_app
+from controller.config import ApiSettings
+from controller.runtime.controller import Controller
 from devcluster import building, running
-
-
-class LocalCluster:
-    def __init__(self, kubeconfig: str, state: running.ClusterState | None) -> None:
-        self.kubeconfig = kubeconfig
-        self.state = state
-
-    def config(self, **overrides: Any) -> Config:
-        return replace(Config(kubeconfig=self.kubeconfig), **overrides)
-
-    def kube(self, **overrides: Any) -> Kube:
-        return Kube.connect(self.config(**overrides))
+from tests.support.api import Api
+from tests.support.cluster import REPO, App, LocalCluster
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +77,58 @@ def crd(kube: Kube) -> dict[str, Any]:
     from controller.adapters.crds import ensure_crd
 
     return ensure_crd(kube)
+
+
+@pytest.fixture
+def app(cluster: LocalCluster, kube: Kube, namespace: str, tmp_path: Path,
+        crd: dict[str, Any]) -> App:
+    root = tmp_path / "manifests"
+    shutil.copytree(REPO / "manifests", root)
+    params = yaml.safe_load((root / "parameters.yaml").read_text())
+    params.setdefault("global", {})["namespace"] = namespace
+    (root / "parameters.yaml").write_text(yaml.safe_dump(params))
+    return App(cluster, kube, namespace, root)
+
+
+@pytest.fixture
+def current_crd(kube: Kube, crd: dict[str, Any], namespace: str) -> None:
+    """The CRD as in config/crd: a shared control plane may serve an older one, whose
+    schema would prune spec.suspend and spec.ignore (an additive update, safe to share)."""
+    kube.apply(load_crd(), force=True)
+    probe = {"apiVersion": API_VERSION, "kind": KIND,
+             "metadata": {"name": "probe", "namespace": namespace},
+             "spec": {"suspend": True, "ignore": [{"paths": ["/spec/replicas"]}]}}
+    wait_for(lambda: kube.apply(probe, dry_run=True).get("spec", {}).get("suspend") is True,
+             message="the API server serving the current CRD schema")
+
+
+@pytest.fixture
+def make_api(app: App) -> Iterator[Callable[..., Api]]:
+    """Build and start a controller for the test's app: `make_api(api=ApiSettings(...),
+    first_pass=True, pass_ok=True, **config_changes)`. Authentication is off unless `api`
+    says otherwise; the first pass is awaited (and must succeed) unless told not to."""
+    started: list[Controller] = []
+
+    def make(api: ApiSettings | None = None, first_pass: bool = True, pass_ok: bool = True,
+             **changes: Any) -> Api:
+        cfg = replace(app.cfg, api=api or ApiSettings(auth=False), **changes)
+        controller = Controller(cfg).start()  # its own connection: it guards writes
+        started.append(controller)
+        served = Api(testing.TestClient(create_app(controller)), controller, app)
+        if first_pass:
+            wait_for(lambda: controller.engine.last is not None, timeout=60,
+                     message="the controller's first pass")
+            last = controller.engine.last
+            assert last is not None and (last.ok or not pass_ok), last.summary() if last \
+                else None
+        return served
+
+    yield make
+    for controller in reversed(started):
+        controller.stop()
+
+
+@pytest.fixture
+def api(make_api: Callable[..., Api]) -> Api:
+    """The default: authentication off, the example app deployed by the first pass."""
+    return make_api()

@@ -25,10 +25,9 @@ import pytest
 from controller.adapters.sources.resource import API_VERSION, KIND
 from devcluster import kubelet
 from devcluster.running import free_port
-from tests.api.conftest import SERVICES
-from tests.cluster.test_engine import REPO, App
-from tests.cluster.test_process import controller_process
-from tests.helpers import wait_for
+from tests.support.api import SERVICES
+from tests.support.cluster import REPO, App, controller_process
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -22,10 +22,9 @@ import pytest
 from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.config import GitSettings
 from devcluster import kubelet
-from tests.api.conftest import SERVICES, Api, envelope
-from tests.cluster.test_engine import App
-from tests.cluster.test_health import make_all_ready, wait_pods
-from tests.helpers import wait_for
+from tests.support.api import SERVICES, Api, envelope
+from tests.support.cluster import App, make_all_ready, wait_pods
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -21,7 +21,7 @@ from controller.api import webhooks
 from controller.api.common import MAX_JSON_DEPTH
 from controller.api.openapi import document
 from controller.config import ApiSettings, Config, ConfigError, GitSettings, validate
-from tests.api.conftest import SERVICES, Api, envelope
+from tests.support.api import SERVICES, Api, envelope
 
 pytestmark = pytest.mark.cluster
 

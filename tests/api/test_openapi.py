@@ -35,9 +35,8 @@ from controller.adapters.sources.resource import ParametersResource
 from controller.api.app import create_app
 from controller.api.openapi import document
 from controller.config import ApiSettings, Config, GitSettings
-from tests.cluster.test_engine import REPO, App
-from tests.conftest import LocalCluster
-from tests.helpers import wait_for
+from tests.support.cluster import REPO, App, LocalCluster
+from tests.support.waiting import wait_for
 
 # -- (a) routes and the document --------------------------------------------------------------
 

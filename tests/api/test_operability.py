@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 
 from devcluster.running import free_port
-from tests.api.conftest import Api
-from tests.api.test_server import get
-from tests.cluster.test_engine import App
-from tests.cluster.test_process import controller_process
-from tests.helpers import wait_for
+from tests.support.api import Api, get
+from tests.support.cluster import App, controller_process
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

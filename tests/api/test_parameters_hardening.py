@@ -30,8 +30,8 @@ from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.config import ApiSettings
 from controller.model.parameters import MAX_DEPTH
 from controller.model.redaction import REDACTED
-from tests.api.conftest import Api, envelope
-from tests.helpers import wait_for
+from tests.support.api import Api, envelope
+from tests.support.waiting import wait_for
 
 READ = "read-token-params-1"
 WRITE = "write-token-params-2"

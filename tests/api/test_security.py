@@ -17,8 +17,8 @@ import yaml
 from falcon import testing
 
 from controller.config import ApiSettings
-from tests.api.conftest import Api, envelope
-from tests.helpers import wait_for
+from tests.support.api import Api, envelope
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -8,7 +8,6 @@ before it starts anything. Every client here talks to 127.0.0.1 and every loop i
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,49 +16,17 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from controller.adapters.kube import Kube
 from devcluster.running import free_port
-from tests.cluster.test_engine import App
-from tests.cluster.test_process import controller_process
-from tests.helpers import wait_for
+from tests.support.api import get, request
+from tests.support.cluster import App, controller_process
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def request(port: int, raw: bytes, timeout: float = 5.0) -> Reply:
-    """Send `raw` on a new connection and read one whole response (Connection: close)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(raw)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip()
-               for k, _, v in (line.partition(":") for line in lines[1:])}
-    return Reply(int(lines[0].split()[1]), headers, body)
-
-
-def get(port: int, path: str, timeout: float = 5.0) -> Reply:
-    return request(port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-                   .encode(), timeout)
 
 
 @contextmanager

@@ -20,8 +20,8 @@ from controller.adapters.crds import load_crd
 from controller.adapters.kube import Body, Kube
 from controller.adapters.sources.resource import API_VERSION, KIND
 from devcluster import kubelet
-from tests.api.conftest import Api
-from tests.helpers import wait_for
+from tests.support.api import Api
+from tests.support.waiting import wait_for
 
 
 def _object(api: Api) -> Body:

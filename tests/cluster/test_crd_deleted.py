@@ -15,9 +15,8 @@ import pytest
 from controller.adapters.crds import ensure_crd, load_crd
 from controller.adapters.kube import Body, Kube, KubeError
 from controller.adapters.sources.resource import API_VERSION, KIND
-from tests.cluster import test_engine
-from tests.cluster.test_engine import App
-from tests.helpers import wait_for
+from tests.support.cluster import App
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.cluster,
@@ -26,7 +25,6 @@ pytestmark = [
                        reason="deletes the cluster-wide CRD: private control plane only"),
 ]
 
-app = test_engine.app  # the example app fixture, shared with the engine tests
 CRD = "apiextensions.k8s.io/v1"
 
 

@@ -4,110 +4,19 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from controller.adapters.kube import Kube, KubeError
-from controller.adapters.sources.resource import API_VERSION, KIND, ResourceSource
-from controller.config import ApplySettings, Config, EventSettings, LoopSettings
-from controller.model.objects import LABEL_INSTANCE
-from controller.reconcile.engine import Engine
 from controller.runtime.controller import Controller
-from tests.conftest import LocalCluster
-from tests.helpers import wait_for
-from tests.proxy import ApiProxy
+from tests.support.cluster import App
+from tests.support.proxy import ApiProxy
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-
-REPO = Path(__file__).resolve().parents[2]
-APP_KINDS = {("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"), ("v1", "Service"),
-             ("v1", "Secret"), ("v1", "PersistentVolumeClaim"), ("v1", "ConfigMap")}
-
-
-class App:
-    """The example app, copied so a test may edit it, deployed into one namespace."""
-
-    def __init__(self, cluster: LocalCluster, kube: Kube, namespace: str, root: Path) -> None:
-        self.cluster = cluster
-        self.kube = kube
-        self.namespace = namespace
-        self.root = root
-        self.cfg = Config(kubeconfig=cluster.kubeconfig, namespace=namespace,
-                          manifest_root=root, default_namespace=namespace,
-                          events=EventSettings(path=root.parent / "events.db"),
-                          loop=LoopSettings(interval=3600),
-                          apply=ApplySettings(backoff_initial=0.05, backoff_max=0.5))
-
-    def engine(self, cfg: Config | None = None, kube: Kube | None = None) -> Engine:
-        cfg = cfg or self.cfg
-        return Engine(cfg, kube or self.kube, ResourceSource(cfg))
-
-    def objects(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """Our objects in the namespace: (Kind, name) -> body."""
-        out = {}
-        for api_version, kind in APP_KINDS:
-            for item in self.kube.list(api_version, kind, self.namespace,
-                                       f"{LABEL_INSTANCE}=default")[0]:
-                out[(kind, item["metadata"]["name"])] = item
-        return out
-
-    def versions(self) -> dict[tuple[str, str], str]:
-        """resourceVersions once the controller manager has caught up with every workload
-        (its status writes would otherwise change them behind the test's back): all
-        observed, and no version moved over half a second."""
-        seen: list[tuple[float, dict[tuple[str, str], str]]] = []
-
-        def settled() -> dict[tuple[str, str], str] | None:
-            objects = self.objects()
-            for (kind, _), body in objects.items():
-                status = body.get("status", {})
-                if kind in ("Deployment", "StatefulSet") and (
-                        status.get("observedGeneration") != body["metadata"]["generation"]
-                        or status.get("replicas") != body["spec"]["replicas"]):
-                    return None
-            current = {k: v["metadata"]["resourceVersion"] for k, v in objects.items()}
-            now = time.monotonic()
-            if not seen or seen[-1][1] != current:
-                seen.append((now, current))
-                return None
-            return current if now - seen[-1][0] >= 0.5 else None
-        result: dict[tuple[str, str], str] = wait_for(settled, message="workloads settled")
-        return result
-
-    def resource(self) -> dict[str, Any]:
-        obj = self.kube.get(API_VERSION, KIND, "default", self.namespace)
-        assert obj is not None
-        return obj
-
-    def patch_spec(self, patch: dict[str, Any]) -> None:
-        self.kube.patch(API_VERSION, KIND, "default", {"spec": patch}, self.namespace)
-
-    def take_replicas(self, name: str, replicas: int, manager: str = "someone-else") -> None:
-        """Another field manager takes a Deployment's spec.replicas by server-side apply
-        (a conflict for conductor)."""
-        body = {"apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": name, "namespace": self.namespace},
-                "spec": {"replicas": replicas}}
-        self.kube.request("PATCH", f"/apis/apps/v1/namespaces/{self.namespace}/deployments/"
-                          f"{name}", query={"fieldManager": manager, "force": "true"},
-                          body=body, content_type="application/apply-patch+yaml")
-
-
-@pytest.fixture
-def app(cluster: LocalCluster, kube: Kube, namespace: str, tmp_path: Path,
-        crd: dict[str, Any]) -> App:
-    root = tmp_path / "manifests"
-    shutil.copytree(REPO / "manifests", root)
-    params = yaml.safe_load((root / "parameters.yaml").read_text())
-    params.setdefault("global", {})["namespace"] = namespace
-    (root / "parameters.yaml").write_text(yaml.safe_dump(params))
-    return App(cluster, kube, namespace, root)
-
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(c for c in obj["status"]["conditions"] if c["type"] == kind)

@@ -11,7 +11,7 @@ import pytest
 
 from controller.adapters.kube import Kube, KubeError
 from devcluster import kubelet, running
-from tests.helpers import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

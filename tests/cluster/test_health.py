@@ -29,12 +29,10 @@ from controller.reconcile.engine import Engine
 from controller.runtime.controller import Controller
 from controller.runtime.observing import HealthMonitor
 from devcluster import kubelet
-from tests.cluster import test_engine
-from tests.cluster.test_engine import App
-from tests.helpers import wait_for
+from tests.support.cluster import App, make_all_ready, pods, wait_pods
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-app = test_engine.app  # the example app fixture, shared with the engine tests
 
 DETECT = 5.0  # seconds: one watch event, with room for a loaded machine
 SERVICES = ["frontend", "postgres", "redis"]
@@ -52,30 +50,6 @@ def deployed(app: App) -> Iterator[tuple[Engine, HealthMonitor]]:
     engine, monitor = start(app)
     yield engine, monitor
     monitor.stop()
-
-
-def pods(app: App, name: str) -> list[dict[str, Any]]:
-    found = app.kube.list("v1", "Pod", app.namespace, f"app.kubernetes.io/name={name}")[0]
-    return sorted((p for p in found if not p["metadata"].get("deletionTimestamp")),
-                  key=lambda p: p["metadata"]["name"])
-
-
-def wait_pods(app: App, name: str, count: int) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = wait_for(
-        lambda: (found := pods(app, name)) and len(found) == count and found,
-        message=f"{count} {name} pod(s)")
-    return result
-
-
-def make_all_ready(app: App, but: str = "") -> None:
-    for name, count in (("frontend", 2), ("redis", 1), ("postgres", 1)):
-        if name == but:
-            continue
-        for pod in wait_pods(app, name, count):
-            kubelet.mark_ready(app.kube, pod)
-    claim = app.kube.get("v1", "PersistentVolumeClaim", "postgres-data", app.namespace)
-    assert claim is not None
-    kubelet.bind_claim(app.kube, claim)
 
 
 def status_of(monitor: HealthMonitor, name: str, status: str,

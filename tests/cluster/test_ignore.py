@@ -14,16 +14,12 @@ from typing import Any
 import pytest
 
 from controller.adapters.kube import Kube
-from tests.api import conftest as api_fixtures
-from tests.api.conftest import Api
-from tests.cluster import test_engine, test_suspend
-from tests.cluster.test_engine import App
-from tests.helpers import wait_for
+from tests.support.api import Api
+from tests.support.cluster import App
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
-app, make_api, api = test_engine.app, api_fixtures.make_api, api_fixtures.api
-current_crd = test_suspend.current_crd
 RULE = {"service": "redis", "kind": "Deployment", "name": "redis",
         "paths": ["/spec/replicas"]}
 

@@ -37,16 +37,12 @@ from controller.runtime.controller import Controller
 from controller.runtime.leadership import LeaderElector
 from devcluster import kubelet
 from devcluster.running import free_port
-from tests.cluster import test_engine
-from tests.cluster.test_engine import App
-from tests.cluster.test_process import controller_process
-from tests.conftest import LocalCluster
-from tests.helpers import wait_for
-from tests.proxy import ApiProxy
+from tests.support.cluster import App, LocalCluster, controller_process
+from tests.support.proxy import ApiProxy
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
-app = test_engine.app  # the example app, copied into the test's namespace
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE = "conductor-conductor-default"  # conductor-<app name>-<instance>

@@ -24,13 +24,11 @@ from controller.api.app import create_app
 from controller.config import ApiSettings, Config, EventSettings
 from controller.runtime.controller import Controller
 from devcluster import kubelet
-from tests.cluster import test_engine
-from tests.cluster.test_engine import App
-from tests.helpers import wait_for
-from tests.proxy import ApiProxy
+from tests.support.cluster import App
+from tests.support.proxy import ApiProxy
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-app = test_engine.app  # the example app fixture, shared with the engine tests
 
 
 @contextmanager

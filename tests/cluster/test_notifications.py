@@ -12,14 +12,11 @@ import pytest
 from controller.config import NotificationSettings
 from controller.runtime.controller import Controller
 from devcluster import kubelet
-from tests.cluster import test_engine
-from tests.cluster.test_engine import App
-from tests.cluster.test_health import wait_pods
-from tests.helpers import wait_for
-from tests.unit.test_notifications import Inbox
+from tests.support.cluster import App, wait_pods
+from tests.support.inbox import Inbox
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-app = test_engine.app  # the example app fixture, shared with the engine tests
 
 
 @pytest.fixture

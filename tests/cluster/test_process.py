@@ -6,11 +6,7 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +18,13 @@ from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.model.objects import LABEL_APP, LABEL_INSTANCE, LABEL_SERVICE
 from devcluster import kubelet
 from devcluster.running import free_port
-from tests.conftest import LocalCluster
-from tests.helpers import wait_for
+from tests.support.cluster import LocalCluster, controller_process
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 BULK = 1000
-
-
-@contextmanager
-def controller_process(cluster: LocalCluster, root: Path, namespace: str, port: int,
-                       log: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-    environ = {**os.environ, "CONDUCTOR_DEFAULT_NAMESPACE": namespace,
-               "CONDUCTOR_API_AUTH": "false", "CONDUCTOR_EVENTS_PATH": str(log.parent / "ev.db"),
-               "PYTHONUNBUFFERED": "1", **env}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "run", "--kubeconfig", cluster.kubeconfig,
-             "--manifests", str(root), "--namespace", namespace, "--port", str(port),
-             "--interval", "3600"],
-            stdout=out, stderr=subprocess.STDOUT, env=environ, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
 
 
 def _get(port: int, path: str) -> Any:

@@ -27,9 +27,8 @@ import yaml
 from controller.adapters.kube import Kube
 from devcluster import kubelet
 from devcluster.running import free_port
-from tests.cluster.test_process import controller_process
-from tests.conftest import LocalCluster
-from tests.helpers import wait_for
+from tests.support.cluster import LocalCluster, controller_process
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -10,12 +10,10 @@ import pytest
 
 from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.runtime.controller import Controller
-from tests.cluster import test_engine
-from tests.cluster.test_engine import App
-from tests.helpers import wait_for
+from tests.support.cluster import App
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-app = test_engine.app  # the example app fixture, shared with the engine tests
 
 
 def _posted(app: App) -> list[dict]:

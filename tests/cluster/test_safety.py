@@ -28,14 +28,12 @@ from controller.reconcile.applying import ObjectResult
 from controller.reconcile.engine import Engine
 from controller.runtime.controller import Controller
 from controller.runtime.operations import Operations
-from tests.cluster import test_engine
-from tests.cluster.test_engine import App
-from tests.helpers import wait_for
-from tests.proxy import ApiProxy
+from tests.support.cluster import App
+from tests.support.proxy import ApiProxy
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
-app = test_engine.app  # the example app fixture, shared with the engine tests
 
 PASSWORD = "not-the-shipped-default"
 

@@ -14,8 +14,7 @@ import yaml
 
 from controller.adapters.kube import Kube
 from devcluster.running import free_port
-from tests.conftest import LocalCluster
-from tests.deploy.test_kit import _service_account_kubeconfig
+from tests.support.cluster import LocalCluster, service_account_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
@@ -73,7 +72,7 @@ def test_a_missing_permission_is_exit_4(cluster: LocalCluster, kube: Kube, names
                                         crd: dict[str, object], tmp_path: Path) -> None:
     kube.create({"apiVersion": "v1", "kind": "ServiceAccount",
                  "metadata": {"name": "nobody", "namespace": namespace}})
-    kubeconfig = _service_account_kubeconfig(cluster, kube, namespace, "nobody",
+    kubeconfig = service_account_kubeconfig(cluster, kube, namespace, "nobody",
                                              tmp_path / "kubeconfig")
     refused(conductor(*run_args(str(kubeconfig), namespace)), 4,
             "not allowed to list DeploymentParameters", namespace, "config/rbac")

@@ -12,31 +12,12 @@ from typing import Any
 
 import pytest
 
-from controller.adapters.crds import load_crd
-from controller.adapters.kube import Kube
-from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.reconcile.engine import SuspendedError
-from tests.api import conftest as api_fixtures
-from tests.api.conftest import Api, envelope
-from tests.cluster import test_engine
-from tests.cluster.test_engine import App
-from tests.helpers import wait_for
-
-app, make_api, api = test_engine.app, api_fixtures.make_api, api_fixtures.api
+from tests.support.api import Api, envelope
+from tests.support.cluster import App
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def current_crd(kube: Kube, crd: dict[str, Any], namespace: str) -> None:
-    """The CRD as in config/crd: a shared control plane may serve an older one, whose
-    schema would prune spec.suspend and spec.ignore (an additive update, safe to share)."""
-    kube.apply(load_crd(), force=True)
-    probe = {"apiVersion": API_VERSION, "kind": KIND,
-             "metadata": {"name": "probe", "namespace": namespace},
-             "spec": {"suspend": True, "ignore": [{"paths": ["/spec/replicas"]}]}}
-    wait_for(lambda: kube.apply(probe, dry_run=True).get("spec", {}).get("suspend") is True,
-             message="the API server serving the current CRD schema")
 
 
 def _scale(app: App, name: str, replicas: int) -> None:

@@ -30,9 +30,9 @@ from controller.adapters.kube import Kube
 from controller.adapters.sources.resource import API_VERSION, KIND
 from devcluster import kubelet
 from devcluster.running import free_port
-from tests.conftest import LocalCluster
-from tests.deploy import imaging
-from tests.helpers import wait_for
+from tests.support import imaging
+from tests.support.cluster import LocalCluster
+from tests.support.waiting import wait_for
 
 # A first run debootstraps the base and builds every layer: about 5 minutes on 2 cores, more
 # on a slow mirror; the suite's 600 s per test is too tight for that.

@@ -12,7 +12,6 @@ that account.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import secrets
@@ -39,8 +38,8 @@ from controller.config import ApplySettings, Config, LoopSettings
 from controller.model.objects import LABEL_INSTANCE
 from controller.reconcile.engine import Engine
 from controller.runtime.leadership import LeaderElector
-from tests.conftest import LocalCluster
-from tests.helpers import wait_for
+from tests.support.cluster import LocalCluster, service_account_kubeconfig
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "config" / "prometheus"
@@ -338,32 +337,6 @@ def test_server_side_dry_run_of_the_build(cluster: LocalCluster,
     assert all(line.endswith("serverside-applied (server dry run)") for line in lines), out
 
 
-def _service_account_kubeconfig(cluster: LocalCluster, kube: Kube, namespace: str,
-                                name: str, path: Path) -> Path:
-    """A kubeconfig with the token the API server issued for this ServiceAccount (the
-    token controller's Secret, as on 1.20), the cluster's server and CA."""
-    def token() -> str | None:
-        sa = kube.get("v1", "ServiceAccount", name, namespace)
-        for ref in (sa or {}).get("secrets") or []:
-            secret = kube.get("v1", "Secret", ref["name"], namespace)
-            if secret and (secret.get("data") or {}).get("token"):
-                return base64.b64decode(secret["data"]["token"]).decode()
-        return None
-
-    value: str = wait_for(token, message=f"a token Secret for ServiceAccount {name}")
-    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-    cluster_entry = admin["clusters"][0]["cluster"]
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "local", "cluster": cluster_entry}],
-        "users": [{"name": name, "user": {"token": value}}],
-        "contexts": [{"name": name, "context": {"cluster": "local", "user": name}}],
-        "current-context": name,
-    }))
-    path.chmod(0o600)
-    return path
-
-
 def _allowed(kube: Kube, verb: str, resource: str, namespace: str = "", group: str = "",
              name: str = "") -> bool:
     review = kube.create({"apiVersion": "authorization.k8s.io/v1",
@@ -413,7 +386,7 @@ def test_rbac_is_enough_for_the_example_app_and_no_more(
         for doc in rbac:
             kube.apply(doc)
         sa_name = one(rbac, "ServiceAccount")["metadata"]["name"]
-        kubeconfig = _service_account_kubeconfig(cluster, kube, namespace, sa_name,
+        kubeconfig = service_account_kubeconfig(cluster, kube, namespace, sa_name,
                                                  tmp_path / "kubeconfig")
         _deploy_as_service_account(kube, kubeconfig, namespace, app_namespace, tmp_path)
     finally:

@@ -32,8 +32,8 @@ from controller.adapters.kube import Kube
 from controller.adapters.sources.resource import API_VERSION, KIND
 from devcluster import kubelet
 from devcluster.running import free_port
-from tests.conftest import LocalCluster
-from tests.helpers import wait_for
+from tests.support.cluster import LocalCluster
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path.home() / ".cache" / "conductor" / "wheelhouse"

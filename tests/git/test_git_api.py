@@ -24,11 +24,10 @@ from controller.api.app import create_app
 from controller.config import ApiSettings, Config, EventSettings, GitSettings, LoopSettings
 from controller.runtime.controller import Controller
 from devcluster import kubelet
-from tests.api.conftest import envelope
-from tests.conftest import LocalCluster
-from tests.git.conftest import GitServer, User
-from tests.git.test_git_e2e import _example_files, _params
-from tests.helpers import wait_for
+from tests.support.api import envelope
+from tests.support.cluster import LocalCluster
+from tests.support.gitrepo import GitServer, User, example_files, example_params
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -43,7 +42,7 @@ def served(cluster: LocalCluster, kube: Kube, namespace: str, tmp_path: Path,
            make_user: Callable[[str], User]) -> Iterator[Callable[..., testing.TestClient]]:
     """`serve(write=False)`: a Git-source controller on the example app, behind a client."""
     user = make_user("dev")
-    user.commit_and_push(_example_files(namespace), "add the example app")
+    user.commit_and_push(example_files(namespace), "add the example app")
     (tmp_path / "hook-secret").write_text(SECRET)
     started: list[Controller] = []
     controllers.clear()
@@ -86,7 +85,7 @@ def test_writes_are_409_when_the_controller_may_not_push(
     status = client.simulate_get("/api/status").json
     assert status["source"]["type"] == "git" and status["source"]["url"] == git_server.url
     spec = client.simulate_get("/api/parameters").json
-    assert spec == yaml.safe_load(_params(namespace, 1))
+    assert spec == yaml.safe_load(example_params(namespace, 1))
 
     details = envelope(client.simulate_post("/api/parameters", json=spec), 409, "conflict")
     assert details["source"] == "git" and details["ref"] == "main"
@@ -129,7 +128,7 @@ def test_a_signed_push_webhook_applies_the_new_commit_now(
         make_user: Callable[[str], User]) -> None:
     client = served(write=False)
     user = make_user("pusher")
-    sha = user.commit_and_push({"app/parameters.yaml": _params(namespace, 2)}, "scale")
+    sha = user.commit_and_push({"app/parameters.yaml": example_params(namespace, 2)}, "scale")
     body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
     signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     result = client.simulate_post("/api/webhooks/git", body=body,
@@ -187,7 +186,7 @@ def test_push_to_applied_is_observed_once_per_new_revision_from_when_it_was_seen
              message="the first pass observed")
     user = make_user("pusher")
     for replicas in (2, 3):
-        sha = user.commit_and_push({"app/parameters.yaml": _params(namespace, replicas)})
+        sha = user.commit_and_push({"app/parameters.yaml": example_params(namespace, replicas)})
         _webhook(client, sha)
         wait_for(lambda: client.simulate_get("/api/status").json["source"]["revision"]
                  == sha, timeout=30, message="the pushed commit applied")  # noqa: B023
@@ -261,11 +260,11 @@ def test_invalid_yaml_is_invalid_yaml_not_a_fetch_failure_and_cannot_be_rolled_b
     history = {h["revision"]: h["applied"]
                for h in client.simulate_get("/api/parameters/history").json["history"]}
     assert history[good] is True
-    fixed = user.commit_and_push({"app/parameters.yaml": _params(namespace, 1)}, "fix")
+    fixed = user.commit_and_push({"app/parameters.yaml": example_params(namespace, 1)}, "fix")
     _webhook(client, fixed)
     wait_for(lambda: _ready(kube, namespace).get("status") == "True", timeout=30,
              message="the fix applied")
-    broken = _params(namespace, "not-a-number")
+    broken = example_params(namespace, "not-a-number")
     refused = user.commit_and_push({"app/parameters.yaml": broken}, "refused value")
     _webhook(client, refused)
     wait_for(lambda: _ready(kube, namespace).get("reason") == "validation_error",
@@ -286,14 +285,14 @@ def test_a_force_push_to_a_non_descendant_is_applied_with_a_warning(
     client = served()
     user = make_user("rewriter")
     base = user.remote_head()
-    ahead = user.commit_and_push({"app/parameters.yaml": _params(namespace, 2)}, "two")
+    ahead = user.commit_and_push({"app/parameters.yaml": example_params(namespace, 2)}, "two")
     _webhook(client, ahead)
     wait_for(lambda: client.simulate_get("/api/status").json["source"]["revision"] == ahead,
              timeout=30, message="the first push applied")
     assert "warning" not in _ready(kube, namespace)["message"]
     # Someone rewrites main: a new commit on `base`, force-pushed over `ahead`.
     user.git("reset", "--quiet", "--hard", base)
-    (user.path / "app" / "parameters.yaml").write_text(_params(namespace, 3))
+    (user.path / "app" / "parameters.yaml").write_text(example_params(namespace, 3))
     user.git("commit", "--quiet", "-am", "rewritten")
     user.git("push", "--quiet", "--force", "origin", "HEAD:refs/heads/main")
     rewritten = user.remote_head()

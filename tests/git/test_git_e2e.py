@@ -7,34 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from controller.adapters.kube import Kube
 from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.config import Config, EventSettings, GitSettings, LoopSettings
 from controller.runtime.controller import Controller
-from tests.conftest import LocalCluster
-from tests.git.conftest import GitServer, User
-from tests.helpers import wait_for
+from tests.support.cluster import LocalCluster
+from tests.support.gitrepo import GitServer, User, example_files, example_params
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _example_files(namespace: str, redis_replicas: int = 1) -> dict[str, str]:
-    files = {f"app/manifests/{p.relative_to(REPO / 'manifests')}": p.read_text()
-             for p in (REPO / "manifests").rglob("*") if p.is_file()
-             and p.name != "parameters.yaml"}
-    files["app/parameters.yaml"] = _params(namespace, redis_replicas)
-    return files
-
-
-def _params(namespace: str, redis_replicas: Any) -> str:
-    params = yaml.safe_load((REPO / "manifests" / "parameters.yaml").read_text())
-    params["global"]["namespace"] = namespace
-    params["services"]["redis"]["replicas"] = redis_replicas
-    return yaml.safe_dump(params)
 
 
 def test_git_push_is_applied_with_its_sha_in_status(
@@ -42,7 +26,7 @@ def test_git_push_is_applied_with_its_sha_in_status(
         crd: dict[str, Any], git_server: GitServer,
         make_user: Callable[[str], User]) -> None:
     user = make_user("dev")
-    first = user.commit_and_push(_example_files(namespace), "add the example app")
+    first = user.commit_and_push(example_files(namespace), "add the example app")
     cfg = Config(kubeconfig=cluster.kubeconfig, namespace=namespace,
                  default_namespace=namespace, source="git",
                  loop=LoopSettings(interval=3600),
@@ -66,14 +50,14 @@ def test_git_push_is_applied_with_its_sha_in_status(
                  message="the first commit applied")
         assert redis_replicas() == 1
 
-        second = user.commit_and_push({"app/parameters.yaml": _params(namespace, 3)},
+        second = user.commit_and_push({"app/parameters.yaml": example_params(namespace, 3)},
                                       "scale redis")
         wait_for(lambda: status().get("lastAppliedRevision") == second, timeout=30,
                  message="the pushed commit applied (poller wakes the loop)")
         assert redis_replicas() == 3
 
         # An invalid value in Git: nothing applied, the path named, the last good state kept.
-        user.commit_and_push({"app/parameters.yaml": _params(namespace, -1)}, "oops")
+        user.commit_and_push({"app/parameters.yaml": example_params(namespace, -1)}, "oops")
         def stalled() -> dict[str, Any] | None:
             conds = {c["type"]: c for c in status().get("conditions", [])}
             stall = conds.get("Stalled", {})
@@ -84,7 +68,7 @@ def test_git_push_is_applied_with_its_sha_in_status(
         assert status()["lastAppliedRevision"] == second
         assert redis_replicas() == 3
 
-        fixed = user.commit_and_push({"app/parameters.yaml": _params(namespace, 2)}, "fix")
+        fixed = user.commit_and_push({"app/parameters.yaml": example_params(namespace, 2)}, "fix")
         wait_for(lambda: status().get("lastAppliedRevision") == fixed, timeout=30,
                  message="recovered with the fix")
         assert redis_replicas() == 2

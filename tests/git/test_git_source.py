@@ -18,7 +18,7 @@ import yaml
 from controller.adapters.sources.git import GitConflictError, GitSnapshot, GitSource
 from controller.config import GitSettings
 from controller.errors import InvalidRequestError, InvalidYAMLError, SourceError, ValidationError
-from tests.git.conftest import MAIN_PARAMS, SEED_PARAMS, TEMPLATE, GitServer, User, run_git
+from tests.support.gitrepo import MAIN_PARAMS, SEED_PARAMS, TEMPLATE, GitServer, User, run_git
 
 TOKEN = "tok-3f9c2a7d-very-secret"
 PASSWORD = "hunter2-password"

@@ -20,10 +20,9 @@ from controller.api.app import create_app
 from controller.config import ApiSettings, Config, EventSettings, GitSettings, LoopSettings
 from controller.errors import InvalidYAMLError
 from controller.runtime.controller import Controller
-from tests.conftest import LocalCluster
-from tests.git.conftest import User
-from tests.git.test_git_e2e import _example_files, _params
-from tests.helpers import wait_for
+from tests.support.cluster import LocalCluster
+from tests.support.gitrepo import User, example_files, example_params
+from tests.support.waiting import wait_for
 
 # A file as people keep it: a header before the document start, comments above and beside
 # values, keys in their own (unsorted) order, three quoting styles, a flow mapping, both
@@ -184,9 +183,9 @@ def token_client(cluster: LocalCluster, namespace: str, tmp_path: Path,
                  make_user: Callable[[str], User]) -> Iterator[tuple[testing.TestClient, User]]:
     """A Git-source controller that may push, its API with authentication on (token "ci")."""
     user = make_user("dev")
-    files = _example_files(namespace)
+    files = example_files(namespace)
     files["app/parameters.yaml"] = "# The example app, as the team keeps it.\n" + \
-        _params(namespace, 1).replace("replicas: 1", "replicas: 1  # one is enough")
+        example_params(namespace, 1).replace("replicas: 1", "replicas: 1  # one is enough")
     user.commit_and_push(files, "add the example app")
     cfg = Config(kubeconfig=cluster.kubeconfig, namespace=namespace,
                  default_namespace=namespace, source="git",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from devcluster import building
-from tests.helpers import wait_for
+from tests.support.waiting import wait_for
 
 
 def test_concurrent_prepares_build_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

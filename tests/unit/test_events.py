@@ -44,7 +44,7 @@ from controller.model.redaction import REDACTED, redact
 from controller.model.times import format_ms, parse_time
 from controller.reconcile.applying import ObjectResult
 from controller.runtime.recording import EngineRecorder
-from tests.helpers import wait_for
+from tests.support.waiting import wait_for
 
 BASE = datetime(2030, 1, 1, tzinfo=UTC)  # in the future: retention by age never applies
 RESOURCES = ["default/Deployment/web", "default/Service/web", "prod/Deployment/api",

@@ -203,3 +203,20 @@ def test_only_entry_points_build_the_controller() -> None:
              if target == ROOT_MODULE and LAYERS[layer_of(name)][0] != "top"
              and name not in KNOWN_ROOT_USERS]
     assert not found, f"{ROOT_MODULE} imported below the entry points: {found}"
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in tests/support/; a test file can be read, moved or deleted
+    on its own."""
+    tests = ROOT / "tests"
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        if "support" in path.relative_to(tests).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                      if n.startswith("tests") and not n.startswith("tests.support")
+                      and n != "tests"]
+    assert not found, "import shared test code from tests/support/:\n" + "\n".join(found)

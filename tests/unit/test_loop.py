@@ -13,7 +13,7 @@ from controller.errors import ReconciliationError
 from controller.reconcile.applying import Results
 from controller.reconcile.engine import Report
 from controller.runtime.loop import Loop
-from tests.helpers import wait_for
+from tests.support.waiting import wait_for
 
 
 class FakeEngine:

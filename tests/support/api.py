@@ -1,31 +1,21 @@
-"""Fixtures of the API tests: a real `Controller` on the local control plane, served in-process.
-
-Each test gets the example app in its own namespace (the engine tests' `app` fixture) and
-builds controllers with `make_api(...)`: a Controller with its own Kubernetes connection
-(it guards its writes by leadership), started, its first pass awaited, and the Falcon app
-of `create_app` driven through `falcon.testing.TestClient`. Controllers are stopped at
-teardown. `envelope` checks the contract's error shape, which every error must have.
+"""Talking to the API in tests: the in-process client of a started controller (`Api`),
+a minimal ASGI client for event streams, the contract's error envelope, and raw HTTP to a
+real server on loopback (`request`, `get`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+import json
+import socket
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import pytest
 from falcon import testing
 
-from controller.api.app import create_app
-from controller.config import ApiSettings
 from controller.runtime.controller import Controller
-from tests.cluster import test_engine
-from tests.cluster.test_engine import App
-from tests.helpers import wait_for
-
-app = test_engine.app  # the example app, copied into the test's namespace
+from tests.support.cluster import App
 
 SERVICES = ["frontend", "postgres", "redis"]
 
@@ -129,33 +119,33 @@ def envelope(result: testing.Result, status: int, code: str) -> dict[str, Any]:
     return details
 
 
-@pytest.fixture
-def make_api(app: App) -> Iterator[Callable[..., Api]]:
-    """Build and start a controller for the test's app: `make_api(api=ApiSettings(...),
-    first_pass=True, pass_ok=True, **config_changes)`. Authentication is off unless `api`
-    says otherwise; the first pass is awaited (and must succeed) unless told not to."""
-    started: list[Controller] = []
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
 
-    def make(api: ApiSettings | None = None, first_pass: bool = True, pass_ok: bool = True,
-             **changes: Any) -> Api:
-        cfg = replace(app.cfg, api=api or ApiSettings(auth=False), **changes)
-        controller = Controller(cfg).start()  # its own connection: it guards writes
-        started.append(controller)
-        served = Api(testing.TestClient(create_app(controller)), controller, app)
-        if first_pass:
-            wait_for(lambda: controller.engine.last is not None, timeout=60,
-                     message="the controller's first pass")
-            last = controller.engine.last
-            assert last is not None and (last.ok or not pass_ok), last.summary() if last \
-                else None
-        return served
-
-    yield make
-    for controller in reversed(started):
-        controller.stop()
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
-@pytest.fixture
-def api(make_api: Callable[..., Api]) -> Api:
-    """The default: authentication off, the example app deployed by the first pass."""
-    return make_api()
+def request(port: int, raw: bytes, timeout: float = 5.0) -> Reply:
+    """Send `raw` on a new connection and read one whole response (Connection: close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip()
+               for k, _, v in (line.partition(":") for line in lines[1:])}
+    return Reply(int(lines[0].split()[1]), headers, body)
+
+
+def get(port: int, path: str, timeout: float = 5.0) -> Reply:
+    return request(port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                   .encode(), timeout)
+
+
