@@ -25,6 +25,7 @@ from controller.api import (
     services,
     status,
     suspending,
+    ui,
     webhooks,
 )
 from controller.api.offload import inline, offload
@@ -153,3 +154,4 @@ def routes(app: falcon.asgi.App[Any, Any], c: Controller, pool: ThreadPoolExecut
     add("/api/parameters/{service}", parameters.ServiceValues(c))
     add("/api/webhooks/git", webhooks.GitWebhook(c))
     add("/api/cluster/requirements", status.Requirements(c))
+    ui.add_routes(app)  # the dashboard's static files, on the loop (memory only)

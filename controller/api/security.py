@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 
 # Paths anyone may call: probes, the metrics scrape, the API description. The Git webhook
 # proves itself with its own signature instead of a bearer token.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+# The dashboard's page and files (api/ui.py) hold no data: the page asks for a token and
+# sends it with every API call it makes.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/ui"})
+OPEN_PREFIXES = ("/ui/",)
 SELF_AUTHENTICATED = frozenset({"/api/webhooks/git"})
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -173,6 +176,7 @@ class AuthMiddleware:
         # says so (open paths carry no data a scope would guard).
         req.context.scopes = ALL_SCOPES if not self.settings.auth else frozenset()
         if (not self.settings.auth or req.path in OPEN_PATHS
+                or req.path.startswith(OPEN_PREFIXES)
                 or req.path in SELF_AUTHENTICATED or req.method == "OPTIONS"):
             return
         needed = "write" if req.method in MUTATING else "read"
