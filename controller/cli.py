@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.machinery
+import importlib.metadata
 import logging
 import os
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from controller import logs
 from controller.adapters.startup import EXIT_CONFIG, StartupError, check_cluster
+from controller.agents import commands, scaffold
 from controller.api.security import TokensFileError
 from controller.config import (
     Config,
@@ -30,6 +32,7 @@ from controller.config import (
     known_variables,
     validate,
 )
+from controller.errors import ConductorError
 from controller.runtime.notifying import NotifyConfigError, load_receivers
 
 
@@ -65,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--debug", action="store_true",
                    help="show the traceback behind a start-up error")
+    p.add_argument("--version", action="version", version=f"conductor {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the controller and its REST API (gunicorn)",
@@ -85,7 +89,33 @@ def _parser() -> argparse.ArgumentParser:
     # Only listed here: `main` hands `cluster ...` to devcluster before parsing (see there).
     sub.add_parser("cluster", help="a local Kubernetes control plane on loopback (from a "
                    "checkout of the repository: `conductor cluster --help`)", add_help=False)
+    # Clients of a running conductor (controller/agents): over HTTP, maybe remote.
+    commands.add_commands(sub)
+    init = sub.add_parser("init", help="scaffold a new conductor (services from a catalogue)",
+                          description="Write a new conductor project: main.py, "
+                          "manifests/<service>/ templates, parameters.yaml, a "
+                          "DeploymentParameters object and a README. Never overwrites.")
+    init.add_argument("name", help="the conductor's name (a DNS label)")
+    init.add_argument("--services", default=",".join(scaffold.DEFAULT_SERVICES),
+                      help="comma-separated, from: " + ", ".join(sorted(scaffold.CATALOGUE)))
+    init.add_argument("--dir", type=Path, help="target directory (default: ./NAME)")
+    mcp = sub.add_parser("mcp", help="Model Context Protocol server (stdio) for agents",
+                         description="Serve MCP over stdio, talking to the conductor API at "
+                         "--url. Writes need the planId of a plan of the same change.")
+    mcp.add_argument("--url", help="default: $CONDUCTOR_URL, http://127.0.0.1:8081")
+    mcp.add_argument("--token", help="default: $CONDUCTOR_TOKEN")
+    mcp.add_argument("--instance")
+    mcp.add_argument("--read-only", action="store_true", help="expose the reading tools only")
+    completion = sub.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=["bash"])
     return p
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("conductor")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,6 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 traceback.print_exc()
             _say(f"conductor {args.command}: {e}")
             return e.exit_code if isinstance(e, StartupError) else EXIT_CONFIG
+    if args.command in commands.COMMANDS:
+        return commands.run(args, dict(os.environ))
+    if args.command == "init":
+        return _init(args)
+    if args.command == "mcp":
+        return _mcp(args)
+    if args.command == "completion":
+        print(commands.completion_script(_parser()))
+        return 0
     return 2
 
 
@@ -164,6 +203,33 @@ def _config(args: argparse.Namespace) -> int:
     cfg = checked_config(args, env)
     for name, value in effective(cfg).items():
         print(f"{name}={value}")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    services = tuple(s.strip() for s in args.services.split(",") if s.strip())
+    try:
+        made = scaffold.create(args.name, services, args.dir)
+    except ConductorError as e:
+        _say(f"conductor init: {e.code}: {e.message}")
+        return 1
+    print(f"created {made.root}/ with {', '.join(made.services)} "
+          f"({len(made.files)} files); see {made.root}/README.md")
+    return 0
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from controller.agents.client import Client, ClientSettings
+
+    try:  # an optional extra: the SDK and its HTTP stack
+        from controller.agents import mcp
+    except ImportError as e:
+        _say(f"conductor mcp: the MCP SDK is not installed ({e}); "
+             "pip install 'conductor[mcp]'")
+        return 2
+    client = Client(ClientSettings.from_env(dict(os.environ), args.url, args.token),
+                    instance=args.instance)
+    mcp.serve(client, args.read_only, version=_version())
     return 0
 
 

@@ -34,6 +34,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtime", ("controller.runtime", "controller.runtime.")),
     # HTTP only.
     ("api", ("controller.api", "controller.api.")),
+    # Clients of a conductor over HTTP (CLI commands, MCP server, init): see AGENTS_MAY_USE.
+    ("agents", ("controller.agents", "controller.agents.")),
     # Entry points: the command line, the gunicorn application and their log format.
     ("top", ("controller", "controller.__main__", "controller.cli", "controller.serving",
              "controller.logs")),
@@ -220,3 +222,16 @@ def test_no_test_module_imports_another() -> None:
                       if n.startswith("tests") and not n.startswith("tests.support")
                       and n != "tests"]
     assert not found, "import shared test code from tests/support/:\n" + "\n".join(found)
+
+
+# The agents talk to a conductor over HTTP only (it may be remote): of the floors below
+# they use the base and the pure model, never the controller's insides.
+AGENTS_MAY_USE = ("base", "model", "agents")
+
+
+def test_agents_use_http_not_the_controller() -> None:
+    found = [f"{name}:{line} imports {target}" for name, targets in graph().items()
+             if LAYERS[layer_of(name)][0] == "agents"
+             for target, line in targets.items()
+             if target in modules() and LAYERS[layer_of(target)][0] not in AGENTS_MAY_USE]
+    assert not found, "\n".join(found)
