@@ -128,6 +128,9 @@ class Kube:
         # Consulted before every write: a replica that is not (or no longer) the leader
         # must not write. Lease requests themselves pass `elect=True` to bypass it.
         self.write_guard: Callable[[], bool] = lambda: True
+        # Given the answer of every write that succeeded (not dry runs, not deletes): the
+        # live cache (cache.py) reads our own writes back without waiting for the watch.
+        self.on_written: Callable[[Body], None] | None = None
 
     @classmethod
     def connect(cls, cfg: Config, observer: RequestObserver | None = None,
@@ -177,9 +180,13 @@ class Kube:
         def attempt() -> Body:
             return self._once(method, path, query, body, content_type, timeout)
 
-        if not retry:
-            return attempt()
-        result: Body = self.retry(attempt)
+        result: Body = attempt() if not retry else self.retry(attempt)
+        if self.on_written is not None and method in ("POST", "PUT", "PATCH") and not (
+                query and query.get("dryRun")):
+            try:
+                self.on_written(result)
+            except Exception:  # the cache is an optimisation: never fail the write for it
+                log.exception("write observer failed for %s %s", method, path)
         return result
 
     def _once(self, method: str, path: str, query: Mapping[str, Any] | None, body: Any,

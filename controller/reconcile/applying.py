@@ -1,7 +1,11 @@
 """Turn a plan into API calls: normalize, observe live state, apply in order, prune.
 
-This is where ordering, concurrency and the no-write guarantee live. Live state is read
-with one LIST per (kind, namespace) and our label selector, never object by object; only
+This is where ordering, concurrency and the no-write guarantee live. Live state comes from
+the process's live cache (adapters/cache.py): one watched set per (kind, namespace) with our
+label selector, read only while it is fresh (listed, its watch open); a set that is not
+fresh within the cache's deadline (starting, relisting after 410, disconnected) is LISTed
+directly, so a pass never plans from a copy that stopped following the server. Without a
+cache (a library user) every pass LISTs; never object by object. Only
 objects the plan marks create/update are sent (server-side apply as our field manager),
 phase by phase (CRDs, Namespaces, ... workloads, the rest), concurrently within a phase,
 after a server-side dry-run of all of them has passed (one refusal applies nothing).
@@ -22,7 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from controller.adapters.cache import LiveCache
 from controller.adapters.kube import Body, Kube, KubeError, UnknownKindError
+from controller.adapters.watching import Selector
 from controller.config import Config
 from controller.model.objects import (
     LABEL_APP,
@@ -106,10 +112,12 @@ class Applier:
     """Applies plans for one app instance through one `Kube` connection."""
 
     def __init__(self, kube: Kube, cfg: Config,
-                 on_result: Callable[[ObjectResult], None] | None = None) -> None:
+                 on_result: Callable[[ObjectResult], None] | None = None,
+                 live: LiveCache | None = None) -> None:
         self.kube = kube
         self.cfg = cfg
         self.on_result = on_result
+        self.live = live
         self._record_lock = threading.Lock()
 
     # -- before planning ----------------------------------------------------------------
@@ -153,7 +161,9 @@ class Applier:
 
     def observe(self, desired: Iterable[Manifest],
                 inventory_keys: Iterable[tuple[ObjectKey, str]]) -> dict[ObjectKey, Body]:
-        """Live objects: one labelled LIST per (apiVersion, kind, namespace), concurrently.
+        """Live objects of each labelled (apiVersion, kind, namespace): from the live cache
+        where its set is fresh (watches start here on first need), else one LIST each,
+        concurrently. The objects are shared with the cache: read them, never change them.
 
         `inventory_keys` are (key, apiVersion) pairs of what we applied before, so that
         kinds no longer rendered are still listed (and can be pruned).
@@ -164,11 +174,16 @@ class Applier:
         for key, api_version in inventory_keys:
             groups.add((api_version, key.kind, key.namespace))
         sel = selector(self.cfg)
+        selectors = [Selector(v, k, ns, sel) for v, k, ns in sorted(groups)]
+        cached: list[list[Body] | None] = [None] * len(selectors)
+        if self.live is not None:
+            for s in selectors:  # start every new set first: they list side by side
+                self.live.watch(s)
+            cached = [self.live.objects(s) for s in selectors]
 
-        def one(group: tuple[str, str, str]) -> list[Body]:
-            api_version, kind, namespace = group
+        def one(s: Selector) -> list[Body]:
             try:
-                return self.kube.list(api_version, kind, namespace, sel)[0]
+                return self.kube.list(s.api_version, s.kind, s.namespace, sel)[0]
             except UnknownKindError:
                 return []  # its CRD is not (yet, or any more) installed: nothing live
             except KubeError as e:
@@ -176,12 +191,27 @@ class Applier:
                     return []
                 raise
 
+        missing = [s for s, items in zip(selectors, cached, strict=True) if items is None]
+        listed: list[list[Body]] = []
+        if missing:
+            with ThreadPoolExecutor(max_workers=self.cfg.apply.concurrency) as pool:
+                listed = list(pool.map(one, missing))
         live: dict[ObjectKey, Body] = {}
-        with ThreadPoolExecutor(max_workers=self.cfg.apply.concurrency) as pool:
-            for items in pool.map(one, sorted(groups)):
-                for item in items:
-                    live[ObjectKey.of(item)] = item
+        for items in [*(c for c in cached if c is not None), *listed]:
+            for item in items:
+                live[ObjectKey.of(item)] = item
         return live
+
+    def read_object(self, api_version: str, kind: str, name: str,
+                    namespace: str = "") -> Body | None:
+        """One object (None when absent) from its namespace's fresh cached set (all the
+        kind's objects there, no label selector: e.g. the DeploymentParameters objects of
+        every instance), else one GET."""
+        if self.live is not None:
+            found, obj = self.live.get(Selector(api_version, kind, namespace), name, namespace)
+            if found:
+                return obj
+        return self.kube.get(api_version, kind, name, namespace)
 
     # -- applying -----------------------------------------------------------------------
 
@@ -361,7 +391,8 @@ class Applier:
                             change.reason)
 
     def wait_gone(self, changes: Sequence[PlannedChange], timeout: float) -> list[ObjectKey]:
-        """Poll (one LIST per kind and namespace) until deleted objects are gone.
+        """Poll (the live cache, or one LIST per kind and namespace) until deleted objects
+        are gone.
 
         Returns the keys still present at the deadline.
         """
@@ -372,8 +403,11 @@ class Applier:
             groups = {(v, k.kind, k.namespace) for k, v in pending.items()}
             present: set[ObjectKey] = set()
             for api_version, kind, namespace in groups:
+                sel = Selector(api_version, kind, namespace, selector(self.cfg))
+                cached = self.live.objects(sel, timeout=delay) if self.live else None
                 try:
-                    items = self.kube.list(api_version, kind, namespace, selector(self.cfg))[0]
+                    items = cached if cached is not None else self.kube.list(
+                        api_version, kind, namespace, sel.label_selector)[0]
                 except KubeError:
                     continue
                 present |= {ObjectKey.of(i) for i in items}

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from controller.adapters.cache import LiveCache
 from controller.adapters.crds import CRD_FILE, ensure_crd, load_crd
 from controller.adapters.kube import Body, Kube, KubeError, NotLeaderError, UnknownKindError
 from controller.adapters.sources import ParameterSource, Snapshot
@@ -155,13 +156,14 @@ class Engine:
                  on_event: EventSink | None = None,
                  on_result: Callable[[ObjectResult], None] | None = None,
                  on_report: Callable[[Report], None] | None = None,
-                 health: HealthView | None = None) -> None:
+                 health: HealthView | None = None, live: LiveCache | None = None) -> None:
         self.cfg = cfg
         self.health = health
         self.kube = kube
         self.source = source
         self.resource = ParametersResource(kube, cfg)
-        self.applier = Applier(kube, cfg, on_result)
+        # Live state from the process's watch cache (cache.py's rule), else LISTs.
+        self.applier = Applier(kube, cfg, on_result, live)
         self.on_event = on_event or (lambda *_: None)
         self.on_report = on_report  # after every pass and operation, outside the lock
         self.schema = load_schema(CRD_FILE)
@@ -260,7 +262,9 @@ class Engine:
 
     def _pass(self, report: Report, services: list[str] | None, force: bool = False) -> None:
         op = report.operation
-        obj = self._parameters_object()
+        # The loop's passes read the object from the live cache (woken by its watch, they
+        # see what woke them); operations GET it: a caller's write just before is seen.
+        obj = self._parameters_object(cached=op == "reconcile")
         report.suspended = is_suspended(obj)
         if report.suspended and op in ("up", "update") and not force:
             where = f"{self.resource.namespace}/{self.resource.name}"
@@ -348,7 +352,7 @@ class Engine:
             return
         self._finish(report, plan, obj, snap, known)
 
-    def _parameters_object(self) -> Body:
+    def _parameters_object(self, cached: bool = False) -> Body:
         """The DeploymentParameters object; created from the shipped defaults only when
         this instance never applied anything.
 
@@ -360,7 +364,9 @@ class Engine:
         objects labelled with this instance exist.
         """
         try:
-            obj = self.resource.get()
+            obj = self.applier.read_object(API_VERSION, KIND, self.resource.name,
+                                           self.resource.namespace) if cached \
+                else self.resource.get()
         except UnknownKindError:  # the CRD is gone, and discovery knows it already
             obj = None
         if obj is not None:

@@ -1,8 +1,8 @@
 """Wire the controller together and run it: engine, loop, triggers, leadership, API.
 
 `Controller` owns the long-lived pieces of one process (the Kubernetes connection, the
-engine, the loop, the watch on the DeploymentParameters object, the Git poller, the lease,
-the event store, the metrics registry) and is what the API serves from.
+live cache every reader shares, the engine, the loop, the Git poller, the lease, the event
+store, the metrics registry) and is what the API serves from.
 `controller.serving.serve` starts it under gunicorn, in the single worker process, so
 the loop and the API share one memory (and one Prometheus registry); nothing here imports
 the API (it sits above this module).
@@ -19,14 +19,20 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from controller.adapters.cache import LiveCache
 from controller.adapters.crds import ensure_crd
 from controller.adapters.kube import Kube, KubeError, NotLeaderError
 from controller.adapters.metrics import LiveState, Metrics, register_runtime
 from controller.adapters.sources import ParameterSource, Snapshot
-from controller.adapters.sources.resource import ParametersResource, ResourceSource
+from controller.adapters.sources.resource import (
+    API_VERSION,
+    KIND,
+    ParametersResource,
+    ResourceSource,
+)
 from controller.adapters.store.events import open_store
 from controller.adapters.store.history import History
-from controller.adapters.watching import Reflector
+from controller.adapters.watching import Handler, Selector
 from controller.config import Config
 from controller.errors import ConductorError, InvalidYAMLError, ValidationError
 from controller.model.times import now_rfc3339
@@ -36,7 +42,7 @@ from controller.runtime.loop import Loop
 from controller.runtime.notifying import Notifier
 from controller.runtime.observing import HealthMonitor
 from controller.runtime.operations import Operations
-from controller.runtime.recording import EngineRecorder, KubeEvents
+from controller.runtime.recording import EngineRecorder, KubeEvents, PassRecorder
 from controller.runtime.reporting import HealthReporter
 
 log = logging.getLogger(__name__)
@@ -164,6 +170,10 @@ class Controller:
             cfg, observer=self.metrics.observe_request,
             on_retry=lambda e: self.metrics.count_retry(str(e.details.get("method", "")),
                                                         e.status))
+        # One watch-based cache of live state for the whole process (cache.py): passes plan
+        # from it, health and incoming Events follow it, its DeploymentParameters set wakes
+        # the loop; each set is watched once.
+        self.live = LiveCache(self.kube)
         self.source: ParameterSource = (GitParameters(cfg, env or {}, self.metrics)
                                         if cfg.source == "git" else ResourceSource(cfg))
         # An unusable events file degrades to a temporary one (logged, metric, status,
@@ -182,7 +192,8 @@ class Controller:
         self._probe_contact = float("-inf")
         self._probe_timeout = max(0.5, min(2.0, cfg.leader.retry_period))
         self.recorder = EngineRecorder(self.events)
-        self.kube_events = KubeEvents(self.kube, self.recorder, cfg.namespace, cfg.instance)
+        self.kube_events = KubeEvents(self.kube, self.recorder, cfg.namespace, cfg.instance,
+                                      live=self.live)
         self.recorder.service_of = self.kube_events.service_of
         self.operations = Operations()
         self.engine = self._new_engine(cfg, self.source)
@@ -190,7 +201,7 @@ class Controller:
         self._engines_lock = threading.Lock()
         self.loop = Loop(self.engine, cfg.loop, may_run=self.is_leader)
         # Health from watched state (observing.py), on every replica: the API serves it.
-        self.health = HealthMonitor(self.kube, cfg)
+        self.health = HealthMonitor(self.kube, cfg, live=self.live)
         # A Pod's Kubernetes Events belong to the Deployment (and service) that owns it.
         self.kube_events.owner_of = self.health.managed_owner
         # Conditions and health events follow the watched health between passes.
@@ -212,7 +223,7 @@ class Controller:
             elector = self.elector
             self.kube.write_guard = lambda: elector.is_leader
         self.reports: list[Report] = []
-        self._watch: Reflector | None = None
+        self._wake: Handler | None = None  # subscribed to the DeploymentParameters set
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         self.started = threading.Event()
@@ -227,7 +238,9 @@ class Controller:
             self.elector.tried.wait(self.cfg.leader.retry_period * 2)
         if self.is_leader():
             self._prepare()
-        self._watch = self.engine.resource.watch(lambda _obj: self.loop.wake("resource"))
+        # The cache's own set wakes the loop: the pass it wakes reads what woke it.
+        self._wake = self.engine.resource.changes(lambda _obj: self.loop.wake("resource"))
+        self.live.subscribe(self._instances(), self._wake)
         self.health.start()
         self.reporter.start()
         self.notifier.start()
@@ -256,8 +269,8 @@ class Controller:
     def stop(self, timeout: float | None = 60.0) -> None:
         """Stop the triggers, let the current pass finish (up to `timeout`), release."""
         self._stop.set()
-        if self._watch:
-            self._watch.stop()
+        if self._wake:
+            self.live.watch(self._instances()).unsubscribe(self._wake)
         self.loop.stop(timeout)
         self.reporter.stop()
         self.health.stop()
@@ -271,6 +284,10 @@ class Controller:
         if self.elector:
             self.elector.stop(release=True)
         self.history.close()
+        self.live.stop()
+
+    def _instances(self) -> Selector:
+        return Selector(API_VERSION, KIND, self.cfg.namespace)
 
     # -- leadership --------------------------------------------------------------------------
 
@@ -295,9 +312,11 @@ class Controller:
     def _new_engine(self, cfg: Config, source: ParameterSource) -> Engine:
         instance = cfg.instance
         # Ready means applied *and* healthy: the conditions read the watched health.
-        return Engine(cfg, self.kube, source, on_event=self._event,
-                      on_result=self.recorder.on_result, on_report=self._on_report,
-                      health=lambda: self.health_for(instance).services())
+        # Its own sink: events stored under this instance, posted on this instance's object.
+        return Engine(cfg, self.kube, source,
+                      sink=PassRecorder(self.recorder, self.kube_events, self.is_leader),
+                      on_report=self._on_report,
+                      health=lambda: self.health_for(instance).services(), live=self.live)
 
     def engine_for(self, instance: str) -> Engine:
         """The engine of a DeploymentParameters object; others than ours use its spec.
@@ -326,7 +345,7 @@ class Controller:
             if monitor is None:
                 cfg = replace(self.cfg, instance=instance, source="resource")
                 ParametersResource(self.kube, cfg).read()  # NotFoundError otherwise
-                monitor = HealthMonitor(self.kube, cfg).start()
+                monitor = HealthMonitor(self.kube, cfg, live=self.live).start()
                 self._monitors[instance] = monitor
         monitor.wait_synced(timeout=5.0)  # its object listed: it knows its services
         return monitor
@@ -442,7 +461,7 @@ class Controller:
         log.log(level, "%s: %s", reason, message, extra={
             "reason": reason, **{k: fields[k] for k in ("operation", "trigger", "revision",
                                                          "service", "object") if k in fields}})
-        self.recorder.on_event(type_, reason, message, details)
+        self.recorder.note(type_, reason, message, fields, self.cfg.instance)
         if self.is_leader():
             self.kube_events.post(type_, reason, message, details)
 

@@ -1,8 +1,9 @@
 """The watched state of one app instance, and its services' health, answered from memory.
 
 Health endpoints and waits must cost no API request per call and follow a change within
-seconds, so the monitor mirrors everything health depends on with Reflectors (list, then
-watch) and computes health from that mirror with the pure rules in `controller.model.health`:
+seconds, so the monitor follows everything health depends on through the process's live
+cache (adapters/cache.py: the same watched sets a pass plans from, so the two never
+disagree about an object) and computes health with the pure rules in `controller.model.health`:
 
 - the DeploymentParameters object: its status inventory says which objects each service
   owns (and so which kinds and namespaces to watch), its annotation which services are down;
@@ -12,9 +13,14 @@ watch) and computes health from that mirror with the pure rules in `controller.m
   labels, so they are linked to their workload through ownerReferences (Pod -> ReplicaSet ->
   Deployment; Pod -> StatefulSet, DaemonSet or Job).
 
-Forbidden (403) answers, to the engine's requests or to the monitor's own lists, are kept
-as RBAC problems of the services they concern. One lock (a Condition, notified on every
+Forbidden (403) answers, to the engine's requests or to the cache's lists, are kept as
+RBAC problems of the services they concern. One lock (a Condition, notified on every
 change) guards all of it; `wait` sleeps on it rather than polling.
+
+Readers do not compute: every change moves a version, and the first reader after it
+computes every service's health once into an immutable `_View` that later readers take
+as it is, without the lock, until the next change (or until an unschedulable pod passes
+its threshold, the one change time alone makes). So a health endpoint costs a dict lookup.
 """
 
 from __future__ import annotations
@@ -25,14 +31,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from controller.adapters.cache import LiveCache
 from controller.adapters.kube import Body, Kube, KubeError
 from controller.adapters.sources.resource import API_VERSION, KIND, ParametersResource
-from controller.adapters.watching import Handler, Reflector, Selector
+from controller.adapters.watching import Handler, Selector
 from controller.config import Config
 from controller.errors import NotFoundError
+from controller.model import instance
 from controller.model.health import (
     DEFAULT_PENDING_THRESHOLD,
     PROGRESSING,
@@ -46,8 +54,9 @@ from controller.model.health import (
     rbac_problem,
     unschedulable_deadline,
 )
+from controller.model.instance import InventoryEntry
 from controller.model.objects import LABEL_SERVICE, SHARED_SERVICE, ObjectKey
-from controller.model.planning import InventoryEntry, PlannedChange
+from controller.model.planning import PlannedChange
 from controller.model.times import rfc3339
 from controller.reconcile.applying import ObjectResult, selector
 
@@ -60,10 +69,6 @@ REVISION = "deployment.kubernetes.io/revision"
 # Server-side apply is a PATCH; pruning a DELETE (for a 403 whose message names no verb).
 _VERBS = {"create": "patch", "update": "patch", "prune": "delete"}
 _ENGINE = "engine"
-# A Reflector notices stop() only between watch events or when the server ends the watch:
-# a shorter watch than the default 5 minutes lets a stopped monitor's threads end sooner,
-# for one cheap re-watch per minute.
-WATCH_TIMEOUT = 60
 
 
 @dataclass(frozen=True)
@@ -87,24 +92,16 @@ class _Forbidden:
     namespace: str
 
 
-class _Reflector(Reflector):
-    """A Reflector that says whether its LIST is forbidden, so health can name the RBAC gap
-    instead of showing objects that merely seem absent."""
+@dataclass(frozen=True)
+class _View:
+    """Every known service's health as computed at one version: what readers take."""
 
-    def __init__(self, kube: Kube, sel: Selector, handler: Handler,
-                 on_list: Callable[[KubeError | None], None]) -> None:
-        super().__init__(kube, sel, handler, watch_timeout=WATCH_TIMEOUT)
-        self._on_list = on_list
-
-    def _relist(self) -> str:
-        try:
-            version = super()._relist()
-        except KubeError as e:
-            if e.status == 403:
-                self._on_list(e)
-            raise
-        self._on_list(None)
-        return version
+    version: int
+    until: datetime  # when time alone changes it (an unschedulable pod's threshold)
+    synced: bool
+    known: frozenset[str]
+    services: Mapping[str, ServiceHealth]
+    objects: Mapping[str, tuple[tuple[ObjectKey, ObjectHealth], ...]]
 
 
 class HealthMonitor:
@@ -112,16 +109,21 @@ class HealthMonitor:
 
     def __init__(self, kube: Kube, cfg: Config, *,
                  pending_threshold: float = DEFAULT_PENDING_THRESHOLD,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None,
+                 live: LiveCache | None = None) -> None:
         self.kube = kube
         self.cfg = cfg
+        # The process's cache (the controller's); a monitor used alone has its own.
+        self._own_cache = live is None
+        self._live = live or LiveCache(kube)
         self.pending_threshold = pending_threshold
         self._clock = clock or (lambda: datetime.now(UTC))
         self._selector = selector(cfg)
         self._resource = ParametersResource(kube, cfg)
         self._cond = threading.Condition()  # the one lock; notified on every change
-        self._instance: Reflector | None = None
-        self._reflectors: dict[_Watch, Reflector] = {}
+        self._instance: Handler | None = None  # our subscription to the instances' set
+        self._reflectors: dict[_Watch, Handler] = {}  # our subscription to each set
+        self._listed: set[_Watch] = set()  # sets whose objects we have received
         self._ours: dict[ObjectKey, Body] = {}  # our labelled objects
         self._related: dict[ObjectKey, Body] = {}  # Pods and ReplicaSets
         self._by_uid: dict[str, Body] = {}  # both, to follow ownerReferences
@@ -136,24 +138,33 @@ class HealthMonitor:
         self._forbidden: dict[str, list[_Forbidden]] = {}  # by origin
         self._stopped = False
         self._version = 0  # moves on every change: what `wait_changed` followers compare
+        self._view: _View | None = None  # the health at a version, for readers (lock-free)
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> HealthMonitor:
-        """Watch the DeploymentParameters object; object watches follow its inventory."""
-        sel = Selector(API_VERSION, KIND, self.cfg.namespace,
-                       field_selector=f"metadata.name={self.cfg.instance}")
-        self._instance = Reflector(self.kube, sel, self._on_instance,
-                                   watch_timeout=WATCH_TIMEOUT).start()
+        """Follow the DeploymentParameters object (the cache watches every instance's in
+        the namespace once); object watches follow its inventory."""
+        def on_instance(kind: str, obj: Body) -> None:
+            if kind == "SYNCED" or (obj.get("metadata") or {}).get("name") == \
+                    self.cfg.instance:
+                self._on_instance(kind, obj)
+
+        self._instance = on_instance
+        self._live.subscribe(_instances(self.cfg), on_instance)
         return self
 
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
-            reflectors = list(self._reflectors.values())
+            subscriptions = list(self._reflectors.items())
             self._notify()
-        for r in [*reflectors, *([self._instance] if self._instance else [])]:
-            r.stop()
+        for watch, handler in subscriptions:
+            self._live.watch(_selector(watch, self._selector)).unsubscribe(handler)
+        if self._instance is not None:
+            self._live.watch(_instances(self.cfg)).unsubscribe(self._instance)
+        if self._own_cache:
+            self._live.stop()
 
     def wait_synced(self, timeout: float) -> bool:
         """Block until the DeploymentParameters object has been listed (so its services are
@@ -167,12 +178,19 @@ class HealthMonitor:
         `keys` are (key, apiVersion) pairs, e.g. from the inventory or a pass's plan. Only
         new pairs start a watch; existing ones keep running.
         """
+        new: list[tuple[_Watch, Handler]] = []
         with self._cond:
             if self._stopped:
                 return
             for watch in sorted(_watches(keys), key=str):
                 if watch not in self._reflectors:
-                    self._reflectors[watch] = self._reflector(watch).start()
+                    self._reflectors[watch] = self._handler(watch)
+                    new.append((watch, self._reflectors[watch]))
+        # Outside the lock: a subscription hands over the set's objects under the set's
+        # lock, and the set's thread holds that lock while it waits for ours.
+        for watch, handler in new:
+            self._live.subscribe(_selector(watch, self._selector), handler,
+                                 self._list_handler(watch))
 
     def after_pass(self, changes: Iterable[PlannedChange], results: Iterable[ObjectResult],
                    error: BaseException | None = None) -> None:
@@ -212,22 +230,45 @@ class HealthMonitor:
 
     def services(self) -> list[ServiceHealth]:
         """Every known service (shared objects excluded), by name."""
-        with self._cond:
-            now, children = self._clock(), self._children()
-            return [self._health(name, now, children)
-                    for name in sorted(self._known - {SHARED_SERVICE})]
+        view = self._current()
+        return [view.services[name] for name in sorted(view.known - {SHARED_SERVICE})]
 
     def service(self, name: str) -> ServiceHealth:
         """One service's health; NotFoundError for a service the instance does not have."""
-        with self._cond:
-            self._check_known(name)
-            return self._health(name, self._clock(), self._children())
+        view = self._current()
+        if name not in view.services:
+            self._check_known(name, view)
+            return self._not_observed(name)
+        return view.services[name]
 
     def objects(self, service: str) -> list[tuple[ObjectKey, ObjectHealth]]:
         """The health of each of a service's objects (`_shared` for the shared ones)."""
+        view = self._current()
+        self._check_known(service, view)
+        return list(view.objects.get(service, ()))
+
+    def _current(self) -> _View:
+        """The view of the current version: taken as it is when nothing changed since it
+        was computed (no lock), else computed once, under the lock, for everyone."""
+        view = self._view
+        if view is not None and view.version == self._version and \
+                self._clock() < view.until:
+            return view
         with self._cond:
-            self._check_known(service)
-            return self._objects(service, self._clock(), self._children())
+            view = self._view
+            now = self._clock()
+            if view is not None and view.version == self._version and now < view.until:
+                return view
+            children = self._children()
+            known = self._known
+            names = known | {SHARED_SERVICE}
+            services = {n: self._health(n, now, children) for n in names}
+            objects = {n: tuple(self._objects(n, now, children)) for n in names} \
+                if self._instance_synced else {}
+            view = _View(self._version, now + timedelta(seconds=self._next_deadline(now)),
+                         self._instance_synced, known, services, objects)
+            self._view = view
+            return view
 
     @property
     def synced(self) -> bool:
@@ -302,12 +343,11 @@ class HealthMonitor:
 
     # -- watch events (reflector threads) -------------------------------------------------------
 
-    def _reflector(self, watch: _Watch) -> Reflector:
-        sel = Selector(watch.api_version, watch.kind, watch.namespace,
-                       self._selector if watch.ours else "")
-        return _Reflector(self.kube, sel,
-                          lambda kind, obj: self._on_object(watch, kind, obj),
-                          lambda error: self._on_list(watch, error))
+    def _handler(self, watch: _Watch) -> Handler:
+        return lambda kind, obj: self._on_object(watch, kind, obj)
+
+    def _list_handler(self, watch: _Watch) -> Callable[[KubeError | None], None]:
+        return lambda error: self._on_list(watch, error)
 
     def _on_instance(self, kind: str, obj: Body) -> None:
         if kind == "SYNCED":
@@ -320,7 +360,7 @@ class HealthMonitor:
         down: frozenset[str] = frozenset()
         known: frozenset[str] = frozenset()
         if kind != "DELETED":
-            inventory = _inventory(obj)
+            inventory = instance.inventory(obj)  # model/instance.py: the one parser
             down = self._resource.down_services(obj)
             known = (frozenset((obj.get("status") or {}).get("services") or {})
                      | {e.service for e in inventory.values()} | down)
@@ -330,14 +370,15 @@ class HealthMonitor:
             self._inventory, self._down, self._known = inventory, down, known
             self._touch({s for s, old in before.items()
                          if old != self._inputs(s, inventory, down)})
-            self.track((k, e.api_version) for k, e in inventory.items())
             self._notify()
+        self.track((k, e.api_version) for k, e in inventory.items())
 
     def _on_object(self, watch: _Watch, kind: str, obj: Body) -> None:
         with self._cond:
             if self._stopped or watch not in self._reflectors:
                 return
             if kind == "SYNCED":
+                self._listed.add(watch)
                 self._touch({e.service for k, e in self._inventory.items()
                              if not watch.namespace or k.namespace == watch.namespace})
             else:
@@ -377,9 +418,7 @@ class HealthMonitor:
     def _health(self, name: str, now: datetime,
                 children: Mapping[str, list[Body]]) -> ServiceHealth:
         if not self._instance_synced:
-            return ServiceHealth(name, self.cfg.default_namespace, UNKNOWN,
-                                 rfc3339(self._started), "NotObserved",
-                                 "the app instance has not been observed yet")
+            return self._not_observed(name)
         keys = self._keys(name)
         pairs = [(str(k), h) for k, h in self._objects(name, now, children)]
         forbidden = self._forbidden_for(name, keys)
@@ -403,12 +442,19 @@ class HealthMonitor:
                                         pending_threshold=self.pending_threshold)))
         return out
 
-    def _check_known(self, name: str) -> None:
+    def _check_known(self, name: str, view: _View | None = None) -> None:
         """Unknown names are an error once the instance is seen (until then: unknown)."""
-        if self._instance_synced and name not in self._known:
+        synced, known = (view.synced, view.known) if view else (self._instance_synced,
+                                                                self._known)
+        if synced and name not in known:
             raise NotFoundError(f"unknown service: {name}",
                                 {"service": name,
-                                 "available": sorted(self._known - {SHARED_SERVICE})})
+                                 "available": sorted(known - {SHARED_SERVICE})})
+
+    def _not_observed(self, name: str) -> ServiceHealth:
+        return ServiceHealth(name, self.cfg.default_namespace, UNKNOWN,
+                             rfc3339(self._started), "NotObserved",
+                             "the app instance has not been observed yet")
 
     def _keys(self, name: str) -> set[ObjectKey]:
         keys = {k for k, e in self._inventory.items() if e.service == name}
@@ -417,9 +463,8 @@ class HealthMonitor:
 
     def _missing(self, key: ObjectKey) -> ObjectHealth:
         entry = self._inventory.get(key)
-        reflector = self._reflectors.get(
-            _Watch(entry.api_version, key.kind, key.namespace, True)) if entry else None
-        if reflector is None or not reflector.synced.is_set():
+        if entry is None or _Watch(entry.api_version, key.kind, key.namespace,
+                                   True) not in self._listed:
             return ObjectHealth(UNKNOWN, "NotObserved", "not observed yet")
         return ObjectHealth(PROGRESSING, "NotFound",
                             "not in the cluster: not created yet, or deleted (the next pass "
@@ -503,15 +548,14 @@ def _watches(keys: Iterable[tuple[ObjectKey, str]]) -> set[_Watch]:
     return out
 
 
-def _inventory(obj: Body) -> dict[ObjectKey, InventoryEntry]:
-    out = {}
-    for raw in (obj.get("status") or {}).get("inventory") or []:
-        try:
-            key, entry = InventoryEntry.from_dict(raw)
-        except (KeyError, ValueError, TypeError):
-            continue  # the engine warns about malformed entries
-        out[key] = entry
-    return out
+def _selector(watch: _Watch, ours: str) -> Selector:
+    """The cache's set for a watch: our labelled objects, or all Pods/ReplicaSets."""
+    return Selector(watch.api_version, watch.kind, watch.namespace, ours if watch.ours else "")
+
+
+def _instances(cfg: Config) -> Selector:
+    """Every DeploymentParameters object of the namespace: one set for all instances."""
+    return Selector(API_VERSION, KIND, cfg.namespace)
 
 
 def _pods_of(obj: Body, children: Mapping[str, list[Body]]) -> list[Body]:

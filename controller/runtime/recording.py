@@ -23,10 +23,11 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from controller.adapters.cache import LiveCache
 from controller.adapters.kube import Body, Kube, KubeError
 from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.adapters.store.events import STORE_ERRORS, Event, EventStore, resource_key
-from controller.adapters.watching import Reflector, Selector
+from controller.adapters.watching import Selector
 from controller.errors import ConductorError
 from controller.model.objects import ObjectKey
 from controller.model.times import now_ms, now_rfc3339, parse_time
@@ -147,12 +148,15 @@ class EngineRecorder:
 
 class KubeEvents:
     def __init__(self, kube: Kube, recorder: EngineRecorder, namespace: str,
-                 instance: str) -> None:
+                 instance: str, live: LiveCache | None = None) -> None:
         self.kube = kube
         self.recorder = recorder
         self.namespace = namespace
         self.instance = instance
-        self._watches: dict[str, Reflector] = {}
+        # Events come from the process's live cache (one watch per namespace, shared).
+        self._own_cache = live is None
+        self.live = live or LiveCache(kube)
+        self._watches: dict[str, Callable[[str, Body], None]] = {}  # namespace -> handler
         self._ours: dict[str, str] = {}  # resource key -> service
         # (namespace, name) -> (resource key, service)
         self._workloads: dict[tuple[str, str], tuple[str, str]] = {}
@@ -177,8 +181,12 @@ class KubeEvents:
                 if key.namespace and key.namespace not in self._watches:
                     new_namespaces.add(key.namespace)
             for ns in new_namespaces:
-                self._watches[ns] = Reflector(self.kube, Selector("v1", "Event", ns),
-                                              self._handler(), watch_timeout=120).start()
+                self._watches[ns] = self._handler()
+            handlers = {ns: self._watches[ns] for ns in new_namespaces}
+        # Outside the lock: the set hands over its Events (under its own lock) to a handler
+        # that takes ours.
+        for ns, handler in handlers.items():
+            self.live.subscribe(Selector("v1", "Event", ns), handler)
 
     def service_of(self, resource: str) -> str:
         found = self.attribute(resource)
@@ -235,8 +243,11 @@ class KubeEvents:
 
     def stop(self) -> None:
         with self._lock:
-            for r in self._watches.values():
-                r.stop()
+            watches = dict(self._watches)
+        for ns, handler in watches.items():
+            self.live.watch(Selector("v1", "Event", ns)).unsubscribe(handler)
+        if self._own_cache:
+            self.live.stop()
 
     # -- outgoing -------------------------------------------------------------------------
 

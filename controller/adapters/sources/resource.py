@@ -128,12 +128,21 @@ class ParametersResource:
                                self.namespace, subresource="status")
 
     def watch(self, on_change: Callable[[Body], None]) -> Reflector:
-        """Call `on_change` when the object's spec or annotations change (not status), when
-        it is deleted (at once: the pass must stop rather than wait for the interval) and
-        when it is recreated (a new uid, even at the same generation)."""
+        """Watch the object: `changes(on_change)` on a watch of its own."""
+        return Reflector(self.kube, Selector(API_VERSION, KIND, self.namespace,
+                                             field_selector=f"metadata.name={self.name}"),
+                         self.changes(on_change)).start()
+
+    def changes(self, on_change: Callable[[Body], None]) -> Callable[[str, Body], None]:
+        """A watch handler (of this object, or of its namespace's set of them: others are
+        skipped) that calls `on_change` when the object's spec or annotations change (not
+        status), when it is deleted (at once: the pass must stop rather than wait for the
+        interval) and when it is recreated (a new uid, even at the same generation)."""
         seen: dict[str, Any] = {}
 
         def handler(kind: str, obj: Body) -> None:
+            if (obj.get("metadata") or {}).get("name") != self.name:
+                return
             if kind == "DELETED":
                 seen["mark"] = None  # not the first sight: its return must wake the loop
                 on_change(obj)
@@ -149,9 +158,7 @@ class ParametersResource:
                 if not first:
                     on_change(obj)
 
-        return Reflector(self.kube, Selector(API_VERSION, KIND, self.namespace,
-                                             field_selector=f"metadata.name={self.name}"),
-                         handler).start()
+        return handler
 
 
 class ResourceSource:
