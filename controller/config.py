@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from controller import assets
 
@@ -120,6 +121,19 @@ class EventSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """Where durable state lives (adapters/store/sql.py): SQLite for one replica, a shared
+    PostgreSQL for several (issue 14)."""
+
+    # "" = SQLite in CONDUCTOR_EVENTS_PATH's file; sqlite:///abs/path.db; or
+    # postgresql://user@host:5432/db (may come from a Secret through the environment).
+    url: str = ""
+    password_file: str = ""  # PostgreSQL password, read once at start; never logged
+    pool_size: int = 8  # PostgreSQL connections per process, shared by every store
+    connect_timeout: float = 10.0  # seconds to reach PostgreSQL at start and per connection
+
+
+@dataclass(frozen=True)
 class NotificationSettings:
     """Notifications out (notifying.py): receivers from a YAML file, URLs and keys in
     files it names; delivery retried with backoff until the receiver takes it."""
@@ -151,6 +165,7 @@ class Config:
     prune: PruneSettings = field(default_factory=PruneSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     leader: LeaderSettings = field(default_factory=LeaderSettings)
     notify: NotificationSettings = field(default_factory=NotificationSettings)
 
@@ -277,11 +292,13 @@ _RANGES: dict[str, tuple[float, float]] = {
     "CONDUCTOR_NOTIFY_TIMEOUT": (0.1, 3600), "CONDUCTOR_NOTIFY_ATTEMPTS": (1, 100),
     "CONDUCTOR_NOTIFY_BACKOFF_INITIAL": (0, 3600), "CONDUCTOR_NOTIFY_BACKOFF_MAX": (0.01, 3600),
     "CONDUCTOR_NOTIFY_RATE_PER_MINUTE": (0.01, 1e6),
+    "CONDUCTOR_STORE_POOL_SIZE": (1, 1000), "CONDUCTOR_STORE_CONNECT_TIMEOUT": (0.1, 3600),
 }
 # Files that must be readable when set (the tokens file is checked in full by the API).
 _FILES = ("CONDUCTOR_API_TOKENS_FILE", "CONDUCTOR_API_CERTFILE", "CONDUCTOR_API_KEYFILE",
           "CONDUCTOR_GIT_TOKEN_FILE", "CONDUCTOR_GIT_SSH_KEY_FILE",
-          "CONDUCTOR_GIT_WEBHOOK_SECRET_FILE", "CONDUCTOR_NOTIFY_RECEIVERS_FILE")
+          "CONDUCTOR_GIT_WEBHOOK_SECRET_FILE", "CONDUCTOR_NOTIFY_RECEIVERS_FILE",
+          "CONDUCTOR_STORE_PASSWORD_FILE")
 
 
 def validate(cfg: Config) -> None:
@@ -321,10 +338,42 @@ def validate(cfg: Config) -> None:
                                                and cfg.git.manifests_path):
         raise ConfigError(f"CONDUCTOR_MANIFEST_ROOT: {cfg.manifest_root} is not a "
                           "directory (--manifests)")
+    _validate_store(cfg.store)
     if cfg.kubeconfig:
         path = Path(cfg.kubeconfig)
         if not path.is_file() or not os.access(path, os.R_OK):
             raise ConfigError(f"KUBECONFIG: {path} is not a readable file (--kubeconfig)")
+
+
+def _validate_store(store: StoreSettings) -> None:
+    url = store.url
+    if not url:
+        return
+    shown = _masked("CONDUCTOR_STORE_URL", url)
+    if url.startswith("sqlite://"):
+        if not url.removeprefix("sqlite://").startswith("/"):
+            raise ConfigError(f"CONDUCTOR_STORE_URL: {shown}: expected sqlite:///absolute/"
+                              "path.db")
+        return
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"CONDUCTOR_STORE_URL: expected sqlite:///path.db or "
+                          f"postgresql://user@host:5432/database, got {shown}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError as e:
+        raise ConfigError(f"CONDUCTOR_STORE_URL: {shown}: {e}") from None
+    if not parts.hostname and "host=" not in parts.query:
+        raise ConfigError(f"CONDUCTOR_STORE_URL: {shown}: names no host")
+    if "password=" in parts.query:  # would be shown by `conductor config` and logs
+        raise ConfigError("CONDUCTOR_STORE_URL: put the password in "
+                          "CONDUCTOR_STORE_PASSWORD_FILE (or user:password@ in the URL, "
+                          "which is masked), not in the query")
+    if parts.password and store.password_file:
+        raise ConfigError("CONDUCTOR_STORE_URL and CONDUCTOR_STORE_PASSWORD_FILE: the URL "
+                          "holds a password already; give it in one place")
+    if store.password_file and not Path(store.password_file).read_text().strip():
+        raise ConfigError(f"CONDUCTOR_STORE_PASSWORD_FILE: {store.password_file} is empty")
 
 
 def effective(cfg: Config) -> dict[str, str]:
