@@ -32,9 +32,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controller.model.instance import KIND  # the object a metric's labels name
+
 log = logging.getLogger(__name__)
 
-KIND = "DeploymentParameters"
 HEALTH_STATES = ("healthy", "progressing", "unhealthy", "unknown", "down", "suspended")
 PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

@@ -36,12 +36,13 @@ class Filters(NamedTuple):
     limit: int
     offset: int
     ascending: bool
+    instance: str | None = None  # the DeploymentParameters object the event is about
 
 
 def filters(type: str | Sequence[str] | None, resource: str | None, service: str | None,
             since: datetime | str | None, until: datetime | str | None, limit: int,
             offset: int, after_id: int | None, before_id: int | None,
-            ascending: bool) -> Filters:
+            ascending: bool, instance: str | None = None) -> Filters:
     types = _types(type)
     if len(types) == len(EVENT_TYPES):
         types = ()  # every type: one scan instead of four
@@ -54,7 +55,7 @@ def filters(type: str | Sequence[str] | None, resource: str | None, service: str
         _int(before_id, "before_id", 1, ID_MAX) - 1 if before_id is not None else ID_MAX,
         max(1, min(_int(limit, "limit", -ID_MAX, ID_MAX), MAX_LIMIT)),
         _int(offset, "offset", 0, MAX_OFFSET),
-        bool(ascending))
+        bool(ascending), _text(instance, "instance"))
 
 
 def _types(value: str | Sequence[str] | None) -> tuple[EventType, ...]:

@@ -40,10 +40,10 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final, Literal
-from urllib.parse import unquote
 
 from controller.config import PruneSettings
 from controller.errors import ValidationError
+from controller.model.instance import InventoryEntry  # the inventory's home
 from controller.model.objects import (
     ANNOTATION_PRUNE,
     LABEL_APP,
@@ -168,63 +168,7 @@ def _project(live: Any, desired: Any) -> Any:
     return live
 
 
-# -- the inventory --------------------------------------------------------------------------
-
-
-def _escape(part: str) -> str:
-    # Only "%" and "/" are escaped: keys stay readable (names like "system:auth" included).
-    return part.replace("%", "%25").replace("/", "%2F")
-
-
-def key_to_str(key: ObjectKey) -> str:
-    """`<group>/<Kind>/<namespace>/<name>`, "" for the core group or no namespace.
-
-    Every part is escaped, so any key round-trips through `key_from_str`.
-    """
-    return "/".join(_escape(p) for p in (key.group, key.kind, key.namespace, key.name))
-
-
-def key_from_str(text: str) -> ObjectKey:
-    """Inverse of `key_to_str`; ValueError when `text` does not have four parts."""
-    parts = text.split("/")
-    if len(parts) != 4:
-        raise ValueError(f"object key {text!r}: expected <group>/<Kind>/<namespace>/<name>")
-    group, kind, namespace, name = (unquote(p) for p in parts)
-    return ObjectKey(group, kind, namespace, name)
-
-
-@dataclass(frozen=True)
-class InventoryEntry:
-    """What this instance last applied at one key (the key is the inventory's map key).
-
-    `digest` is that of the applied body ("" when unknown, e.g. after a failed create);
-    `fields` is `live_fingerprint` of the apply response ("" when unknown: the next pass then
-    re-applies once to learn it).
-    """
-
-    service: str
-    api_version: str
-    digest: str
-    fields: str
-
-    def to_dict(self, key: ObjectKey) -> dict[str, str]:
-        """Short field names: the status holds one of these per object."""
-        return {"k": key_to_str(key), "v": self.api_version, "s": self.service,
-                "d": self.digest, "f": self.fields}
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> tuple[ObjectKey, InventoryEntry]:
-        """Inverse of `to_dict`; KeyError, TypeError or ValueError when malformed."""
-        values = {name: raw[name] for name in ("k", "v", "s")}
-        values.update({name: raw.get(name, "") for name in ("d", "f")})
-        for name, value in values.items():
-            if not isinstance(value, str):
-                raise TypeError(f"inventory field {name!r}: expected a string, got {value!r}")
-        key = key_from_str(values["k"])
-        if values["v"].rpartition("/")[0] != key.group:
-            raise ValueError(f"inventory entry {values['k']!r}: apiVersion {values['v']!r} "
-                             "is not in the key's group")
-        return key, cls(values["s"], values["v"], values["d"], values["f"])
+# -- the inventory: its format lives with the DeploymentParameters object (model/instance)
 
 
 # -- the plan -------------------------------------------------------------------------------

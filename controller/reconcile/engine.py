@@ -19,13 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 from controller.adapters.cache import LiveCache
 from controller.adapters.crds import CRD_FILE, ensure_crd, load_crd
 from controller.adapters.kube import Body, Kube, KubeError, NotLeaderError, UnknownKindError
 from controller.adapters.sources import ParameterSource, Snapshot
-from controller.adapters.sources.resource import API_VERSION, KIND, ParametersResource, load_seed
+from controller.adapters.sources.resource import ParametersResource, load_seed
 from controller.config import Config
 from controller.errors import (
     ConductorError,
@@ -35,8 +35,9 @@ from controller.errors import (
     ReconciliationError,
     ValidationError,
 )
-from controller.model import planning, rendering
-from controller.model.health import DOWN, HEALTHY, SUSPENDED, UNHEALTHY, ServiceHealth
+from controller.model import instance, planning, rendering
+from controller.model.health import ServiceHealth
+from controller.model.instance import API_VERSION, KIND, Inventory, Outcome, is_suspended
 from controller.model.objects import SHARED_SERVICE, Manifest
 from controller.model.parameters import (
     Parameters,
@@ -48,21 +49,24 @@ from controller.model.parameters import (
 )
 from controller.model.times import now_rfc3339
 from controller.reconcile.applying import Applier, ObjectResult, Results, selector
+from controller.reconcile.passes import (
+    Notice,
+    NoticeType,
+    ObjectDone,
+    Operation,
+    Pass,
+    PassEvent,
+    PassFinished,
+    PassSink,
+    PassStarted,
+)
 
 log = logging.getLogger(__name__)
 
-Operation = Literal["reconcile", "up", "update", "down", "plan"]
-# Event hook: (type: info|success|warning|error, reason, message, details).
-EventSink = Callable[[str, str, str, Mapping[str, Any]], None]
 # Every known service's health from watched state (the controller's HealthMonitor): what
 # makes Ready mean "applied and working". Without one (the engine used as a library),
 # Ready says only that the revision was applied.
 HealthView = Callable[[], Sequence[ServiceHealth]]
-# Conditions as (status, reason, message) by type, in kstatus order.
-Verdict = dict[str, tuple[str, str, str]]
-CONDITION_TYPES = ("Ready", "Reconciling", "Stalled")
-# Service states that ask nothing more of anyone: down and suspended on purpose.
-_SETTLED = frozenset({HEALTHY, SUSPENDED, DOWN})
 
 
 # Kinds listed (across namespaces, with our labels) to find out whether this instance ever
@@ -88,11 +92,6 @@ class SuspendedError(ConflictError):
     """up/update asked of a suspended instance without force: refused, nothing changed."""
 
 
-def is_suspended(obj: Body) -> bool:
-    """`spec.suspend: true` on the DeploymentParameters object."""
-    return (obj.get("spec") or {}).get("suspend") is True
-
-
 @dataclass
 class Report:
     """The outcome of one pass or operation, with a result per object."""
@@ -115,6 +114,16 @@ class Report:
     @property
     def ok(self) -> bool:
         return self.error is None and not self.results.failed
+
+    def outcome(self) -> Outcome:
+        """What status composition (model/instance.py) needs of this pass."""
+        items = self.results.items
+        return Outcome(
+            revision=self.revision, error=self.error,
+            failed=[(r.service, r.error or {"resource": str(r.key)}) for r in items
+                    if r.outcome == "failed"],
+            touched=frozenset(r.service for r in items), services=self.services,
+            applied=sum(1 for r in items if r.outcome == "applied"))
 
     def summary(self) -> str:
         """One line: the error, or the failed objects, or the counts."""
@@ -153,8 +162,7 @@ class Engine:
     """Reconciles one app instance: the DeploymentParameters object `cfg.instance`."""
 
     def __init__(self, cfg: Config, kube: Kube, source: ParameterSource,
-                 on_event: EventSink | None = None,
-                 on_result: Callable[[ObjectResult], None] | None = None,
+                 sink: PassSink | None = None,
                  on_report: Callable[[Report], None] | None = None,
                  health: HealthView | None = None, live: LiveCache | None = None) -> None:
         self.cfg = cfg
@@ -163,8 +171,11 @@ class Engine:
         self.source = source
         self.resource = ParametersResource(kube, cfg)
         # Live state from the process's watch cache (cache.py's rule), else LISTs.
-        self.applier = Applier(kube, cfg, on_result, live)
-        self.on_event = on_event or (lambda *_: None)
+        self.applier = Applier(kube, cfg, self._object_done, live)
+        # This engine's own sink of typed pass events (recording.py: the event store and
+        # the Kubernetes Events on this instance's object); see passes.py.
+        self.sink = sink
+        self._pass_of: Pass | None = None  # the pass under `lock`, for the applier's results
         self.on_report = on_report  # after every pass and operation, outside the lock
         self.schema = load_schema(CRD_FILE)
         self.lock = threading.Lock()
@@ -233,6 +244,8 @@ class Engine:
         report = Report(op, sorted(services or []), trigger, instance=self.cfg.instance)
         started = time.monotonic()
         with self.lock:
+            self._pass_of = Pass(self.cfg.instance, self.cfg.namespace, op, trigger,
+                                 tuple(report.services), self._passes + 1)
             try:
                 self._pass(report, services, force)
             except ConductorError as e:
@@ -248,7 +261,9 @@ class Engine:
                 self._record_failure(report)
             self._passes += 1
             number = self._passes
-        self._emit_finished(report)
+            this, self._pass_of = self._pass_of, None
+        self._emit(PassFinished(this, report.revision, report.duration,
+                                report.results.counts(), report.error))
         if self.on_report is not None:
             try:
                 self.on_report(report)
@@ -277,9 +292,7 @@ class Engine:
         snap = self.source.snapshot(obj)
         report.revision = snap.revision
         report.snapshot = snap
-        self.on_event("info", "PassStarted", f"{op} started ({report.trigger})",
-                      {"operation": op, "revision": snap.revision,
-                       "services": report.services})
+        self._emit(PassStarted(self._current(), snap.revision))
         tree = rendering.load_tree(snap.manifest_root)
         known = set(tree.names)
         unknown = sorted(set(services or []) - known)
@@ -293,7 +306,7 @@ class Engine:
         elif op == "down":
             down = down | named
             obj = self._set_down(obj, down)
-        inventory = _inventory(obj)
+        inventory = instance.inventory(obj, warn=True)
 
         if op == "down":
             self._delete(report, named, inventory, obj)
@@ -389,7 +402,7 @@ class Engine:
                  "instance": self.resource.name})
             if not self._reported_deleted:
                 self._reported_deleted = True
-                self.on_event("warning", "ParametersDeleted", error.message, error.details)
+                self._notice("warning", "ParametersDeleted", error.message, error.details)
             raise error
         return self.resource.ensure()
 
@@ -414,9 +427,9 @@ class Engine:
                                                          "crd": name, "status": e.status}
             ) from e
         log.warning("the CustomResourceDefinition %s was missing; reinstalled", name)
-        self.on_event("warning", "CRDReinstalled",
-                      f"the CustomResourceDefinition {name} was missing and was reinstalled",
-                      {"crd": name})
+        self._notice("warning", "CRDReinstalled",
+                     f"the CustomResourceDefinition {name} was missing and was reinstalled",
+                     {"crd": name})
 
     def _applied_objects(self) -> list[str]:
         """Up to a few live objects (any namespace) labelled with this instance: kinds the
@@ -446,7 +459,7 @@ class Engine:
         return found[:5]
 
     def _delete(self, report: Report, services: set[str],
-                inventory: Mapping[Any, planning.InventoryEntry], obj: Body) -> None:
+                inventory: Inventory, obj: Body) -> None:
         scope = set(services)
         live = self.applier.observe([], ((k, e.api_version) for k, e in inventory.items()
                                          if e.service in scope))
@@ -477,7 +490,7 @@ class Engine:
     # -- status -----------------------------------------------------------------------------
 
     def _record_intent(self, obj: Body, plan: planning.Plan,
-                       inventory: Mapping[Any, planning.InventoryEntry]) -> Body:
+                       inventory: Inventory) -> Body:
         """Before changing anything, say so: new objects join the durable inventory, and
         `Reconciling=True` tells `kubectl wait` and kstatus readers that a pass is at work.
 
@@ -485,7 +498,7 @@ class Engine:
         pass may have created, and prunes what is no longer rendered. A pass that changes
         nothing writes nothing here.
         """
-        new = {c.key: planning.InventoryEntry(c.service, c.api_version, "", "")
+        new = {c.key: instance.InventoryEntry(c.service, c.api_version, "", "")
                for c in plan.items if c.action in ("create", "update")
                and c.key not in inventory}
         changes = sum(1 for c in plan.items if c.action in ("create", "update", "prune"))
@@ -493,18 +506,15 @@ class Engine:
             return obj
         status: dict[str, Any] = {}
         if new:
-            merged = {**inventory, **new}
-            status["inventory"] = [e.to_dict(k) for k, e in sorted(merged.items())]
+            status["inventory"] = instance.encode_inventory({**inventory, **new})
         old = (obj.get("status") or {}).get("conditions") or []
-        previous = {c.get("type"): c for c in old}
-        verdict: Verdict = {t: (str(c.get("status", "Unknown")), str(c.get("reason", "")),
-                                str(c.get("message", ""))) for t, c in previous.items()
-                            if t in CONDITION_TYPES}
+        verdict = instance.previous_verdict(old)
         verdict["Reconciling"] = ("True", "Progressing",
                                   f"applying {changes} change(s)")
-        status["conditions"] = _condition_list(verdict, old, _generation(obj))
-        if not new and _comparable({"conditions": status["conditions"]}) == \
-                _comparable({"conditions": old}):
+        status["conditions"] = instance.condition_list(verdict, old, instance.generation(obj),
+                                                       now_rfc3339())
+        if not new and instance.comparable({"conditions": status["conditions"]}) == \
+                instance.comparable({"conditions": old}):
             return obj
         return self.resource.patch_status(status)
 
@@ -516,36 +526,37 @@ class Engine:
             log.warning("cannot read %s to record a failure: %s", self.cfg.instance, e.message)
             return
         if obj is not None:
-            self._write_status(obj, _inventory(obj), report, None, None)
+            self._write_status(obj, instance.inventory(obj), report, None, None)
 
     def _set_down(self, obj: Body, down: frozenset[str]) -> Body:
         if down == self.resource.down_services(obj):
             return obj
         return self.resource.set_down(down)
 
-    def _write_status(self, obj: Body, inventory: Mapping[Any, planning.InventoryEntry],
+    def _write_status(self, obj: Body, inventory: Inventory,
                       report: Report, snap: Snapshot | None,
                       known: set[str] | None) -> None:
         """Write status only when something other than timestamps changed (no-op passes
         make no write request)."""
         old = obj.get("status") or {}
         new = dict(old)
-        new["inventory"] = [e.to_dict(k) for k, e in sorted(inventory.items())]
-        generation = _generation(obj)
+        new["inventory"] = instance.encode_inventory(inventory)
+        generation = instance.generation(obj)
         new["observedGeneration"] = generation
         if snap is not None and report.ok:
             new["lastAppliedRevision"] = snap.revision
-        down = self.resource.down_services(obj)
+        down = instance.down_services(obj)
         known = known if known is not None else set(old.get("services", {}))
-        new["services"] = _service_states(report, down, known, old.get("services") or {})
+        outcome = report.outcome()
+        new["services"] = instance.service_states(outcome, down, known,
+                                                  old.get("services") or {})
         warning = report.snapshot.details.get("warning") if report.snapshot else None
-        # The suspend pass marks its report (getattr: the field belongs to that feature).
-        suspended = bool(getattr(report, "suspended", False))
-        new["conditions"] = _condition_list(
-            _verdict(report, self._health_view(), str(warning or ""), suspended),
-            old.get("conditions") or [], generation)
-        self.conditions = {c["type"]: c["status"] for c in new["conditions"]}
-        if _comparable(new) == _comparable(old):
+        new["conditions"] = instance.condition_list(
+            instance.verdict(outcome, self._health_view(), str(warning or ""),
+                             report.suspended),
+            old.get("conditions") or [], generation, now_rfc3339())
+        self.conditions = instance.condition_states(new["conditions"])
+        if instance.comparable(new) == instance.comparable(old):
             return
         new["lastPassTime"] = report.started
         new["lastPassDuration"] = f"{report.duration:.3f}s"
@@ -574,17 +585,17 @@ class Engine:
             conditions = old.get("conditions") or []
             if any(c.get("type") == "Stalled" and c.get("status") == "True"
                    for c in conditions) or "lastAppliedRevision" not in old:
-                return {c["type"]: c["status"] for c in conditions if "type" in c}
-            report = Report("reconcile", [], instance=self.cfg.instance,
-                            revision=str(old["lastAppliedRevision"]))
+                return instance.condition_states(conditions)
+            outcome = Outcome(revision=str(old["lastAppliedRevision"]))
             ready: Mapping[str, Any] = next(
                 (c for c in conditions if c.get("type") == "Ready"), {})
             _, _, warning = str(ready.get("message", "")).partition("; warning: ")
-            suspended = (obj.get("spec") or {}).get("suspend") is True
-            new = _condition_list(_verdict(report, self._health_view(), warning, suspended),
-                                  conditions, int(old.get("observedGeneration") or 0))
-            self.conditions = {c["type"]: c["status"] for c in new}
-            if _comparable({"conditions": new}) != _comparable({"conditions": conditions}):
+            new = instance.condition_list(
+                instance.verdict(outcome, self._health_view(), warning, is_suspended(obj)),
+                conditions, int(old.get("observedGeneration") or 0), now_rfc3339())
+            self.conditions = instance.condition_states(new)
+            if instance.comparable({"conditions": new}) != \
+                    instance.comparable({"conditions": conditions}):
                 self.resource.patch_status({"conditions": new})
             return self.conditions
 
@@ -597,22 +608,31 @@ class Engine:
             log.warning("cannot read service health: %s", e)
             return []
 
-    def _emit_finished(self, report: Report) -> None:
-        counts = report.results.counts()
-        pass_fields = {"operation": report.operation, "trigger": report.trigger,
-                       "revision": report.revision}
-        if report.error:
-            self.on_event("error", f"{report.operation.capitalize()}Failed",
-                          f"{report.operation} failed: {report.error.message}",
-                          {**report.error.to_dict(), **pass_fields})
-        elif report.results.failed:
-            self.on_event("error", f"{report.operation.capitalize()}Failed",
-                          f"{report.operation}: {counts['failed']} object(s) failed",
-                          {"counts": counts, **pass_fields})
-        else:
-            self.on_event("success", f"{report.operation.capitalize()}Succeeded",
-                          f"{report.operation} finished in {report.duration:.2f}s",
-                          {"counts": counts, **pass_fields})
+    # -- the sink -----------------------------------------------------------------------
+
+    def _current(self) -> Pass:
+        """The pass in progress (under `lock`); outside one (the leader's set-up calling
+        `ensure_parameters`) a start-up pass."""
+        return self._pass_of or Pass(self.cfg.instance, self.cfg.namespace, "reconcile",
+                                     "startup")
+
+    def _emit(self, event: PassEvent) -> None:
+        if self.sink is None:
+            return
+        try:
+            self.sink(event)
+        except Exception:  # reporting must never break a pass
+            log.exception("pass event sink failed")
+
+    def _notice(self, type_: NoticeType, reason: str, message: str,
+                details: Mapping[str, Any]) -> None:
+        self._emit(Notice(self._current(), type_, reason, message, dict(details)))
+
+    def _object_done(self, result: ObjectResult) -> None:
+        """The applier's hook (maybe on one of its worker threads, always within a pass)."""
+        this = self._pass_of
+        if this is not None:
+            self._emit(ObjectDone(this, result))
 
 
 def _refused_error(refused: list[ObjectResult]) -> ConductorError:
@@ -629,129 +649,4 @@ def _refused_error(refused: list[ObjectResult]) -> ConductorError:
     return KubernetesError(message, details)
 
 
-def _inventory(obj: Body) -> dict[Any, planning.InventoryEntry]:
-    out = {}
-    for raw in (obj.get("status") or {}).get("inventory") or []:
-        try:
-            key, entry = planning.InventoryEntry.from_dict(raw)
-        except (KeyError, ValueError, TypeError):
-            log.warning("ignoring malformed inventory entry %r", raw)
-            continue
-        out[key] = entry
-    return out
-
-
-def _service_states(report: Report, down: frozenset[str], known: set[str],
-                    old: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    failed: dict[str, ObjectResult] = {}
-    touched = set()
-    for r in report.results.items:
-        touched.add(r.service)
-        if r.outcome == "failed":
-            failed.setdefault(r.service, r)
-    for name in sorted(known):
-        if name in down:
-            out[name] = {"state": "down", "reason": "marked down"}
-        elif name in failed:
-            err = failed[name].error or {}
-            out[name] = {"state": "failed",
-                         "reason": f"{err.get('resource', '')}: {err.get('message', '')}"[:500]}
-        # Git unreachable is not a service failure: its objects keep running as they were.
-        elif report.error is not None and report.error.code != "source_error" and (
-                not report.services or name in report.services):
-            out[name] = {"state": "failed", "reason": report.error.message[:500]}
-        elif name in touched:
-            out[name] = {"state": "deployed", "reason": ""}
-        else:
-            out[name] = dict(old.get(name) or {"state": "deployed", "reason": ""})
-    return out
-
-
-def _verdict(report: Report, health: Sequence[ServiceHealth] | None,
-             warning: str = "", suspended: bool = False) -> Verdict:
-    """kstatus conditions for a pass's outcome and the services' health.
-
-    Stalled: the pass failed (render, validation, apply). Otherwise Ready only when every
-    deployed service is healthy (or suspended, or down on purpose); an unhealthy one makes
-    Ready=False `HealthCheckFailed` naming its failing objects; one still progressing (or
-    not observed yet, or just applied: the watch may not have seen the new generation)
-    makes Ready=False and Reconciling=True `Progressing`. A suspended instance is
-    Ready=False `Suspended`: nothing it renders is applied. Without a health view, Ready
-    means applied.
-    """
-    if report.error is not None:
-        return {"Ready": ("False", report.error.code, report.error.message),
-                "Reconciling": ("False", report.error.code, ""),
-                "Stalled": ("True", report.error.code, report.error.message)}
-    if report.results.failed:
-        first = report.results.failed[0]
-        msg = f"{len(report.results.failed)} object(s) failed; first: " \
-              f"{(first.error or {}).get('resource')}: {(first.error or {}).get('message')}"
-        return {"Ready": ("False", "ApplyFailed", msg),
-                "Reconciling": ("False", "ApplyFailed", ""),
-                "Stalled": ("True", "ApplyFailed", msg)}
-    suffix = f"; warning: {warning}" if warning else ""
-    applied = f"Applied revision {report.revision}"
-    stalled = ("False", "Succeeded", "")
-    if suspended:
-        message = "suspended (spec.suspend): changes and drift are not applied until it " \
-                  "is resumed"
-        return {"Ready": ("False", "Suspended", message),
-                "Reconciling": ("False", "Suspended", ""), "Stalled": stalled}
-    if health is None:
-        return {"Ready": ("True", "Succeeded", applied + suffix),
-                "Reconciling": ("False", "Succeeded", ""), "Stalled": stalled}
-    unhealthy = [h for h in health if h.status == UNHEALTHY]
-    if unhealthy:
-        message = "; ".join(_failing(h) for h in unhealthy)
-        return {"Ready": ("False", "HealthCheckFailed", message + suffix),
-                "Reconciling": ("False", "HealthCheckFailed", ""), "Stalled": stalled}
-    changed = report.results.counts().get("applied", 0)
-    waiting = [h for h in health if h.status not in _SETTLED]
-    if changed or waiting:
-        what = ", ".join(f"{h.name}: {h.reason or h.status}" for h in waiting) or \
-            f"{changed} object(s) applied"
-        message = f"{applied}; waiting for health: {what}"
-        return {"Ready": ("False", "Progressing", message + suffix),
-                "Reconciling": ("True", "Progressing", message), "Stalled": stalled}
-    return {"Ready": ("True", "Succeeded", f"{applied}; every service healthy" + suffix),
-            "Reconciling": ("False", "Succeeded", ""), "Stalled": stalled}
-
-
-def _failing(h: ServiceHealth) -> str:
-    """`default/Deployment/frontend: ImagePullBackOff` for each failing object (3 at most)."""
-    objects = [(key, o) for key, o in h.failing if o.status == UNHEALTHY] or list(h.failing)
-    names = ", ".join(f"{key}: {o.reason}" for key, o in objects[:3])
-    more = f" (and {len(objects) - 3} more)" if len(objects) > 3 else ""
-    return f"service {h.name}: {names or h.reason}{more}"
-
-
-def _condition_list(verdict: Verdict, old: Sequence[Mapping[str, Any]],
-                    generation: int) -> list[dict[str, Any]]:
-    """The conditions in kstatus order; lastTransitionTime kept while a status holds."""
-    previous = {c.get("type"): c for c in old}
-    out = []
-    for kind in CONDITION_TYPES:
-        status, reason, message = verdict.get(kind, ("Unknown", "", ""))
-        before = previous.get(kind) or {}
-        changed = before.get("status") != status
-        out.append({"type": kind, "status": status, "reason": reason or "Unknown",
-                    "message": message[:1000], "observedGeneration": generation,
-                    "lastTransitionTime": now_rfc3339() if changed or not before.get(
-                        "lastTransitionTime") else before["lastTransitionTime"]})
-    return out
-
-
-def _generation(obj: Body) -> int:
-    return int((obj.get("metadata") or {}).get("generation") or 0)
-
-
-def _comparable(status: Mapping[str, Any]) -> Any:
-    out = {k: v for k, v in status.items() if k not in ("lastPassTime", "lastPassDuration")}
-    out["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
-                         for c in status.get("conditions") or []]
-    return out
-
-
-__all__ = ["Engine", "Manifest", "Report"]
+__all__ = ["Engine", "Manifest", "Report", "is_suspended"]

@@ -1,6 +1,11 @@
-"""Kubernetes Events in and out: the cluster's Events about managed objects go into the
-event store; the controller's own noteworthy outcomes become Events on its
-DeploymentParameters object (what `kubectl describe` shows).
+"""What the engines report, and Kubernetes Events in and out.
+
+Each engine has its own sink of typed pass events (reconcile/passes.py); `PassRecorder` is
+that sink: it stores each event in the event store under the event's instance and, on the
+leader, posts the noteworthy ones as Kubernetes Events on *that instance's*
+DeploymentParameters object (what `kubectl describe` shows). Every event names its pass, so
+nothing here tracks a "current pass": passes of one engine, or of several instances, may
+interleave. `describe` is the one mapping from a pass event to what is stored and shown.
 
 Incoming: one Event watch per namespace the app has objects in (namespaces are learned
 from each pass); an Event is kept when it is about an object we applied, or about one of
@@ -11,9 +16,7 @@ Deployment, a Job's Pod -> Job), with the child named in its details, so the eve
 `Deployment/frontend` show why its Pods fail. A child the watched state does not know yet
 (its Event can arrive first) is matched by name to a workload of ours.
 Outgoing: only passes that changed or failed something post an Event, and a repeat of the
-previous one is skipped, so a quiet pass still writes nothing.
-The engine's own reports (its `on_event`/`on_result` hooks) reach the event store through
-`EngineRecorder`, which is also where the incoming Kubernetes Events are stored.
+previous one (per instance) is skipped, so a quiet pass still writes nothing.
 """
 
 from __future__ import annotations
@@ -21,19 +24,25 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from controller.adapters.cache import LiveCache
 from controller.adapters.kube import Body, Kube, KubeError
-from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.adapters.store.events import STORE_ERRORS, Event, EventStore, resource_key
 from controller.adapters.watching import Selector
 from controller.errors import ConductorError
+from controller.model.instance import object_ref
 from controller.model.objects import ObjectKey
 from controller.model.times import now_ms, now_rfc3339, parse_time
-
-if TYPE_CHECKING:  # applying imports the Kubernetes client for the engine, not for this
-    from controller.reconcile.applying import ObjectResult
+from controller.reconcile.passes import (
+    Notice,
+    ObjectDone,
+    Pass,
+    PassEvent,
+    PassFinished,
+    PassStarted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,37 +52,127 @@ WORKLOADS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job", "Replica
 OwnerLookup = Callable[[str, str, str, str], "tuple[ObjectKey, str] | None"]
 
 
-class EngineRecorder:
-    """Records what the engine reports (its `on_event` and `on_result` hooks) as events.
+@dataclass(frozen=True)
+class Described:
+    """A pass event as the event store keeps it (and a Kubernetes Event shows it)."""
+
+    type: str  # info | success | warning | error
+    reason: str
+    message: str
+    instance: str
+    resource: str = ""
+    service: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+    post: bool = False  # worth a Kubernetes Event: a pass's end that changed or failed
+
+
+def _pass_service(p: Pass) -> str:
+    """An operation on one named service files its pass events under that service."""
+    return p.services[0] if len(p.services) == 1 else ""
+
+
+def describe(event: PassEvent) -> Described | None:
+    """What is stored for `event`; None for what is not worth keeping.
 
     Unchanged and kept objects are not recorded: every pass reports them, and they would
     soon be all the store holds. Dry runs (`plan`) record their start and end but no object
-    results, since nothing was applied. A failure to record is logged, never raised: the
-    event store must not break a reconcile pass.
+    results, since nothing was applied.
+    """
+    p = event.pass_
+    if isinstance(event, PassStarted):
+        return Described("info", "PassStarted", f"{p.operation} started ({p.trigger})",
+                         p.instance, service=_pass_service(p),
+                         details={"operation": p.operation, "trigger": p.trigger,
+                                  "revision": event.revision, "services": list(p.services)})
+    if isinstance(event, PassFinished):
+        return _finished(event)
+    if isinstance(event, Notice):
+        return Described(event.type, event.reason, event.message, p.instance,
+                         details=dict(event.details), post=True)
+    return _object(event)
+
+
+def _finished(event: PassFinished) -> Described:
+    p, counts = event.pass_, dict(event.counts)
+    fields = {"operation": p.operation, "trigger": p.trigger, "revision": event.revision}
+    name = p.operation.capitalize()
+    service = _pass_service(p)
+    changed = any(counts.get(k) for k in ("applied", "deleted", "failed"))
+    if event.error is not None:
+        return Described("error", f"{name}Failed",
+                         f"{p.operation} failed: {event.error.message}", p.instance,
+                         service=service, details={**event.error.to_dict(), **fields},
+                         post=True)
+    if counts.get("failed"):
+        return Described("error", f"{name}Failed",
+                         f"{p.operation}: {counts['failed']} object(s) failed", p.instance,
+                         service=service, details={"counts": counts, **fields}, post=True)
+    return Described("success", f"{name}Succeeded",
+                     f"{p.operation} finished in {event.duration:.2f}s", p.instance,
+                     service=service, details={"counts": counts, **fields},
+                     post=changed and p.operation != "plan")
+
+
+def _object(event: ObjectDone) -> Described | None:
+    p, result = event.pass_, event.result
+    if result.outcome in ("unchanged", "kept") or p.operation == "plan" or \
+            result.body is not None:
+        return None  # a body is only kept on a dry-run answer
+    resource = str(result.key)
+    details: dict[str, Any] = {"action": result.action, "operation": p.operation}
+    if result.reason:
+        details["planReason"] = result.reason
+    what = f"{result.key.kind} {result.key.name}"
+    if result.outcome == "failed":
+        err = result.error or {}
+        details["error"] = err
+        deleting = result.action in ("prune", "delete")
+        return Described("error", "DeleteFailed" if deleting else "ApplyFailed",
+                         f"{'delete' if deleting else 'apply'} {what} failed: "
+                         f"{err.get('message', 'unknown error')}", p.instance,
+                         resource, result.service, details)
+    if result.outcome == "applied":
+        reason = {"create": "Created", "update": "Updated"}.get(result.action, "Applied")
+        return Described("success", reason, f"{what} {reason.lower()}", p.instance,
+                         resource, result.service, details)
+    if result.outcome == "deleted":
+        # `down` deletes on request; any other pass prunes what is no longer rendered.
+        reason = "Pruned" if result.action == "prune" and p.operation != "down" else "Deleted"
+        return Described("success", reason, f"{what} {reason.lower()}", p.instance,
+                         resource, result.service, details)
+    return None
+
+
+class EngineRecorder:
+    """Writes what the engines and the cluster report into the event store.
+
+    A failure to record is logged, never raised: the event store must not break a
+    reconcile pass.
     """
 
     def __init__(self, store: EventStore,
                  service_of: Callable[[str], str] | None = None) -> None:
         self.store = store
         self.service_of = service_of  # resource key -> service, when an event names none
-        self._operation = ""  # of the pass in progress (passes are sequential)
-        self._pass_service = ""
 
-    def on_event(self, type: str, reason: str, message: str,
-                 details: Mapping[str, Any]) -> None:
+    def record(self, event: Described) -> None:
         try:
-            self._on_event(type, reason, message, details)
+            service = event.service or (self._service(event.resource) if event.resource
+                                        else "")
+            self.store.add(event.type, event.message, reason=event.reason,
+                           resource=event.resource, service=service,
+                           instance=event.instance, details=event.details)
         except Exception as e:
-            self._failed(f"event {reason}", e)
+            self._failed(f"event {event.reason}", e)
 
-    def on_result(self, result: ObjectResult) -> None:
-        try:
-            self._on_result(result)
-        except Exception as e:
-            self._failed(f"the result of {getattr(result, 'key', '?')}", e)
+    def note(self, type_: str, reason: str, message: str, details: Mapping[str, Any],
+             instance: str) -> None:
+        """An event from outside any pass (a Git warning, an unusable event store)."""
+        self.record(Described(type_, reason, message, instance,
+                              details=details if isinstance(details, Mapping) else {}))
 
     def on_kube_event(self, body: Mapping[str, Any], *, resource: str | None = None,
-                      service: str | None = None) -> Event | None:
+                      service: str | None = None, instance: str = "") -> Event | None:
         """A watched Kubernetes Event (ADDED or MODIFIED) of a managed object, or of a
         child filed under the managed `resource` that owns it; None when it was already
         stored, or could not be (logged)."""
@@ -84,51 +183,10 @@ class EngineRecorder:
                                            str(inv.get("name") or ""))
             return self.store.record_kube_event(
                 body, service=self._service(key) if service is None else service,
-                resource=key)
+                resource=key, instance=instance)
         except Exception as e:
             self._failed("a Kubernetes Event", e)
             return None
-
-    def _on_event(self, type: str, reason: str, message: str,
-                  details: Mapping[str, Any]) -> None:
-        if reason == "PassStarted":
-            # The engine names the operation only in its message ("plan started (api)").
-            self._operation = message.split(" ", 1)[0]
-            services = list(details.get("services") or [])
-            self._pass_service = str(services[0]) if len(services) == 1 else ""
-        service = self._pass_service
-        if reason.endswith(("Succeeded", "Failed")):
-            self._operation, self._pass_service = "", ""
-        self.store.add(type, message, reason=reason, details=details, service=service)
-
-    def _on_result(self, result: ObjectResult) -> None:
-        if result.outcome in ("unchanged", "kept") or self._operation == "plan" or \
-                getattr(result, "body", None) is not None:
-            return  # a body is only kept on a dry-run answer
-        resource = str(result.key)
-        service = result.service or self._service(resource)
-        details: dict[str, Any] = {"action": result.action}
-        if result.reason:
-            details["planReason"] = result.reason
-        what = f"{result.key.kind} {result.key.name}"
-        if result.outcome == "failed":
-            err = result.error or {}
-            details["error"] = err
-            deleting = result.action in ("prune", "delete")
-            self.store.add("error", f"{'delete' if deleting else 'apply'} {what} failed: "
-                           f"{err.get('message', 'unknown error')}",
-                           reason="DeleteFailed" if deleting else "ApplyFailed",
-                           resource=resource, service=service, details=details)
-        elif result.outcome == "applied":
-            reason = {"create": "Created", "update": "Updated"}.get(result.action, "Applied")
-            self.store.add("success", f"{what} {reason.lower()}", reason=reason,
-                           resource=resource, service=service, details=details)
-        elif result.outcome == "deleted":
-            # `down` deletes on request; any other pass prunes what is no longer rendered.
-            pruned = result.action == "prune" and self._operation != "down"
-            reason = "Pruned" if pruned else "Deleted"
-            self.store.add("success", f"{what} {reason.lower()}", reason=reason,
-                           resource=resource, service=service, details=details)
 
     def _service(self, resource: str) -> str:
         if self.service_of is None:
@@ -145,8 +203,43 @@ class EngineRecorder:
         log.warning("cannot record %s: %s", what, e, exc_info=not expected)
 
 
+class PassRecorder:
+    """One engine's sink (reconcile/passes.py): logs, stores and, on the leader, posts
+    its pass events on that engine's own DeploymentParameters object."""
+
+    def __init__(self, recorder: EngineRecorder, kube_events: KubeEvents | None = None,
+                 is_leader: Callable[[], bool] = lambda: True) -> None:
+        self.recorder = recorder
+        self.kube_events = kube_events
+        self.is_leader = is_leader
+
+    def __call__(self, event: PassEvent) -> None:
+        try:
+            described = describe(event)
+        except Exception:  # a mapping bug must not break a pass
+            log.exception("cannot describe %r", event)
+            return
+        if described is None:
+            return
+        if not isinstance(event, ObjectDone):
+            p = event.pass_
+            log.log(logging.ERROR if described.type == "error" else logging.INFO, "%s: %s",
+                    described.reason, described.message,
+                    extra={"reason": described.reason, "operation": p.operation,
+                           "trigger": p.trigger, "instance": p.instance,
+                           **({"revision": event.revision}
+                              if isinstance(event, PassStarted | PassFinished) else {})})
+        self.recorder.record(described)
+        if described.post and self.kube_events is not None and self.is_leader():
+            self.kube_events.post(described.type, described.reason, described.message,
+                                  described.details, instance=event.pass_.instance,
+                                  namespace=event.pass_.namespace)
+
 
 class KubeEvents:
+    """The cluster's Events about one instance's objects in, Events about any instance's
+    DeploymentParameters object out."""
+
     def __init__(self, kube: Kube, recorder: EngineRecorder, namespace: str,
                  instance: str, live: LiveCache | None = None) -> None:
         self.kube = kube
@@ -161,7 +254,8 @@ class KubeEvents:
         # (namespace, name) -> (resource key, service)
         self._workloads: dict[tuple[str, str], tuple[str, str]] = {}
         self._lock = threading.Lock()
-        self._last_posted: tuple[str, str] | None = None
+        # (namespace, instance) -> the last (reason, message) posted on that object
+        self._last_posted: dict[tuple[str, str], tuple[str, str]] = {}
         self.owner_of: OwnerLookup | None = None  # set by the controller (HealthMonitor)
         # Events a namespace's first list finds are news when seen after this (a first
         # deploy's Pod failures happen before its namespace's watch starts); older ones
@@ -229,7 +323,8 @@ class KubeEvents:
                         f"{inv.get('name', '')}")
             found = self.attribute(resource, str(inv.get("uid") or ""))
             if found:
-                self.recorder.on_kube_event(body, resource=found[0], service=found[1])
+                self.recorder.on_kube_event(body, resource=found[0], service=found[1],
+                                            instance=self.instance)
 
         return on_event
 
@@ -251,25 +346,31 @@ class KubeEvents:
 
     # -- outgoing -------------------------------------------------------------------------
 
-    def post(self, type_: str, reason: str, message: str, details: Mapping[str, Any]) -> None:
-        """An Event on our DeploymentParameters object, for changes and failures only."""
+    def post(self, type_: str, reason: str, message: str, details: Mapping[str, Any], *,
+             instance: str | None = None, namespace: str | None = None) -> None:
+        """An Event on the DeploymentParameters object `namespace/instance` (this
+        controller's own by default), for changes and failures only."""
         counts = details.get("counts") or {}
         changed = any(counts.get(k) for k in ("applied", "deleted", "failed"))
         if reason == "PassStarted" or (type_ == "success" and not changed):
             return
-        if (reason, message) == self._last_posted:
+        name = instance or self.instance
+        ns = namespace or self.namespace
+        if self._last_posted.get((ns, name)) == (reason, message):
             return
         now = now_rfc3339()
         obj = {"apiVersion": "v1", "kind": "Event",
-               "metadata": {"generateName": f"{self.instance}.", "namespace": self.namespace},
-               "involvedObject": {"apiVersion": API_VERSION, "kind": KIND,
-                                  "name": self.instance, "namespace": self.namespace},
+               "metadata": {"generateName": f"{name}.", "namespace": ns},
+               "involvedObject": object_ref(name, ns),
                "type": "Warning" if type_ in ("error", "warning") else "Normal",
                "reason": reason, "message": message[:1024],
                "source": {"component": "conductor"}, "firstTimestamp": now,
                "lastTimestamp": now, "count": 1}
         try:
             self.kube.create(obj)
-            self._last_posted = (reason, message)
+            self._last_posted[(ns, name)] = (reason, message)
         except KubeError as e:
             log.info("cannot post Event %s: %s", reason, e.message)
+
+
+__all__ = ["Described", "EngineRecorder", "KubeEvents", "PassRecorder", "describe"]

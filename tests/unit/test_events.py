@@ -43,7 +43,15 @@ from controller.model.objects import ObjectKey
 from controller.model.redaction import REDACTED, redact
 from controller.model.times import format_ms, parse_time
 from controller.reconcile.applying import ObjectResult
-from controller.runtime.recording import EngineRecorder
+from controller.reconcile.passes import (
+    Notice,
+    ObjectDone,
+    Operation,
+    Pass,
+    PassFinished,
+    PassStarted,
+)
+from controller.runtime.recording import EngineRecorder, PassRecorder
 from tests.support.waiting import wait_for
 
 BASE = datetime(2030, 1, 1, tzinfo=UTC)  # in the future: retention by age never applies
@@ -107,9 +115,9 @@ def test_add_returns_the_stored_event(store: EventStore) -> None:
     assert e.to_dict() == {"id": 1, "timestamp": e.timestamp, "type": "error",
                            "resource": "default/Deployment/web", "service": "web",
                            "message": "apply web failed", "reason": "ApplyFailed",
-                           "details": {"status": 422}}
+                           "details": {"status": 422}, "instance": ""}
     assert list(e.to_dict()) == ["id", "timestamp", "type", "resource", "service",
-                                 "message", "reason", "details"]
+                                 "message", "reason", "details", "instance"]
 
 
 def test_resource_key_matches_object_key() -> None:
@@ -359,7 +367,8 @@ def test_events_survive_a_restart(tmp_path: Path) -> None:
         assert s.add("info", "after restart").id == 3
         journal = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
         assert journal == "wal"
-        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == \
+            events_module.SCHEMA_VERSION
 
 
 def test_ids_are_never_reused(tmp_path: Path) -> None:
@@ -671,63 +680,134 @@ def test_follow_streams_matching_events_and_resumes(store: EventStore) -> None:
 KEY = ObjectKey("apps", "Deployment", "default", "web")
 
 
+def _pass(operation: Operation = "reconcile", trigger: str = "interval",
+          services: tuple[str, ...] = (), instance: str = "default", number: int = 1) -> Pass:
+    return Pass(instance, "default", operation, trigger, services, number)
+
+
 def test_engine_recorder_records_passes_and_changes(store: EventStore) -> None:
-    rec = EngineRecorder(store)
-    rec.on_event("info", "PassStarted", "reconcile started (interval)",
-                 {"revision": "abc", "services": []})
-    rec.on_result(ObjectResult(KEY, "web", "unchanged", "unchanged"))
-    rec.on_result(ObjectResult(KEY, "web", "kept", "keep", "prune disabled"))
-    rec.on_result(ObjectResult(KEY, "web", "applied", "update", "spec changed"))
-    rec.on_result(ObjectResult(ObjectKey("", "ConfigMap", "default", "old"), "web",
-                               "deleted", "prune", "no longer rendered"))
+    sink = PassRecorder(EngineRecorder(store))
+    p = _pass()
+    sink(PassStarted(p, "abc"))
+    sink(ObjectDone(p, ObjectResult(KEY, "web", "unchanged", "unchanged")))
+    sink(ObjectDone(p, ObjectResult(KEY, "web", "kept", "keep", "prune disabled")))
+    sink(ObjectDone(p, ObjectResult(KEY, "web", "applied", "update", "spec changed")))
+    sink(ObjectDone(p, ObjectResult(ObjectKey("", "ConfigMap", "default", "old"), "web",
+                                    "deleted", "prune", "no longer rendered")))
     error = {"resource": str(KEY), "error": "Invalid", "status": 422,
              "message": 'Deployment.apps "web" is invalid: spec.replicas: Invalid value',
              "causes": [{"reason": "FieldValueInvalid", "field": "spec.replicas"}]}
-    rec.on_result(ObjectResult(KEY, "web", "failed", "update", "spec changed", error))
-    rec.on_event("error", "ReconcileFailed", "reconcile: 1 object(s) failed",
-                 {"counts": {"applied": 1, "unchanged": 1, "deleted": 1, "kept": 1,
-                             "failed": 1}, "revision": "abc"})
+    sink(ObjectDone(p, ObjectResult(KEY, "web", "failed", "update", "spec changed", error)))
+    sink(PassFinished(p, "abc", 0.5, {"applied": 1, "unchanged": 1, "deleted": 1, "kept": 1,
+                                      "failed": 1}))
     got = list(reversed(store.query()))
     assert [(e.type, e.reason) for e in got] == [
         ("info", "PassStarted"), ("success", "Updated"), ("success", "Pruned"),
         ("error", "ApplyFailed"), ("error", "ReconcileFailed")]
+    assert got[0].message == "reconcile started (interval)"
+    assert got[0].details["revision"] == "abc"
     failed = got[3]
     assert failed.resource == "default/Deployment/web" and failed.service == "web"
     assert failed.details["error"] == error and failed.details["action"] == "update"
     assert "spec.replicas: Invalid value" in failed.message
     assert got[4].details["counts"]["failed"] == 1
+    assert got[4].message == "reconcile: 1 object(s) failed"
+    assert {e.instance for e in got} == {"default"}
     assert store.query(type="error", resource="default/Deployment/web") == [failed]
 
 
 def test_engine_recorder_skips_dry_runs_and_names_the_service(store: EventStore) -> None:
-    rec = EngineRecorder(store)
-    rec.on_event("info", "PassStarted", "plan started (api)", {"services": ["web"]})
-    rec.on_result(ObjectResult(KEY, "web", "applied", "update", body={"kind": "Deployment"}))
-    rec.on_result(ObjectResult(KEY, "web", "deleted", "prune"))
-    rec.on_event("success", "PlanSucceeded", "plan finished in 0.10s", {"counts": {}})
+    sink = PassRecorder(EngineRecorder(store))
+    plan = _pass("plan", "api", ("web",))
+    sink(PassStarted(plan, "r1"))
+    sink(ObjectDone(plan, ObjectResult(KEY, "web", "applied", "update",
+                                       body={"kind": "Deployment"})))
+    sink(ObjectDone(plan, ObjectResult(KEY, "web", "deleted", "prune")))
+    sink(PassFinished(plan, "r1", 0.1, {}))
     assert [(e.reason, e.service) for e in store.query()] == \
         [("PlanSucceeded", "web"), ("PassStarted", "web")]
-    rec.on_event("info", "PassStarted", "up started (api)", {"services": ["web", "api"]})
-    rec.on_result(ObjectResult(KEY, "web", "applied", "create"))
+    up = _pass("up", "api", ("api", "web"), number=2)
+    sink(PassStarted(up, "r1"))
+    sink(ObjectDone(up, ObjectResult(KEY, "web", "applied", "create")))
     assert [(e.reason, e.service) for e in store.query(limit=2)] == \
         [("Created", "web"), ("PassStarted", "")]
-    rec.on_event("success", "UpSucceeded", "up finished in 1.00s", {"counts": {}})
-    rec.on_event("info", "PassStarted", "down started (api)", {"services": ["web"]})
-    rec.on_result(ObjectResult(KEY, "web", "deleted", "prune"))
+    sink(PassFinished(up, "r1", 1.0, {}))
+    down = _pass("down", "api", ("web",), number=3)
+    sink(PassStarted(down, "r1"))
+    sink(ObjectDone(down, ObjectResult(KEY, "web", "deleted", "prune")))
     assert [(e.reason, e.message) for e in store.query(limit=1)] == \
         [("Deleted", "Deployment web deleted")]
+
+
+def test_interleaved_passes_are_recorded_by_their_own_operation(store: EventStore) -> None:
+    """An operation runs beside the loop, and another instance's beside ours: their events
+    interleave on the sinks. Each is recorded as its own pass says, never by whatever
+    pass started last (the recorder keeps no 'current pass')."""
+    sink = PassRecorder(EngineRecorder(store))
+    loop = _pass("reconcile", "interval", number=7)
+    plan = _pass("plan", "api", ("web",), number=8)
+    down = _pass("down", "api", ("web",), instance="other", number=1)
+    sink(PassStarted(loop, "r1"))
+    sink(PassStarted(plan, "r1"))  # a dry run starts in the middle of the loop's pass
+    sink(PassStarted(down, "g/3"))
+    # The loop's prune, after the plan started: still a prune of a reconcile.
+    sink(ObjectDone(loop, ObjectResult(KEY, "web", "deleted", "prune", "removed")))
+    # The plan's dry-run answer, after the loop's result: never recorded as applied.
+    sink(ObjectDone(plan, ObjectResult(KEY, "web", "applied", "update")))
+    sink(ObjectDone(down, ObjectResult(KEY, "web", "deleted", "prune", "down")))
+    sink(PassFinished(loop, "r1", 0.2, {"deleted": 1}))
+    sink(ObjectDone(plan, ObjectResult(ObjectKey("", "ConfigMap", "default", "c"), "web",
+                                       "applied", "create")))
+    sink(PassFinished(plan, "r1", 0.3, {"applied": 2}))
+    sink(PassFinished(down, "g/3", 0.4, {"deleted": 1}))
+    got = [(e.instance, e.reason, e.service) for e in reversed(store.query())]
+    assert got == [("default", "PassStarted", ""), ("default", "PassStarted", "web"),
+                   ("other", "PassStarted", "web"), ("default", "Pruned", "web"),
+                   ("other", "Deleted", "web"), ("default", "ReconcileSucceeded", ""),
+                   ("default", "PlanSucceeded", "web"), ("other", "DownSucceeded", "web")]
+    assert [e.reason for e in store.query(instance="other")] == \
+        ["DownSucceeded", "Deleted", "PassStarted"]
+    assert store.query(instance="other", service="web", type="success")[0].reason == \
+        "DownSucceeded"
+
+
+def test_pass_recorder_posts_on_the_passes_own_instance(store: EventStore) -> None:
+    """Only the end of a pass that changed or failed something, and notices, are posted;
+    each on the DeploymentParameters object of the pass's instance, on the leader only."""
+    posted: list[tuple[str, str, str | None]] = []
+    leader = [True]
+
+    class Poster:
+        def post(self, type_: str, reason: str, message: str, details: Any, *,
+                 instance: str | None = None, namespace: str | None = None) -> None:
+            posted.append((reason, f"{namespace}/{instance}", type_))
+
+    sink = PassRecorder(EngineRecorder(store), Poster(), lambda: leader[0])  # type: ignore[arg-type]
+    other = _pass("up", "api", ("web",), instance="other")
+    sink(PassStarted(other, "g/1"))
+    sink(ObjectDone(other, ObjectResult(KEY, "web", "applied", "create")))
+    sink(PassFinished(other, "g/1", 0.1, {"applied": 1}))
+    sink(PassFinished(_pass(), "g/1", 0.1, {"unchanged": 3}))  # nothing changed: quiet
+    sink(PassFinished(_pass("plan"), "g/1", 0.1, {"applied": 3}))  # a dry run: quiet
+    sink(Notice(_pass(), "warning", "ParametersDeleted", "gone", {}))
+    leader[0] = False
+    sink(PassFinished(other, "g/1", 0.1, {"failed": 1}))  # a follower posts nothing
+    assert posted == [("UpSucceeded", "default/other", "success"),
+                      ("ParametersDeleted", "default/default", "warning")]
+    assert len(store.query()) == 7  # stored on every replica, posted or not
 
 
 def test_engine_recorder_kube_events_and_failures(tmp_path: Path) -> None:
     store = EventStore(tmp_path / "e.db")
     rec = EngineRecorder(store, service_of=lambda key: "web" if "web" in key else "")
-    e = rec.on_kube_event(kube_event())
-    assert e is not None and e.service == "web"
+    sink = PassRecorder(rec)
+    e = rec.on_kube_event(kube_event(), instance="default")
+    assert e is not None and e.service == "web" and e.instance == "default"
     assert rec.on_kube_event({"bad": True}) is None  # logged, not raised
-    rec.on_event("info", "PassStarted", "reconcile started (x)", None)  # type: ignore[arg-type]
+    sink(Notice(_pass(), "info", "X", "y", None))  # type: ignore[arg-type]
     store.close()
-    rec.on_event("info", "PassStarted", "reconcile started (x)", {})  # logged, not raised
-    rec.on_result(ObjectResult(KEY, "web", "applied", "update"))
+    sink(PassStarted(_pass(), "r"))  # logged, not raised
+    sink(ObjectDone(_pass(), ObjectResult(KEY, "web", "applied", "update")))
     assert rec.on_kube_event(kube_event(uid="u-5")) is None
 
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from controller.config import PruneSettings
 from controller.errors import ValidationError
+from controller.model.instance import InventoryEntry, key_from_str, key_to_str
 from controller.model.objects import (
     ANNOTATION_PRUNE,
     LABEL_APP,
@@ -36,12 +37,9 @@ from controller.model.planning import (
     ANNOTATION_DIGEST,
     OTHER_PHASE,
     IgnoreRule,
-    InventoryEntry,
     Plan,
     digest,
     handover_body,
-    key_from_str,
-    key_to_str,
     live_fingerprint,
     parse_ignore_rules,
     parse_pointer,

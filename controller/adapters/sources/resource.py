@@ -1,10 +1,10 @@
-"""The DeploymentParameters object: parameters (resource source), selection, status.
+"""The DeploymentParameters object in the cluster: the one adapter that reads, writes and
+watches it (and the resource parameter source, whose parameters are its spec).
 
-Whatever the parameter source, this object is the app instance's home in the cluster: its
-annotation records which services are down (persisted, shared by replicas, survives
-restarts), and its status holds conditions, the applied revision and the inventory of what
-we applied (so a restarted controller prunes exactly what it owns). With the resource
-source its spec is also the parameters, and a change to it wakes the loop.
+Whatever the parameter source, this object is the app instance's home in the cluster (its
+annotations, status and inventory are described, as data, in controller/model/instance.py,
+which also holds its apiVersion, kind and annotation names). With the resource source its
+spec is also the parameters, and a change to it wakes the loop.
 """
 
 from __future__ import annotations
@@ -23,16 +23,10 @@ from controller.adapters.sources import Snapshot
 from controller.adapters.watching import Reflector, Selector
 from controller.config import Config
 from controller.errors import ConflictError, NotFoundError, ValidationError
+from controller.model import instance
+from controller.model.instance import API_VERSION, GROUP, KIND, SEED_FILE, VERSION
 
 log = logging.getLogger(__name__)
-
-GROUP = "conductor.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "DeploymentParameters"
-ANNOTATION_DOWN = "conductor.io/services-down"
-ANNOTATION_SOURCE = "conductor.io/parameter-source"
-SEED_FILE = "parameters.yaml"
 
 
 class ParametersResource:
@@ -60,10 +54,7 @@ class ParametersResource:
         if obj is not None:
             return obj
         spec = dict(seed) if seed is not None else load_seed(self.cfg.manifest_root)
-        body: Body = {"apiVersion": API_VERSION, "kind": KIND,
-                      "metadata": {"name": self.name, "namespace": self.namespace,
-                                   "annotations": {ANNOTATION_SOURCE: self.cfg.source}},
-                      "spec": spec}
+        body = instance.new_object(self.name, self.namespace, spec, self.cfg.source)
         try:
             return self.kube.create(body)
         except KubeError as e:
@@ -109,18 +100,11 @@ class ParametersResource:
         return data
 
     def down_services(self, obj: Body) -> frozenset[str]:
-        raw = (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_DOWN, "[]")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            log.warning("ignoring malformed annotation %s=%r", ANNOTATION_DOWN, raw)
-            return frozenset()
-        return frozenset(str(v) for v in value) if isinstance(value, list) else frozenset()
+        return instance.down_services(obj)
 
     def set_down(self, services: frozenset[str]) -> Body:
-        value = json.dumps(sorted(services))
         return self.kube.patch(API_VERSION, KIND, self.name,
-                               {"metadata": {"annotations": {ANNOTATION_DOWN: value}}},
+                               {"metadata": {"annotations": instance.down_annotation(services)}},
                                self.namespace)
 
     def patch_status(self, status: Mapping[str, Any]) -> Body:
@@ -189,6 +173,10 @@ def load_seed(root: Path) -> dict[str, Any]:
         raise ValidationError(f"{path}: expected a mapping with global/services",
                               {"file": str(path)})
     return doc or {}
+
+
+__all__ = ["API_VERSION", "GROUP", "KIND", "SEED_FILE", "VERSION", "ParametersResource",
+           "ResourceSource", "load_seed"]
 
 
 def _replace(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

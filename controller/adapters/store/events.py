@@ -7,6 +7,13 @@ controller's own (pass started/finished with counts; object applied, deleted or 
 the Kubernetes error and its details) and the Kubernetes Events of managed objects (a
 kubelet's pull failures...), de-duplicated by the Event's uid.
 
+Each event is serialized once, when it is written: the row holds the event as the API
+shows it (`json`, the text `json.dumps(event.to_dict())` gives), beside the columns the
+filters use (type, resource, service, instance, time). A query is then a SELECT of ready
+text and a join (`page`), not a row-by-row decode and re-encode; `query` still returns
+`Event`s for callers that want objects. A file of schema 1 (message, reason and details
+as columns) is rebuilt once, in one transaction, when it is opened.
+
 Query cost must not grow with the store. Ids are arrival order, and a stored timestamp
 never goes backwards along them (an earlier one is raised to the newest stored), so
 `since`/`until` become id bounds with two O(log n) probes of the (ts_ms, id) index. Every
@@ -54,7 +61,8 @@ from controller.model.times import format_ms, now_ms, parse_ms, parse_time
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the event's JSON serialized at write, and its instance
+MIGRATE_CHUNK = 5000  # rows re-encoded per step when a schema-1 file is rebuilt
 PRUNE_EVERY = 1000  # inserts between retention passes
 PRUNE_INTERVAL = 3600.0  # seconds: an idle-ish store is still pruned at its next add
 PRUNE_CHUNK = 5000  # rows deleted per write transaction, so adds interleave with a prune
@@ -62,31 +70,32 @@ MAX_MESSAGE = 4096
 MAX_FIELD = 512  # reason, resource, service
 MAX_DETAILS_BYTES = 64 * 1024
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
+_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids are never reused, so a
                                            -- stream resuming from Last-Event-ID misses none
     ts_ms INTEGER NOT NULL,                -- non-decreasing along id (see module docstring)
     type TEXT NOT NULL CHECK (type IN ('error', 'warning', 'info', 'success')),
     resource TEXT NOT NULL DEFAULT '',
     service TEXT NOT NULL DEFAULT '',
-    reason TEXT NOT NULL DEFAULT '',
-    message TEXT NOT NULL DEFAULT '',
-    details TEXT NOT NULL DEFAULT '{}',
-    kube_uid TEXT                          -- metadata.uid of a Kubernetes Event, else NULL
-);
+    instance TEXT NOT NULL DEFAULT '',     -- the DeploymentParameters object's name
+    kube_uid TEXT,                         -- metadata.uid of a Kubernetes Event, else NULL
+    json TEXT NOT NULL                     -- the event as the API shows it (Event.to_dict)
+)"""
+_SCHEMA = _TABLE.format(name="events") + """;
 CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
 CREATE INDEX IF NOT EXISTS events_resource ON events (resource, id);
 CREATE INDEX IF NOT EXISTS events_resource_type ON events (resource, type, id);
 CREATE INDEX IF NOT EXISTS events_service ON events (service, id);
 CREATE INDEX IF NOT EXISTS events_service_type ON events (service, type, id);
+CREATE INDEX IF NOT EXISTS events_instance ON events (instance, id);
+CREATE INDEX IF NOT EXISTS events_instance_type ON events (instance, type, id);
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ms, id);
 CREATE UNIQUE INDEX IF NOT EXISTS events_kube_uid ON events (kube_uid)
     WHERE kube_uid IS NOT NULL;
 """
-_COLUMNS = "id, ts_ms, type, resource, service, reason, message, details"
-_INSERT = ("INSERT INTO events (id, ts_ms, type, resource, service, reason, message, details, "
-           "kube_uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT = ("INSERT INTO events (id, ts_ms, type, resource, service, instance, kube_uid, json) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _FIRST_SINCE = "SELECT id FROM events WHERE ts_ms >= ? ORDER BY ts_ms, id LIMIT 1"
 _LAST_UNTIL = "SELECT id FROM events WHERE ts_ms <= ? ORDER BY ts_ms DESC, id DESC LIMIT 1"
 _LAST_BEFORE = "SELECT id FROM events WHERE ts_ms < ? ORDER BY ts_ms DESC, id DESC LIMIT 1"
@@ -113,11 +122,22 @@ class Event:
     message: str
     reason: str
     details: dict[str, Any] = field(default_factory=dict)
+    instance: str = ""  # the DeploymentParameters object it is about ("" if unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "timestamp": self.timestamp, "type": self.type,
                 "resource": self.resource, "service": self.service, "message": self.message,
-                "reason": self.reason, "details": self.details}
+                "reason": self.reason, "details": self.details, "instance": self.instance}
+
+    def to_json(self) -> str:
+        """The stored form: what `json.dumps(to_dict())` gives (non-ASCII kept as is)."""
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Event:
+        d = json.loads(text)
+        return cls(d["id"], d["timestamp"], d["type"], d["resource"], d["service"],
+                   d["message"], d["reason"], d["details"], d.get("instance", ""))
 
 
 class EventInput(TypedDict, total=False):
@@ -127,6 +147,7 @@ class EventInput(TypedDict, total=False):
     message: Required[str]
     resource: str
     service: str
+    instance: str
     reason: str
     details: Mapping[str, Any] | None
     timestamp: datetime | str | None
@@ -141,9 +162,9 @@ class _Row(NamedTuple):
     service: str
     reason: str
     details: dict[str, Any]
-    details_json: str
     ts_ms: int | None  # None: now
     kube_uid: str | None
+    instance: str = ""
 
 
 class _Reader:
@@ -241,6 +262,10 @@ class EventStore:
         with self._write_lock:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
+                columns = {str(r[1]) for r in self._writer.execute(
+                    "PRAGMA table_info(events)")}
+                if columns and "json" not in columns:
+                    _rebuild_v1(self._writer)
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._writer.execute(statement)
@@ -306,9 +331,10 @@ class EventStore:
 
     def add(self, type: str, message: str, *, resource: str = "", service: str = "",
             reason: str = "", details: Mapping[str, Any] | None = None,
-            timestamp: datetime | str | None = None) -> Event:
+            timestamp: datetime | str | None = None, instance: str = "") -> Event:
         """Store one event (redacted); `timestamp` defaults to now."""
-        row = _row(type, message, resource, service, reason, details, _ts(timestamp))
+        row = _row(type, message, resource, service, reason, details, _ts(timestamp),
+                   instance=instance)
         with self._transaction() as db:
             event = _insert(db, [row])[0]
         self._inserted(1)
@@ -317,7 +343,8 @@ class EventStore:
     def add_many(self, events: Iterable[EventInput]) -> list[Event]:
         """Store several events in one transaction (all or none), in the order given."""
         rows = [_row(e["type"], e["message"], e.get("resource", ""), e.get("service", ""),
-                     e.get("reason", ""), e.get("details"), _ts(e.get("timestamp")))
+                     e.get("reason", ""), e.get("details"), _ts(e.get("timestamp")),
+                     instance=e.get("instance", ""))
                 for e in events]
         if not rows:
             return []
@@ -327,7 +354,7 @@ class EventStore:
         return out
 
     def record_kube_event(self, body: Mapping[str, Any], *, service: str = "",
-                          resource: str | None = None) -> Event | None:
+                          resource: str | None = None, instance: str = "") -> Event | None:
         """Store a core/v1 (or events.k8s.io/v1) Event of a managed object.
 
         `resource` files it under another object than the one it is about: a Pod's Event
@@ -338,13 +365,14 @@ class EventStore:
         newest-first lists and followers see the repetition). Returns None when there is
         nothing new (e.g. the watch re-lists an Event already stored).
         """
-        row, count, last_ms = _kube_row(body, service, resource)
+        row, count, last_ms = _kube_row(body, service, resource, instance)
         with self._transaction() as db:
-            stored = db.execute("SELECT id, details FROM events WHERE kube_uid = ?",
+            stored = db.execute("SELECT id, json FROM events WHERE kube_uid = ?",
                                 (row.kube_uid,)).fetchone()
             if stored is not None:
-                old = json.loads(stored[1])
-                old_count = old.get("count") if isinstance(old.get("count"), int) else 0
+                old: dict[str, Any] = json.loads(stored[1]).get("details") or {}
+                raw = old.get("count")
+                old_count = raw if isinstance(raw, int) else 0
                 old_last = parse_ms(old.get("lastTimestamp")) or 0
                 if count <= old_count and (last_ms or 0) <= old_last:
                     return None
@@ -401,48 +429,68 @@ class EventStore:
               service: str | None = None, since: datetime | str | None = None,
               until: datetime | str | None = None, limit: int = 100, offset: int = 0,
               after_id: int | None = None, before_id: int | None = None,
-              oldest_first: bool = False) -> list[Event]:
+              oldest_first: bool = False, instance: str | None = None) -> list[Event]:
         """Events matching every filter given, newest first (or oldest first).
 
         `type` is one type, a comma-separated string or a list; `since`/`until` are
         inclusive RFC 3339 timestamps (or datetimes, or "15m", "2h", "7d" ago);
-        `after_id`/`before_id` are exclusive id bounds (resume a stream, page deeply).
+        `after_id`/`before_id` are exclusive id bounds (resume a stream, page deeply);
+        `instance` the DeploymentParameters object the events are about.
         `limit` is clamped to 1..1000; `offset` must be 0..10,000.
         """
+        return [Event.from_json(text) for text in self.query_json(
+            type, resource, service, since, until, limit, offset, after_id, before_id,
+            oldest_first, instance)]
+
+    def query_json(self, type: str | Sequence[str] | None = None,
+                   resource: str | None = None, service: str | None = None,
+                   since: datetime | str | None = None, until: datetime | str | None = None,
+                   limit: int = 100, offset: int = 0, after_id: int | None = None,
+                   before_id: int | None = None, oldest_first: bool = False,
+                   instance: str | None = None) -> list[str]:
+        """`query`'s events as their stored JSON text (`Event.to_json`), in its order."""
         f = filters(type, resource, service, since, until, limit, offset, after_id,
-                    before_id, oldest_first)
+                    before_id, oldest_first, instance)
         with self._snapshot() as db:
             ids = _select_ids(db, f)
             if not ids:
                 return []
-            rows = db.execute(f"SELECT {_COLUMNS} FROM events WHERE id IN "
+            rows = db.execute(f"SELECT id, json FROM events WHERE id IN "
                               f"({','.join('?' * len(ids))})", ids).fetchall()
-        by_id = {r[0]: r for r in rows}
-        return [_event(by_id[i]) for i in ids if i in by_id]
+        by_id: dict[int, str] = dict(rows)
+        return [by_id[i] for i in ids if i in by_id]
+
+    def page(self, **query: Any) -> bytes:
+        """The API's answer to an event query, `{"events": [...], "count": n}`, as UTF-8
+        bytes: the stored JSON of each event joined, nothing decoded or re-encoded. The
+        same text `json.dumps({"events": [e.to_dict() ...], "count": n},
+        ensure_ascii=False)` gives. `query` takes `query_json`'s filters."""
+        items = self.query_json(**query)
+        return f'{{"events": [{", ".join(items)}], "count": {len(items)}}}'.encode()
 
     def explain(self, type: str | Sequence[str] | None = None, resource: str | None = None,
                 service: str | None = None, since: datetime | str | None = None,
                 until: datetime | str | None = None, limit: int = 100, offset: int = 0,
                 after_id: int | None = None, before_id: int | None = None,
-                oldest_first: bool = False) -> list[str]:
+                oldest_first: bool = False, instance: str | None = None) -> list[str]:
         """The SQLite query plan of every statement `query` runs for these filters."""
         f = filters(type, resource, service, since, until, limit, offset, after_id,
-                    before_id, oldest_first)
+                    before_id, oldest_first, instance)
         out: list[str] = []
         with self._snapshot() as db:
             statements = [(_FIRST_SINCE, [f.since_ms])] if f.since_ms is not None else []
             if f.until_ms is not None:
                 statements.append((_LAST_UNTIL, [f.until_ms]))
             statements.append(_ids_statement(f, f.lo, f.hi))
-            statements.append((f"SELECT {_COLUMNS} FROM events WHERE id IN (?, ?)", [1, 2]))
+            statements.append(("SELECT id, json FROM events WHERE id IN (?, ?)", [1, 2]))
             for sql, params in statements:
                 out += [str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
         return out
 
     def get(self, id: int) -> Event | None:
         with self._snapshot() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM events WHERE id = ?", (id,)).fetchone()
-        return _event(row) if row else None
+            row = db.execute("SELECT json FROM events WHERE id = ?", (id,)).fetchone()
+        return Event.from_json(row[0]) if row else None
 
     def count(self) -> int:
         """How many events are stored (a full count: for metrics, not per request)."""
@@ -479,7 +527,8 @@ class EventStore:
                resource: str | None = None, service: str | None = None,
                since: datetime | str | None = None, until: datetime | str | None = None,
                batch: int = 100, heartbeat: float = 15.0,
-               stop: threading.Event | None = None) -> Iterator[list[Event]]:
+               stop: threading.Event | None = None,
+               instance: str | None = None) -> Iterator[list[Event]]:
         """Yield the matching events after `after_id`, oldest first, in batches, as they
         are committed; an empty batch every `heartbeat` seconds without one (an SSE
         comment keeps proxies from closing the stream). Ends when the store closes or
@@ -487,12 +536,12 @@ class EventStore:
         `after_id=store.last_id` for new events only. Events that do not match are skipped
         once, not re-read at every wake-up."""
         batch = filters(type, resource, service, since, until, batch, 0, after_id, None,
-                        True).limit
+                        True, instance).limit
         last = after_id
         while not self._closed and not (stop is not None and stop.is_set()):
             mark = self._last_id  # read before the query: every match <= mark is visible
             page = self.query(type, resource, service, since, until, limit=batch,
-                              after_id=last, oldest_first=True)
+                              after_id=last, oldest_first=True, instance=instance)
             if page:
                 # A short page holds every match up to mark: skip the others for good.
                 last = page[-1].id if len(page) >= batch else max(page[-1].id, mark)
@@ -602,6 +651,10 @@ def _ids_statement(f: Filters, lo: int, hi: int) -> tuple[str, list[Any]]:
 
     Several types are a UNION ALL under one ORDER BY id: SQLite merges the ranges lazily
     (MERGE, no temporary sort) and stops after offset + limit ids.
+
+    The instance has its own index for a query by instance alone; with a resource or a
+    service it is checked on that range's rows (two instances of one app share service
+    names, so that costs at most a factor of the instances that share them).
     """
     selects: list[str] = []
     params: list[Any] = []
@@ -613,6 +666,10 @@ def _ids_statement(f: Filters, lo: int, hi: int) -> tuple[str, list[Any]]:
             params.append(f.resource)
         elif f.service is not None:
             index = "events_service_type" if t else "events_service"
+        elif f.instance is not None:
+            index = "events_instance_type" if t else "events_instance"
+            where.append("instance = ?")
+            params.append(f.instance)
         else:
             index = "events_type" if t else ""
         if t:
@@ -621,6 +678,9 @@ def _ids_statement(f: Filters, lo: int, hi: int) -> tuple[str, list[Any]]:
         if f.service is not None:
             where.append("service = ?")  # with resource too: checked on that range's rows
             params.append(f.service)
+        if f.instance is not None and (f.resource is not None or f.service is not None):
+            where.append("instance = ?")
+            params.append(f.instance)
         where.append("id BETWEEN ? AND ?")
         params += [lo, hi]
         using = f"INDEXED BY {index}" if index else "NOT INDEXED"  # NOT INDEXED: rowid range
@@ -632,9 +692,10 @@ def _ids_statement(f: Filters, lo: int, hi: int) -> tuple[str, list[Any]]:
 
 def _row(type: str, message: str, resource: str, service: str, reason: str,
          details: Mapping[str, Any] | None, ts_ms: int | None,
-         kube_uid: str | None = None) -> _Row:
+         kube_uid: str | None = None, *, instance: str = "") -> _Row:
     t = validate_type(type)
-    fields = {"message": message, "resource": resource, "service": service, "reason": reason}
+    fields = {"message": message, "resource": resource, "service": service, "reason": reason,
+              "instance": instance}
     for name, value in fields.items():
         if not isinstance(value, str):
             raise ValidationError(f"{name}: must be a string",
@@ -648,8 +709,8 @@ def _row(type: str, message: str, resource: str, service: str, reason: str,
         clean = {"truncated": True, "size": len(text), "keys": sorted(clean)[:50]}
         text = json.dumps(clean, separators=(",", ":"))
     return _Row(t, redact_text(message)[:MAX_MESSAGE], resource[:MAX_FIELD],
-                service[:MAX_FIELD], redact_text(reason)[:MAX_FIELD], clean, text,
-                ts_ms, kube_uid)
+                service[:MAX_FIELD], redact_text(reason)[:MAX_FIELD], clean, ts_ms, kube_uid,
+                instance[:MAX_FIELD])
 
 
 def _insert(db: sqlite3.Connection, rows: Sequence[_Row]) -> list[Event]:
@@ -665,21 +726,55 @@ def _insert(db: sqlite3.Connection, rows: Sequence[_Row]) -> list[Event]:
     for i, r in enumerate(rows):
         ts = max(now if r.ts_ms is None else r.ts_ms, floor)
         floor = ts
-        params.append((next_id + i, ts, r.type, r.resource, r.service, r.reason, r.message,
-                       r.details_json, r.kube_uid))
-        out.append(Event(next_id + i, format_ms(ts), r.type, r.resource, r.service,
-                         r.message, r.reason, r.details))
+        event = Event(next_id + i, format_ms(ts), r.type, r.resource, r.service, r.message,
+                      r.reason, r.details, r.instance)
+        params.append((event.id, ts, r.type, r.resource, r.service, r.instance, r.kube_uid,
+                       event.to_json()))
+        out.append(event)
     db.executemany(_INSERT, params)
     return out
 
 
-def _event(row: Sequence[Any]) -> Event:
-    return Event(int(row[0]), format_ms(int(row[1])), row[2], row[3], row[4], row[6],
-                 row[5], json.loads(row[7]))
+def _rebuild_v1(db: sqlite3.Connection) -> None:
+    """A schema-1 `events` table rebuilt as schema 2, inside the caller's transaction:
+    each row's JSON written once (as `_insert` would have), the instance taken from the
+    details where a health event named it ("" otherwise: older events did not say), ids
+    and the AUTOINCREMENT sequence kept. Read in id chunks, so memory stays bounded."""
+    seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    db.execute("DROP TABLE IF EXISTS events_v2")
+    db.execute(_TABLE.format(name="events_v2"))
+    last, copied = 0, 0
+    while True:
+        rows = db.execute(
+            "SELECT id, ts_ms, type, resource, service, reason, message, details, kube_uid "
+            "FROM events WHERE id > ? ORDER BY id LIMIT ?", (last, MIGRATE_CHUNK)).fetchall()
+        if not rows:
+            break
+        params = []
+        for id_, ts, type_, resource, service, reason, message, details, uid in rows:
+            try:
+                parsed = json.loads(details)
+            except ValueError:
+                parsed = {}
+            parsed = parsed if isinstance(parsed, dict) else {}
+            named = parsed.get("instance")
+            instance = named if isinstance(named, str) else ""
+            event = Event(int(id_), format_ms(int(ts)), type_, resource, service, message,
+                          reason, parsed, instance)
+            params.append((event.id, ts, type_, resource, service, instance, uid,
+                           event.to_json()))
+        db.executemany(_INSERT.replace("INTO events ", "INTO events_v2 "), params)
+        last, copied = int(rows[-1][0]), copied + len(rows)
+    db.execute("DROP TABLE events")  # its indexes go with it; _SCHEMA creates the new ones
+    db.execute("ALTER TABLE events_v2 RENAME TO events")
+    if seq is not None:  # ids are never reused, also across the rebuild
+        db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'events'",
+                   (int(seq[0]),))
+    log.info("event store: %d event(s) migrated to schema %d", copied, SCHEMA_VERSION)
 
 
-def _kube_row(body: Mapping[str, Any], service: str,
-              resource: str | None = None) -> tuple[_Row, int, int | None]:
+def _kube_row(body: Mapping[str, Any], service: str, resource: str | None = None,
+              instance: str = "") -> tuple[_Row, int, int | None]:
     """A Kubernetes Event as a row, with its count and last-seen time (ms)."""
     if not isinstance(body, Mapping):
         raise ValidationError("a Kubernetes Event must be an object", {"field": "event"})
@@ -722,7 +817,7 @@ def _kube_row(body: Mapping[str, Any], service: str,
                                    str(inv.get("kind") or ""), str(inv.get("name") or ""))
     row = _row("warning" if body.get("type") == "Warning" else "info",
                str(body.get("message") or body.get("note") or ""), key, service,
-               str(body.get("reason") or ""), details, ts, uid)
+               str(body.get("reason") or ""), details, ts, uid, instance=instance)
     return row, count, last_ms
 
 
