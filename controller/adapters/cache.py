@@ -184,6 +184,11 @@ class LiveCache:
                     found.start()
             return found
 
+    def sets(self) -> list[Watch]:
+        """Every set watched so far."""
+        with self._lock:
+            return list(self._watches.values())
+
     def subscribe(self, selector: Selector, handler: Handler,
                   on_list: ListHandler | None = None) -> Watch:
         watch = self.watch(selector)
