@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,12 @@ def cached(app: App, tmp_path: Path) -> Iterator[Cached]:
         c.close()
 
 
+def live(app: App, api_version: str, kind: str, name: str) -> dict[str, Any]:
+    obj = app.kube.get(api_version, kind, name, app.namespace)
+    assert obj is not None, name
+    return obj
+
+
 def corrections(report: object) -> dict[str, str]:
     return {str(r.key): r.reason for r in report.results.items  # type: ignore[attr-defined]
             if r.outcome == "applied"}
@@ -66,7 +73,7 @@ def test_changes_behind_the_controllers_back_are_corrected(app: App, cached: Cac
     assert cached.engine.up().ok
     assert cached.engine.reconcile().results.counts()["applied"] == 0
     ns = app.namespace
-    replicas = app.kube.get("apps/v1", "Deployment", "frontend", ns)["spec"]["replicas"]
+    replicas = live(app, "apps/v1", "Deployment", "frontend")["spec"]["replicas"]
     # Another client: scale, take a label away, delete.
     app.kube.patch("apps/v1", "Deployment", "frontend", {"spec": {"replicas": 5}}, ns)
     app.kube.patch("v1", "Service", "frontend",
@@ -83,9 +90,9 @@ def test_changes_behind_the_controllers_back_are_corrected(app: App, cached: Cac
     assert f"{ns}/Deployment/frontend" in fixed
     assert f"{ns}/Service/frontend" in fixed
     assert f"{ns}/Service/redis" in fixed
-    assert app.kube.get("apps/v1", "Deployment", "frontend", ns)["spec"]["replicas"] == \
+    assert live(app, "apps/v1", "Deployment", "frontend")["spec"]["replicas"] == \
         replicas
-    labels = app.kube.get("v1", "Service", "frontend", ns)["metadata"]["labels"]
+    labels = live(app, "v1", "Service", "frontend")["metadata"]["labels"]
     assert labels[LABEL_INSTANCE] == app.cfg.instance
     assert app.kube.get("v1", "Service", "redis", ns) is not None
     # The next pass agrees (our writes were read back): nothing to do, no request.
@@ -125,12 +132,12 @@ def test_with_the_watches_broken_the_plan_is_still_right(app: App, tmp_path: Pat
             s._response.shutdown()  # the connection drops under the open watch
         wait_for(lambda: not any(s.fresh.is_set() for s in sets))
         ns = app.namespace
-        replicas = app.kube.get("apps/v1", "Deployment", "frontend", ns)["spec"]["replicas"]
+        replicas = live(app, "apps/v1", "Deployment", "frontend")["spec"]["replicas"]
         app.kube.patch("apps/v1", "Deployment", "frontend", {"spec": {"replicas": 7}}, ns)
         report = c.engine.reconcile()
         assert report.ok, report.to_dict()
         assert f"{ns}/Deployment/frontend" in corrections(report)
-        assert app.kube.get("apps/v1", "Deployment", "frontend", ns)["spec"]["replicas"] == \
+        assert live(app, "apps/v1", "Deployment", "frontend")["spec"]["replicas"] == \
             replicas
         assert not any(s.fresh.is_set() for s in sets)  # it was not a relist that saw it
     finally:

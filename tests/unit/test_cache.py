@@ -237,7 +237,7 @@ def test_the_applier_plans_from_a_fresh_set_and_lists_a_stale_one(kube: FakeKube
         def direct(*args: Any, **kwargs: Any) -> tuple[list[Body], str]:
             return [cm("a", 40)], "40"
 
-        applier.kube = type("K", (), {"list": staticmethod(direct)})()  # type: ignore[assignment]
+        applier.kube = type("K", (), {"list": staticmethod(direct)})()
         assert names(list(applier.observe(desired, []).values())) == {"a": "40"}
     finally:
         live.stop()
