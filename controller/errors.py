@@ -64,6 +64,12 @@ class PayloadTooLargeError(ConductorError):
     code = "payload_too_large"
 
 
+class PreconditionFailedError(ConductorError):
+    """If-Match named a version that is no longer current: nothing was changed."""
+
+    code = "precondition_failed"
+
+
 class KubernetesError(ConductorError):
     """The API server refused or failed a request (details: status, reason, resource)."""
 

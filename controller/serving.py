@@ -1,7 +1,8 @@
 """Serve the API with gunicorn, the controller running inside the one worker process.
 
 One worker process (gunicorn's asyncio worker, see api/worker.py): the loop, the watches
-and every request share one memory (and one Prometheus registry). Configuration the API
+and every request share one memory (and one Prometheus registry). The app is built here:
+Controller -> ControllerService (the API's one interface) -> create_app. Configuration the API
 needs (the tokens file) is read and checked before anything starts, so a bad file stops
 `conductor run` with one line naming it, before a lease is taken or a pass runs. The
 controller is built in the worker (after the fork), and stopped in `worker_exit`, which
@@ -47,11 +48,15 @@ class Server(BaseApplication):  # type: ignore[misc]
                                                                 self.config.namespace))
 
     def load(self) -> Any:
-        from controller.api.app import create_app
+        from controller.api.app import Settings, create_app
         from controller.runtime.controller import Controller
+        from controller.runtime.controller_service import ControllerService
 
+        settings = Settings.from_config(self.config, self.tokens)
         self.controller = Controller(self.config, self.env).start()
-        self.app = create_app(self.controller, tokens=self.tokens)
+        service = ControllerService(self.controller, self.env)
+        self.app = create_app(service, self.controller.registry, settings,
+                              meters=self.controller.metrics)
         return self.app
 
     def on_draining(self) -> None:

@@ -1,7 +1,9 @@
 """Shared fixtures: a real local control plane for the session, a fresh namespace per test,
 the example app copied into it (`app`), the current CRD (`current_crd`), and controllers
-served in-process for the API tests (`make_api`, `api`: a real `Controller`, started, its
-first pass awaited, driven through `falcon.testing.TestClient`; stopped at teardown).
+served in-process for the API's end-to-end tests (`make_api`, `api`: a real `Controller`,
+started, its first pass awaited, behind its `ControllerService`, driven through
+`falcon.testing.TestClient`; stopped at teardown). Cluster-free API tests use the in-memory
+service of tests/support/fakes.py instead.
 
 The control plane is `devcluster.running` on loopback (etcd, kube-apiserver,
 kube-controller-manager), started once per session in a temporary state directory and
@@ -22,16 +24,20 @@ from typing import Any
 import pytest
 import yaml
 from falcon import testing
+from prometheus_client import CollectorRegistry
 
 from controller.adapters.crds import load_crd
 from controller.adapters.kube import Kube
+from controller.adapters.metrics import Metrics
 from controller.adapters.sources.resource import API_VERSION, KIND
-from controller.api.app import create_app
+from controller.api.app import Settings, create_app
 from controller.config import ApiSettings
 from controller.runtime.controller import Controller
+from controller.runtime.controller_service import ControllerService
 from devcluster import building, running
-from tests.support.api import Api
+from tests.support.api import Api, FakeApi
 from tests.support.cluster import REPO, App, LocalCluster
+from tests.support.fakes import FakeService
 from tests.support.waiting import wait_for
 
 
@@ -112,9 +118,12 @@ def make_api(app: App) -> Iterator[Callable[..., Api]]:
     def make(api: ApiSettings | None = None, first_pass: bool = True, pass_ok: bool = True,
              **changes: Any) -> Api:
         cfg = replace(app.cfg, api=api or ApiSettings(auth=False), **changes)
+        settings = Settings.from_config(cfg)  # as serving does: checked before the start
         controller = Controller(cfg).start()  # its own connection: it guards writes
         started.append(controller)
-        served = Api(testing.TestClient(create_app(controller)), controller, app)
+        served = Api(testing.TestClient(create_app(
+            ControllerService(controller), controller.registry, settings,
+            meters=controller.metrics)), controller, app)
         if first_pass:
             wait_for(lambda: controller.engine.last is not None, timeout=60,
                      message="the controller's first pass")
@@ -132,3 +141,31 @@ def make_api(app: App) -> Iterator[Callable[..., Api]]:
 def api(make_api: Callable[..., Api]) -> Api:
     """The default: authentication off, the example app deployed by the first pass."""
     return make_api()
+
+
+@pytest.fixture
+def make_fake_api(tmp_path: Path) -> Iterator[Callable[..., FakeApi]]:
+    """The API over the in-memory service (no cluster): `make_fake_api(api=ApiSettings(...),
+    webhook_secret=b"...")`; authentication off unless `api` says otherwise."""
+    built: list[tuple[FakeService, Any]] = []
+
+    def make(api: ApiSettings | None = None, webhook_secret: bytes | None = None) -> FakeApi:
+        service = FakeService(tmp_path / f"events-{len(built)}.db")
+        registry = CollectorRegistry()
+        app = create_app(service, registry,
+                         Settings(api or ApiSettings(auth=False, rate_limit=0),
+                                  webhook_secret=webhook_secret),
+                         meters=Metrics(registry, "default", "shop"))
+        built.append((service, app))
+        return FakeApi(testing.TestClient(app), service, registry)
+
+    yield make
+    for service, app in built:
+        app.close()
+        service.close()
+
+
+@pytest.fixture
+def fake_api(make_fake_api: Callable[..., FakeApi]) -> FakeApi:
+    """The default: authentication and rate limits off."""
+    return make_fake_api()

@@ -1,4 +1,8 @@
-"""`create_app(controller)` wires resources to routes; the gunicorn worker serves it.
+"""`create_app(service, registry, settings)` wires resources to routes; gunicorn serves it.
+
+Each resource gets the service (runtime/service.py: the one narrow interface to the
+controller) or the one collaborator it needs (the event store, the metrics registry),
+never the controller itself: the API can be built over an in-memory fake in tests.
 
 The app is Falcon's ASGI app (served by gunicorn's asyncio worker, api/worker.py): a
 connection costs no thread until its request has fully arrived, and event streams wait on
@@ -11,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import falcon
 import falcon.asgi
+from prometheus_client import CollectorRegistry
 
 from controller.api import (
     deploying,
@@ -30,11 +36,38 @@ from controller.api import (
 )
 from controller.api.offload import inline, offload
 from controller.api.openapi import OpenAPI
-from controller.runtime.controller import Controller
+from controller.config import ApiSettings, Config
+from controller.runtime.service import Service
 
 # Request metrics are labelled by method: only these, anything else is "other" (a client
 # inventing methods must not grow /metrics without bound).
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the API needs of the configuration, read before it is built: the API settings,
+    the tokens as loaded at start (None: read the settings' file), and the Git webhook
+    secret (None: webhooks are off)."""
+
+    api: ApiSettings
+    tokens: list[security.Token] | None = None
+    webhook_secret: bytes | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config, tokens: list[security.Token] | None = None) -> Settings:
+        """Raises ValueError naming the webhook secret file when it cannot be used."""
+        return cls(cfg.api, tokens, webhooks.load_secret(cfg.git))
+
+
+class RequestMeters(Protocol):
+    """The request collectors (adapters/metrics.Metrics has them)."""
+
+    @property
+    def api_latency(self) -> Any: ...
+
+    @property
+    def api_requests(self) -> Any: ...
 
 
 class RequestMetrics:
@@ -43,8 +76,8 @@ class RequestMetrics:
     The labelled children are looked up once per label set and kept: `labels()` takes the
     metric's lock and builds its key on every call, a cost paid on every request."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.metrics = controller.metrics
+    def __init__(self, meters: RequestMeters) -> None:
+        self.metrics = meters
         self._latency: dict[tuple[str, str], Any] = {}
         self._requests: dict[tuple[str, str, str], Any] = {}
 
@@ -106,10 +139,13 @@ class App(falcon.asgi.App[Any, Any]):
         self.stream_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def create_app(controller: Controller, tokens: list[security.Token] | None = None) -> App:
-    """The app; `tokens` as loaded before start (default: read the settings' file)."""
-    api = controller.cfg.api
-    app = App(middleware=[RequestMetrics(controller), *security.middleware(api, tokens)])
+def create_app(service: Service, registry: CollectorRegistry, settings: Settings,
+               meters: RequestMeters | None = None) -> App:
+    """The app over `service`; `registry` is what /metrics exposes, `meters` the request
+    collectors registered in it (none: requests are not counted)."""
+    api = settings.api
+    counted = [RequestMetrics(meters)] if meters is not None else []
+    app = App(middleware=[*counted, *security.middleware(api, settings.tokens)])
     app.req_options.strip_url_path_trailing_slash = True
     app.pool = ThreadPoolExecutor(max_workers=api.threads, thread_name_prefix="api")
     # The streams' queries have their own two threads: hundreds of streams woken by one
@@ -117,41 +153,45 @@ def create_app(controller: Controller, tokens: list[security.Token] | None = Non
     app.stream_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="streams")
     app.draining = eventing.Draining()
     errors.install(app)
-    routes(app, controller, app.pool, app.draining, app.stream_pool)
+    routes(app, service, registry, settings, app.pool, app.draining, app.stream_pool)
     app.add_route("/openapi.json", inline(OpenAPI()))
     return app
 
 
-def routes(app: falcon.asgi.App[Any, Any], c: Controller, pool: ThreadPoolExecutor,
-           draining: eventing.Draining, stream_pool: ThreadPoolExecutor) -> None:
+def routes(app: falcon.asgi.App[Any, Any], s: Service, registry: CollectorRegistry,
+           settings: Settings, pool: ThreadPoolExecutor, draining: eventing.Draining,
+           stream_pool: ThreadPoolExecutor) -> None:
     def add(path: str, resource: object) -> None:
         app.add_route(path, offload(resource, pool))
 
     # Probes read memory only: on the loop, never queued behind long operations.
     app.add_route("/healthz", inline(status.Healthz()))
-    app.add_route("/readyz", inline(status.Readyz(c)))
-    add("/metrics", status.MetricsResource(c))
-    add("/api/status", status.Status(c))
-    add("/api/services", services.ServiceList(c))
-    add("/api/services/health", services.ServicesHealth(c))
-    add("/api/services/{name}", services.ServiceDetail(c))
-    for op in ("up", "update", "down"):
-        add(f"/api/{op}", deploying.Deploy(c, op))
-    add("/api/plan", deploying.Plan(c))
-    add("/api/suspend", suspending.Suspend(c, suspend=True))
-    add("/api/resume", suspending.Suspend(c, suspend=False))
-    add("/api/operations/{op_id}", deploying.OperationStatus(c))
-    add("/api/events", eventing.Events(c))
-    add("/api/events/errors", eventing.Errors(c))
-    app.add_route("/api/events/stream", eventing.Stream(c, stream_pool, draining))
-    add("/api/events/{namespace}/{kind}/{name}", eventing.ForResource(c))
-    add("/api/parameters", parameters.ParametersRoot(c))
-    add("/api/parameters/instances", parameters.Instances(c))
-    add("/api/parameters/schema", parameters.Schema(c))
-    add("/api/parameters/values", parameters.Values(c))
-    add("/api/parameters/history", parameters.HistoryList(c))
-    add("/api/parameters/rollback", parameters.Rollback(c))
-    add("/api/parameters/{service}", parameters.ServiceValues(c))
-    add("/api/webhooks/git", webhooks.GitWebhook(c))
-    add("/api/cluster/requirements", status.Requirements(c))
+    app.add_route("/readyz", inline(status.Readyz(s)))
+    add("/metrics", status.MetricsResource(registry))
+    add("/api/status", status.Status(s))
+    add("/api/services", services.ServiceList(s))
+    add("/api/services/health", services.ServicesHealth(s))
+    add("/api/services/{name}", services.ServiceDetail(s))
+    add("/api/up", deploying.Deploy(s, "up"))
+    add("/api/update", deploying.Deploy(s, "update"))
+    add("/api/down", deploying.Deploy(s, "down"))
+    add("/api/plan", deploying.Plan(s))
+    add("/api/plans/{plan_id}", deploying.SavedPlan(s))
+    add("/api/suspend", suspending.Suspend(s, suspend=True))
+    add("/api/resume", suspending.Suspend(s, suspend=False))
+    add("/api/operations/{op_id}", deploying.OperationStatus(s))
+    add("/api/events", eventing.Events(s.events))
+    add("/api/events/errors", eventing.Errors(s.events))
+    app.add_route("/api/events/stream", eventing.Stream(s.events, stream_pool, draining,
+                                                        settings.api.max_streams))
+    add("/api/events/{namespace}/{kind}/{name}", eventing.ForResource(s.events))
+    add("/api/parameters", parameters.ParametersRoot(s))
+    add("/api/parameters/instances", parameters.Instances(s))
+    add("/api/parameters/schema", parameters.Schema(s))
+    add("/api/parameters/values", parameters.Values(s))
+    add("/api/parameters/history", parameters.HistoryList(s))
+    add("/api/parameters/rollback", parameters.Rollback(s))
+    add("/api/parameters/{service}", parameters.ServiceValues(s))
+    add("/api/webhooks/git", webhooks.GitWebhook(s, settings.webhook_secret))
+    add("/api/cluster/requirements", status.Requirements(s))
     ui.add_routes(app)  # the dashboard's static files, on the loop (memory only)

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import falcon
 
 from controller.errors import InvalidRequestError
+from controller.runtime.service import Caller
 
 # Deeper than any document a client means to send, and well below the depth at which the
 # json module (and every recursive walk after it) runs out of interpreter stack. Stricter
@@ -123,15 +124,16 @@ def query_param(req: falcon.Request, name: str) -> str | None:
 INSTANCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
-def instance_param(req: falcon.Request, default: str) -> str:
-    """`?instance=`: the DeploymentParameters object to act on (default: the controller's).
+def instance_param(req: falcon.Request) -> str | None:
+    """`?instance=`: the DeploymentParameters object to act on (None: the service's default,
+    the controller's own).
 
     Checked here, so a malformed name is the caller's invalid_request, not the API server's
     refusal passed on as a kubernetes_error (502).
     """
     raw = query_param(req, "instance")
     if raw is None:
-        return default
+        return None
     if len(raw) > 63 or not INSTANCE_NAME.match(raw):
         raise InvalidRequestError("'instance' must be a DeploymentParameters name: lower-case "
                                   "letters, digits, '-' and '.', at most 63 characters",
@@ -139,7 +141,44 @@ def instance_param(req: falcon.Request, default: str) -> str:
     return raw
 
 
-def services_from(body: Any) -> list[str]:
+def if_match(req: falcon.Request) -> str | None:
+    """The If-Match header as a version (quotes taken off), "*", or None when absent.
+
+    One entity tag only: versions are strong (a resourceVersion, a blob SHA), so a weak
+    tag (W/"...") or a list could never be compared honestly and is an invalid_request."""
+    raw = req.get_header("If-Match")
+    if raw is None:
+        return None
+    value = raw.strip()
+    if value == "*":
+        return value
+    if value.startswith("W/") or "," in value or not value:
+        raise InvalidRequestError("If-Match must be one strong entity tag (\"<version>\" as "
+                                  "an ETag gave it) or *", {"header": "If-Match",
+                                                          "value": raw[:100]})
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    return value
+
+
+def caller(req: falcon.Request) -> Caller:
+    """Who asks: only a caller who may write the parameters may read their secret values
+    (the auth middleware sets the token's scopes; without them, assume the least), and
+    the token's name (`token:<name>` in `req.context.client`; "" without auth)."""
+    scopes = getattr(req.context, "scopes", None)
+    client = str(getattr(req.context, "client", "") or "")
+    return Caller(may_see_secrets=isinstance(scopes, set | frozenset) and "write" in scopes,
+                  token_name=client.removeprefix("token:") if client.startswith("token:")
+                  else "")
+
+
+def etag(resp: falcon.Response, version: str) -> None:
+    """`ETag: "<version>"` on a parameters answer (what If-Match sends back)."""
+    if version:
+        resp.set_header("ETag", f'"{version}"')
+
+
+def services_from(body: Any, allowed: tuple[str, ...] = ("services",)) -> list[str]:
     """The service selection of a deploy/plan body: `{}`, `{"services": []}` (and an empty
     body, which the caller turns into `{}`) mean every service; anything else must be a
     list of non-empty names. A value that is merely falsy (`""`, `false`, `0`, `null`, `{}`)
@@ -147,10 +186,10 @@ def services_from(body: Any) -> list[str]:
     if not isinstance(body, dict):
         raise InvalidRequestError("request body must be a JSON object",
                                   {"expected": {"services": ["name"]}})
-    unknown = sorted(set(body) - {"services"})
+    unknown = sorted(set(body) - set(allowed))
     if unknown:  # a misspelt "service" would otherwise select everything
         raise InvalidRequestError(f"unknown field(s): {', '.join(unknown)[:200]}",
-                                  {"fields": unknown[:20], "allowed": ["services"]})
+                                  {"fields": unknown[:20], "allowed": list(allowed)})
     services = body.get("services", [])
     if not isinstance(services, list) or \
             not all(isinstance(s, str) and s for s in services):

@@ -23,6 +23,7 @@ STATUS = {
     "unauthorized": 401,
     "forbidden": 403,
     "conflict": 409,
+    "precondition_failed": 412,
     "rate_limited": 429,
     "payload_too_large": 413,
     "method_not_allowed": 405,

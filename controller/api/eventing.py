@@ -27,7 +27,7 @@ from controller.adapters.store.events import Event, EventStoreError
 from controller.api.common import float_param, int_param, query_param
 from controller.errors import RateLimitedError
 from controller.model.eventquery import MAX_OFFSET
-from controller.runtime.controller import Controller
+from controller.runtime.service import EventSource
 
 
 def filters(req: falcon.Request) -> dict[str, Any]:
@@ -42,8 +42,8 @@ def filters(req: falcon.Request) -> dict[str, Any]:
     return out
 
 
-def _page(controller: Controller, **query: Any) -> dict[str, Any]:
-    events = controller.events.query(**query)
+def _page(store: EventSource, **query: Any) -> dict[str, Any]:
+    events = store.query(**query)
     return {"events": [e.to_dict() for e in events], "count": len(events)}
 
 
@@ -87,15 +87,14 @@ class PageCache:
 
 
 class _Query:
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
+    def __init__(self, store: EventSource) -> None:
+        self.store = store
         self.cache = PageCache()
 
     def respond(self, resp: falcon.Response, query: dict[str, Any]) -> None:
-        store = self.controller.events
+        store = self.store
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = self.cache.answer(store.last_id, query,
-                                      lambda: _page(self.controller, **query))
+        resp.data = self.cache.answer(store.last_id, query, lambda: _page(store, **query))
 
 
 class Events(_Query):
@@ -188,7 +187,7 @@ class Fanout:
 
     WINDOW = 4096  # events kept in memory (trimmed to this when twice as many)
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: EventSource) -> None:
         self.store = store
         self.waiters = Waiters()
         self._lock = threading.Lock()
@@ -275,13 +274,14 @@ class Stream:
     for its queries, ends as soon as its client goes away, and ends when the server stops.
     """
 
-    def __init__(self, controller: Controller, pool: Executor, draining: Draining) -> None:
-        self.controller = controller
+    def __init__(self, store: EventSource, pool: Executor, draining: Draining,
+                 max_streams: int) -> None:
+        self.store = store
         self.pool = pool
         self.draining = draining
-        self.max_streams = max(1, controller.cfg.api.max_streams)
+        self.max_streams = max(1, max_streams)
         self.open = 0
-        self.fanout = Fanout(controller.events)
+        self.fanout = Fanout(store)
 
     async def _run(self, fn: Callable[..., Any], /, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
@@ -293,7 +293,7 @@ class Stream:
         limit = query.pop("limit")
         duration = float_param(req, "duration", 300.0, 0, 3600)
         last = req.get_header("Last-Event-ID") or req.get_param("lastEventId") or ""
-        store = self.controller.events
+        store = self.store
         if last.isascii() and last.isdigit():  # "²".isdigit(), but int() refuses it
             after = int(last)
         else:
@@ -319,7 +319,7 @@ class Stream:
         """The backlog first (whatever `duration`: a client catching up with Last-Event-ID
         gets what it missed even with duration=0), then new events until `duration` has
         passed since it caught up, the client leaves or the server stops."""
-        store = self.controller.events
+        store = self.store
         loop = asyncio.get_running_loop()
         self.open += 1  # only the loop's thread counts: no lock needed
         try:

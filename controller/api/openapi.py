@@ -32,6 +32,22 @@ def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
 ERR = _resp("error envelope", _ref("Error"))
 ERRORS = {"400": ERR, "401": ERR, "403": ERR, "404": ERR, "409": ERR, "413": ERR,
           "429": ERR, "500": ERR, "502": ERR, "503": ERR}
+# Writes that honour If-Match: a stale version is 412 precondition_failed, the current one
+# in details.current. `*` matches any version; without the header nothing is compared.
+IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
+            "description": 'the parameters version read before (an ETag: "<version>"), or '
+                           "*; a stale one answers 412 precondition_failed",
+            "schema": {"type": "string", "minLength": 1}}
+STALE = {"412": _resp("If-Match named a version that is no longer current "
+                      "(details.current is the current one)", _ref("Error"))}
+# Parameters answers carry the version they reflect.
+ETAG = {"ETag": {"description": 'the parameters version, quoted ("<resourceVersion>", or '
+                                "the Git blob SHA of the parameters file)",
+                 "schema": {"type": "string"}}}
+
+
+def _versioned(response: dict[str, Any]) -> dict[str, Any]:
+    return {**response, "headers": ETAG}
 INSTANCE = {"name": "instance", "in": "query", "required": False,
             "description": "DeploymentParameters object (default: the controller's)",
             "schema": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
@@ -91,8 +107,9 @@ def _deploy(what: str, suspendable: bool = True) -> dict[str, Any]:
                         {"200": _resp("done, with a result per object", _ref("DeployResult")),
                          "202": _resp("still running (follow the operation), or applied "
                                       "but not yet healthy (waitHealthy)", {"anyOf": [
-                                          _ref("Operation"), _ref("DeployResult")]})},
-                        params, SERVICES_BODY, "deploy")}
+                                          _ref("Operation"), _ref("DeployResult")]}),
+                         **STALE},
+                        [*params, IF_MATCH], SERVICES_BODY, "deploy")}
 
 
 NO_BODY = {"required": False, "content": {JSON: {"schema": {
@@ -112,6 +129,17 @@ PATHS: dict[str, Any] = {
                                                    "schema": {"type": "string"}}}}}}},
     "/openapi.json": {"get": {"summary": "this document", "tags": ["probes"],
                               "responses": {"200": _resp("OpenAPI 3.0", OBJ)}}},
+    # The dashboard (api/ui.py): a page and its static files, open (they hold no data).
+    "/ui": {"get": {"summary": "the dashboard page", "tags": ["ui"], "responses": {
+        "200": {"description": "HTML", "content": {"text/html": {
+            "schema": {"type": "string"}}}}, "304": {"description": "not modified"},
+        **ERRORS}}},
+    "/ui/{name}": {"get": {"summary": "one of the dashboard's files", "tags": ["ui"],
+                           "parameters": [{"name": "name", "in": "path", "required": True,
+                                           "schema": {"type": "string"}}],
+                           "responses": {"200": {"description": "the file"},
+                                         "304": {"description": "not modified"},
+                                         **ERRORS}}},
     "/api/status": {"get": _op("controller status: leader, source, last pass",
                                {"200": _resp("status", _ref("Status"))}, tag="status")},
     "/api/services": {"get": _op("all services", {"200": _resp("services",
@@ -128,9 +156,22 @@ PATHS: dict[str, Any] = {
     "/api/up": _deploy("deploy"),
     "/api/update": _deploy("re-read parameters and apply"),
     "/api/down": _deploy("remove", suspendable=False),
-    "/api/plan": {"post": _op("dry run of up/update with diffs (server-side dry-run)",
-                              {"200": _resp("plan", _ref("Plan"))}, [INSTANCE],
-                              SERVICES_BODY, "deploy")},
+    "/api/plan": {"post": {**_op(
+        "dry run of up/update with diffs (server-side dry-run), of the parameters in "
+        "force or of a draft; writes nothing", {"200": _resp("plan", _ref("Plan"))},
+        [INSTANCE], {"required": False, "content": {JSON: {"schema": _ref("PlanRequest")}}},
+        "deploy"),
+        "description": "Without a draft, what up/update would do now. With `parameters` "
+                       "(a whole spec) or `patch` (a JSON merge patch on the current spec), "
+                       "and with a Git source `ref`, what they would do if written. The "
+                       "answer is kept for 10 minutes under its `planId` (GET "
+                       "/api/plans/{planId}), with `basedOn`: the parameters version it was "
+                       "planned against (send it as If-Match when writing the change)."}},
+    "/api/plans/{plan_id}": {"get": _op(
+        "a plan made lately (until its expiresAt; 404 after)",
+        {"200": _resp("plan", _ref("Plan"))},
+        [{"name": "plan_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        tag="deploy")},
     "/api/suspend": {"post": _op(
         "suspend the instance: passes plan and report drift but apply and prune nothing "
         "(spec.suspend: true); idempotent", {"200": _resp("suspended", _ref("Suspension"))},
@@ -170,15 +211,14 @@ PATHS: dict[str, Any] = {
          for n in ("namespace", "kind", "name")]
         + [p for p in EVENT_FILTERS if p["name"] != "resource"], tag="events")},
     "/api/parameters": {
-        "get": _op("the parameters in force", {"200": _resp("spec",
-                                                             _ref("ParametersInForce"))},
-                   [INSTANCE], tag="parameters"),
+        "get": _op("the parameters in force", {"200": _versioned(_resp(
+            "spec", _ref("ParametersInForce")))}, [INSTANCE], tag="parameters"),
         "post": _op("replace the parameters (validated against the CRD schema)",
-                    {"200": _resp("updated", _ref("ParametersWritten"))}, [INSTANCE],
-                    PARAMS_BODY, "parameters"),
+                    {"200": _versioned(_resp("updated", _ref("ParametersWritten"))),
+                     **STALE}, [INSTANCE, IF_MATCH], PARAMS_BODY, "parameters"),
         "patch": _op("JSON merge patch of the parameters (RFC 7386: null deletes)",
-                     {"200": _resp("updated", _ref("ParametersWritten"))}, [INSTANCE],
-                     PATCH_BODY, "parameters")},
+                     {"200": _versioned(_resp("updated", _ref("ParametersWritten"))),
+                      **STALE}, [INSTANCE, IF_MATCH], PATCH_BODY, "parameters")},
     "/api/parameters/instances": {"get": _op(
         "DeploymentParameters objects", {"200": _resp("instances", OBJ)},
         tag="parameters")},
@@ -193,13 +233,14 @@ PATHS: dict[str, Any] = {
                     "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
         tag="parameters")},
     "/api/parameters/rollback": {"post": _op(
-        "restore a recorded revision", {"200": _resp("rolled back", _ref("ParametersWritten"))},
-        [INSTANCE], {"required": True, "content": {JSON: {"schema": {
+        "restore a recorded revision",
+        {"200": _versioned(_resp("rolled back", _ref("ParametersWritten"))), **STALE},
+        [INSTANCE, IF_MATCH], {"required": True, "content": {JSON: {"schema": {
             "type": "object", "required": ["revision"],
             "properties": {"revision": {"type": "string", "minLength": 1}}}}}},
         "parameters")},
     "/api/parameters/{service}": {"get": _op(
-        "one service's values", {"200": _resp("values", OBJ)},
+        "one service's values", {"200": _versioned(_resp("values", OBJ))},
         [{"name": "service", "in": "path", "required": True, "schema": {"type": "string"}},
          INSTANCE], tag="parameters")},
     "/api/webhooks/git": {"post": _op(
@@ -233,13 +274,29 @@ SCHEMAS: dict[str, Any] = {
     "Operation": {"type": "object", "required": ["id", "status"], "properties": {
         "id": STR, "operation": STR, "status": {"type": "string", "enum": [
             "running", "succeeded", "failed"]}, "report": OBJ, "links": OBJ}},
-    "Plan": {"type": "object", "required": ["changes"], "properties": {
+    # A plan's request: the service selection, and optionally a draft to plan instead of
+    # the parameters in force (a whole spec or a merge patch, not both; a ref with Git).
+    "PlanRequest": {"type": "object", "additionalProperties": False, "properties": {
+        "services": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "parameters": _ref("ParametersSpec"), "patch": _ref("ParametersPatch"),
+        "ref": {"type": "string", "minLength": 1, "maxLength": 255,
+                "pattern": r"\S"}},
+        "not": {"required": ["parameters", "patch"]}},
+    "Plan": {"type": "object", "required": ["changes", "planId", "expiresAt", "basedOn"],
+             "properties": {
         "services": {"type": "array", "items": STR}, "revision": STR, "counts": OBJ,
-        "changes": {"type": "array", "items": OBJ},
+        "changes": {"type": "array", "items": _ref("PlannedChange")},
+        "planId": STR, "expiresAt": {"type": "string", "format": "date-time"},
+        "basedOn": {"type": "string", "description": "the parameters version planned "
+                                                     "against"},
+        "instance": STR, "draft": {"type": "boolean"},
         # Fields left to someone else by spec.ignore, per object; set only when any.
         "ignored": {"type": "array", "items": {"type": "object", "properties": {
             "resource": STR, "service": STR, "paths": {"type": "array", "items": STR}}}},
         "suspended": {"type": "boolean"}}},
+    "PlannedChange": {"type": "object", "required": ["resource", "service", "action"],
+                      "properties": {"resource": STR, "service": STR, "action": STR,
+                                     "reason": STR, "diff": STR, "error": OBJ}},
     "Suspension": {"type": "object", "required": ["message", "instance", "suspended"],
                    "properties": {"message": STR, "instance": STR, "namespace": STR,
                                   "suspended": {"type": "boolean"},
@@ -302,6 +359,52 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+# Every operation's name for generated clients and tool-callers (camelCase, stable: clients
+# are written against them, as against the paths).
+OPERATION_IDS: dict[tuple[str, str], str] = {
+    ("/healthz", "get"): "getLiveness",
+    ("/readyz", "get"): "getReadiness",
+    ("/metrics", "get"): "getMetrics",
+    ("/openapi.json", "get"): "getOpenApi",
+    ("/ui", "get"): "getDashboard",
+    ("/ui/{name}", "get"): "getDashboardFile",
+    ("/api/status", "get"): "getStatus",
+    ("/api/services", "get"): "listServices",
+    ("/api/services/health", "get"): "getServicesHealth",
+    ("/api/services/{name}", "get"): "getService",
+    ("/api/up", "post"): "up",
+    ("/api/update", "post"): "update",
+    ("/api/down", "post"): "down",
+    ("/api/plan", "post"): "planChanges",
+    ("/api/plans/{plan_id}", "get"): "getPlan",
+    ("/api/suspend", "post"): "suspend",
+    ("/api/resume", "post"): "resume",
+    ("/api/operations/{op_id}", "get"): "getOperation",
+    ("/api/events", "get"): "listEvents",
+    ("/api/events/errors", "get"): "listErrors",
+    ("/api/events/stream", "get"): "streamEvents",
+    ("/api/events/{namespace}/{kind}/{name}", "get"): "listResourceEvents",
+    ("/api/parameters", "get"): "getParameters",
+    ("/api/parameters", "post"): "setParameters",
+    ("/api/parameters", "patch"): "patchParameters",
+    ("/api/parameters/instances", "get"): "listInstances",
+    ("/api/parameters/schema", "get"): "getParametersSchema",
+    ("/api/parameters/values", "get"): "getParameterValues",
+    ("/api/parameters/history", "get"): "listParametersHistory",
+    ("/api/parameters/rollback", "post"): "rollbackParameters",
+    ("/api/parameters/{service}", "get"): "getServiceParameters",
+    ("/api/webhooks/git", "post"): "gitWebhook",
+    ("/api/cluster/requirements", "get"): "checkRequirements",
+}
+
+
+def _named(paths: dict[str, Any]) -> dict[str, Any]:
+    """`paths` with each operation's operationId (others' paths, e.g. /ui, keep theirs)."""
+    return {path: {method: {**op, "operationId": OPERATION_IDS[(path, method)]}
+                   if (path, method) in OPERATION_IDS and isinstance(op, dict) else op
+                   for method, op in item.items()} for path, item in paths.items()}
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
@@ -309,7 +412,7 @@ def document() -> dict[str, Any]:
                  "description": "GitOps controller API: deploy, observe and configure a "
                                 "multi-service application. Errors use one envelope: "
                                 '{"error": code, "message": ..., "details": {...}}.'},
-        "paths": PATHS,
+        "paths": _named(PATHS),
         "components": {"schemas": SCHEMAS, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}, {}],

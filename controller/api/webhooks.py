@@ -21,7 +21,7 @@ import falcon
 from controller.api.common import MAX_JSON_DEPTH, body_bytes, check_document, parse_json
 from controller.config import GitSettings
 from controller.errors import ForbiddenError, InvalidRequestError, UnauthorizedError
-from controller.runtime.controller import Controller
+from controller.runtime.service import Service
 
 
 def load_secret(git: GitSettings) -> bytes | None:
@@ -53,9 +53,11 @@ def _signature_ok(secret: bytes, body: bytes, presented: str) -> bool:
 
 
 class GitWebhook:
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
-        self.secret = load_secret(controller.cfg.git)
+    """`secret`: as `load_secret` read it when the app was built (None: webhooks off)."""
+
+    def __init__(self, service: Service, secret: bytes | None) -> None:
+        self.service = service
+        self.secret = secret
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         secret = self.secret
@@ -81,17 +83,9 @@ class GitWebhook:
         if not ok:
             raise UnauthorizedError("webhook signature or token does not match",
                                     {"provider": provider})
-        ref = _ref_of(body)
-        configured = self.controller.cfg.git.ref
-        if ref and ref.removeprefix("refs/heads/").removeprefix("refs/tags/") != configured:
-            resp.status = falcon.HTTP_202
-            resp.media = {"message": f"ignored: push to {ref}, watching {configured}",
-                          "provider": provider, "triggered": False}
-            return
-        self.controller.git_push_announced()  # wakes the loop; push-to-applied starts
+        answer = self.service.git_push(_ref_of(body))  # the watched ref wakes the loop
         resp.status = falcon.HTTP_202
-        resp.media = {"message": "reconciliation triggered", "provider": provider,
-                      "triggered": True, "ref": ref}
+        resp.media = {"message": answer["message"], "provider": provider, **answer}
 
 
 def _ref_of(body: bytes) -> str:

@@ -18,6 +18,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import falcon
@@ -30,40 +31,34 @@ from hypothesis import HealthCheck, Phase, settings
 from prometheus_client import CollectorRegistry
 
 from controller.adapters.kube import Kube
-from controller.adapters.metrics import Metrics
 from controller.adapters.sources.resource import ParametersResource
-from controller.api.app import create_app
+from controller.api.app import Settings, create_app
 from controller.api.openapi import document
-from controller.config import ApiSettings, Config, GitSettings
+from controller.config import ApiSettings, GitSettings
 from tests.support.cluster import REPO, App, LocalCluster
+from tests.support.fakes import FakeService
 from tests.support.waiting import wait_for
 
 # -- (a) routes and the document --------------------------------------------------------------
 
 
-class _Wiring:
-    """Just enough of a Controller for `create_app` to wire routes (nothing is served)."""
-
-    def __init__(self) -> None:
-        self.cfg = Config(api=ApiSettings(auth=False))
-        self.metrics = Metrics(CollectorRegistry(), "default", "default")
-        self.events: Any = None  # the event stream keeps it; nothing is read here
-
-
-def _routes() -> dict[str, set[str]]:
-    app = create_app(_Wiring())  # type: ignore[arg-type]
+def _routes(tmp_path: Path) -> dict[str, set[str]]:
+    service = FakeService(tmp_path / "events.db")
+    app = create_app(service, CollectorRegistry(), Settings(ApiSettings(auth=False)))
     out: dict[str, set[str]] = {}
     for route in falcon.inspect.inspect_app(app).routes:
         methods = {m.method.lower() for m in route.methods if not m.internal}
         out[route.path] = methods
+    app.close()
+    service.close()
     return out
 
 
-def test_documented_paths_and_methods_are_the_routes() -> None:
+def test_documented_paths_and_methods_are_the_routes(tmp_path: Path) -> None:
     doc = document()
     documented = {path: {m for m in item if m in ("get", "post", "put", "patch", "delete")}
                   for path, item in doc["paths"].items()}
-    routes = _routes()
+    routes = _routes(tmp_path)
     assert sorted(set(routes) - set(documented)) == [], "routes missing from /openapi.json"
     assert sorted(set(documented) - set(routes)) == [], "documented paths that are no route"
     for path, methods in routes.items():
@@ -182,6 +177,7 @@ class Fuzzed:
 def fuzzed(cluster: LocalCluster, kube: Kube, crd: dict[str, Any],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     from controller.runtime.controller import Controller
+    from controller.runtime.controller_service import ControllerService
 
     namespace = f"api-fuzz-{secrets.token_hex(3)}"
     kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
@@ -202,7 +198,9 @@ def fuzzed(cluster: LocalCluster, kube: Kube, crd: dict[str, Any],
     controller = Controller(cfg).start()
     try:
         wait_for(lambda: controller.engine.last is not None, timeout=60, message="first pass")
-        yield Fuzzed(app, create_app(controller), app.resource()["spec"], cfg.instance)
+        served = create_app(ControllerService(controller), controller.registry,
+                            Settings.from_config(cfg), meters=controller.metrics)
+        yield Fuzzed(app, served, app.resource()["spec"], cfg.instance)
     finally:
         controller.stop()
         kube.delete("v1", "Namespace", namespace)

@@ -1,6 +1,6 @@
-"""Talking to the API in tests: the in-process client of a started controller (`Api`),
-a minimal ASGI client for event streams, the contract's error envelope, and raw HTTP to a
-real server on loopback (`request`, `get`).
+"""Talking to the API in tests: the in-process client of a started controller (`Api`) or
+of the in-memory service (`FakeApi`, no cluster), a minimal ASGI client for event streams,
+the contract's error envelope, and raw HTTP to a real server on loopback (`request`, `get`).
 """
 
 from __future__ import annotations
@@ -13,24 +13,19 @@ from typing import Any
 from urllib.parse import urlencode
 
 from falcon import testing
+from prometheus_client import CollectorRegistry
 
 from controller.runtime.controller import Controller
 from tests.support.cluster import App
+from tests.support.fakes import FakeService
 
 SERVICES = ["frontend", "postgres", "redis"]
 
 
-@dataclass
-class Api:
-    """A started controller, its Falcon app behind a test client, and the app it serves."""
+class _Client:
+    """Requests through a Falcon test client (JSON bodies, raw text or bytes)."""
 
     client: testing.TestClient
-    controller: Controller
-    app: App
-
-    @property
-    def namespace(self) -> str:
-        return self.app.namespace
 
     def get(self, path: str, **kwargs: Any) -> testing.Result:
         return self.client.simulate_get(path, **kwargs)
@@ -54,6 +49,20 @@ class Api:
         return asyncio.run(asyncio.wait_for(
             read_stream(self.client.app, path, params or {}, headers or {}), timeout))
 
+
+
+@dataclass
+class Api(_Client):
+    """A started controller, its Falcon app behind a test client, and the app it serves."""
+
+    client: testing.TestClient
+    controller: Controller
+    app: App
+
+    @property
+    def namespace(self) -> str:
+        return self.app.namespace
+
     def passes(self) -> int:
         return self.controller.loop.passes
 
@@ -61,6 +70,15 @@ class Api:
         """Let the current pass end and run no more: a drift the test makes stays put
         (its own status write, or a watch event, would otherwise wake one more pass)."""
         self.controller.loop.stop(timeout=60)
+
+
+@dataclass
+class FakeApi(_Client):
+    """The API over the in-memory service (tests/support/fakes.py): no cluster."""
+
+    client: testing.TestClient
+    service: FakeService
+    registry: CollectorRegistry
 
 
 @dataclass
