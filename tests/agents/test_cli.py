@@ -12,7 +12,7 @@ import pytest
 
 from controller import cli
 from controller.agents import commands
-from tests.agents.fake import FakeConductor
+from tests.support.fake_conductor import FakeConductor
 
 
 @pytest.fixture

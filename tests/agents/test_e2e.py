@@ -18,6 +18,7 @@ from mcp import Client as McpClient
 from mcp.client.stdio import StdioServerParameters
 
 from controller.adapters.kube import Kube
+from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.agents import scaffold
 from controller.agents.client import ApiError, Client, ClientSettings
 from devcluster import kubelet
@@ -69,6 +70,12 @@ def _simulate_kubelet(kube: Kube, namespace: str) -> None:
     kubelet.bind_claim(kube, claim)
 
 
+def _ready(kube: Kube, namespace: str) -> bool:
+    obj = kube.get(API_VERSION, KIND, "default", namespace) or {}
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (obj.get("status") or {}).get("conditions") or [])
+
+
 def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "controller", *args, "--url", url],
                           capture_output=True, text=True, timeout=300, check=False)
@@ -100,3 +107,41 @@ def test_scaffold_runs_healthy_and_the_clients_see_it(running: str, kube: Kube,
     tools, seen = asyncio.run(asyncio.wait_for(mcp(), 120))
     assert "set_parameters" not in tools and "get_health" in tools
     assert seen["healthy"] is True and seen["counts"] == {"healthy": 3}, seen
+
+
+def test_mcp_plan_patch_update_on_the_real_api(running: str, kube: Kube,
+                                               namespace: str) -> None:
+    """Example 4 through MCP against the real API: plan a patch, write it with the plan,
+    update, verify; the old plan is refused once someone else changed the parameters."""
+    _simulate_kubelet(kube, namespace)
+    # Settled first: the status writes of a rollout move the object's version (the ETag).
+    assert _cli(running, "wait", "--timeout", "180").returncode == 0
+    wait_for(lambda: _ready(kube, namespace), timeout=60, message="Ready=True written")
+    patch = {"services": {"web": {"replicas": 3}}}
+
+    async def flow() -> list[Any]:
+        server = StdioServerParameters(command=sys.executable, args=[
+            "-m", "controller", "mcp", "--url", running])
+        async with McpClient(server, read_timeout_seconds=120) as client:
+            async def call(tool: str, **arguments: Any) -> Any:
+                result = await client.call_tool(tool, arguments)
+                if result.is_error:
+                    text = "".join(getattr(c, "text", "") for c in result.content)
+                    return json.loads(text[text.index("{"):])
+                return result.structured_content
+
+            plan = await call("plan_changes", patch=patch)
+            wrote = await call("patch_parameters", plan_id=plan["planId"], patch=patch)
+            updated = await call("update", plan_id=plan["planId"], services=["web"])
+            other = Client(ClientSettings(running))
+            other.patch_parameters({"services": {"redis": {"replicas": 1}}})
+            stale = await call("update", plan_id=plan["planId"], services=["web"])
+            return [plan, wrote, updated, stale]
+
+    plan, wrote, updated, stale = asyncio.run(asyncio.wait_for(flow(), 240))
+    assert plan["draft"] is True and plan["changes"], plan
+    assert wrote.get("version"), wrote
+    assert updated.get("done") is True, updated
+    deployment = kube.get("apps/v1", "Deployment", "web", namespace)
+    assert deployment is not None and deployment["spec"]["replicas"] == 3
+    assert stale["error"] == "stale_plan", stale

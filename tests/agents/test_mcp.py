@@ -14,7 +14,7 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from tests.agents.fake import FakeConductor
+from tests.support.fake_conductor import FakeConductor
 
 WRITE_TOOLS = {"set_parameters", "patch_parameters", "rollback_parameters", "up", "update",
                "down", "suspend", "resume"}

@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from controller.api.parameters import merge_patch
 from controller.model import times
+from controller.runtime.controller_service import merge_patch
 
 SERVICES = ["frontend", "postgres", "redis"]
 
