@@ -161,12 +161,15 @@ def _image_tag(image: str) -> str:
 class Simulator:
     """Moves new Pods to Ready (or ImagePullBackOff for a missing tag), PVCs to Bound."""
 
-    def __init__(self, kube: Kube, missing_tags: Callable[[], set[str]]) -> None:
+    def __init__(self, kube: Kube, missing_tags: Callable[[], set[str]],
+                 namespace: str = "") -> None:
+        """`namespace`: only that one (a test's own, on a control plane others share)."""
         self.kube = kube
         self.missing_tags = missing_tags
         self._reflectors = [
-            Reflector(kube, Selector("v1", "Pod"), self._on_pod),
-            Reflector(kube, Selector("v1", "PersistentVolumeClaim"), self._on_claim),
+            Reflector(kube, Selector("v1", "Pod", namespace), self._on_pod),
+            Reflector(kube, Selector("v1", "PersistentVolumeClaim", namespace),
+                      self._on_claim),
         ]
 
     def start(self) -> Simulator:

@@ -16,11 +16,13 @@ import { dump as dumpYaml, load as parseYaml } from "./js-yaml.min.mjs";
 const TOKEN_KEY = "conductor.token";
 const SERVICES_EVERY = 2000;
 const INSTANCES_EVERY = 5000;
-const HISTORY_EVERY = 15000;
+const HISTORY_EVERY = 5000;
 const MAX_EVENTS = 300;
 const STREAM_RETRY = 2000;
 
 const $ = (id) => document.getElementById(id);
+// YAML as a person edits it: long strings stay on one line (no folding).
+const toYaml = (value) => dumpYaml(value, { lineWidth: -1 });
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
@@ -215,9 +217,9 @@ async function refreshServices() {
       row.tr.append(el("td", { text: s.name }), el("td", {}, row.status), row.reason, row.hint,
         el("td", {}, row.objects));
       if (state.canWrite) {
-        row.tr.append(el("td", { class: "actions" }, ...["up", "update", "down"].map((op) =>
-          el("button", { type: "button", text: op, data: { op },
-                         on: { click: () => deploy(op, s.name) } }))));
+        row.tr.append(el("td", {}, el("div", { class: "row-actions" }, ...["up", "update", "down"].map(
+          (op) => el("button", { type: "button", text: op, data: { op },
+                                 on: { click: () => deploy(op, s.name) } })))));
       }
       state.services.set(s.name, row);
       body.append(row.tr);
@@ -285,9 +287,9 @@ async function loadParameters() {
     const { data, headers } = await api("GET", "/api/parameters", { query: instanceQuery() });
     state.version = headers.get("ETag") || "";
     $("params-version").textContent = state.version ? `version ${state.version}` : "";
-    $("params-view").textContent = dumpYaml(data || {});
+    $("params-view").textContent = toYaml(data || {});
     if (state.canWrite) {
-      $("params-text").value = dumpYaml(editable(data));
+      $("params-text").value = toYaml(editable(data));
       state.previewed = null;
       $("params-apply").disabled = true;
     }
