@@ -29,7 +29,8 @@ def control_plane() -> Iterator[running.ClusterState]:
 
 
 def write_app(root: Path, services: int, configmaps: int) -> int:
-    """A generated app: per service a Deployment, a Service and N ConfigMaps."""
+    """A generated app: per service a Deployment, a Service and N ConfigMaps. Services are
+    headless: thousands of them must not exhaust a (shared) control plane's service IPs."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "parameters.yaml").write_text("global:\n  replicas: 1\n  image: nginx\n"
                                           "  tag: '1.25'\n")
@@ -60,6 +61,7 @@ kind: Service
 metadata:
   name: {{ name }}
 spec:
+  clusterIP: None
   selector: {app: {{ name }}}
   ports:
   - {name: http, port: 80, targetPort: 8080, protocol: TCP}
