@@ -29,6 +29,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from controller.config import StoreSettings
 from tests.support.waiting import wait_for
 
 USER = "postgres"  # the superuser initdb creates
@@ -169,20 +170,32 @@ def stop() -> None:
         _server = None
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Postgres]:
-    """The session's PostgreSQL (import this fixture into a test module to use it)."""
+# Fixtures, named apart from their functions so that a test module imports the function
+# (`from tests.support.postgres import postgres_fixture`) and its tests take `postgres`.
+@pytest.fixture(scope="session", name="postgres_server")
+def postgres_server_fixture() -> Iterator[Postgres]:
+    """The session's PostgreSQL."""
     try:
         yield server()
     finally:
         stop()  # session teardown: every test that used it is done
 
 
-@pytest.fixture
-def postgres(postgres_server: Postgres) -> Iterator[Database]:
+@pytest.fixture(name="postgres")
+def postgres_fixture(postgres_server: Postgres) -> Iterator[Database]:
     """A fresh database on the session's server, dropped after the test."""
     db = postgres_server.database()
     try:
         yield db
     finally:
         postgres_server.drop(db)
+
+
+@pytest.fixture(name="store_settings", params=["sqlite", "postgresql"])
+def store_settings_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSettings:
+    """The store settings of a suite that runs on both databases: a SQLite file, then a
+    fresh database on the session's PostgreSQL (import the other two fixtures too)."""
+    if request.param == "sqlite":
+        return StoreSettings(url=f"sqlite://{tmp_path}/store.db")
+    db: Database = request.getfixturevalue("postgres")
+    return StoreSettings(url=db.url, password_file=str(db.password_file))

@@ -2,7 +2,7 @@
 refused, two processes at once), transactions, placeholders, snapshots, the clock, the
 shared pool, and the store settings' validation.
 
-Every test that takes `settings` runs twice: on a SQLite file and on a fresh database of
+Every test that takes `store_settings` runs twice: on a SQLite file and on a fresh database of
 a real PostgreSQL server on loopback (tests/support/postgres.py).
 """
 
@@ -29,7 +29,11 @@ from controller.adapters.store.sql import (
 )
 from controller.config import Config, ConfigError, StoreSettings, effective, validate
 from tests.support.postgres import Database as PgDatabase
-from tests.support.postgres import postgres, postgres_server  # noqa: F401 (fixtures)
+from tests.support.postgres import (  # noqa: F401 (fixtures)
+    postgres_fixture,
+    postgres_server_fixture,
+    store_settings_fixture,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,18 +45,10 @@ SERIAL = Migration(1, "CREATE TABLE log (id INTEGER PRIMARY KEY AUTOINCREMENT, w
                    "who TEXT)")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSettings:
-    if request.param == "sqlite":
-        return StoreSettings(url=f"sqlite://{tmp_path}/store.db")
-    db: PgDatabase = request.getfixturevalue("postgres")
-    return StoreSettings(url=db.url, password_file=str(db.password_file))
-
-
 @pytest.fixture
-def db(settings: StoreSettings, tmp_path: Path) -> Iterator[Database]:
+def db(store_settings: StoreSettings, tmp_path: Path) -> Iterator[Database]:
     """The test's database, open (closed after the test)."""
-    handle = open_database(settings, tmp_path / "unused.db")
+    handle = open_database(store_settings, tmp_path / "unused.db")
     try:
         yield handle
     finally:
@@ -88,13 +84,13 @@ def test_migrates_from_empty(db: Database) -> None:
     assert db.version("other") == 0  # a version per store
 
 
-def test_migrates_from_an_older_version_keeping_rows(db: Database, settings: StoreSettings,
+def test_migrates_from_an_older_version_keeping_rows(db: Database, store_settings: StoreSettings,
                                                     tmp_path: Path) -> None:
     db.migrate("things", [V1])
     with db.write() as tx:
         tx.execute("INSERT INTO things (name, size) VALUES (?, ?)", ("old", 7))
     db.close()
-    newer = open_database(settings, tmp_path / "unused.db")  # a newer controller starts
+    newer = open_database(store_settings, tmp_path / "unused.db")  # a newer controller starts
     try:
         assert newer.version("things") == 1
         newer.migrate("things", [V1, V2])
@@ -133,8 +129,8 @@ MIGRATE_CHILD = """
 """
 
 
-def test_two_processes_migrating_at_once_both_succeed(settings: StoreSettings) -> None:
-    procs = [run_python(MIGRATE_CHILD, settings) for _ in range(4)]
+def test_two_processes_migrating_at_once_both_succeed(store_settings: StoreSettings) -> None:
+    procs = [run_python(MIGRATE_CHILD, store_settings) for _ in range(4)]
     assert [finish(p).strip() for p in procs] == ["2"] * 4
 
 
@@ -200,8 +196,8 @@ def test_now_is_the_database_clock_in_milliseconds(db: Database) -> None:
     assert abs(int(row[0]) - time.time() * 1000) < 5000
 
 
-def test_a_closed_database_says_so(settings: StoreSettings, tmp_path: Path) -> None:
-    db = open_database(settings, tmp_path / "unused.db")
+def test_a_closed_database_says_so(store_settings: StoreSettings, tmp_path: Path) -> None:
+    db = open_database(store_settings, tmp_path / "unused.db")
     db.close()
     with pytest.raises(StoreError, match="closed"), db.read():
         pass
@@ -220,7 +216,7 @@ def test_default_is_sqlite_in_the_events_file(tmp_path: Path) -> None:
 # -- PostgreSQL only ---------------------------------------------------------------------------
 
 
-def test_one_pool_per_process_shared_by_the_stores(postgres: PgDatabase,  # noqa: F811
+def test_one_pool_per_process_shared_by_the_stores(postgres: PgDatabase,
                                                    tmp_path: Path) -> None:
     settings = StoreSettings(url=postgres.url, password_file=str(postgres.password_file),
                              pool_size=2)
@@ -235,7 +231,7 @@ def test_one_pool_per_process_shared_by_the_stores(postgres: PgDatabase,  # noqa
     assert second._pool.closed
 
 
-def test_a_wrong_password_is_a_clear_error_without_it(postgres: PgDatabase,  # noqa: F811
+def test_a_wrong_password_is_a_clear_error_without_it(postgres: PgDatabase,
                                                       tmp_path: Path) -> None:
     wrong = tmp_path / "password"
     wrong.write_text("not-the-password\n")
