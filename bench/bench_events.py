@@ -7,11 +7,17 @@ in large transactions, then times 2,000 queries per filter with limits of 10-100
 prints p50/p99 and p99 over the 10 ms target, with the insert rate and the size on disk.
 The point is the shape of the curve, not the absolute numbers: every filter should cost
 about the same however many events are stored, since each is one bounded index range.
+
+A second table times the API's answer (the JSON bytes of `GET /api/events`), which is what
+a request costs: `store.page` (each event's JSON was serialized once, at write, and is
+joined here) against decoding the rows into `Event`s and encoding them again, as the API
+did before (and as a store without `page`, an older checkout, still does).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import tempfile
@@ -165,7 +171,35 @@ def main() -> None:
                   f"{p99 / TARGET_MS:>10.3f}{rows / args.queries:>7.0f}")
         print(f"\nworst p99 {worst:.3f} ms: {'meets' if worst < TARGET_MS else 'MISSES'} "
               f"the {TARGET_MS:.0f} ms target")
+        _answers(store, rng, args.queries)
         store.close()
+
+
+def _answers(store: EventStore, rng: random.Random, n: int) -> None:
+    """The API's answer to GET /api/events (bytes), per way of making it."""
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("service=redis&limit=50&since=14d", {"service": "svc03", "limit": 50,
+                                              "since": "14d"}),
+        ("limit=100", {"limit": 100}),
+        ("type=error&limit=1000", {"type": "error", "limit": 1000}),
+    ]
+    ways: list[tuple[str, Callable[[dict[str, Any]], bytes]]] = [
+        ("decode + re-encode", lambda q: json.dumps(
+            {"events": [e.to_dict() for e in store.query(**q)], "count": 0},
+            ensure_ascii=False).encode())]
+    if hasattr(store, "page"):
+        ways.append(("stored JSON joined (page)", lambda q: store.page(**q)))
+    print(f"\n{'API answer':<36}{'way':<28}{'p50 ms':>9}{'p99 ms':>9}{'req/s 1 core':>14}")
+    for name, query in cases:
+        for way, make in ways:
+            samples = []
+            for _ in range(max(1, n // 4)):
+                t0 = time.perf_counter()
+                make(query)
+                samples.append((time.perf_counter() - t0) * 1000)
+            print(f"{name:<36}{way:<28}{statistics.median(samples):>9.3f}"
+                  f"{percentile(samples, 0.99):>9.3f}"
+                  f"{1000 / statistics.mean(samples):>14,.0f}")
 
 
 def _window(since: str, extra: dict[str, Any]) -> dict[str, Any]:

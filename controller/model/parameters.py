@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ import yaml
 
 from controller import assets
 from controller.errors import SourceError, ValidationError
-from controller.model.redaction import REDACTED
+from controller.model.redaction import REDACTED, is_secret_key  # the one list of keys
 
 DEFAULT_CRD = assets.CRD  # package data (controller/assets)
 CRD_VERSION = "v1alpha1"
@@ -47,14 +46,6 @@ MAX_DEPTH = 32
 MAX_SPEC_BYTES = 256 * 1024
 
 SECRET_REF = "secretKeyRef"
-# Keys whose values are secret material. Names of things (secretName, tokenFile,
-# imagePullSecrets, passwordRef) are not secret: an agent needs them to fix a reference.
-_SECRET_KEY = re.compile(
-    r"pass(word|wd|phrase)|^pwd$|token|secret|credential|api[-_.]?key|access[-_.]?key|"
-    r"private[-_.]?key|client[-_.]?key|(^|[-_.])key$|\.pem$|dockerconfigjson",
-    re.IGNORECASE)
-_NAME_SUFFIX = re.compile(r"(name|names|ref|refs|file|path|type|kind|count|secrets)$",
-                          re.IGNORECASE)
 # A reference as conductor's own validator sees it (the CRD cannot say "string or this
 # object" in a structural schema, so secret fields are untyped there).
 _SECRET_REF_SCHEMA: dict[str, Any] = {
@@ -230,10 +221,6 @@ def is_secret_ref(value: Any) -> bool:
 def is_secret_schema(node: Any) -> bool:
     return isinstance(node, Mapping) and (node.get("format") == "password"
                                           or node.get("x-conductor-secret") is True)
-
-
-def is_secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key)) and not _NAME_SUFFIX.search(key)
 
 
 def section_schema(schema: Mapping[str, Any], section: str) -> Mapping[str, Any]:

@@ -6,7 +6,7 @@ Authorization...), a Secret object's data values, kubectl's last-applied copy, a
 credentials quoted inside strings (`redact_text`: Bearer headers, URL user info,
 password=..., JWTs, GitHub tokens, PEM keys). Parameters know their schema
 (`format: password`) and keep Secret references readable: `controller.model.parameters.redact`
-does that walk with REDACTED from here. Pure: no I/O.
+does that walk with REDACTED and `is_secret_key` from here. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -20,14 +20,16 @@ from typing import Any
 REDACTED = "***REDACTED***"
 MAX_DEPTH = 16  # nesting kept by `redact`; deeper is cut (a stored event stays small)
 
-# Keys whose values are secret material. Names of things (secretName, tokenFile, ...) are
-# not secret and stay readable: they are what an agent needs to fix a reference.
+# Keys whose values are secret material, for events and parameters alike (one list: a key
+# masked in one place and shown in another would leak). Names of things (secretName,
+# tokenFile, passwordRef, tokenEnv, imagePullSecrets, ...) are not secret and stay
+# readable: they are what an agent needs to fix a reference.
 _SECRET_KEY = re.compile(
     r"pass(word|wd|phrase)|^pwd$|token|secret|credential|authorization|^auth$|cookie|"
     r"api[-_.]?key|access[-_.]?key|private[-_.]?key|privatekey|client[-_.]?key|"
     r"(^|[-_.])key$|\.pem$|kubeconfig|dockerconfigjson|dockercfg",
     re.IGNORECASE)
-_NAME_SUFFIX = re.compile(r"(name|names|ref|refs|file|path|env|type|kind|count)$",
+_NAME_SUFFIX = re.compile(r"(name|names|ref|refs|file|path|env|type|kind|count|secrets)$",
                           re.IGNORECASE)
 _LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 # Cheap first look (on the lower-cased text: a case-insensitive alternation is ~8x slower):
@@ -92,7 +94,7 @@ def _redact_value(value: Any, depth: int) -> Any:
             key = str(k)
             if is_secret and key in ("data", "stringData") and isinstance(v, Mapping):
                 out[key] = {str(name): REDACTED for name in v}
-            elif v not in (None, "") and (_secret_key(key) or key == _LAST_APPLIED):
+            elif v not in (None, "") and (is_secret_key(key) or key == _LAST_APPLIED):
                 out[key] = REDACTED  # last-applied: a whole copy of the object, Secrets too
             else:
                 out[key] = _redact_value(v, depth + 1)
@@ -103,8 +105,9 @@ def _redact_value(value: Any, depth: int) -> Any:
 
 
 @lru_cache(maxsize=4096)  # keys repeat from event to event; the patterns are the cost
-def _secret_key(key: str) -> bool:
+def is_secret_key(key: str) -> bool:
+    """Whether a value under `key` is secret material (events and parameters both ask)."""
     return bool(_SECRET_KEY.search(key)) and not _NAME_SUFFIX.search(key)
 
 
-__all__ = ["MAX_DEPTH", "REDACTED", "redact", "redact_text"]
+__all__ = ["MAX_DEPTH", "REDACTED", "is_secret_key", "redact", "redact_text"]

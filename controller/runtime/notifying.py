@@ -169,8 +169,9 @@ KINDS = tuple(r.kind for r in RULES)
 def classify(state: dict[str, str], event: Event, instance: str) -> list[Notification]:
     """The notifications `event` makes, given and updating `state` (key -> last state).
 
-    `instance` is the controller's: pass events name none (the loop reconciles only it)."""
-    where = str(event.details.get("instance") or instance)
+    The event's own instance decides where it happened; `instance` (the controller's) is
+    for events stored before events carried one."""
+    where = event.instance or str(event.details.get("instance") or instance)
     out: list[Notification] = []
     for rule in RULES:
         if not rule.match(event):

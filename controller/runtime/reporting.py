@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from controller.adapters.kube import KubeError, NotLeaderError
 from controller.adapters.store.events import EventInput, EventStore
@@ -36,12 +36,19 @@ SAFETY = 30.0  # seconds between evaluations when nothing wakes the reporter
 _RECOVERED = frozenset({HEALTHY, SUSPENDED, DOWN})
 
 
+class Poster(Protocol):
+    """KubeEvents.post: a Kubernetes Event on the DeploymentParameters object `instance`."""
+
+    def __call__(self, type_: str, reason: str, message: str, details: Mapping[str, Any], *,
+                 instance: str | None = None) -> None: ...
+
+
 class HealthReporter:
     """Follows `monitor`; writes conditions through `engine`, events into `store`."""
 
     def __init__(self, monitor: HealthMonitor, engine: Engine, store: EventStore, *,
                  is_leader: Callable[[], bool],
-                 post: Callable[[str, str, str, Mapping[str, Any]], None] | None = None,
+                 post: Poster | None = None,
                  on_conditions: Callable[[dict[str, str]], None] | None = None,
                  delay: float = DELAY) -> None:
         self.monitor = monitor
@@ -126,7 +133,7 @@ class HealthReporter:
                     events.append({
                         "type": "error", "reason": o.reason or "Unhealthy",
                         "message": f"service {h.name} unhealthy: {message}",
-                        "resource": key, "service": h.name,
+                        "resource": key, "service": h.name, "instance": instance,
                         "details": {"object": key, "service": h.name, "instance": instance,
                                     "namespace": h.namespace, "status": o.status,
                                     "hint": o.hint, **({"cause": o.details} if o.details
@@ -137,7 +144,7 @@ class HealthReporter:
                     events.append({
                         "type": "success", "reason": "Recovered",
                         "message": f"service {h.name} is {h.status} again: {key} recovered",
-                        "resource": key, "service": h.name,
+                        "resource": key, "service": h.name, "instance": instance,
                         "details": {"object": key, "service": h.name, "instance": instance,
                                     "status": h.status,
                                     "was": sorted(m for m in spell.values()
@@ -152,7 +159,7 @@ class HealthReporter:
             for event in events:
                 if event["type"] == "error":
                     self.post("error", str(event.get("reason", "")), event["message"],
-                              event.get("details") or {})
+                              event.get("details") or {}, instance=instance)
 
 
 __all__ = ["HealthReporter"]

@@ -9,6 +9,7 @@ code changes.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import re
 import shutil
@@ -298,10 +299,12 @@ def test_every_filter_query_is_an_index_search(store: EventStore,
     """No statement of any filter combination scans the table or sorts in a temp tree."""
     combos = itertools.product(
         [None, "error", "warning,info"], [None, RESOURCES[0]], [None, "web"],
-        [None, at(100)], [None, at(250)], [None, 50], [0, 500], [False, True])
-    for type_, resource, service, since, until, after_id, offset, asc in combos:
+        [None, at(100)], [None, at(250)], [None, 50], [0, 500], [False, True],
+        [None, "default"])
+    for type_, resource, service, since, until, after_id, offset, asc, inst in combos:
         kwargs = dict(type=type_, resource=resource, service=service, since=since,
-                      until=until, after_id=after_id, offset=offset, oldest_first=asc)
+                      until=until, after_id=after_id, offset=offset, oldest_first=asc,
+                      instance=inst)
         plan = store.explain(**kwargs)  # type: ignore[arg-type]
         assert plan, kwargs
         for line in plan:
@@ -315,6 +318,96 @@ def test_every_filter_query_is_an_index_search(store: EventStore,
     assert any("events_service_type" in line
                for line in store.explain(type="error", service="web"))
     assert any("events_ts" in line for line in store.explain(since=at(3)))
+    assert any("events_instance_type" in line
+               for line in store.explain(type="error", instance="default"))
+    assert any("events_instance " in line for line in store.explain(instance="default"))
+
+
+# -- serialized once, at write --------------------------------------------------------------
+
+
+def test_a_page_is_the_stored_json_joined(store: EventStore, filled: list[Event]) -> None:
+    """`page` answers with the bytes the API would have made from `query` (json.dumps of
+    the events' dicts, non-ASCII kept), without decoding a row."""
+    store.add("warning", "café ☕ \u2028 \"quoted\"", service="web",
+              details={"nested": {"ü": [1, 2.5, None, True]}}, instance="other")
+    for query in ({}, {"service": "web", "limit": 50, "since": "3650d"},
+                  {"type": "error,warning", "oldest_first": True, "limit": 7},
+                  {"instance": "other"}, {"resource": "nowhere"}):
+        events = store.query(**query)
+        expected = json.dumps({"events": [e.to_dict() for e in events],
+                               "count": len(events)}, ensure_ascii=False).encode()
+        assert store.page(**query) == expected, query
+    assert store.query(instance="other")[0].details == {"nested": {"ü": [1, 2.5, None, True]}}
+
+
+def test_events_carry_their_instance(store: EventStore) -> None:
+    store.add_many([{"type": "info", "message": "a", "instance": "default", "service": "web"},
+                    {"type": "error", "message": "b", "instance": "other", "service": "web"},
+                    {"type": "error", "message": "c", "service": "web"}])
+    assert [e.message for e in store.query(instance="other")] == ["b"]
+    assert [e.message for e in store.query(instance="default", service="web")] == ["a"]
+    assert [e.message for e in store.query(instance="", type="error")] == ["c"]
+    assert [e.instance for e in store.query()] == ["", "other", "default"]
+    with pytest.raises(ValidationError) as info:
+        store.query(instance=5)  # type: ignore[arg-type]
+    assert info.value.details["field"] == "instance"
+
+
+_V1_SCHEMA = """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ms INTEGER NOT NULL,
+    type TEXT NOT NULL CHECK (type IN ('error', 'warning', 'info', 'success')),
+    resource TEXT NOT NULL DEFAULT '', service TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL DEFAULT '', message TEXT NOT NULL DEFAULT '',
+    details TEXT NOT NULL DEFAULT '{}', kube_uid TEXT);
+CREATE INDEX events_type ON events (type, id);
+CREATE INDEX events_service ON events (service, id);
+CREATE INDEX events_ts ON events (ts_ms, id);
+CREATE UNIQUE INDEX events_kube_uid ON events (kube_uid) WHERE kube_uid IS NOT NULL;
+CREATE TABLE parameter_history (id INTEGER PRIMARY KEY, note TEXT);
+INSERT INTO parameter_history VALUES (1, 'another store in the same file');
+PRAGMA user_version=1;
+"""
+
+
+def test_a_schema_1_file_is_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file written before events were serialized at write: every row is kept (ids,
+    times, fields, the Kubernetes uid that de-duplicates), re-encoded in bounded chunks,
+    the instance taken from a health event's details; ids are still never reused."""
+    monkeypatch.setattr(events_module, "MIGRATE_CHUNK", 3)  # several chunks
+    path = tmp_path / "events.db"
+    db = sqlite3.connect(path)
+    db.executescript(_V1_SCHEMA)
+    base = int(BASE.timestamp() * 1000)
+    rows = [(i, base + i * 1000, TYPES[i % 4], f"default/Deployment/w{i}", "web",
+             f"Reason{i}", f"message {i} ☕",
+             json.dumps({"n": i, **({"instance": "other"} if i == 4 else {})}),
+             "uid-7" if i == 7 else None) for i in range(1, 11)]
+    db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.execute("UPDATE sqlite_sequence SET seq = 15 WHERE name = 'events'")  # 11-15 pruned
+    db.commit()
+    db.close()
+    with EventStore(path, max_count=1000) as s:
+        got = list(reversed(s.query(limit=100)))
+        assert [e.id for e in got] == list(range(1, 11))
+        first = got[0]
+        assert (first.timestamp, first.type, first.resource, first.service, first.reason,
+                first.message, first.details, first.instance) == (
+            format_ms(base + 1000), "success", "default/Deployment/w1", "web", "Reason1",
+            "message 1 ☕", {"n": 1}, "")
+        assert [e.id for e in s.query(instance="other")] == [4]
+        assert s.explain(type="error", service="web")  # the new indexes exist
+        # The Kubernetes Event still de-duplicates by its uid.
+        assert s.add("info", "next").id == 16
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT note FROM parameter_history").fetchone() == (
+        "another store in the same file",)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == events_module.SCHEMA_VERSION
+    assert raw.execute("SELECT count(*) FROM events WHERE kube_uid = 'uid-7'").fetchone() == (1,)
+    raw.close()
+    with EventStore(path) as s:  # opened again: nothing left to migrate
+        assert s.count() == 11
 
 
 # -- retention and restarts ----------------------------------------------------------------
