@@ -254,6 +254,23 @@ def test_kubernetes_1_20_overlay_only_switches_the_pdb(built: list[Body]) -> Non
     assert [d for d in docs if d is not pdb] == [d for d in built if d is not old]
 
 
+def test_postgres_overlay_adds_only_the_store_url_from_a_secret(built: list[Body]) -> None:
+    """config/postgres (issue 14): two replicas sharing PostgreSQL, the URL from a Secret
+    the user creates; every other object as the default build, which has no store URL."""
+    docs = kustomize(REPO / "config" / "postgres")
+    deploy, old = one(docs, "Deployment"), one(built, "Deployment")
+    assert deploy["spec"]["replicas"] == 2
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CONDUCTOR_STORE_URL"]["valueFrom"] == {
+        "secretKeyRef": {"name": "conductor-store", "key": "url"}}
+    (default_container,) = old["spec"]["template"]["spec"]["containers"]
+    assert "CONDUCTOR_STORE_URL" not in {e["name"] for e in default_container["env"]}
+    container["env"] = [e for e in container["env"] if e["name"] != "CONDUCTOR_STORE_URL"]
+    assert deploy == old
+    assert [d for d in docs if d is not deploy] == [d for d in built if d is not old]
+
+
 # -- the image ------------------------------------------------------------------------------
 
 
