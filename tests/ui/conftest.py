@@ -36,7 +36,9 @@ WRITE_TOKEN = "ui-write-" + secrets.token_hex(8)
 READ_TOKEN = "ui-read-" + secrets.token_hex(8)
 
 
-@pytest.fixture(scope="session")
+# Per module: Playwright's sync API keeps an asyncio loop running while it is open, which
+# would refuse the asyncio.run of falcon's test client in later modules.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: scripts/setup installs Debian's chromium "
@@ -109,8 +111,10 @@ def served(app: App, tmp_path: Path) -> Iterator[Served]:
     print(f"screenshots: {shots}")
     docs = os.environ.get("UI_DOCS_SCREENSHOT")
     if docs and out.taken:  # `UI_DOCS_SCREENSHOT=docs/ui.png` refreshes the README's picture
-        # (not a CONDUCTOR_ name: `conductor run` refuses settings it does not know)
-        shutil.copyfile(out.taken[0], docs)
+        # (not a CONDUCTOR_ name: `conductor run` refuses settings it does not know): the
+        # broken service with its reason, hint and error event, when the test got there.
+        shutil.copyfile(next((p for p in out.taken if "unhealthy" in p.name), out.taken[0]),
+                        docs)
 
 
 @pytest.fixture
