@@ -35,7 +35,7 @@ from controller.config import ApiSettings
 from controller.runtime.controller import Controller
 from controller.runtime.controller_service import ControllerService
 from devcluster import building, running
-from tests.support.api import Api, FakeApi
+from tests.support.api import READ, WRITE, Api, FakeApi
 from tests.support.cluster import REPO, App, LocalCluster
 from tests.support.fakes import FakeService
 from tests.support.waiting import wait_for
@@ -169,3 +169,13 @@ def make_fake_api(tmp_path: Path) -> Iterator[Callable[..., FakeApi]]:
 def fake_api(make_fake_api: Callable[..., FakeApi]) -> FakeApi:
     """The default: authentication and rate limits off."""
     return make_fake_api()
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> str:
+    """An API tokens file: "dashboard" may read (READ), "ci" may write (WRITE)."""
+    path = tmp_path / "tokens.yaml"
+    path.write_text(yaml.safe_dump({"tokens": [
+        {"name": "dashboard", "token": READ, "scopes": ["read"]},
+        {"name": "ci", "token": WRITE, "scopes": ["write"]}]}))
+    return str(path)

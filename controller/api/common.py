@@ -144,7 +144,7 @@ def instance_param(req: falcon.Request) -> str | None:
 def if_match(req: falcon.Request) -> str | None:
     """The If-Match header as a version (quotes taken off), "*", or None when absent.
 
-    One entity tag only: versions are strong (a resourceVersion, a blob SHA), so a weak
+    One entity tag only: versions are strong (a generation, a blob SHA), so a weak
     tag (W/"...") or a list could never be compared honestly and is an invalid_request."""
     raw = req.get_header("If-Match")
     if raw is None:

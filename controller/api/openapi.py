@@ -41,8 +41,9 @@ IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
 STALE = {"412": _resp("If-Match named a version that is no longer current "
                       "(details.current is the current one)", _ref("Error"))}
 # Parameters answers carry the version they reflect.
-ETAG = {"ETag": {"description": 'the parameters version, quoted ("<resourceVersion>", or '
-                                "the Git blob SHA of the parameters file)",
+ETAG = {"ETag": {"description": "the parameters version, quoted and opaque (the object's "
+                                "generation and uid, which move with the spec only; or the "
+                                "Git blob SHA of the parameters file)",
                  "schema": {"type": "string"}}}
 
 

@@ -5,8 +5,8 @@ is the service's (runtime/service.py): Git or the DeploymentParameters object, v
 against the CRD's schema before any request (400 validation_error naming the path), the
 conflict rules of concurrent writers, redaction for callers without the write scope.
 
-Every answer about the parameters in force carries `ETag: "<version>"` (the object's
-resourceVersion, or the Git blob SHA of the parameters file); writes and rollback honour
+Every answer about the parameters in force carries `ETag: "<version>"` (opaque: the
+object's generation and uid, or the Git blob SHA of the parameters file); writes and rollback honour
 `If-Match` (412 precondition_failed with `details.current` when stale; `*` matches any).
 """
 

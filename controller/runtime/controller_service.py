@@ -537,8 +537,8 @@ class ControllerService:
     # -- parameters: reading ---------------------------------------------------------------
 
     def _current(self, instance: str, fresh: bool = False) -> _Current:
-        """The parameters in force and their version: the object's spec and
-        resourceVersion, or the Git file (as the last pass read it, unless `fresh`) and
+        """The parameters in force and their version: the object's spec and generation
+        (see `_resource_version`), or the Git file (as the last pass read it, unless `fresh`) and
         its blob SHA."""
         engine = self.c.engine_for(instance)
         if self._is_git(instance):
@@ -546,8 +546,7 @@ class ControllerService:
             return _Current(snap, self._git_version(snap.revision))
         obj = engine.resource.read()
         snap = engine.source.snapshot(obj)
-        return _Current(snap, str((obj.get("metadata") or {}).get("resourceVersion") or ""),
-                        obj)
+        return _Current(snap, _resource_version(obj), obj)
 
     def _git_version(self, commit: str) -> str:
         """The blob SHA of the parameters file at `commit` (kept per commit)."""
@@ -750,7 +749,13 @@ def _generation(obj: Body) -> Any:
 
 
 def _resource_version(obj: Body) -> str:
-    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    """The parameters version of a DeploymentParameters object: its generation, which the
+    API server moves with the spec only (status and annotation writes, made by every pass,
+    leave it), qualified by the uid so that a deleted and recreated object at the same
+    generation is another version."""
+    meta = obj.get("metadata") or {}
+    uid = str(meta.get("uid") or "")[:8]
+    return f"{meta.get('generation', 0)}-{uid}" if uid else str(meta.get("generation", 0))
 
 
 __all__ = ["ControllerService", "Parts", "PlanStore"]

@@ -9,8 +9,11 @@ implements it over the controller's pieces; tests implement it in memory
 (tests/support/fakes.py), which is why this module holds only types: importing it costs
 the API none of the runtime's machinery.
 
-Versions (issue 15): a parameters version is the DeploymentParameters object's
-resourceVersion, or with a Git source the blob SHA of the parameters file. The API sends
+Versions (issue 15): a parameters version is opaque to clients. For the
+DeploymentParameters object it is its generation (with its uid): unlike the
+resourceVersion it moves only when the spec does, so the status every pass writes does
+not make a client's If-Match stale. With a Git source it is the blob SHA of the
+parameters file. The API sends
 it as `ETag: "<version>"`; a write given `if_match` compares it with the current version
 first and raises `PreconditionFailedError` (412, `details.current`) when it moved. `*`
 matches any version; no `if_match` changes nothing from before.

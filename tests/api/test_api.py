@@ -15,20 +15,16 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-import yaml
 from falcon import testing
 
 from controller.api.openapi import document
 from controller.config import ApiSettings
 from controller.model.redaction import REDACTED
 from controller.runtime.service import Caller
-from tests.support.api import FakeApi, envelope
+from tests.support.api import READ, WRITE, FakeApi, envelope
 
-READ = "read-token-7f3a"
-WRITE = "write-token-91bc"
 SECRET = b"hook-secret-0451"
 
 
@@ -40,15 +36,6 @@ def _etag(result: object) -> str:
     tag = result.headers.get("etag", "")  # type: ignore[attr-defined]
     assert re.fullmatch(r'"[^"]+"', tag), tag
     return str(tag)
-
-
-@pytest.fixture
-def tokens_file(tmp_path: Path) -> str:
-    path = tmp_path / "tokens.yaml"
-    path.write_text(yaml.safe_dump({"tokens": [
-        {"name": "dashboard", "token": READ, "scopes": ["read"]},
-        {"name": "ci", "token": WRITE, "scopes": ["write"]}]}))
-    return str(path)
 
 
 # -- probes, status, services ---------------------------------------------------------------

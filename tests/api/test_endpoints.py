@@ -264,6 +264,7 @@ def test_body_without_content_type_is_read_as_json(api: Api) -> None:
 ])
 def test_invalid_deploy_bodies_are_invalid_requests(api: Api, body: str,
                                                     field: str | None) -> None:
+    api.stop_loop()  # the loop's own passes (a status write wakes one) are not the API's
     before = api.passes()
     details = envelope(api.post("/api/up", body), 400, "invalid_request")
     if field:
@@ -318,6 +319,47 @@ def test_plan_shows_a_diff_for_a_changed_object_and_changes_nothing(api: Api) ->
     after = _deployment(api, "redis")  # a server-side dry-run: nothing was written
     assert after is not None and after["spec"]["replicas"] == 4
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
+
+
+def test_a_draft_plan_shows_the_image_diff_and_writes_nothing(api: Api) -> None:
+    """Issue 15: a merge-patch draft is planned by server-side dry run against the live
+    Deployment; neither the parameters nor the Deployment change, and the plan can be
+    read again by its id."""
+    api.stop_loop()
+    params = api.get("/api/parameters")
+    version = params.headers["etag"].strip('"')
+    meta = api.app.resource()["metadata"]
+    assert version == f"{meta['generation']}-{meta['uid'][:8]}"
+    before = _deployment(api, "redis")
+    assert before is not None
+    image = before["spec"]["template"]["spec"]["containers"][0]["image"]
+    result = api.post("/api/plan", {"services": ["redis"], "patch": {
+        "services": {"redis": {"tag": "7.4-draft"}}}})
+    assert result.status_code == 200, result.text
+    plan = result.json
+    assert plan["draft"] is True and plan["basedOn"] == version
+    change = next(c for c in plan["changes"]
+                  if c["resource"] == f"{api.namespace}/Deployment/redis")
+    assert change["action"] == "update", change
+    lines = change["diff"].splitlines()
+    assert any(line.startswith("-") and line.endswith(f"image: {image}") for line in lines)
+    assert any(line.startswith("+") and line.endswith("image: redis:7.4-draft")
+               for line in lines), change["diff"]
+    assert api.get(f"/api/plans/{plan['planId']}").json == plan
+    after = _deployment(api, "redis")
+    assert after is not None
+    assert after["spec"]["template"]["spec"]["containers"][0]["image"] == image
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert api.app.resource()["metadata"]["generation"] == meta["generation"]
+    # A write against the version the plan was based on goes through; a second one with
+    # the same (now stale) version is 412 naming the current one.
+    written = api.patch("/api/parameters", {"services": {"redis": {"replicas": 2}}},
+                        headers={"If-Match": f'"{plan["basedOn"]}"'})
+    assert written.status_code == 200, written.text
+    details = envelope(api.patch("/api/parameters", {"services": {"redis": {"replicas": 3}}},
+                                 headers={"If-Match": f'"{plan["basedOn"]}"'}),
+                       412, "precondition_failed")
+    assert f'"{details["current"]}"' == written.headers["etag"]
 
 
 def test_plan_never_shows_secret_values(api: Api) -> None:

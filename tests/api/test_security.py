@@ -1,7 +1,8 @@
 """Who may call the API, from where, how often and with how much (controller/api/security.py).
 
 Every refusal is the contract's envelope: 401 unauthorized, 403 forbidden, 429 rate_limited
-(with Retry-After), 413 payload_too_large.
+(with Retry-After), 413 payload_too_large. All of it is the API's own behaviour, so these
+run over the in-memory service (tests/support/fakes.py, a real event store): no cluster.
 """
 
 from __future__ import annotations
@@ -17,29 +18,25 @@ import yaml
 from falcon import testing
 
 from controller.config import ApiSettings
-from tests.support.api import Api, envelope
+from tests.support.api import READ, WRITE, FakeApi, envelope
 from tests.support.waiting import wait_for
-
-pytestmark = pytest.mark.cluster
-
-READ = "read-token-7f3a"
-WRITE = "write-token-91bc"
 
 
 @pytest.fixture
-def tokens_file(tmp_path: Path) -> str:
-    path = tmp_path / "tokens.yaml"
-    path.write_text(yaml.safe_dump({"tokens": [
-        {"name": "dashboard", "token": READ, "scopes": ["read"]},
-        {"name": "ci", "token": WRITE, "scopes": ["write"]}]}))
-    return str(path)
+def make_api(make_fake_api: Callable[..., FakeApi]) -> Callable[..., FakeApi]:
+    return make_fake_api
+
+
+@pytest.fixture
+def api(fake_api: FakeApi) -> FakeApi:
+    return fake_api
 
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_tokens_and_scopes(make_api: Callable[..., Api], tokens_file: str) -> None:
+def test_tokens_and_scopes(make_api: Callable[..., FakeApi], tokens_file: str) -> None:
     api = make_api(ApiSettings(auth=True, tokens_file=tokens_file))
     details = envelope(api.get("/api/services"), 401, "unauthorized")
     assert details["header"] == "Authorization: Bearer <token>"
@@ -65,7 +62,7 @@ def test_tokens_and_scopes(make_api: Callable[..., Api], tokens_file: str) -> No
     envelope(api.post("/api/webhooks/git", b"{}"), 403, "forbidden")
 
 
-def test_without_a_tokens_file_every_call_is_refused(make_api: Callable[..., Api]) -> None:
+def test_without_a_tokens_file_every_call_is_refused(make_api: Callable[..., FakeApi]) -> None:
     api = make_api(ApiSettings(auth=True))
     details = envelope(api.get("/api/status"), 401, "unauthorized")
     assert details["header"].startswith("Authorization")
@@ -73,7 +70,7 @@ def test_without_a_tokens_file_every_call_is_refused(make_api: Callable[..., Api
     assert api.get("/healthz").status_code == 200
 
 
-def test_public_reads(make_api: Callable[..., Api], tokens_file: str) -> None:
+def test_public_reads(make_api: Callable[..., FakeApi], tokens_file: str) -> None:
     api = make_api(ApiSettings(auth=True, tokens_file=tokens_file, public_reads=True))
     assert api.get("/api/services/health").status_code == 200
     assert api.get("/api/events?limit=1").status_code == 200
@@ -82,7 +79,7 @@ def test_public_reads(make_api: Callable[..., Api], tokens_file: str) -> None:
     assert api.post("/api/plan", {}, headers=_bearer(WRITE)).status_code == 200
 
 
-def test_cors_allows_only_listed_origins(make_api: Callable[..., Api],
+def test_cors_allows_only_listed_origins(make_api: Callable[..., FakeApi],
                                          tokens_file: str) -> None:
     allowed = "https://dashboard.example"
     api = make_api(ApiSettings(auth=True, tokens_file=tokens_file,
@@ -111,13 +108,13 @@ def test_cors_allows_only_listed_origins(make_api: Callable[..., Api],
     assert failed.headers["access-control-allow-origin"] == allowed
 
 
-def test_no_cors_headers_by_default(api: Api) -> None:
+def test_no_cors_headers_by_default(api: FakeApi) -> None:
     result = api.get("/api/services", headers={"Origin": "https://dashboard.example"})
     assert result.status_code == 200
     assert "access-control-allow-origin" not in result.headers
 
 
-def test_mutating_calls_are_rate_limited(make_api: Callable[..., Api]) -> None:
+def test_mutating_calls_are_rate_limited(make_api: Callable[..., FakeApi]) -> None:
     api = make_api(ApiSettings(auth=False, rate_limit=0.2, rate_burst=3))
     # Invalid bodies: refused after the rate limiter, so the bucket drains cheaply.
     for _ in range(3):
@@ -134,20 +131,19 @@ def test_mutating_calls_are_rate_limited(make_api: Callable[..., Api]) -> None:
     envelope(other, 400, "invalid_request")
 
 
-def test_bodies_over_the_limit_are_refused(make_api: Callable[..., Api]) -> None:
+def test_bodies_over_the_limit_are_refused(make_api: Callable[..., FakeApi]) -> None:
     api = make_api(ApiSettings(auth=False, max_body_bytes=1024))
     big = {"services": {"redis": {"env": {f"K{i}": "v" * 40 for i in range(40)}}}}
-    before = api.app.resource()["metadata"]["generation"]
     details = envelope(api.patch("/api/parameters", big), 413, "payload_too_large")
     assert details["limit"] == 1024 and details["length"] > 1024
     envelope(api.post("/api/up", "x" * 2000), 413, "payload_too_large")
-    assert api.app.resource()["metadata"]["generation"] == before
+    assert api.service.calls == []  # refused before the service was asked
     small = api.patch("/api/parameters", {"services": {"redis": {"env": {"K": "v"}}}})
     assert small.status_code == 200, small.text
 
 
 def test_event_streams_are_capped_and_give_their_slot_back(
-        make_api: Callable[..., Api]) -> None:
+        make_api: Callable[..., FakeApi]) -> None:
     api = make_api(api=ApiSettings(auth=False, max_streams=1))
 
     async def scenario() -> None:
@@ -172,8 +168,8 @@ def test_event_streams_are_capped_and_give_their_slot_back(
     assert api.get("/api/events/stream", params={"duration": "0"}).status_code == 200
 
 
-def test_a_streams_duration_holds_whatever_its_backlog(api: Api) -> None:
-    store = api.controller.events
+def test_a_streams_duration_holds_whatever_its_backlog(api: FakeApi) -> None:
+    store = api.service.store
     before = store.last_id
     store.add_many([{"type": "info", "message": f"backlog {i}", "service": "theta"}
                     for i in range(100)])  # exactly one page of the stream's queries
@@ -186,7 +182,7 @@ def test_a_streams_duration_holds_whatever_its_backlog(api: Api) -> None:
     assert took < 3, took  # was duration + one heartbeat wait: twice the duration
 
 
-def test_a_401_says_how_to_authenticate(make_api: Callable[..., Api], tokens_file: str) -> None:
+def test_a_401_says_how_to_authenticate(make_api: Callable[..., FakeApi], tokens_file: str) -> None:
     api = make_api(ApiSettings(auth=True, tokens_file=tokens_file))
     for headers in ({}, _bearer("wrong"), {"Authorization": "Basic eDp5"}):
         result = api.get("/api/services", headers=headers)
@@ -194,7 +190,7 @@ def test_a_401_says_how_to_authenticate(make_api: Callable[..., Api], tokens_fil
         assert result.headers["www-authenticate"].startswith("Bearer"), result.headers
 
 
-def test_failed_authentication_is_throttled_per_client(make_api: Callable[..., Api],
+def test_failed_authentication_is_throttled_per_client(make_api: Callable[..., FakeApi],
                                                        tokens_file: str) -> None:
     api = make_api(ApiSettings(auth=True, tokens_file=tokens_file, auth_failure_burst=10,
                                auth_failure_rate=0.1))
@@ -213,7 +209,7 @@ def test_failed_authentication_is_throttled_per_client(make_api: Callable[..., A
     assert api.get("/healthz").status_code == 200
 
 
-def test_made_up_methods_do_not_grow_the_metrics(api: Api) -> None:
+def test_made_up_methods_do_not_grow_the_metrics(api: FakeApi) -> None:
     for i in range(200):
         result = api.client.simulate_request(f"X{i}METHOD", "/api/services")
         assert result.status_code in (400, 405), result.status
@@ -225,7 +221,7 @@ def test_made_up_methods_do_not_grow_the_metrics(api: Api) -> None:
     assert lines and sum(float(line.rsplit(" ", 1)[1]) for line in lines) == 200, lines
 
 
-def test_callers_scopes_are_known_to_the_resources(make_api: Callable[..., Api],
+def test_callers_scopes_are_known_to_the_resources(make_api: Callable[..., FakeApi],
                                                    tokens_file: str) -> None:
     from controller.api.security import AuthMiddleware, Token
 
@@ -245,7 +241,7 @@ def test_callers_scopes_are_known_to_the_resources(make_api: Callable[..., Api],
     assert scopes_of(ApiSettings(auth=True, public_reads=True), {}) == {"read"}
 
 
-def test_a_rotated_token_works_without_a_restart(make_api: Callable[..., Api],
+def test_a_rotated_token_works_without_a_restart(make_api: Callable[..., FakeApi],
                                                  tokens_file: str,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     api = make_api(ApiSettings(auth=True, tokens_file=tokens_file))
@@ -277,8 +273,8 @@ def test_a_rotated_token_works_without_a_restart(make_api: Callable[..., Api],
              timeout=10, message="the removed token to be refused")
 
 
-def test_new_events_reach_open_streams_once_each_filtered_and_in_order(api: Api) -> None:
-    store = api.controller.events
+def test_new_events_reach_open_streams_once_each_filtered_and_in_order(api: FakeApi) -> None:
+    store = api.service.store
     stream = api.client.app._router.find("/api/events/stream")[0]
     wanted: list[int] = []
 

@@ -20,6 +20,9 @@ from tests.support.cluster import App
 from tests.support.fakes import FakeService
 
 SERVICES = ["frontend", "postgres", "redis"]
+# The tokens of the `tokens_file` fixture (tests/conftest.py): one may read, one may write.
+READ = "read-token-7f3a"
+WRITE = "write-token-91bc"
 
 
 class _Client:
