@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.adapters.sources.resource import API_VERSION, KIND
+from controller.adapters.sources.resource import API_VERSION, KIND, ParametersResource
+from controller.model import rendering
 from controller.runtime.controller import Controller
 from tests.support.cluster import App
 from tests.support.waiting import wait_for
@@ -57,5 +58,39 @@ def test_events_about_our_objects_are_stored_and_ours_are_posted(app: App,
         assert stored[0].reason == "FailedCreate"
         assert stored[0].service == "redis"
         assert not controller.events.query(resource=f"{app.namespace}/ConfigMap/other")
+    finally:
+        controller.stop()
+
+
+def test_another_instances_events_are_its_own(app: App, tmp_path: Path) -> None:
+    """An engine for another DeploymentParameters object (?instance=other) stores its
+    events under that instance and posts its Kubernetes Events on that object, not on the
+    controller's own."""
+    cfg = replace(app.cfg, events=replace(app.cfg.events, path=tmp_path / "events.db"))
+    other_cfg = replace(cfg, instance="other")
+    other = ParametersResource(app.kube, other_cfg)
+    other.ensure()
+    controller = Controller(cfg).start()
+    try:
+        wait_for(lambda: controller.engine.last is not None, timeout=30,
+                 message="the first pass")
+        engine = controller.engine_for("other")
+        everything = rendering.load_tree(app.root).names
+        other.set_down(frozenset(everything))  # an instance that deploys nothing
+        assert engine.reconcile().ok
+        app.kube.delete(API_VERSION, KIND, "other", app.namespace)
+        wait_for(lambda: other.get() is None, message="other deleted")
+        report = engine.reconcile()
+        assert report.error is not None and report.error.details["reason"] == \
+            "ParametersDeleted"
+        stored = controller.events.query(instance="other", limit=20)
+        assert {"PassStarted", "ParametersDeleted", "ReconcileFailed"} <= \
+            {e.reason for e in stored}
+        assert all(e.instance == "other" for e in stored)
+        assert not [e for e in controller.events.query(instance="default", limit=200)
+                    if e.reason == "ParametersDeleted"]
+        posted = wait_for(lambda: [e for e in _posted(app) if e["reason"] in (
+            "ParametersDeleted", "ReconcileFailed")], message="the other instance's Events")
+        assert {e["involvedObject"]["name"] for e in posted} == {"other"}
     finally:
         controller.stop()

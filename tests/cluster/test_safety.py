@@ -26,6 +26,7 @@ from controller.adapters.sources.resource import (
 )
 from controller.reconcile.applying import ObjectResult
 from controller.reconcile.engine import Engine
+from controller.reconcile.passes import ObjectDone
 from controller.runtime.controller import Controller
 from controller.runtime.operations import Operations
 from tests.support.cluster import App
@@ -216,7 +217,8 @@ def test_results_are_recorded_as_each_object_is_applied(app: App, tmp_path: Path
     with ApiProxy(app.cluster.kubeconfig, tmp_path, hold_redis) as proxy:
         cfg = replace(app.cfg, kubeconfig=str(proxy.kubeconfig))
         kube = Kube.connect(cfg)
-        engine = Engine(cfg, kube, ResourceSource(cfg), on_result=recorded.append)
+        engine = Engine(cfg, kube, ResourceSource(cfg), sink=lambda event: recorded.append(
+            event.result) if isinstance(event, ObjectDone) else None)
         worker = threading.Thread(target=engine.up)
         worker.start()
         try:
