@@ -29,6 +29,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from controller.adapters.store.sql import Database as StoreDatabase
+from controller.adapters.store.sql import open_database
 from controller.config import StoreSettings
 from tests.support.waiting import wait_for
 
@@ -199,3 +201,14 @@ def store_settings_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> St
         return StoreSettings(url=f"sqlite://{tmp_path}/store.db")
     db: Database = request.getfixturevalue("postgres")
     return StoreSettings(url=db.url, password_file=str(db.password_file))
+
+
+@pytest.fixture(name="db")
+def store_db_fixture(store_settings: StoreSettings,
+                     tmp_path: Path) -> Iterator[StoreDatabase]:
+    """The test's store database, open on either backend (closed after the test)."""
+    handle = open_database(store_settings, tmp_path / "unused.db")
+    try:
+        yield handle
+    finally:
+        handle.close()

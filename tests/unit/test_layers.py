@@ -57,7 +57,6 @@ DOORS: dict[str, frozenset[str]] = {
     "git": frozenset({"controller.adapters.sources.git"}),
     # The stores: events, parameter history, the notifier's cursor in the events file.
     "sqlite3": frozenset({"controller.adapters.store.events",
-                          "controller.adapters.store.history",
                           "controller.adapters.store.sql",
                           "controller.runtime.notifying"}),
     # PostgreSQL (issue 14): sql.py is the one place that knows the two databases.

@@ -13,7 +13,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from tests.support.postgres import Database as PgDatabase
 from tests.support.postgres import (  # noqa: F401 (fixtures)
     postgres_fixture,
     postgres_server_fixture,
+    store_db_fixture,
     store_settings_fixture,
 )
 
@@ -43,16 +43,6 @@ V2 = Migration(2, "ALTER TABLE things ADD COLUMN colour TEXT NOT NULL DEFAULT 'r
 SERIAL = Migration(1, "CREATE TABLE log (id INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT)",
                    "CREATE TABLE log (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
                    "who TEXT)")
-
-
-@pytest.fixture
-def db(store_settings: StoreSettings, tmp_path: Path) -> Iterator[Database]:
-    """The test's database, open (closed after the test)."""
-    handle = open_database(store_settings, tmp_path / "unused.db")
-    try:
-        yield handle
-    finally:
-        handle.close()
 
 
 def run_python(code: str, settings: StoreSettings, *args: str,

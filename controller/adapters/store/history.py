@@ -1,70 +1,102 @@
 """Parameter history: every parameters spec a pass has seen, so a rollback can restore it.
 
-Kept in SQLite beside the event store (same file, own table): a revision (a Git SHA or
-`generation/N` of the resource), its spec, where it came from, when, and whether a pass
-applied it. A pass records the revision it read before it knows the outcome, so revisions
-that were refused (invalid parameters, a template that does not render) are listed too,
-marked `applied: false`; a rollback to one of them would only fail again. Rolling back
-writes a stored spec as the new spec (or a new Git commit): history is never rewritten.
+Kept in the shared store (sql.py: SQLite beside the events by default, PostgreSQL for
+several replicas), so a rollback to a revision the old leader recorded works on the new
+one: a revision (a Git SHA or `generation/N` of the resource), its spec, where it came
+from, when, and whether a pass applied it. A pass records the revision it read before it
+knows the outcome, so revisions that were refused (invalid parameters, a template that does
+not render) are listed too, marked `applied: false`; a rollback to one of them would only
+fail again. Rolling back writes a stored spec as the new spec (or a new Git commit):
+history is never rewritten.
 
 A resource's revisions (`generation/N`) start again at 1 when the object is deleted and
 created anew, so each row also keeps its `origin` (the object's uid): when a revision comes
 back from another origin, the older row is renamed `generation/N@<uid prefix>` and stays
 listed (and restorable) under that name, and the new object's row takes the plain name.
 
-Errors of the file (damaged, read-only, removed underneath) become `EventStoreError`
-naming the file, never a bare sqlite3 error.
+Bounded: the newest `keep` revisions per instance (each new one deletes what fell out, one
+probe of the (instance, id) index and one range delete). Two replicas recording the same
+revision at once store it once (`ON CONFLICT DO NOTHING`). The schema is migration 1 of
+store "history"; a SQLite file written before there was a version table (its table made
+with `CREATE ... IF NOT EXISTS`, the `applied` and `origin` columns added later by hand) is
+adopted as it is. Errors of the store (a damaged file, a lost connection) become
+`EventStoreError` naming it, never a bare driver error.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from controller.adapters.store.events import EventStoreError
+from controller.adapters.store.sql import (
+    STORE_ERRORS,
+    Database,
+    Migration,
+    SqliteDatabase,
+    Tx,
+)
 from controller.model.times import now, rfc3339_micro
 
 _T = TypeVar("_T")
 
-SCHEMA = """
+STORE = "history"
+_TABLE = """
 CREATE TABLE IF NOT EXISTS parameter_history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {id},
     instance TEXT NOT NULL,
     revision TEXT NOT NULL,
     source TEXT NOT NULL,
     timestamp TEXT NOT NULL,
     spec TEXT NOT NULL,
+    applied INTEGER,                      -- 0 or 1, NULL: recorded before it was kept
+    origin TEXT,                          -- the resource uid, NULL for Git
     UNIQUE (instance, revision)
 );
-CREATE INDEX IF NOT EXISTS parameter_history_instance ON parameter_history (instance, id);
+CREATE INDEX IF NOT EXISTS parameter_history_instance ON parameter_history (instance, id)
 """
-# Added later: NULL for rows recorded before they existed (unknown).
-_COLUMNS = {"applied": "ALTER TABLE parameter_history ADD COLUMN applied INTEGER",  # 0 or 1
-            "origin": "ALTER TABLE parameter_history ADD COLUMN origin TEXT"}
+MIGRATIONS = (
+    Migration(1, _TABLE.format(id="INTEGER PRIMARY KEY AUTOINCREMENT"),
+              _TABLE.format(id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")),
+)
+# Columns SQLite files written before the version table may lack (NULL: unknown).
+_LEGACY_COLUMNS = {"applied": "ALTER TABLE parameter_history ADD COLUMN applied INTEGER",
+                   "origin": "ALTER TABLE parameter_history ADD COLUMN origin TEXT"}
 
 
 class History:
-    def __init__(self, path: Path | str, keep: int = 500) -> None:
-        self.path = Path(path)
+    """The parameter history in a `Database`; given a path, in its own SQLite file."""
+
+    def __init__(self, target: Path | str | Database, keep: int = 500) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
         self._keep = keep
-        self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=10)
+        self._owned = not isinstance(target, Database)  # we opened it: we close it
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(parameter_history)")}
-            for name, statement in _COLUMNS.items():
-                if name not in columns:
-                    self._db.execute(statement)
+            self.db = target if isinstance(target, Database) else SqliteDatabase(target)
+        except STORE_ERRORS as e:
+            raise _unusable(str(target), e) from e
+        self.path = self.db.display  # where it is, for messages
+        try:
+            self._call(self._adopt)
+            self.db.migrate(STORE, MIGRATIONS)
         except BaseException:
-            self._db.close()
+            self.close()
             raise
+
+    def _adopt(self) -> None:
+        """A SQLite file from before the version table: add the columns it lacks."""
+        if self.db.dialect != "sqlite":
+            return
+        with self.db.write() as tx:
+            columns = {str(r[1]) for r in tx.all("PRAGMA table_info(parameter_history)")}
+            if columns:
+                for name, statement in _LEGACY_COLUMNS.items():
+                    if name not in columns:
+                        tx.execute(statement)
 
     def record(self, instance: str, revision: str, source: str, spec: dict[str, Any],
                origin: str = "") -> bool:
@@ -72,40 +104,44 @@ class History:
         `origin`: what the revision counts within (a resource's uid), "" for Git."""
         stamp = rfc3339_micro(now())
 
-        def write(db: sqlite3.Connection) -> bool:
+        def write(tx: Tx) -> bool:
             if origin:
-                old = db.execute(
-                    "SELECT id, origin FROM parameter_history WHERE instance = ? AND "
-                    "revision = ?", (instance, revision)).fetchone()
+                old = tx.one("SELECT id, origin FROM parameter_history WHERE instance = ? "
+                             "AND revision = ?", (instance, revision))
                 if old is not None and old[1] and old[1] != origin:
-                    # The same name from a deleted object: keep its row under its own name.
-                    db.execute("UPDATE OR REPLACE parameter_history SET revision = ? "
-                               "WHERE id = ?", (f"{revision}@{old[1][:8]}", old[0]))
-            cur = db.execute(
-                "INSERT OR IGNORE INTO parameter_history (instance, revision, source, "
-                "timestamp, spec, applied, origin) VALUES (?, ?, ?, ?, ?, 0, ?)",
+                    # The same name from a deleted object: keep its row under its own name
+                    # (replacing an older row of that name, as a third object's would).
+                    renamed = f"{revision}@{old[1][:8]}"
+                    tx.execute("DELETE FROM parameter_history WHERE instance = ? AND "
+                               "revision = ?", (instance, renamed))
+                    tx.execute("UPDATE parameter_history SET revision = ? WHERE id = ?",
+                               (renamed, old[0]))
+            added = tx.execute(
+                "INSERT INTO parameter_history (instance, revision, source, timestamp, "
+                "spec, applied, origin) VALUES (?, ?, ?, ?, ?, 0, ?) "
+                "ON CONFLICT (instance, revision) DO NOTHING",
                 (instance, revision, source, stamp, json.dumps(spec, sort_keys=True),
                  origin or None))
-            if cur.rowcount:
-                db.execute(
+            if added:
+                tx.execute(
                     "DELETE FROM parameter_history WHERE instance = ? AND id <= "
                     "(SELECT id FROM parameter_history WHERE instance = ? "
                     "ORDER BY id DESC LIMIT 1 OFFSET ?)", (instance, instance, self._keep))
-            return bool(cur.rowcount)
+            return bool(added)
 
         return self._write(write)
 
     def mark_applied(self, instance: str, revision: str) -> None:
         """A pass applied this revision (recorded first with `record`)."""
-        self._write(lambda db: db.execute(
+        self._write(lambda tx: tx.execute(
             "UPDATE parameter_history SET applied = 1 WHERE instance = ? AND revision = ? "
-            "AND applied IS NOT 1", (instance, revision)))
+            "AND (applied IS NULL OR applied <> 1)", (instance, revision)))
 
     def list(self, instance: str, limit: int = 50) -> list[dict[str, Any]]:
-        with self._reading() as db:
-            rows = db.execute(
+        with self._reading() as tx:
+            rows = tx.all(
                 "SELECT revision, source, timestamp, spec, applied FROM parameter_history "
-                "WHERE instance = ? ORDER BY id DESC LIMIT ?", (instance, limit)).fetchall()
+                "WHERE instance = ? ORDER BY id DESC LIMIT ?", (instance, max(0, limit)))
         return [{"revision": r[0], "source": r[1], "timestamp": r[2],
                  "parameters": json.loads(r[3]), "applied": _applied(r[4])} for r in rows]
 
@@ -116,32 +152,44 @@ class History:
     def entry(self, instance: str, revision: str) -> dict[str, Any] | None:
         """{"parameters", "applied"} of a recorded revision; `applied` is None when it was
         recorded before the history kept that."""
-        with self._reading() as db:
-            row = db.execute(
-                "SELECT spec, applied FROM parameter_history WHERE instance = ? "
-                "AND revision = ?", (instance, revision)).fetchone()
+        with self._reading() as tx:
+            row = tx.one("SELECT spec, applied FROM parameter_history WHERE instance = ? "
+                         "AND revision = ?", (instance, revision))
         return {"parameters": json.loads(row[0]), "applied": _applied(row[1])} if row \
             else None
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owned:
+            self.db.close()
 
-    # -- the file -------------------------------------------------------------------------
+    # -- the store ------------------------------------------------------------------------
 
-    def _write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        with self._reading() as db, db:  # `with db`: one transaction, committed or rolled back
-            return work(db)
+    def _write(self, work: Callable[[Tx], _T]) -> _T:
+        def run() -> _T:
+            with self.db.write() as tx:
+                return work(tx)
+        return self._call(run)
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._db
-            except sqlite3.Error as e:
-                raise EventStoreError(
-                    f"parameter history in {self.path} is unusable: {e}",
-                    {"path": str(self.path), "error": f"{type(e).__name__}: {e}"}) from e
+    def _reading(self) -> Iterator[Tx]:
+        try:
+            with self.db.read() as tx:
+                yield tx
+        except STORE_ERRORS as e:
+            raise _unusable(self.path, e) from e
+
+    def _call(self, work: Callable[[], _T]) -> _T:
+        try:
+            return work()
+        except STORE_ERRORS as e:
+            raise _unusable(self.path, e) from e
+
+
+def _unusable(where: str, e: BaseException) -> EventStoreError:
+    if isinstance(e, EventStoreError):
+        return e
+    return EventStoreError(f"parameter history in {where} is unusable: {e}",
+                           {"path": where, "error": f"{type(e).__name__}: {e}"})
 
 
 def _applied(value: object) -> bool | None:

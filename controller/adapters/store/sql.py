@@ -96,7 +96,8 @@ STORE_ERRORS: tuple[type[Exception], ...] = (StoreError, sqlite3.Error, psycopg.
 
 @dataclass(frozen=True)
 class Migration:
-    """One schema step of one store: statements separated by `;`, per dialect."""
+    """One schema step of one store, per dialect: statements separated by `;` (so none
+    in a comment or a string literal)."""
 
     version: int
     sqlite: str
