@@ -219,6 +219,24 @@ def test_markup_in_values_is_text_and_read_only_sees_no_write_control(
     ids = page.eval_on_selector_all("main button", "bs => bs.map(b => b.id)")
     assert set(ids) <= {"ev-errors", "ev-all"}, ids
     served.shot(page, "read-only")
+
+    # The stream's filters: by service, then by object (the server filters; the page
+    # shows what arrives).
+    def shown(attribute: str) -> set[str]:
+        return set(page.eval_on_selector_all(
+            "#events li", f"ls => ls.map(l => l.dataset.{attribute})"))
+    page.fill("#ev-service", "redis")
+    expect(message).to_have_count(0, timeout=15_000)
+    expect(page.locator('#events li[data-service="redis"]').first).to_be_visible(
+        timeout=15_000)
+    assert shown("service") == {"redis"}
+    page.fill("#ev-service", "")
+    deployment = f"{app.namespace}/Deployment/frontend"
+    page.fill("#ev-resource", deployment)
+    expect(message.first).to_be_visible(timeout=15_000)
+    expect(page.locator(f'#events li:not([data-resource="{deployment}"])')).to_have_count(
+        0, timeout=15_000)
+    assert shown("resource") == {deployment}
     assert page.evaluate("window.__xss") is None
     assert page.locator("main img, main script").count() == 0
     watch.clean()
@@ -230,4 +248,40 @@ def test_markup_in_values_is_text_and_read_only_sees_no_write_control(
            ).to_contain_text(XSS, timeout=30_000)
     assert page.evaluate("window.__xss") is None
     assert page.locator("main img, main script").count() == 0
+    watch.clean()
+
+
+def test_actions_ask_first_and_do_what_they_say(browser: Any, served: Any, app: App) -> None:
+    page, watch, _ = _open(browser, served, served.write_token)
+    redis = _service(page, "redis")
+    expect(redis).to_be_visible(timeout=30_000)
+
+    # down, cancelled: nothing is sent, redis stays deployed.
+    redis.locator('button[data-op="down"]').click()
+    expect(page.locator("#confirm")).to_be_visible()
+    expect(page.locator("#confirm-text")).to_contain_text("redis")
+    page.click("#confirm-cancel")
+    expect(page.locator("#confirm")).to_be_hidden()
+    assert served.call("GET", "/api/services")[2]["services"] and all(
+        s["deployed"] for s in served.call("GET", "/api/services")[2]["services"])
+
+    # update, confirmed: the contract's answer is shown.
+    redis.locator('button[data-op="update"]').click()
+    page.click("#confirm-ok")
+    expect(page.locator("#notice")).to_contain_text("Successfully updated all manifests",
+                                                    timeout=60_000)
+
+    # suspend and resume: the instance says so, and so does the object.
+    suspended = page.locator('#instances tr[data-instance="default"] td').nth(3)
+    page.click("#suspend")
+    page.click("#confirm-ok")
+    expect(page.locator("#notice")).to_contain_text("suspended", timeout=30_000)
+    expect(suspended).to_have_text("yes", timeout=30_000)
+    assert app.resource()["spec"].get("suspend") is True
+    served.shot(page, "suspended")
+    page.click("#resume")
+    page.click("#confirm-ok")
+    expect(page.locator("#notice")).to_contain_text("resumed", timeout=30_000)
+    expect(suspended).to_have_text("no", timeout=30_000)
+    assert app.resource()["spec"].get("suspend") is False
     watch.clean()

@@ -471,7 +471,7 @@ async function consume(body, signal) {
   let buffer = "";
   while (!signal.aborted) {
     const { value, done } = await reader.read();
-    if (done) return;
+    if (done || signal.aborted) return;  // a stream replaced by new filters adds nothing
     buffer += value.replace(/\r\n?/g, "\n");
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -492,7 +492,8 @@ async function consume(body, signal) {
 
 function addEvent(ev) {
   const list = $("events");
-  const row = el("li", { data: { type: ev.type, reason: ev.reason || "", service: ev.service || "", id: ev.id } },
+  const row = el("li", { data: { type: ev.type, reason: ev.reason || "", service: ev.service || "",
+                                 resource: ev.resource || "", id: ev.id } },
     el("span", { class: "time", text: ev.timestamp }),
     el("span", {}, el("span", { class: `badge type-${ev.type}`, text: ev.type })),
     el("span", { class: "service", text: ev.service || "" }),
