@@ -187,6 +187,11 @@ PREFIX = "CONDUCTOR_"
 # Variables under the prefix that are not settings of the controller: the project's own
 # tests, benchmarks and test data locations (never read by `conductor run`).
 NOT_SETTINGS = ("CONDUCTOR_TEST_", "CONDUCTOR_BENCH_", "CONDUCTOR_PEER_")
+# Read by the command-line client and the MCP server (controller/agents), not by the
+# controller: one shell may set them and also start `conductor run`.
+CLIENT_URL = "CONDUCTOR_URL"
+CLIENT_TOKEN = "CONDUCTOR_TOKEN"
+CLIENT_VARIABLES = (CLIENT_URL, CLIENT_TOKEN)
 
 
 def _settings(obj: Any, prefix: str) -> Iterator[tuple[str, Any, Any, Any]]:
@@ -212,7 +217,7 @@ def check_environment(env: Mapping[str, str], ignore: tuple[str, ...] = ()) -> N
     known = set(known_variables())
     for name in sorted(env):
         if (not name.startswith(PREFIX) or name in known or name in ignore
-                or name.startswith(NOT_SETTINGS)):
+                or name.startswith(NOT_SETTINGS) or name in CLIENT_VARIABLES):
             continue
         # Compared without the shared prefix, which would make every name look close.
         close = difflib.get_close_matches(name.removeprefix(PREFIX),

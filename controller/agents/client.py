@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from controller.config import CLIENT_TOKEN, CLIENT_URL
+
 DEFAULT_URL = "http://127.0.0.1:8081"
 DEFAULT_TIMEOUT = 30.0
 # A deploy waits server-side (its own `timeout`, `healthTimeout`): the socket waits longer.
@@ -120,8 +122,8 @@ class ClientSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str], url: str | None = None,
                  token: str | None = None, timeout: float | None = None) -> ClientSettings:
-        return cls(url=url or env.get("CONDUCTOR_URL") or DEFAULT_URL,
-                   token=token if token is not None else env.get("CONDUCTOR_TOKEN", ""),
+        return cls(url=url or env.get(CLIENT_URL) or DEFAULT_URL,
+                   token=token if token is not None else env.get(CLIENT_TOKEN, ""),
                    timeout=timeout if timeout is not None else DEFAULT_TIMEOUT)
 
 

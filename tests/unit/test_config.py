@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from controller.config import (
+    CLIENT_VARIABLES,
     ApiSettings,
     Config,
     ConfigError,
@@ -89,12 +90,18 @@ def test_effective_configuration_masks_credentials() -> None:
     assert set(shown) == set(known_variables())
 
 
+def test_the_clients_variables_do_not_stop_the_controller() -> None:
+    """One shell may hold the CLI's URL and token and also start `conductor run`."""
+    check_environment({"CONDUCTOR_URL": "http://127.0.0.1:8081", "CONDUCTOR_TOKEN": "t"})
+
+
 def test_every_variable_the_kit_and_readme_name_is_a_setting() -> None:
     named: set[str] = set()
     for path in [REPO / "README.md", *REPO.glob("config/**/*.yaml")]:
         named |= set(re.findall(r"\bCONDUCTOR_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
     unknown = {n for n in named if not n.startswith(("CONDUCTOR_TEST_", "CONDUCTOR_BENCH_",
                                                       "CONDUCTOR_PEER_"))}
-    # README abbreviations such as `_RATE_BURST` are written without the prefix.
-    unknown -= set(known_variables())
+    # README abbreviations such as `_RATE_BURST` are written without the prefix; the
+    # client's variables are named where the CLI and MCP server are described.
+    unknown -= set(known_variables()) | set(CLIENT_VARIABLES)
     assert not unknown, sorted(unknown)
