@@ -163,29 +163,50 @@ def test_break_and_roll_back_in_the_browser(browser: Any, served: Any, app: App,
     page.click("#ev-all")
     served.shot(page, "healthy-again")
 
-    # Someone else writes after the page loaded: apply is refused, nothing overwritten.
+    # Someone else writes after the page loaded: the preview says so and offers no apply.
+    conflict = page.locator("#params-conflict")
     page.click("#params-reload")
     expect(editor).to_have_value(mentions("1.25"), timeout=15_000)
-    status, _, body = served.call("PATCH", "/api/parameters",
-                                  {"services": {"frontend": {"note": "someone else"}}})
-    assert status == 200, body
-    doc = yaml.safe_load(editor.input_value())
-    doc["services"]["frontend"]["note"] = "from the page"
-    editor.fill(yaml.safe_dump(doc))
+    someone_else(served, "before the preview")
+    edit_note(editor, "from the page")
+    page.click("#params-preview")
+    expect(conflict).to_be_visible(timeout=30_000)
+    expect(conflict).to_contain_text("changed since you loaded them")
+    expect(page.locator("#params-apply")).to_be_disabled()
+    page.click("#params-conflict-reload")
+    expect(conflict).to_be_hidden(timeout=15_000)
+    expect(editor).to_have_value(mentions("before the preview"), timeout=15_000)
+
+    # ... or between the preview and apply: the write is refused (412), nothing overwritten.
+    edit_note(editor, "from the page")
     page.click("#params-preview")
     expect(page.locator("#params-apply")).to_be_enabled(timeout=30_000)
+    someone_else(served, "after the preview")
     page.click("#params-apply")
     page.click("#confirm-ok")
-    conflict = page.locator("#params-conflict")
     expect(conflict).to_be_visible(timeout=30_000)
     expect(conflict).to_contain_text("changed since you loaded them")
     served.shot(page, "conflict")
     spec = served.call("GET", "/api/parameters")[2]
-    assert spec["services"]["frontend"]["note"] == "someone else", spec
+    assert spec["services"]["frontend"]["note"] == "after the preview", spec
     page.click("#params-conflict-reload")
     expect(conflict).to_be_hidden(timeout=15_000)
-    expect(editor).to_have_value(mentions("someone else"), timeout=15_000)
+    expect(editor).to_have_value(mentions("after the preview"), timeout=15_000)
     watch.clean()
+
+
+def someone_else(served: Any, note: str) -> None:
+    """Another writer changes the parameters behind the page's back."""
+    status, _, body = served.call("PATCH", "/api/parameters",
+                                  {"services": {"frontend": {"note": note}}})
+    assert status == 200, body
+
+
+def edit_note(editor: Any, note: str) -> None:
+    """The page's own edit: a note on frontend, in the YAML editor."""
+    doc = yaml.safe_load(editor.input_value())
+    doc["services"]["frontend"]["note"] = note
+    editor.fill(yaml.safe_dump(doc))
 
 
 def test_markup_in_values_is_text_and_read_only_sees_no_write_control(

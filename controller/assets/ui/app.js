@@ -313,6 +313,12 @@ async function previewParameters() {
   try {
     const { data } = await api("POST", "/api/plan", { body: { parameters: draft() }, query: instanceQuery() });
     renderPlan($("plan"), data, "Plan of the edited parameters");
+    const loaded = state.version.replace(/^W\//, "").replace(/"/g, "");
+    if (data.basedOn && loaded && data.basedOn !== loaded) {
+      // Planned against newer parameters than the editor holds: applying would answer 412.
+      showConflict({ body: { details: { current: data.basedOn } } });
+      return;
+    }
     state.previewed = text;
     $("params-apply").disabled = false;
   } catch (e) {
