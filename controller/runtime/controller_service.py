@@ -662,15 +662,14 @@ class ControllerService:
         resource = ParametersResource(self.c.kube, self.cfg, instance)
         base = resource.get()
         if base is None:
-            check_version(if_match, "")
-            if self._recreate(resource, instance, build, reapply):
+            if self._recreate(resource, instance, build, reapply, if_match):
                 obj = resource.read()  # created with exactly this spec
                 return self._written(obj)
             base = resource.read()
         for attempt in range(1, WRITE_ATTEMPTS + 1):
-            check_version(if_match, _resource_version(base))
             spec = build(dict(base.get("spec") or {}))
-            validate_spec(spec, schema)
+            validate_spec(spec, schema)  # an invalid body is a 400 whatever its If-Match
+            check_version(if_match, _resource_version(base))
             try:
                 obj = resource.replace_spec(spec, base)
                 break
@@ -713,7 +712,8 @@ class ControllerService:
                           "revision": sha}, self._git_version(sha))
 
     def _recreate(self, resource: ParametersResource, instance: str,
-                  build: Callable[[dict[str, Any]], dict[str, Any]], reapply: bool) -> bool:
+                  build: Callable[[dict[str, Any]], dict[str, Any]], reapply: bool,
+                  if_match: str | None) -> bool:
         """The controller's own object is missing (deleted after it was applied: the loop
         has stopped and kept the app). A whole spec (POST, rollback) creates it again; a
         merge patch has nothing to merge into. True when created with the spec; False when
@@ -727,6 +727,7 @@ class ControllerService:
             raise missing
         spec = build({})
         validate_spec(spec, self.c.engine.schema)
+        check_version(if_match, "")  # no object: only * matches
         created = resource.ensure(seed=spec)
         if (created.get("spec") or {}) == spec:
             self.c.loop.wake("api")

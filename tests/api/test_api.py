@@ -206,6 +206,9 @@ def test_a_stale_if_match_is_412_with_the_current_version_and_changes_nothing(
         details = envelope(send(path, body, headers={"If-Match": stale}), 412,
                            "precondition_failed")
         assert f'"{details["current"]}"' == current, (path, details)
+    # An invalid body is a 400 whatever its If-Match says.
+    envelope(fake_api.patch("/api/parameters", {"services": {"redis": [None]}},
+                            headers={"If-Match": stale}), 400, "validation_error")
     assert fake_api.service.instances_["default"].spec == before
     assert fake_api.service.instances_["default"].deployed == {"frontend", "postgres",
                                                                "redis"}

@@ -296,8 +296,8 @@ class FakeService:
 
     def _write(self, inst: Instance, spec: dict[str, Any], if_match: str | None) -> Versioned:
         with self._lock:  # one writer at a time, as the API server serializes writes
+            validate_spec(spec, self.schema_)  # an invalid body is a 400 whatever If-Match
             check_version(if_match, str(inst.version))
-            validate_spec(spec, self.schema_)
             if spec != inst.spec:
                 self._bump(inst, spec)
                 inst.record()
