@@ -32,6 +32,8 @@ from controller.adapters.sources.resource import (
 )
 from controller.adapters.store.events import open_store
 from controller.adapters.store.history import History
+from controller.adapters.store.operations import OperationStore
+from controller.adapters.store.sql import open_database
 from controller.adapters.watching import Handler, Selector
 from controller.config import Config
 from controller.errors import ConductorError, InvalidYAMLError, ValidationError
@@ -179,7 +181,10 @@ class Controller:
         # An unusable events file degrades to a temporary one (logged, metric, status,
         # event): reconciling matters more than the record of it.
         self.events, self.event_store_problem = open_store(cfg.events)
-        self.history = History(self.events.path)
+        # History and operation records: the events file (one replica) or the database
+        # CONDUCTOR_STORE_URL names, shared by every replica (issue 14).
+        self.database = open_database(cfg.store, self.events.path)
+        self.history = History(self.database)
         if isinstance(self.source, GitParameters):
             self.source.on_event = self._event
         # The revision the last successful pass or operation applied: what /api/status and
@@ -195,7 +200,7 @@ class Controller:
         self.kube_events = KubeEvents(self.kube, self.recorder, cfg.namespace, cfg.instance,
                                       live=self.live)
         self.recorder.service_of = self.kube_events.service_of
-        self.operations = Operations()
+        self.operations = Operations(store=OperationStore(self.database))
         self.engine = self._new_engine(cfg, self.source)
         self._engines: dict[str, Engine] = {cfg.instance: self.engine}
         self._engines_lock = threading.Lock()
@@ -284,6 +289,7 @@ class Controller:
         if self.elector:
             self.elector.stop(release=True)
         self.history.close()
+        self.database.close()
         self.live.stop()
 
     def _instances(self) -> Selector:
