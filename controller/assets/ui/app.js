@@ -68,7 +68,7 @@ function instanceQuery(extra = {}) {
   return q;
 }
 
-async function api(method, path, { body, query, headers } = {}) {
+async function api(method, path, { body, query, headers, probe } = {}) {
   const url = new URL(path, location.origin);
   for (const [k, v] of Object.entries(query || {})) {
     if (v !== undefined && v !== "") url.searchParams.set(k, v);
@@ -85,7 +85,7 @@ async function api(method, path, { body, query, headers } = {}) {
   if (text) {
     try { data = JSON.parse(text); } catch { data = { message: text.slice(0, 300) }; }
   }
-  if (resp.status === 401) signIn("the token was refused: " + ((data && data.message) || ""));
+  if (resp.status === 401 && !probe) signIn("the token was refused: " + ((data && data.message) || ""));
   if (!resp.ok) throw new ApiError(resp.status, data);
   return { data, headers: resp.headers, status: resp.status };
 }
@@ -148,7 +148,8 @@ async function start() {
 
 async function probeWrite() {
   try {
-    await api("POST", "/api/suspend", { body: { probe: true } });
+    // A 401 here only says "no write" (public reads without a token): not a sign-in.
+    await api("POST", "/api/suspend", { body: { probe: true }, probe: true });
     return true;  // cannot happen (the body is refused), but the server said yes
   } catch (e) {
     return e.status === 400;  // authorised, refused for the body: this token may write
