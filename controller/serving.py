@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import os
 import runpy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 
 from controller import assets, logs
 from controller.api.security import Token, load_tokens
 from controller.config import Config
+
+if TYPE_CHECKING:
+    from controller.api.app import App, Settings
+    from controller.runtime.controller import Controller
 
 GUNICORN_CONF = assets.GUNICORN_CONF  # package data (controller/assets)
 
@@ -48,15 +52,12 @@ class Server(BaseApplication):  # type: ignore[misc]
                                                                 self.config.namespace))
 
     def load(self) -> Any:
-        from controller.api.app import Settings, create_app
+        from controller.api.app import Settings
         from controller.runtime.controller import Controller
-        from controller.runtime.controller_service import ControllerService
 
-        settings = Settings.from_config(self.config, self.tokens)
+        settings = Settings.from_config(self.config, self.tokens)  # before anything starts
         self.controller = Controller(self.config, self.env).start()
-        service = ControllerService(self.controller, self.env)
-        self.app = create_app(service, self.controller.registry, settings,
-                              meters=self.controller.metrics)
+        self.app = app_for(self.controller, self.env, settings)
         return self.app
 
     def on_draining(self) -> None:
@@ -69,6 +70,19 @@ class Server(BaseApplication):  # type: ignore[misc]
             self.app.close()
         if self.controller is not None:
             self.controller.stop()
+
+
+def app_for(controller: Controller, env: dict[str, str] | None = None,
+            settings: Settings | None = None) -> App:
+    """The API over a controller: Controller -> ControllerService -> create_app (also what
+    tests serve a started controller with). `settings` default: read from its config."""
+    from controller.api.app import Settings, create_app
+    from controller.runtime.controller_service import ControllerService
+
+    if settings is None:
+        settings = Settings.from_config(controller.cfg)
+    return create_app(ControllerService(controller, env), controller.registry, settings,
+                      meters=controller.metrics)
 
 
 def startup_checks(cfg: Config) -> list[Token]:

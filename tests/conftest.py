@@ -33,7 +33,7 @@ from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.api.app import Settings, create_app
 from controller.config import ApiSettings
 from controller.runtime.controller import Controller
-from controller.runtime.controller_service import ControllerService
+from controller.serving import app_for
 from devcluster import building, running
 from tests.support.api import READ, WRITE, Api, FakeApi
 from tests.support.cluster import REPO, App, LocalCluster
@@ -121,9 +121,8 @@ def make_api(app: App) -> Iterator[Callable[..., Api]]:
         settings = Settings.from_config(cfg)  # as serving does: checked before the start
         controller = Controller(cfg).start()  # its own connection: it guards writes
         started.append(controller)
-        served = Api(testing.TestClient(create_app(
-            ControllerService(controller), controller.registry, settings,
-            meters=controller.metrics)), controller, app)
+        served = Api(testing.TestClient(app_for(controller, settings=settings)),
+                     controller, app)
         if first_pass:
             wait_for(lambda: controller.engine.last is not None, timeout=60,
                      message="the controller's first pass")

@@ -35,6 +35,7 @@ from controller.adapters.sources.resource import ParametersResource
 from controller.api.app import Settings, create_app
 from controller.api.openapi import document
 from controller.config import ApiSettings, GitSettings
+from controller.serving import app_for
 from tests.support.cluster import REPO, App, LocalCluster
 from tests.support.fakes import FakeService
 from tests.support.waiting import wait_for
@@ -177,7 +178,6 @@ class Fuzzed:
 def fuzzed(cluster: LocalCluster, kube: Kube, crd: dict[str, Any],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     from controller.runtime.controller import Controller
-    from controller.runtime.controller_service import ControllerService
 
     namespace = f"api-fuzz-{secrets.token_hex(3)}"
     kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
@@ -198,9 +198,7 @@ def fuzzed(cluster: LocalCluster, kube: Kube, crd: dict[str, Any],
     controller = Controller(cfg).start()
     try:
         wait_for(lambda: controller.engine.last is not None, timeout=60, message="first pass")
-        served = create_app(ControllerService(controller), controller.registry,
-                            Settings.from_config(cfg), meters=controller.metrics)
-        yield Fuzzed(app, served, app.resource()["spec"], cfg.instance)
+        yield Fuzzed(app, app_for(controller), app.resource()["spec"], cfg.instance)
     finally:
         controller.stop()
         kube.delete("v1", "Namespace", namespace)

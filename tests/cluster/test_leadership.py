@@ -31,10 +31,10 @@ from falcon import testing
 
 from controller.adapters.kube import Kube, NotLeaderError
 from controller.adapters.sources.resource import API_VERSION, KIND
-from controller.api.app import create_app
 from controller.config import ApiSettings, ApplySettings, Config, EventSettings, LeaderSettings
 from controller.runtime.controller import Controller
 from controller.runtime.leadership import LeaderElector
+from controller.serving import app_for
 from devcluster import kubelet
 from devcluster.running import free_port
 from tests.support.cluster import App, LocalCluster, controller_process
@@ -369,7 +369,7 @@ def test_readiness_and_the_role_follow_the_api_server(app: App, tmp_path: Path) 
                                             retry_period=RETRY_PERIOD))
         controller = Controller(cfg).start()
         try:
-            client = testing.TestClient(create_app(controller))
+            client = testing.TestClient(app_for(controller))
 
             def readyz() -> tuple[int, dict[str, Any]]:
                 result = client.simulate_get("/readyz")

@@ -20,9 +20,9 @@ from falcon import testing
 from prometheus_client import CollectorRegistry
 
 from controller.adapters.metrics import KIND
-from controller.api.app import create_app
 from controller.config import ApiSettings, Config, EventSettings
 from controller.runtime.controller import Controller
+from controller.serving import app_for
 from devcluster import kubelet
 from tests.support.cluster import App
 from tests.support.proxy import ApiProxy
@@ -97,7 +97,7 @@ def test_the_first_pass_is_measured(app: App) -> None:
                       service="redis") == 0
 
         # The scrape: gauges computed from memory, in the text format, on an open path.
-        client = testing.TestClient(create_app(controller))
+        client = testing.TestClient(app_for(controller))
         resp = client.simulate_get("/metrics")
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/plain")
@@ -202,7 +202,7 @@ def test_an_unusable_events_file_degrades_loudly_and_reconciling_goes_on(
                  message="the first pass")
         last = controller.engine.last
         assert last is not None and last.ok, last.summary() if last else None
-        client = testing.TestClient(create_app(controller))
+        client = testing.TestClient(app_for(controller))
         store = client.simulate_get("/api/status").json["eventStore"]
         assert store["status"] == "degraded" and store["path"] == str(path)
         assert "not a database" in store["error"] and store["hint"]

@@ -20,9 +20,9 @@ from falcon import testing
 
 from controller.adapters.kube import Kube
 from controller.adapters.sources.resource import API_VERSION, KIND
-from controller.api.app import create_app
 from controller.config import ApiSettings, Config, EventSettings, GitSettings, LoopSettings
 from controller.runtime.controller import Controller
+from controller.serving import app_for
 from devcluster import kubelet
 from tests.support.api import envelope
 from tests.support.cluster import LocalCluster
@@ -64,7 +64,7 @@ def served(cluster: LocalCluster, kube: Kube, namespace: str, tmp_path: Path,
         controllers.append(controller)
         wait_for(lambda: controller.engine.last is not None, timeout=60, message="first pass")
         assert controller.engine.last is not None and controller.engine.last.ok
-        return testing.TestClient(create_app(controller))
+        return testing.TestClient(app_for(controller))
 
     yield serve
     for controller in started:

@@ -16,10 +16,10 @@ from falcon import testing
 
 from controller.adapters.sources import editing
 from controller.adapters.sources.git import GitSource, author_for
-from controller.api.app import create_app
 from controller.config import ApiSettings, Config, EventSettings, GitSettings, LoopSettings
 from controller.errors import InvalidYAMLError
 from controller.runtime.controller import Controller
+from controller.serving import app_for
 from tests.support.cluster import LocalCluster
 from tests.support.gitrepo import User, example_files, example_params
 from tests.support.waiting import wait_for
@@ -202,7 +202,7 @@ def token_client(cluster: LocalCluster, namespace: str, tmp_path: Path,
     controller = Controller(cfg, env={}).start()
     try:
         wait_for(lambda: controller.engine.last is not None, timeout=60, message="first pass")
-        yield testing.TestClient(create_app(controller)), user
+        yield testing.TestClient(app_for(controller)), user
     finally:
         controller.stop()
 
