@@ -28,7 +28,9 @@ from devcluster.building import Binaries, ensure_binaries
 
 Progress = Callable[[str], None]
 
-SERVICE_CIDR = "10.0.0.0/24"
+# 65,534 Service IPs: a /24 ran out at 254 Services ("range is full") while benchmarks
+# created many instances' Services. The API server of 1.20 accepts up to a /12.
+SERVICE_CIDR = "10.0.0.0/16"
 # The directory holding this package: the simulator runs `python -m devcluster` from there,
 # so it starts whatever the caller's working directory (devcluster is not installed).
 ROOT = Path(__file__).resolve().parents[1]

@@ -106,6 +106,22 @@ def test_kubelet_helper_drives_pod_states(kube: Kube, namespace: str) -> None:
     assert status["lastState"]["terminated"]["exitCode"] == 1
 
 
+def test_more_services_than_a_slash_24_holds(kube: Kube, namespace: str) -> None:
+    """Benchmarks of many instances create hundreds of Services; a /24 service range ran
+    out at 254 ("range is full"). 300 ClusterIP Services all get an address."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def create(i: int) -> str:
+        body = kube.create({"apiVersion": "v1", "kind": "Service",
+                            "metadata": {"name": f"s{i}", "namespace": namespace},
+                            "spec": {"ports": [{"port": 80}]}})
+        return str(body["spec"]["clusterIP"])
+
+    with ThreadPoolExecutor(8) as pool:
+        addresses = set(pool.map(create, range(300)))
+    assert len(addresses) == 300
+
+
 def test_permanent_errors_are_not_retried(kube: Kube, namespace: str) -> None:
     calls: list[int] = []
     observed = Kube(kube.api, kube.settings, observer=lambda verb, code, s: calls.append(code))
