@@ -139,9 +139,12 @@ class Applier:
         out = []
         for m in manifests:
             namespaced = self._namespaced(m, crd_scopes)
-            body = copy.deepcopy(m.body)
-            meta = body.setdefault("metadata", {})
-            meta.setdefault("labels", {})[LABEL_INSTANCE_NAMESPACE] = self.cfg.namespace
+            # Only metadata changes: new top and metadata maps, the rest shared with the
+            # render (bodies are never modified in place after rendering; copy-on-write).
+            meta = {**(m.body.get("metadata") or {})}
+            meta["labels"] = {**(meta.get("labels") or {}),
+                              LABEL_INSTANCE_NAMESPACE: self.cfg.namespace}
+            body = {**m.body, "metadata": meta}
             if namespaced and not meta.get("namespace"):
                 meta["namespace"] = (namespaces or {}).get(m.service) or \
                     self.cfg.default_namespace
