@@ -5,6 +5,10 @@ the client missed (Last-Event-ID) and then waits for new rows: one thread (`Fano
 on the store's commits and wakes the streams, which are coroutines on the event loop.
 Agents poll the same queries (`?type=error&limit=10`) over and over: the answer of an
 identical query is kept until the store commits a new event (`PageCache`).
+
+Each event is serialized once, when the store writes it: a query's answer is the store's
+`page()` (the stored JSON of each event, joined) and a stream sends the stored JSON as it
+is; nothing here decodes an event to encode it again.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import asyncio
 import bisect
 import contextlib
 import functools
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,7 +27,7 @@ import falcon
 from falcon.asgi import SSEvent
 
 from controller.adapters.store.events import Event, EventStoreError
-from controller.api.common import float_param, int_param, query_param
+from controller.api.common import float_param, instance_param, int_param, query_param
 from controller.errors import RateLimitedError
 from controller.model.eventquery import MAX_OFFSET
 from controller.runtime.service import EventSource
@@ -39,16 +42,10 @@ def filters(req: falcon.Request) -> dict[str, Any]:
         value = query_param(req, name)  # given empty: a 400, as the document says
         if value is not None:
             out[name] = value
+    instance = instance_param(req)
+    if instance is not None:
+        out["instance"] = instance
     return out
-
-
-def _page(store: EventSource, **query: Any) -> dict[str, Any]:
-    events = store.query(**query)
-    return {"events": [e.to_dict() for e in events], "count": len(events)}
-
-
-def _json(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False).encode()  # as Falcon's own JSON handler
 
 
 class PageCache:
@@ -68,16 +65,16 @@ class PageCache:
         self._lock = threading.Lock()
 
     def answer(self, version: int, query: dict[str, Any],
-               build: Callable[[], Any]) -> bytes:
+               build: Callable[[], bytes]) -> bytes:
         if "since" in query or "until" in query:
-            return _json(build())
+            return build()
         key = (version, *sorted(query.items()))
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
                 return found
-        data = _json(build())
+        data = build()
         if len(data) <= self.max_body:
             with self._lock:
                 self._items[key] = data
@@ -94,7 +91,8 @@ class _Query:
     def respond(self, resp: falcon.Response, query: dict[str, Any]) -> None:
         store = self.store
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = self.cache.answer(store.last_id, query, lambda: _page(store, **query))
+        # The store's own bytes: each event's JSON as written, joined, never re-encoded.
+        resp.data = self.cache.answer(store.last_id, query, lambda: store.page(**query))
 
 
 class Events(_Query):
@@ -226,25 +224,32 @@ class Fanout:
                 continue
             try:
                 while True:  # every new event, once
-                    page = self.store.query(after_id=last, limit=PAGE, oldest_first=True)
+                    page = stored(self.store.query_json(after_id=last, limit=PAGE,
+                                                        oldest_first=True))
                     if page:
                         self._add(page)
-                        last = page[-1].id
+                        last = page[-1][0].id
                     if len(page) < PAGE:
                         break
             except EventStoreError:  # closed underneath: the loop condition ends us
                 continue
             self.waiters.set()
 
-    def _add(self, page: list[Event]) -> None:
-        items = [(e, json.dumps(e.to_dict())) for e in page]
+    def _add(self, page: list[tuple[Event, str]]) -> None:
         with self._lock:
-            self._window += items
-            self._ids += [e.id for e in page]
+            self._window += page
+            self._ids += [e.id for e, _ in page]
             if len(self._window) > 2 * self.WINDOW:
                 cut = len(self._window) - self.WINDOW
                 self._covered = self._ids[cut - 1]
                 del self._window[:cut], self._ids[:cut]
+
+
+def stored(texts: list[str]) -> list[tuple[Event, str]]:
+    """Each event's stored JSON beside the event it holds: the text is what a stream
+    sends, as written (serialized once, at write); the event is read once, to route it
+    (its id, type and filters), however many streams send it."""
+    return [(Event.from_json(text), text) for text in texts]
 
 
 def matcher(query: dict[str, Any]) -> Callable[[Event], bool] | None:
@@ -255,9 +260,11 @@ def matcher(query: dict[str, Any]) -> Callable[[Event], bool] | None:
     raw = query.get("type")
     types = {t.strip() for t in raw.split(",")} if isinstance(raw, str) else None
     resource, service = query.get("resource"), query.get("service")
+    instance = query.get("instance")
     return lambda e: ((types is None or e.type in types)
                       and (resource is None or e.resource == resource)
-                      and (service is None or e.service == service))
+                      and (service is None or e.service == service)
+                      and (instance is None or e.instance == instance))
 
 
 HEARTBEAT = 15.0  # seconds between keep-alive comments on a quiet stream
@@ -341,16 +348,16 @@ class Stream:
                         page = None
                     else:
                         mark = store.last_id  # read before the query: matches <= mark seen
-                        page = await self._run(store.query, **query, limit=PAGE,
-                                               after_id=last, oldest_first=True)
+                        page = stored(await self._run(store.query_json, **query, limit=PAGE,
+                                                      after_id=last, oldest_first=True))
                     if page is None:
                         pass
                     elif page:
                         # A short page holds every match up to mark: skip the others.
-                        last = page[-1].id if len(page) >= PAGE else max(page[-1].id, mark)
-                        for e in page:
-                            yield SSEvent(event=e.type, event_id=str(e.id),
-                                          text=json.dumps(e.to_dict()))
+                        newest = page[-1][0].id
+                        last = newest if len(page) >= PAGE else max(newest, mark)
+                        for e, data in page:
+                            yield SSEvent(event=e.type, event_id=str(e.id), text=data)
                         if len(page) >= PAGE:
                             continue
                     else:

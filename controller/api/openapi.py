@@ -72,6 +72,8 @@ EVENT_FILTERS: list[dict[str, Any]] = [
      "description": "RFC 3339 time, or a duration back from now (500ms, 30s, 15m, 2h, 7d)"},
     {"name": "until", "in": "query", "schema": TIME,
      "description": "RFC 3339 time, or a duration back from now (500ms, 30s, 15m, 2h, 7d)"},
+    {**INSTANCE, "description": "only events about this DeploymentParameters object "
+                                "(default: every object's)"},
 ]
 SERVICES_BODY = {"required": False, "content": {JSON: {"schema": _ref("ServiceSelection")}}}
 DEPLOY_PARAMS: list[dict[str, Any]] = [INSTANCE,

@@ -99,7 +99,20 @@ class EventSource(Protocol):
               service: str | None = None, since: datetime | str | None = None,
               until: datetime | str | None = None, limit: int = 100, offset: int = 0,
               after_id: int | None = None, before_id: int | None = None,
-              oldest_first: bool = False) -> list[Event]: ...
+              oldest_first: bool = False, instance: str | None = None) -> list[Event]: ...
+
+    def query_json(self, type: str | Sequence[str] | None = None,
+                   resource: str | None = None, service: str | None = None,
+                   since: datetime | str | None = None, until: datetime | str | None = None,
+                   limit: int = 100, offset: int = 0, after_id: int | None = None,
+                   before_id: int | None = None, oldest_first: bool = False,
+                   instance: str | None = None) -> list[str]:
+        """`query`'s events as their stored JSON text, serialized once at write."""
+        ...
+
+    def page(self, **query: Any) -> bytes:
+        """The answer `{"events": [...], "count": n}` as bytes, from the stored JSON."""
+        ...
 
     def wait_for_new(self, after_id: int, timeout: float | None) -> bool: ...
 
