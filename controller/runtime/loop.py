@@ -1,11 +1,18 @@
-"""The reconcile loop: when to run a pass, never two at once.
+"""The reconcile loop: when to run each instance's pass, never two of one at once.
 
-A pass runs at start, then every interval plus random jitter (so replicas and apps do not
-align), and at once when something wakes the loop: a change of the DeploymentParameters
-object, a new Git revision, a webhook or an API call. A failed pass is retried with
-exponential backoff, but any wake-up (e.g. a newer Git revision) runs a fresh pass right
-away instead of waiting out the retry of the older one. Stopping lets the current pass
-finish.
+Every instance (a DeploymentParameters object) has its own loop state. A pass runs at
+start, then every interval plus random jitter (so replicas and apps do not align), and at
+once when something wakes the instance: a change of its object, a new Git revision, a
+webhook or an API call. A failed pass is retried with exponential backoff, but any
+wake-up (e.g. a newer Git revision) runs a fresh pass right away instead of waiting out
+the retry of the older one. Stopping lets the current passes finish.
+
+The instances share one work queue (workqueue.py): passes of different instances run in
+parallel up to `concurrency`, wake-ups of one instance coalesce, and one instance starts
+at most once per `min_gap` seconds. Two hooks decide whether a pass may run: `may_run`
+(leadership: only the leader reconciles) and `owns(key)` (per instance; the sharding of
+instances across replicas will implement it). A refused instance is looked at again
+after an interval, or at once when woken (e.g. on becoming leader).
 """
 
 from __future__ import annotations
@@ -13,86 +20,164 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from controller.config import LoopSettings
-from controller.reconcile.engine import Engine, Report
+from controller.reconcile.engine import Report
+from controller.runtime.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
 
+class Reconciler(Protocol):
+    """What the loop runs for one instance (the engine, or the controller's wrapper)."""
+
+    def reconcile(self, trigger: str = "interval") -> Report: ...
+
+
+@dataclass
+class LoopState:
+    """One instance's loop state: what ran, how it went."""
+
+    reconciler: Reconciler
+    passes: int = 0
+    failures: int = 0
+    last: Report | None = field(default=None, repr=False)
+
+
 class Loop:
-    def __init__(self, engine: Engine, settings: LoopSettings,
+    """The passes of every instance. Built with one `engine`, it is that engine's loop
+    under `key` (the controller's own instance); `add` and `remove` manage the others."""
+
+    def __init__(self, engine: Reconciler | None, settings: LoopSettings,
                  rng: random.Random | None = None,
                  on_report: Callable[[Report], None] | None = None,
-                 may_run: Callable[[], bool] = lambda: True) -> None:
-        self.engine = engine
+                 may_run: Callable[[], bool] = lambda: True, *,
+                 key: Hashable = "", concurrency: int = 1, min_gap: float = 0.0,
+                 owns: Callable[[Hashable], bool] = lambda _key: True) -> None:
         self.may_run = may_run  # leadership: only the leader runs passes
+        self.owns = owns  # per instance: sharding's "is this one mine?"
         self.settings = settings
         self.rng = rng or random.Random()
         self.on_report = on_report
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._reasons: list[str] = []
+        self.key = key
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self.failures = 0
-        self.passes = 0
+        self._states: dict[Hashable, LoopState] = {}
+        self.queue: WorkQueue[Hashable] = WorkQueue(self._process, concurrency, min_gap,
+                                                    name="reconcile")
+        self._started = False
+        if engine is not None:
+            self._states[key] = LoopState(engine)
 
-    def wake(self, reason: str) -> None:
-        """Run a pass as soon as the current one (if any) ends."""
+    # -- instances ----------------------------------------------------------------------
+
+    def add(self, key: Hashable, reconciler: Reconciler, reason: str = "start") -> bool:
+        """Reconcile `key` from now on (a first pass at once once started); False when it
+        was known already (then it is only woken)."""
         with self._lock:
-            if reason not in self._reasons:
-                self._reasons.append(reason)
-        self._wake.set()
+            known = key in self._states
+            if not known:
+                self._states[key] = LoopState(reconciler)
+            started = self._started
+        if started:
+            self.queue.add(key, reason)
+        return not known
+
+    def remove(self, key: Hashable) -> None:
+        """Forget `key`: no more passes (one in progress finishes)."""
+        with self._lock:
+            self._states.pop(key, None)
+        self.queue.forget(key)
+
+    def keys(self) -> list[Hashable]:
+        with self._lock:
+            return list(self._states)
+
+    def state(self, key: Hashable | None = None) -> LoopState | None:
+        with self._lock:
+            return self._states.get(self.key if key is None else key)
+
+    # -- the controller's own instance (and the loop's historical interface) -------------
+
+    @property
+    def passes(self) -> int:
+        state = self.state()
+        return state.passes if state else 0
+
+    @property
+    def failures(self) -> int:
+        state = self.state()
+        return state.failures if state else 0
+
+    @property
+    def _reasons(self) -> list[str]:
+        """The wake-ups waiting for the own instance's next pass."""
+        return self.queue.pending(self.key)
+
+    # -- waking -------------------------------------------------------------------------
+
+    def wake(self, reason: str, key: Hashable | None = None) -> None:
+        """Run a pass of `key` (default: the own instance) as soon as its current one (if
+        any) ends; reasons coalesce into the trigger."""
+        key = self.key if key is None else key
+        with self._lock:
+            if key not in self._states:
+                return
+        self.queue.add(key, reason)
+
+    def wake_all(self, reason: str) -> None:
+        for key in self.keys():
+            self.queue.add(key, reason)
 
     def start(self) -> Loop:
-        self._thread = threading.Thread(target=self._run, name="reconcile-loop", daemon=True)
-        self._thread.start()
+        with self._lock:
+            self._started = True
+            keys = list(self._states)
+        for key in keys:
+            self.queue.add(key, "start")
+        self.queue.start()
         return self
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop after the current pass; wait for it up to `timeout`."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        """Stop after the current passes; wait for them up to `timeout`."""
+        self.queue.stop(timeout)
 
-    def next_delay(self) -> float:
+    def next_delay(self, key: Hashable | None = None) -> float:
         s = self.settings
-        if self.failures:
-            return float(min(s.retry_backoff * 2 ** (self.failures - 1), s.retry_backoff_max,
+        state = self.state(key)
+        failures = state.failures if state else 0
+        if failures:
+            return float(min(s.retry_backoff * 2 ** (failures - 1), s.retry_backoff_max,
                              s.interval))
         return s.interval * (1 + s.jitter * self.rng.random())
 
-    def _run(self) -> None:
-        trigger = "start"
-        while not self._stop.is_set():
-            if not self.may_run():
-                # Followers wait to be woken (on becoming leader) or re-check each interval.
-                self._wake.wait(self.settings.interval)
-                with self._lock:
-                    self._wake.clear()
-                    self._reasons = []
-                trigger = "leader"
-                continue
-            report = self.engine.reconcile(trigger)
-            self.passes += 1
-            self.failures = 0 if report.ok else self.failures + 1
-            if self.on_report:
-                try:
-                    self.on_report(report)
-                except Exception:
-                    log.exception("report hook failed")
-            if not report.ok:
-                log.warning("pass failed (%d in a row): %s", self.failures,
-                            report.error.message if report.error else
-                            f"{len(report.results.failed)} object(s) failed")
-            woken = self._wake.wait(self.next_delay())
-            if self._stop.is_set():
-                break
-            with self._lock:
-                self._wake.clear()
-                reasons, self._reasons = self._reasons, []
-            trigger = ",".join(reasons) if woken and reasons else (
-                "retry" if self.failures else "interval")
+    # -- one pass -----------------------------------------------------------------------
+
+    def _process(self, key: Hashable, reasons: list[str]) -> float | None:
+        state = self.state(key)
+        if state is None:
+            return None  # removed meanwhile
+        if not self.may_run() or not self.owns(key):
+            # Followers (and instances another replica owns) wait to be woken, or look
+            # again each interval; the wake-ups meanwhile are dropped, not replayed.
+            return self.settings.interval
+        trigger = ",".join(reasons) if reasons else ("retry" if state.failures else
+                                                     "interval")
+        report = state.reconciler.reconcile(trigger)
+        state.passes += 1
+        state.failures = 0 if report.ok else state.failures + 1
+        state.last = report
+        if self.on_report:
+            try:
+                self.on_report(report)
+            except Exception:
+                log.exception("report hook failed")
+        if not report.ok:
+            log.warning("%s: pass failed (%d in a row): %s", report.instance or key,
+                        state.failures, report.error.message if report.error else
+                        f"{len(report.results.failed)} object(s) failed")
+        if self.state(key) is not state:
+            return None  # removed during the pass (finalised)
+        return self.next_delay(key)

@@ -1,0 +1,142 @@
+"""The work queue's rules without a cluster: de-duplication, no overlap per key, the
+concurrency bound, the per-key rate limit, timed re-runs and forgetting."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from controller.runtime.workqueue import WorkQueue
+from tests.support.waiting import wait_for
+
+
+class Recorder:
+    """Records runs (key, reasons, start, end); holds them open while `gate` is clear."""
+
+    def __init__(self, hold: float = 0.0, delay: float | None = None) -> None:
+        self.runs: list[tuple[str, list[str], float, float]] = []
+        self.hold = hold
+        self.delay = delay
+        self.gate = threading.Event()
+        self.gate.set()
+        self.running: dict[str, int] = {}
+        self.now = 0
+        self.peak = 0
+        self.overlap = False
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str, reasons: list[str]) -> float | None:
+        with self._lock:
+            self.running[key] = self.running.get(key, 0) + 1
+            self.overlap |= self.running[key] > 1
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        start = time.monotonic()
+        self.gate.wait(10)
+        if self.hold:
+            time.sleep(self.hold)  # a pass takes time (not a test waiting)
+        with self._lock:
+            self.running[key] -= 1
+            self.now -= 1
+            self.runs.append((key, reasons, start, time.monotonic()))
+        return self.delay
+
+    def of(self, key: str) -> list[tuple[str, list[str], float, float]]:
+        with self._lock:
+            return [r for r in self.runs if r[0] == key]
+
+
+@pytest.fixture
+def queues() -> Iterator[list[WorkQueue[str]]]:
+    made: list[WorkQueue[str]] = []
+    yield made
+    for q in made:
+        q.stop(5)
+
+
+def test_a_burst_of_changes_to_one_key_is_one_or_two_runs(queues: list[WorkQueue[str]]
+                                                          ) -> None:
+    rec = Recorder()
+    q = WorkQueue(rec, concurrency=4)
+    queues.append(q)
+    rec.gate.clear()
+    q.start()
+    q.add("a", "first")
+    wait_for(lambda: rec.now == 1, message="the first run in progress")
+    for i in range(1000):  # while it runs: all of them are one more run
+        q.add("a", f"change-{i % 3}")
+    rec.gate.set()
+    wait_for(lambda: len(rec.of("a")) == 2 and q.queued() == 0 and not q.running(),
+             message="two runs")
+    assert [r[1] for r in rec.runs] == [["first"], ["change-0", "change-1", "change-2"]]
+    assert not rec.overlap
+
+    q2 = WorkQueue(rec, concurrency=4)  # a burst before any run starts: one run
+    queues.append(q2)
+    for _ in range(1000):
+        q2.add("b", "change")
+    q2.start()
+    wait_for(lambda: len(rec.of("b")) == 1 and q2.queued() == 0 and not q2.running(),
+             message="one run")
+    assert q2.processed == 1
+
+
+def test_a_thousand_keys_at_once_never_exceed_the_concurrency(queues: list[WorkQueue[str]]
+                                                              ) -> None:
+    rec = Recorder(hold=0.002)
+    q = WorkQueue(rec, concurrency=4)
+    queues.append(q)
+    q.start()
+    for i in range(1000):
+        q.add(f"k{i}", "changed")
+    wait_for(lambda: len(rec.runs) == 1000, timeout=60, message="every key run")
+    assert rec.peak == 4  # in parallel, and never more
+    assert not rec.overlap
+    assert {r[0] for r in rec.runs} == {f"k{i}" for i in range(1000)}
+
+
+def test_one_key_starts_at_most_once_per_min_gap(queues: list[WorkQueue[str]]) -> None:
+    rec = Recorder()
+    q = WorkQueue(rec, concurrency=2, min_gap=0.3)
+    queues.append(q)
+    q.start()
+    started = time.monotonic()
+    while time.monotonic() - started < 1.0:  # wake it continuously for a second
+        q.add("a", "poke")
+        time.sleep(0.01)  # the caller's pace, not a test waiting for a condition
+    wait_for(lambda: q.queued() == 0 and not q.running(), message="drained")
+    starts = [r[2] for r in rec.of("a")]
+    assert 2 <= len(starts) <= 5
+    assert all(b - a >= 0.29 for a, b in itertools.pairwise(starts))
+
+
+def test_the_returned_delay_schedules_the_next_run_and_a_wake_comes_sooner(
+        queues: list[WorkQueue[str]]) -> None:
+    rec = Recorder(delay=3600)
+    q = WorkQueue(rec, concurrency=1)
+    queues.append(q)
+    q.start()
+    q.add("a", "start")
+    wait_for(lambda: len(rec.runs) == 1 and q.queued() == 1, message="the first run")
+    assert q.pending("a") == []  # queued by its timer, an hour away
+    q.add("a", "woken")
+    wait_for(lambda: len(rec.runs) == 2, message="the woken run, long before the timer")
+    assert rec.runs[1][1] == ["woken"]
+
+
+def test_a_forgotten_key_does_not_run_again(queues: list[WorkQueue[str]]) -> None:
+    rec = Recorder(delay=0.05)
+    q = WorkQueue(rec, concurrency=1)
+    queues.append(q)
+    rec.gate.clear()
+    q.start()
+    q.add("a", "start")
+    wait_for(lambda: rec.now == 1, message="a run in progress")
+    q.forget("a")  # e.g. its object was finalised during the pass
+    rec.gate.set()
+    wait_for(lambda: len(rec.runs) == 1 and not q.running(), message="the run finished")
+    assert q.queued() == 0  # its returned delay was ignored
