@@ -33,7 +33,6 @@ from controller.adapters.sources.resource import (
 from controller.adapters.store.events import open_store
 from controller.adapters.store.history import History
 from controller.adapters.store.operations import OperationStore
-from controller.adapters.store.sql import open_database
 from controller.adapters.watching import Handler, Selector
 from controller.config import Config
 from controller.errors import ConductorError, InvalidYAMLError, ValidationError
@@ -180,10 +179,11 @@ class Controller:
                                         if cfg.source == "git" else ResourceSource(cfg))
         # An unusable events file degrades to a temporary one (logged, metric, status,
         # event): reconciling matters more than the record of it.
-        self.events, self.event_store_problem = open_store(cfg.events)
-        # History and operation records: the events file (one replica) or the database
-        # CONDUCTOR_STORE_URL names, shared by every replica (issue 14).
-        self.database = open_database(cfg.store, self.events.path)
+        # Events, history and operation records: the events file (one replica) or the
+        # database CONDUCTOR_STORE_URL names, shared by every replica (issue 14).
+        self.events, self.event_store_problem = open_store(cfg.events, cfg.store,
+                                                           own_db=False)
+        self.database = self.events.db
         self.history = History(self.database)
         if isinstance(self.source, GitParameters):
             self.source.on_event = self._event

@@ -3,8 +3,9 @@
 Nothing is sent from inside a pass or the health reporter. The durable event store
 (`events.EventStore`) is the only input: each receiver has a worker that reads the stored
 events after its cursor, turns them into notifications with the table `RULES`, and moves
-its cursor (and the little state the rules keep) forward in the same SQLite file only once
-the receiver has taken the message. So a receiver that is down, or a controller restart,
+its cursor (and the little state the rules keep) forward in the event store's database
+(the SQLite file, or the PostgreSQL every replica shares) only once the receiver has taken
+the message. So a receiver that is down, or a controller restart,
 loses nothing: the worker retries (tenacity, exponential backoff, on 5xx, 408/429,
 timeouts and refused connections) for as long as it takes, then resumes where it stopped.
 Delivery is at least once: a crash between the receiver's answer and the cursor's commit
@@ -37,7 +38,13 @@ Receivers come from a YAML file (`CONDUCTOR_NOTIFY_RECEIVERS_FILE`):
 URLs and keys live only in files (a mounted Secret), read at each delivery, so rotating one
 needs no restart; they never reach logs or events.
 
-A follower replica keeps its cursors moving without sending: the leader speaks.
+Only the leader speaks. With a store of its own (SQLite), a follower keeps its cursors
+moving without sending, so it does not resend the past when it comes to lead. With a
+shared store (PostgreSQL) the cursor is the leader's: a follower leaves it alone and, when
+it comes to lead, starts from where the old leader stopped (a leader that loses the lease
+mid-page stops before the next message, its cursor before it), so a failover neither loses
+nor repeats a message, except the one a leader died sending (at least once, as above).
+A cursor never moves back (two leaders for a moment cannot undo each other's progress).
 """
 
 from __future__ import annotations
@@ -46,7 +53,6 @@ import hashlib
 import hmac
 import json
 import logging
-import sqlite3
 import threading
 import time
 import urllib.error
@@ -60,6 +66,7 @@ import tenacity
 import yaml
 
 from controller.adapters.store.events import Event, EventStore
+from controller.adapters.store.sql import Database, Migration
 from controller.config import NotificationSettings
 from controller.errors import ConductorError
 
@@ -74,13 +81,17 @@ PAGE = 100  # events read per query
 SEED_EVENTS = 1000  # a new receiver's state is replayed from this many recent events
 _TYPES = ["error", "success"]  # every rule reads one of these
 
+STORE = "notify"
 _CURSORS = """
 CREATE TABLE IF NOT EXISTS notify_cursors (
     receiver TEXT PRIMARY KEY,
-    last_id INTEGER NOT NULL,   -- the newest event this receiver is done with
+    last_id BIGINT NOT NULL,    -- the newest event this receiver is done with
     state TEXT NOT NULL,        -- the rules' state after it (JSON)
-    updated_ms INTEGER NOT NULL
+    updated_ms BIGINT NOT NULL
 )"""
+# A SQLite file from before the version table has the table already (INTEGER columns:
+# the same in SQLite); CREATE ... IF NOT EXISTS adopts it.
+MIGRATIONS = (Migration.same(1, _CURSORS),)
 
 
 class NotifyConfigError(ConductorError):
@@ -347,34 +358,45 @@ def post(receiver: Receiver, note: Notification, timeout: float) -> None:
 
 
 class Cursors:
-    """Per receiver: the last event it is done with and the rules' state, in SQLite."""
+    """Per receiver: the last event it is done with and the rules' state, in the event
+    store's database. `shared`: other replicas read and move the same cursors."""
 
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.execute(_CURSORS)
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.shared = db.dialect != "sqlite"
+        db.migrate(STORE, MIGRATIONS)
 
     def load(self, receiver: str) -> tuple[int, dict[str, str]] | None:
-        with self._lock:
-            row = self._db.execute("SELECT last_id, state FROM notify_cursors WHERE "
-                                   "receiver = ?", (receiver,)).fetchone()
+        with self.db.read() as tx:
+            row = tx.one("SELECT last_id, state FROM notify_cursors WHERE receiver = ?",
+                         (receiver,))
         return (int(row[0]), json.loads(row[1])) if row else None
 
+    def create(self, receiver: str, last_id: int,
+               state: Mapping[str, str]) -> tuple[int, dict[str, str]]:
+        """The receiver's cursor: this one if it has none yet, else the one it has (a
+        replica starting at the same time made it)."""
+        with self.db.write() as tx:
+            tx.execute("INSERT INTO notify_cursors (receiver, last_id, state, updated_ms) "
+                       f"VALUES (?, ?, ?, {self.db.now_ms}) ON CONFLICT (receiver) DO NOTHING",
+                       (receiver, last_id, json.dumps(dict(state), sort_keys=True)))
+        found = self.load(receiver)
+        assert found is not None
+        return found
+
     def save(self, receiver: str, last_id: int, state: Mapping[str, str]) -> None:
-        with self._lock:
-            self._db.execute(
+        """Move the cursor forward to `last_id` (never back)."""
+        with self.db.write() as tx:
+            tx.execute(
                 "INSERT INTO notify_cursors (receiver, last_id, state, updated_ms) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (receiver) DO UPDATE SET "
+                f"VALUES (?, ?, ?, {self.db.now_ms}) ON CONFLICT (receiver) DO UPDATE SET "
                 "last_id = excluded.last_id, state = excluded.state, "
-                "updated_ms = excluded.updated_ms",
-                (receiver, last_id, json.dumps(dict(state), sort_keys=True),
-                 time.time_ns() // 1_000_000))
+                "updated_ms = excluded.updated_ms "
+                "WHERE notify_cursors.last_id <= excluded.last_id",
+                (receiver, last_id, json.dumps(dict(state), sort_keys=True)))
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Nothing of its own to release: the database is the event store's."""
 
 
 # -- the notifier ---------------------------------------------------------------------------
@@ -410,7 +432,7 @@ class Notifier:
         self.receivers = list(receivers)
         self.instance = instance
         self.is_leader = is_leader
-        self.cursors = Cursors(store.path) if self.receivers else None
+        self.cursors = Cursors(store.db) if self.receivers else None
         self.delivered: dict[str, int] = {r.name: 0 for r in self.receivers}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -451,18 +473,27 @@ class Notifier:
 
     def _follow(self, receiver: Receiver) -> None:
         assert self.cursors is not None
+        shared = self.cursors.shared
         saved = self.cursors.load(receiver.name)
-        last, state = saved if saved is not None else self._seed()
-        if saved is None:
-            self.cursors.save(receiver.name, last, state)
+        last, state = saved if saved is not None else \
+            self.cursors.create(receiver.name, *self._seed())
         bucket = _Bucket(receiver.rate_per_minute)
         while not self._stop.is_set():
+            if shared and not self.is_leader():
+                # The leader moves the shared cursor: read it again once this one leads.
+                self._stop.wait(1.0)
+                return
             mark = self.store.last_id  # every match up to it is in a short page
             page = self.store.query(_TYPES, limit=PAGE, after_id=last, oldest_first=True)
             for event in page:
                 for note in classify(state, event, self.instance):
-                    if receiver.wants(note) and self.is_leader() and \
-                            not self._deliver(receiver, note, bucket):
+                    if not receiver.wants(note):
+                        continue
+                    if not self.is_leader():
+                        if shared:
+                            return  # the new leader sends it: the cursor stays before it
+                        continue
+                    if not self._deliver(receiver, note, bucket):
                         return  # stopping: the cursor stays before this event
                 last = event.id
                 self.cursors.save(receiver.name, last, state)

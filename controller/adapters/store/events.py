@@ -2,42 +2,63 @@
 
 An agent diagnosing a failed deployment asks "what went wrong, where, and when" long after
 the pass that failed; logs are gone by then and Kubernetes Events expire after an hour. So
-events are kept in SQLite (standard library, WAL, one file that survives restarts): the
-controller's own (pass started/finished with counts; object applied, deleted or failed, with
-the Kubernetes error and its details) and the Kubernetes Events of managed objects (a
-kubelet's pull failures...), de-duplicated by the Event's uid.
+events are kept in the durable store (sql.py): SQLite (WAL, one file that survives
+restarts) for one replica, the demo's default; PostgreSQL shared by every replica when
+there are several, so each replica answers the same and streams what any of them wrote.
+The controller's own events (pass started/finished with counts; object applied, deleted or
+failed, with the Kubernetes error and its details) and the Kubernetes Events of managed
+objects (a kubelet's pull failures...), de-duplicated by the Event's uid.
 
 Each event is serialized once, when it is written: the row holds the event as the API
 shows it (`json`, the text `json.dumps(event.to_dict())` gives), beside the columns the
 filters use (type, resource, service, instance, time). A query is then a SELECT of ready
 text and a join (`page`), not a row-by-row decode and re-encode; `query` still returns
-`Event`s for callers that want objects. A file of schema 1 (message, reason and details
-as columns) is rebuilt once, in one transaction, when it is opened.
+`Event`s for callers that want objects. The schema is migration 1 of store "events" on
+both databases; a SQLite file of schema 1 (message, reason and details as columns) is
+rebuilt once, in one transaction, when it is opened, and `PRAGMA user_version` still says
+2 (a controller from before the version table reads it).
 
-Query cost must not grow with the store. Ids are arrival order, and a stored timestamp
+Query cost must not grow with the store. Ids are commit order, and a stored timestamp
 never goes backwards along them (an earlier one is raised to the newest stored), so
 `since`/`until` become id bounds with two O(log n) probes of the (ts_ms, id) index. Every
-query is then an id range on one index chosen per filter (`INDEXED BY`, so SQLite cannot
-pick a worse plan): read newest first, it stops after offset + limit entries (several types:
-one range per type, merged lazily). `EventStore.explain` shows the plans; the tests require
-every one to be an index search.
+query is then an id range on one index chosen per filter (SQLite: `INDEXED BY`, so it
+cannot pick a worse plan; PostgreSQL picks the same (column, id) index by itself, a
+Merge Append over several types): read newest first, it stops after offset + limit
+entries. `EventStore.explain` shows the plans; the tests require every one to be an index
+search, on both databases.
 
-One writer connection behind a lock, and one reader connection per thread: in WAL mode
-readers see a consistent snapshot and never wait for the writer. Secrets never reach the
-file: every event passes through `redact` (controller/model/redaction.py) first. Filters are
-checked in controller/model/eventquery.py, timestamps come from controller/model/times.py, and the
-engine's hooks that feed the store live in controller/runtime/recording.py.
+**Ids across replicas, and the gap.** A follower resumes after the last id it read
+(Last-Event-ID), so an id must never become visible after a higher one was read: with
+plain sequence ids, replica A's transaction could take id 7, replica B's id 8 and commit
+first, and a follower that read 8 would never see 7. So every write transaction first
+takes one PostgreSQL advisory lock (transaction-scoped) and only then draws its ids from
+the `events_ids` sequence: ids are handed out in commit order (the lock is released after
+the commit is visible), `max(id)` is a watermark below which nothing is still to come, and
+a rolled-back write leaves a gap nobody waits for. SQLite's `BEGIN IMMEDIATE` does the
+same for one file. The lock costs a writer the other writers' commit time, which events
+(tens a second at most) can afford.
+
+**Following.** `last_id` is that watermark; `wait_for_new` blocks on a condition that a
+commit in this process sets at once, and that, on PostgreSQL, a watcher thread sets when
+another replica commits: its own connection LISTENs on `conductor_events` (each insert
+sends `pg_notify` with its newest id, delivered at commit), with a poll of `max(id)` every
+`poll_interval` seconds as the fallback (a lost connection, a notification missed while it
+reconnects). So SSE streams (`follow`, the API's Fanout) serve any replica's events with
+the same Last-Event-ID semantics.
+
+Secrets never reach the store: every event passes through `redact`
+(controller/model/redaction.py) first. Filters are checked in controller/model/eventquery.py,
+timestamps come from controller/model/times.py, and the engine's hooks that feed the store
+live in controller/runtime/recording.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -45,8 +66,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple, Required, TypedDict
 
-from controller.config import EventSettings
-from controller.errors import ConductorError, ValidationError
+from controller.adapters.store.sql import (
+    STORE_ERRORS,
+    Database,
+    Listener,
+    Migration,
+    SqliteDatabase,
+    StoreError,
+    Tx,
+    open_database,
+)
+from controller.config import EventSettings, StoreSettings
+from controller.errors import ValidationError
 from controller.model.eventquery import (
     EVENT_TYPES,
     MAX_LIMIT,
@@ -61,6 +92,7 @@ from controller.model.times import format_ms, now_ms, parse_ms, parse_time
 
 log = logging.getLogger(__name__)
 
+STORE = "events"
 SCHEMA_VERSION = 2  # 2: the event's JSON serialized at write, and its instance
 MIGRATE_CHUNK = 5000  # rows re-encoded per step when a schema-1 file is rebuilt
 PRUNE_EVERY = 1000  # inserts between retention passes
@@ -69,6 +101,11 @@ PRUNE_CHUNK = 5000  # rows deleted per write transaction, so adds interleave wit
 MAX_MESSAGE = 4096
 MAX_FIELD = 512  # reason, resource, service
 MAX_DETAILS_BYTES = 64 * 1024
+CHANNEL = "conductor_events"  # PostgreSQL: NOTIFY <newest id> at each insert's commit
+POLL_INTERVAL = 1.0  # seconds: PostgreSQL followers check max(id) at least this often
+# pg_advisory_xact_lock key: one event writer at a time, so ids are commit order
+# ("cndctevt").
+_WRITE_LOCK = 0x636E_6463_7465_7674
 
 _TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -82,7 +119,7 @@ CREATE TABLE IF NOT EXISTS {name} (
     kube_uid TEXT,                         -- metadata.uid of a Kubernetes Event, else NULL
     json TEXT NOT NULL                     -- the event as the API shows it (Event.to_dict)
 )"""
-_SCHEMA = _TABLE.format(name="events") + """;
+_INDEXES = """;
 CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
 CREATE INDEX IF NOT EXISTS events_resource ON events (resource, id);
 CREATE INDEX IF NOT EXISTS events_resource_type ON events (resource, type, id);
@@ -92,22 +129,33 @@ CREATE INDEX IF NOT EXISTS events_instance ON events (instance, id);
 CREATE INDEX IF NOT EXISTS events_instance_type ON events (instance, type, id);
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ms, id);
 CREATE UNIQUE INDEX IF NOT EXISTS events_kube_uid ON events (kube_uid)
-    WHERE kube_uid IS NOT NULL;
+    WHERE kube_uid IS NOT NULL
 """
+# PostgreSQL: ids from a sequence drawn under the write lock (never reused, as
+# AUTOINCREMENT), not an identity column, so a write knows them before it inserts.
+_PG_TABLE = """
+CREATE SEQUENCE IF NOT EXISTS events_ids;
+CREATE TABLE IF NOT EXISTS events (
+    id BIGINT PRIMARY KEY,
+    ts_ms BIGINT NOT NULL,
+    type TEXT NOT NULL CHECK (type IN ('error', 'warning', 'info', 'success')),
+    resource TEXT NOT NULL DEFAULT '',
+    service TEXT NOT NULL DEFAULT '',
+    instance TEXT NOT NULL DEFAULT '',
+    kube_uid TEXT,
+    json TEXT NOT NULL
+)"""
+MIGRATIONS = (Migration(1, _TABLE.format(name="events") + _INDEXES, _PG_TABLE + _INDEXES),)
 _INSERT = ("INSERT INTO events (id, ts_ms, type, resource, service, instance, kube_uid, json) "
            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _FIRST_SINCE = "SELECT id FROM events WHERE ts_ms >= ? ORDER BY ts_ms, id LIMIT 1"
 _LAST_UNTIL = "SELECT id FROM events WHERE ts_ms <= ? ORDER BY ts_ms DESC, id DESC LIMIT 1"
 _LAST_BEFORE = "SELECT id FROM events WHERE ts_ms < ? ORDER BY ts_ms DESC, id DESC LIMIT 1"
 
-
-class EventStoreError(ConductorError):
-    """The store cannot be used: closed, or a file written by a newer schema."""
-
-
-# What a failing store raises: its own error, or SQLite's (a damaged file, a full disk).
-# Callers that must survive the store (the recorder) catch these without knowing SQLite.
-STORE_ERRORS: tuple[type[Exception], ...] = (EventStoreError, sqlite3.Error)
+# The store's error (closed, unreachable, written by a newer controller) is sql.py's; the
+# old name stays for its importers. What a failing store raises is STORE_ERRORS: callers
+# that must survive the store (the recorder) catch those without knowing the database.
+EventStoreError = StoreError
 
 
 @dataclass(frozen=True)
@@ -167,55 +215,48 @@ class _Row(NamedTuple):
     instance: str = ""
 
 
-class _Reader:
-    """Holds one thread's reader connection; weakly tracked so `close()` can reach it and
-    a finished thread's connection is closed with its thread-local storage."""
-
-    __slots__ = ("__weakref__", "busy", "conn")
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.busy = False  # in a read transaction: close() leaves it to its own thread
-
-
 def resource_key(namespace: str, kind: str, name: str) -> str:
     """The resource key events use, the same as `str(ObjectKey)`: "-" for cluster-scoped."""
     return f"{namespace or '-'}/{kind}/{name}"
 
 
-class EventStore:
-    """Events in one SQLite file: add, query with bounded index scans, retain, follow."""
 
-    def __init__(self, path: Path | str, max_age_days: float = 14,
-                 max_count: int = 100_000, busy_timeout: float = 10.0) -> None:
+
+class EventStore:
+    """Events in a `Database` (given a path: its own SQLite file): add, query with bounded
+    index scans, retain, follow, whichever replica wrote them."""
+
+    def __init__(self, target: Path | str | Database, max_age_days: float = 14,
+                 max_count: int = 100_000, busy_timeout: float = 10.0, *,
+                 own_db: bool | None = None, poll_interval: float = POLL_INTERVAL) -> None:
         if not max_age_days > 0:
             raise ValueError(f"max_age_days must be > 0, got {max_age_days}")
         if max_count < 1:
             raise ValueError(f"max_count must be >= 1, got {max_count}")
-        self.path = Path(path)
         self.max_age_days = float(max_age_days)
         self.max_count = int(max_count)
-        self._busy_timeout = busy_timeout
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_lock = threading.Lock()
+        self.poll_interval = poll_interval
+        given = isinstance(target, Database)
+        self.db: Database = target if isinstance(target, Database) else \
+            SqliteDatabase(target, busy_timeout)
+        self._owned = not given if own_db is None else own_db  # we close what we own
+        # The file, for SQLite (where the history sits beside it, its size); None else.
+        self.path: Path | None = getattr(self.db, "path", None)
+        self._write_lock = threading.Lock()  # this process's writers, one at a time
         self._prune_lock = threading.Lock()
         self._changed = threading.Condition()
-        self._local = threading.local()
-        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
-        self._readers_lock = threading.Lock()
         self._closed = False
-        self._writer = self._connect()
         try:
-            self._writer.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: never corrupt; a power cut may lose the last commits,
-            # which events can afford, and commits skip an fsync each.
-            self._writer.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
-            row = self._writer.execute("SELECT max(id) FROM events").fetchone()
+            self._adopt()
+            self.db.migrate(STORE, MIGRATIONS)
+            if self.db.dialect == "sqlite":
+                with self.db.write() as tx:  # for controllers from before the version table
+                    tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._last_id: int = self._newest()
         except BaseException:
-            self._writer.close()  # a file we cannot use must not stay open
+            if self._owned:
+                self.db.close()  # a file we cannot use must not stay open
             raise
-        self._last_id: int = int(row[0] or 0)
         self._since_prune = 0
         self._pruned_at = 0.0
         try:
@@ -223,109 +264,101 @@ class EventStore:
         except BaseException:
             self.close()
             raise
+        self._watcher: threading.Thread | None = None
+        if self.db.dialect == "postgresql":
+            self._watcher = threading.Thread(target=self._watch, name="event-watcher",
+                                             daemon=True)
+            self._watcher.start()
 
     @classmethod
     def from_settings(cls, settings: EventSettings) -> EventStore:
         return cls(settings.path, settings.max_age_days, settings.max_count)
 
     def check(self) -> None:
-        """Raise sqlite3.DatabaseError unless every page of the file reads back intact.
+        """Raise unless the store reads back intact.
 
-        Opening only reads the schema: a file damaged further in opens fine and fails the
-        first query that reaches the damage (a 500 much later, far from its cause).
-        `quick_check` reads every page once, which costs about a second per GB."""
-        with self._write_lock:
-            problems = [str(r[0]) for r in self._writer.execute("PRAGMA quick_check(5)")]
-        if problems != ["ok"]:
-            raise sqlite3.DatabaseError("; ".join(problems))
+        Opening only reads the schema: a SQLite file damaged further in opens fine and
+        fails the first query that reaches the damage (a 500 much later, far from its
+        cause). The check reads every page once, which costs about a second per GB."""
+        self.db.check()
 
-    # -- connections ----------------------------------------------------------------------
+    # -- schema ---------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE for writes), so
-        # the sqlite3 module never opens one behind our back. check_same_thread=False only
-        # so that close() may close every connection; each is used by one thread at a time.
-        conn = sqlite3.connect(str(self.path), timeout=self._busy_timeout,
-                               isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
-        return conn
+    def _adopt(self) -> None:
+        """A SQLite file from before the version table: refuse a newer one (its
+        `user_version`), rebuild a schema-1 table as schema 2. The file may hold other
+        stores' tables (parameter history); they do not use `user_version`."""
+        if self.db.dialect != "sqlite":
+            return
+        with self.db.write() as tx:
+            row = tx.one("PRAGMA user_version")
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise EventStoreError(
+                    f"event store {self.db.display} has schema version {version}; this "
+                    f"controller knows up to {SCHEMA_VERSION}",
+                    {"path": self.db.display, "version": version,
+                     "supported": SCHEMA_VERSION})
+            columns = {str(r[1]) for r in tx.all("PRAGMA table_info(events)")}
+            if columns and "json" not in columns:
+                _rebuild_v1(tx)
 
-    def _migrate(self) -> None:
-        """Create or upgrade the schema. `user_version` is the file's schema version (the
-        file may hold other tables, e.g. parameter history; they do not use it)."""
-        version = int(self._writer.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise EventStoreError(
-                f"event store {self.path} has schema version {version}; this controller "
-                f"knows up to {SCHEMA_VERSION}",
-                {"path": str(self.path), "version": version, "supported": SCHEMA_VERSION})
-        with self._write_lock:
-            self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                columns = {str(r[1]) for r in self._writer.execute(
-                    "PRAGMA table_info(events)")}
-                if columns and "json" not in columns:
-                    _rebuild_v1(self._writer)
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._writer.execute(statement)
-                self._writer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                self._writer.execute("COMMIT")
-            except BaseException:
-                self._writer.execute("ROLLBACK")
-                raise
+    def _newest(self) -> int:
+        with self.db.read() as tx:
+            row = tx.one("SELECT max(id) FROM events")
+        return int(row[0] or 0) if row else 0
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise EventStoreError("the event store is closed", {"database": self.db.display})
 
     @contextmanager
-    def _snapshot(self) -> Iterator[sqlite3.Connection]:
-        """One read transaction on this thread's reader: the bounds probes and the rows
-        come from the same state."""
-        holder: _Reader | None = getattr(self._local, "reader", None)
-        if holder is None and not self._closed:
-            conn = self._connect()
-            conn.execute("PRAGMA query_only=1")
-            holder = _Reader(conn)
-            self._local.reader = holder
-            with self._readers_lock:
-                self._readers.add(holder)
-        with self._readers_lock:
-            if self._closed or holder is None:
-                raise EventStoreError("the event store is closed", {"path": str(self.path)})
-            holder.busy = True
-        try:
-            holder.conn.execute("BEGIN")
-            try:
-                yield holder.conn
-            finally:
-                holder.conn.execute("COMMIT")
-        finally:
-            with self._readers_lock:
-                holder.busy = False
-                if self.closed:  # close() left this connection to us
-                    holder.conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _writing(self) -> Iterator[Tx]:
+        """One write transaction that may insert events (PostgreSQL: under the write lock,
+        see the module docstring); the caller wakes the followers after it (`_published`)."""
         with self._write_lock:
-            if self._closed:
-                raise EventStoreError("the event store is closed", {"path": str(self.path)})
-            self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._writer
-                self._writer.execute("COMMIT")
-            except BaseException:
-                if self._writer.in_transaction:  # also when COMMIT itself failed
-                    self._writer.execute("ROLLBACK")
-                raise
-            self._published()
+            self._ensure_open()
+            with self.db.write() as tx:
+                if tx.dialect == "postgresql":
+                    tx.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK,))
+                yield tx
 
-    def _published(self) -> None:
-        """After a commit (write lock held): wake the followers if ids moved on."""
-        row = self._writer.execute("SELECT max(id) FROM events").fetchone()
-        last = int(row[0] or 0)
-        if last > self._last_id:
-            with self._changed:
+    def _published(self, last: int) -> None:
+        """Ids up to `last` are committed: wake the followers if that moves them on."""
+        with self._changed:
+            if last > self._last_id:
                 self._last_id = last
                 self._changed.notify_all()
+
+    def _watch(self) -> None:
+        """PostgreSQL: learn of other replicas' commits (LISTEN, else a poll of max(id))."""
+        listener: Listener | None = None
+        while not self._closed:
+            try:
+                if listener is None:
+                    listener = self.db.listen(CHANNEL)
+                    self._published(self._newest())  # what came while not listening
+                payloads = listener.wait(self.poll_interval) if listener else []
+                ids = [int(p) for p in payloads if p.isdigit()]
+                self._published(max(ids) if ids else self._newest())
+            except STORE_ERRORS as e:
+                if self.closed:
+                    break
+                log.warning("event store %s: following other replicas' events by polling "
+                            "(%s)", self.db.display, e)
+                if listener is not None:
+                    with suppress(*STORE_ERRORS):
+                        listener.close()
+                    listener = None
+                with self._changed:  # a close ends the wait
+                    self._changed.wait_for(lambda: self._closed, self.poll_interval)
+                with suppress(*STORE_ERRORS):
+                    self._published(self._newest())
+        if listener is not None:
+            with suppress(*STORE_ERRORS):
+                listener.close()
 
     # -- writing --------------------------------------------------------------------------
 
@@ -335,8 +368,9 @@ class EventStore:
         """Store one event (redacted); `timestamp` defaults to now."""
         row = _row(type, message, resource, service, reason, details, _ts(timestamp),
                    instance=instance)
-        with self._transaction() as db:
-            event = _insert(db, [row])[0]
+        with self._writing() as tx:
+            event = _insert(tx, [row])[0]
+        self._published(event.id)
         self._inserted(1)
         return event
 
@@ -348,8 +382,9 @@ class EventStore:
                 for e in events]
         if not rows:
             return []
-        with self._transaction() as db:
-            out = _insert(db, rows)
+        with self._writing() as tx:
+            out = _insert(tx, rows)
+        self._published(out[-1].id)
         self._inserted(len(rows))
         return out
 
@@ -363,12 +398,12 @@ class EventStore:
         The same Event (by metadata.uid) seen again with a higher count or a later last
         timestamp replaces its stored row (one row per Event; the row takes a new id, so
         newest-first lists and followers see the repetition). Returns None when there is
-        nothing new (e.g. the watch re-lists an Event already stored).
+        nothing new (e.g. the watch re-lists an Event already stored, or another replica
+        stored it first: the check runs under the write lock).
         """
         row, count, last_ms = _kube_row(body, service, resource, instance)
-        with self._transaction() as db:
-            stored = db.execute("SELECT id, json FROM events WHERE kube_uid = ?",
-                                (row.kube_uid,)).fetchone()
+        with self._writing() as tx:
+            stored = tx.one("SELECT id, json FROM events WHERE kube_uid = ?", (row.kube_uid,))
             if stored is not None:
                 old: dict[str, Any] = json.loads(stored[1]).get("details") or {}
                 raw = old.get("count")
@@ -376,8 +411,9 @@ class EventStore:
                 old_last = parse_ms(old.get("lastTimestamp")) or 0
                 if count <= old_count and (last_ms or 0) <= old_last:
                     return None
-                db.execute("DELETE FROM events WHERE id = ?", (stored[0],))
-            event = _insert(db, [row])[0]
+                tx.execute("DELETE FROM events WHERE id = ?", (stored[0],))
+            event = _insert(tx, [row])[0]
+        self._published(event.id)
         self._inserted(1)
         return event
 
@@ -397,26 +433,31 @@ class EventStore:
             self._since_prune = 0
             self._pruned_at = time.monotonic()
             cutoff = now_ms() - int(self.max_age_days * 86_400_000)
-            with self._snapshot() as db:
-                row = db.execute(_LAST_BEFORE, (cutoff,)).fetchone()
+            self._ensure_open()
+            with self.db.read() as tx:
+                row = tx.one(_LAST_BEFORE, (cutoff,))
                 upto = int(row[0]) if row else 0
-                lo, hi = db.execute("SELECT min(id), max(id) FROM events").fetchone()
+                bounds = tx.one("SELECT min(id), max(id) FROM events")
+                lo, hi = bounds if bounds else (None, None)
                 if lo is not None and hi - lo + 1 > self.max_count:
                     # Ids may have gaps: the span only says when to count exactly. Walk the
                     # small ts index, not the table: its order is id order (ts never goes
                     # back along ids).
-                    row = db.execute(
-                        "SELECT id FROM events INDEXED BY events_ts ORDER BY ts_ms DESC, "
-                        "id DESC LIMIT 1 OFFSET ?", (self.max_count,)).fetchone()
+                    using = "INDEXED BY events_ts " if tx.dialect == "sqlite" else ""
+                    row = tx.one(f"SELECT id FROM events {using}ORDER BY ts_ms DESC, "
+                                 "id DESC LIMIT 1 OFFSET ?", (self.max_count,))
                     upto = max(upto, int(row[0]) if row else 0)
             deleted = 0
             while upto:
-                with self._transaction() as db:
-                    first = db.execute("SELECT min(id) FROM events").fetchone()[0]
-                    if first is None or first > upto:
-                        break
-                    deleted += db.execute("DELETE FROM events WHERE id BETWEEN ? AND ?",
-                                          (first, min(upto, first + PRUNE_CHUNK - 1))).rowcount
+                with self._write_lock:  # deletes need no id order: not the shared lock
+                    self._ensure_open()
+                    with self.db.write() as tx:
+                        first_row = tx.one("SELECT min(id) FROM events")
+                        first = first_row[0] if first_row else None
+                        if first is None or first > upto:
+                            break
+                        deleted += tx.execute("DELETE FROM events WHERE id BETWEEN ? AND ?",
+                                              (first, min(upto, first + PRUNE_CHUNK - 1)))
             if deleted:
                 log.debug("event retention deleted %d event(s)", deleted)
             return deleted
@@ -451,13 +492,14 @@ class EventStore:
         """`query`'s events as their stored JSON text (`Event.to_json`), in its order."""
         f = filters(type, resource, service, since, until, limit, offset, after_id,
                     before_id, oldest_first, instance)
-        with self._snapshot() as db:
-            ids = _select_ids(db, f)
+        self._ensure_open()
+        with self.db.read() as tx:
+            ids = _select_ids(tx, f)
             if not ids:
                 return []
-            rows = db.execute(f"SELECT id, json FROM events WHERE id IN "
-                              f"({','.join('?' * len(ids))})", ids).fetchall()
-        by_id: dict[int, str] = dict(rows)
+            rows = tx.all(f"SELECT id, json FROM events WHERE id IN "
+                          f"({','.join('?' * len(ids))})", ids)
+        by_id: dict[int, str] = {int(i): str(text) for i, text in rows}
         return [by_id[i] for i in ids if i in by_id]
 
     def page(self, **query: Any) -> bytes:
@@ -473,32 +515,47 @@ class EventStore:
                 until: datetime | str | None = None, limit: int = 100, offset: int = 0,
                 after_id: int | None = None, before_id: int | None = None,
                 oldest_first: bool = False, instance: str | None = None) -> list[str]:
-        """The SQLite query plan of every statement `query` runs for these filters."""
+        """The query plan of every statement `query` runs for these filters (SQLite:
+        EXPLAIN QUERY PLAN's details; PostgreSQL: EXPLAIN's lines, without costs)."""
         f = filters(type, resource, service, since, until, limit, offset, after_id,
                     before_id, oldest_first, instance)
         out: list[str] = []
-        with self._snapshot() as db:
+        self._ensure_open()
+        with self.db.read() as tx:
+            _bounded(tx)
             statements = [(_FIRST_SINCE, [f.since_ms])] if f.since_ms is not None else []
             if f.until_ms is not None:
                 statements.append((_LAST_UNTIL, [f.until_ms]))
-            statements.append(_ids_statement(f, f.lo, f.hi))
+            statements.append(_ids_statement(f, f.lo, f.hi, tx.dialect))
             statements.append(("SELECT id, json FROM events WHERE id IN (?, ?)", [1, 2]))
             for sql, params in statements:
-                out += [str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
+                if tx.dialect == "sqlite":
+                    out += [str(r[3]) for r in tx.all("EXPLAIN QUERY PLAN " + sql, params)]
+                else:
+                    out += [str(r[0]).strip() for r in tx.all("EXPLAIN (COSTS OFF) " + sql,
+                                                              params)]
         return out
 
     def get(self, id: int) -> Event | None:
-        with self._snapshot() as db:
-            row = db.execute("SELECT json FROM events WHERE id = ?", (id,)).fetchone()
+        self._ensure_open()
+        with self.db.read() as tx:
+            row = tx.one("SELECT json FROM events WHERE id = ?", (id,))
         return Event.from_json(row[0]) if row else None
 
     def count(self) -> int:
         """How many events are stored (a full count: for metrics, not per request)."""
-        with self._snapshot() as db:
-            return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+        self._ensure_open()
+        with self.db.read() as tx:
+            row = tx.one("SELECT count(*) FROM events")
+        return int(row[0]) if row else 0
 
     def size_bytes(self) -> int:
-        """The file and its write-ahead log on disk."""
+        """The space the events take: SQLite, the file and its write-ahead log (the
+        history beside them included); PostgreSQL, the table and its indexes."""
+        if self.path is None:
+            with self.db.read() as tx:
+                row = tx.one("SELECT pg_total_relation_size('events')")
+            return int(row[0]) if row else 0
         total = 0
         for p in (self.path, self.path.with_name(self.path.name + "-wal")):
             with suppress(FileNotFoundError):
@@ -511,14 +568,16 @@ class EventStore:
 
     @property
     def last_id(self) -> int:
-        """The id of the newest committed event (0 when none ever was)."""
+        """The newest committed event id this process knows of (0 when none ever was);
+        every event up to it is committed (the watermark: see the module docstring)."""
         return self._last_id
 
     # -- following (Server-Sent Events) ---------------------------------------------------
 
     def wait_for_new(self, after_id: int, timeout: float | None) -> bool:
         """Block until an event newer than `after_id` is committed (True) or the timeout
-        passes or the store closes (False). Woken by the commit, never by polling."""
+        passes or the store closes (False). Woken by the commit (another replica's: its
+        notification, or at worst the poll), not by polling here."""
         with self._changed:
             self._changed.wait_for(lambda: self._closed or self._last_id > after_id, timeout)
             return not self._closed and self._last_id > after_id
@@ -552,17 +611,14 @@ class EventStore:
                 yield []
 
     def close(self) -> None:
-        """Close every connection and end the followers; the store is unusable after.
-        A reader in the middle of a query is closed by its own thread when it is done."""
-        with self._readers_lock:
-            self._closed = True
-            for holder in list(self._readers):
-                if not holder.busy:
-                    holder.conn.close()
+        """End the followers and the watcher, and close the database if this store
+        opened it; the store is unusable after."""
         with self._changed:
+            self._closed = True
             self._changed.notify_all()
-        with self._write_lock:
-            self._writer.close()
+        with self._write_lock:  # a write in progress finishes first
+            if self._owned:
+                self.db.close()
 
     def __enter__(self) -> EventStore:
         return self
@@ -588,30 +644,50 @@ class StoreProblem:
                 "fallback": self.fallback}
 
 
-def open_store(settings: EventSettings) -> tuple[EventStore, StoreProblem | None]:
-    """The event store at `settings.path`, checked; or, when that file is unusable (not a
-    database, damaged, read-only, a directory, under a file), a fresh store in a temporary
-    directory and the problem, logged once with the file and the fix.
+_UNUSABLE: tuple[type[Exception], ...] = (*STORE_ERRORS, OSError)  # a SQLite file: fall back
+
+
+def open_store(settings: EventSettings, store: StoreSettings | None = None, *,
+               own_db: bool = True) -> tuple[EventStore, StoreProblem | None]:
+    """The event store in the database `store` names (PostgreSQL, or a SQLite file), by
+    default SQLite at `settings.path`, checked. A SQLite file that is unusable (not a
+    database, damaged, read-only, a directory, under a file) gives a fresh store in a
+    temporary directory and the problem, logged once with the file and the fix. A
+    PostgreSQL that cannot be reached is an error (StoreError): replicas that silently
+    kept their own events would answer differently. `own_db`: the store closes its
+    database when it closes (False: the caller shares it and closes it).
 
     The events are a diagnosis aid: losing them until someone fixes the file is better
     than a controller that stops reconciling (or crash-loops) because of them.
     """
-    store: EventStore | None = None
+    url = store.url if store is not None else ""
+    if store is not None and url and not url.startswith("sqlite://"):
+        return EventStore(open_database(store, settings.path), settings.max_age_days,
+                          settings.max_count, own_db=own_db), None
+    path = Path(url.removeprefix("sqlite://")) if url else settings.path
+    events: EventStore | None = None
     try:
-        store = EventStore.from_settings(settings)
-        store.check()
-        return store, None
-    except (sqlite3.Error, OSError, EventStoreError) as e:
-        if store is not None:
-            store.close()
-        error = f"{type(e).__name__}: {e}"
+        events = EventStore(path, settings.max_age_days, settings.max_count,
+                            own_db=own_db)
+        events.check()
+        return events, None
+    except _UNUSABLE as e:
+        if events is not None:
+            events.close()
+            events.db.close()
+        # Name what SQLite or the OS said (sql.py wraps it in a StoreError).
+        cause = e.__cause__ if isinstance(e, StoreError) and e.__cause__ else e
+        error = f"{type(cause).__name__}: {cause}"
+    settings = EventSettings(path=path, max_age_days=settings.max_age_days,
+                             max_count=settings.max_count)
     fallback = Path(tempfile.mkdtemp(prefix="conductor-events-")) / "events.db"
     problem = StoreProblem(str(settings.path), error, _store_hint(settings.path, error),
                            str(fallback))
     log.error("event store %s is unusable (%s); %s. Until then events and parameter "
               "history are kept in %s and lost at restart", problem.path, error,
               problem.hint, fallback)
-    return EventStore(fallback, settings.max_age_days, settings.max_count), problem
+    return EventStore(fallback, settings.max_age_days, settings.max_count,
+                      own_db=own_db), problem
 
 
 def _store_hint(path: Path, error: str) -> str:
@@ -627,30 +703,48 @@ def _store_hint(path: Path, error: str) -> str:
            "the controller then creates a new one"
 
 
-def _select_ids(db: sqlite3.Connection, f: Filters) -> list[int]:
+# PostgreSQL's INDEXED BY: for this read transaction only, plans that read every match
+# (a bitmap of the whole range), sort, or scan the table cost more than any ordered index
+# scan that stops after offset + limit rows. Statistics (a skewed service) would otherwise
+# pick them at times: fast on average, unbounded at worst.
+_PG_BOUNDED = ("SELECT set_config('enable_bitmapscan', 'off', true), "
+               "set_config('enable_sort', 'off', true), "
+               "set_config('enable_seqscan', 'off', true)")
+
+
+def _bounded(tx: Tx) -> None:
+    if tx.dialect == "postgresql":
+        tx.one(_PG_BOUNDED)
+
+
+def _select_ids(tx: Tx, f: Filters) -> list[int]:
+    _bounded(tx)
     lo, hi = f.lo, f.hi
     if f.since_ms is not None:  # ts_ms is non-decreasing along id: a bound on ts is one on id
-        row = db.execute(_FIRST_SINCE, (f.since_ms,)).fetchone()
+        row = tx.one(_FIRST_SINCE, (f.since_ms,))
         if row is None:
             return []
         lo = max(lo, int(row[0]))
     if f.until_ms is not None:
-        row = db.execute(_LAST_UNTIL, (f.until_ms,)).fetchone()
+        row = tx.one(_LAST_UNTIL, (f.until_ms,))
         if row is None:
             return []
         hi = min(hi, int(row[0]))
     if lo > hi:
         return []
-    sql, params = _ids_statement(f, lo, hi)
-    return [r[0] for r in db.execute(sql, params)]
+    sql, params = _ids_statement(f, lo, hi, tx.dialect)
+    return [int(r[0]) for r in tx.all(sql, params)]
 
 
-def _ids_statement(f: Filters, lo: int, hi: int) -> tuple[str, list[Any]]:
+def _ids_statement(f: Filters, lo: int, hi: int,
+                   dialect: str = "sqlite") -> tuple[str, list[Any]]:
     """The page's ids: one id range per type asked for (one for any type), on the index
     that has every equality filter before the id.
 
     Several types are a UNION ALL under one ORDER BY id: SQLite merges the ranges lazily
-    (MERGE, no temporary sort) and stops after offset + limit ids.
+    (MERGE, no temporary sort), PostgreSQL with a Merge Append of index scans, and both
+    stop after offset + limit ids. SQLite is told the index (`INDEXED BY`); PostgreSQL
+    picks it from the same (column, id) shape.
 
     The instance has its own index for a query by instance alone; with a resource or a
     service it is checked on that range's rows (two instances of one app share service
@@ -683,8 +777,16 @@ def _ids_statement(f: Filters, lo: int, hi: int) -> tuple[str, list[Any]]:
             params.append(f.instance)
         where.append("id BETWEEN ? AND ?")
         params += [lo, hi]
-        using = f"INDEXED BY {index}" if index else "NOT INDEXED"  # NOT INDEXED: rowid range
-        selects.append(f"SELECT id FROM events {using} WHERE {' AND '.join(where)}")
+        using = ""  # PostgreSQL: picked by the planner
+        if dialect == "sqlite":  # NOT INDEXED: the rowid range
+            using = f" INDEXED BY {index}" if index else " NOT INDEXED"
+        select = f"SELECT id FROM events{using} WHERE {' AND '.join(where)}"
+        if dialect != "sqlite" and len(f.types or ()) > 1:
+            # Each branch ordered and bounded, so the planner merges index ranges.
+            select = (f"({select} ORDER BY id {'ASC' if f.ascending else 'DESC'} "
+                      "LIMIT ?)")
+            params.append(f.limit + f.offset)
+        selects.append(select)
     params += [f.limit, f.offset]
     return (f"{' UNION ALL '.join(selects)} ORDER BY id {'ASC' if f.ascending else 'DESC'} "
             "LIMIT ? OFFSET ?", params)
@@ -713,13 +815,20 @@ def _row(type: str, message: str, resource: str, service: str, reason: str,
                 instance[:MAX_FIELD])
 
 
-def _insert(db: sqlite3.Connection, rows: Sequence[_Row]) -> list[Event]:
-    """Insert in a write transaction: ids follow the sequence, timestamps never go back."""
-    seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-    newest = db.execute("SELECT max(ts_ms) FROM events").fetchone()[0]
-    next_id = max(int(seq[0]) if seq else 0,
-                  int(db.execute("SELECT max(id) FROM events").fetchone()[0] or 0)) + 1
-    floor = int(newest or 0)
+def _insert(tx: Tx, rows: Sequence[_Row]) -> list[Event]:
+    """Insert in a write transaction (`EventStore._writing`): ids follow the sequence,
+    timestamps never go back; on PostgreSQL the commit notifies the other replicas."""
+    newest = tx.one("SELECT max(ts_ms) FROM events")
+    if tx.dialect == "sqlite":
+        seq = tx.one("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+        top = tx.one("SELECT max(id) FROM events")
+        next_id = max(int(seq[0]) if seq else 0, int(top[0] or 0) if top else 0) + 1
+    else:  # under the write lock: nobody else draws from the sequence meanwhile
+        got = tx.one("SELECT setval('events_ids', nextval('events_ids') + ? - 1)",
+                     (len(rows),))
+        assert got is not None
+        next_id = int(got[0]) - len(rows) + 1
+    floor = int(newest[0] or 0) if newest else 0
     now = now_ms()
     params: list[tuple[Any, ...]] = []
     out: list[Event] = []
@@ -731,23 +840,25 @@ def _insert(db: sqlite3.Connection, rows: Sequence[_Row]) -> list[Event]:
         params.append((event.id, ts, r.type, r.resource, r.service, r.instance, r.kube_uid,
                        event.to_json()))
         out.append(event)
-    db.executemany(_INSERT, params)
+    tx.many(_INSERT, params)
+    if tx.dialect != "sqlite":
+        tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(out[-1].id)))
     return out
 
 
-def _rebuild_v1(db: sqlite3.Connection) -> None:
+def _rebuild_v1(tx: Tx) -> None:
     """A schema-1 `events` table rebuilt as schema 2, inside the caller's transaction:
     each row's JSON written once (as `_insert` would have), the instance taken from the
     details where a health event named it ("" otherwise: older events did not say), ids
     and the AUTOINCREMENT sequence kept. Read in id chunks, so memory stays bounded."""
-    seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-    db.execute("DROP TABLE IF EXISTS events_v2")
-    db.execute(_TABLE.format(name="events_v2"))
+    seq = tx.one("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+    tx.execute("DROP TABLE IF EXISTS events_v2")
+    tx.execute(_TABLE.format(name="events_v2"))
     last, copied = 0, 0
     while True:
-        rows = db.execute(
+        rows = tx.all(
             "SELECT id, ts_ms, type, resource, service, reason, message, details, kube_uid "
-            "FROM events WHERE id > ? ORDER BY id LIMIT ?", (last, MIGRATE_CHUNK)).fetchall()
+            "FROM events WHERE id > ? ORDER BY id LIMIT ?", (last, MIGRATE_CHUNK))
         if not rows:
             break
         params = []
@@ -763,12 +874,12 @@ def _rebuild_v1(db: sqlite3.Connection) -> None:
                           reason, parsed, instance)
             params.append((event.id, ts, type_, resource, service, instance, uid,
                            event.to_json()))
-        db.executemany(_INSERT.replace("INTO events ", "INTO events_v2 "), params)
+        tx.many(_INSERT.replace("INTO events ", "INTO events_v2 "), params)
         last, copied = int(rows[-1][0]), copied + len(rows)
-    db.execute("DROP TABLE events")  # its indexes go with it; _SCHEMA creates the new ones
-    db.execute("ALTER TABLE events_v2 RENAME TO events")
+    tx.execute("DROP TABLE events")  # its indexes go with it; the migration makes new ones
+    tx.execute("ALTER TABLE events_v2 RENAME TO events")
     if seq is not None:  # ids are never reused, also across the rebuild
-        db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'events'",
+        tx.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'events'",
                    (int(seq[0]),))
     log.info("event store: %d event(s) migrated to schema %d", copied, SCHEMA_VERSION)
 

@@ -208,12 +208,41 @@ class Database(abc.ABC):
                          newest)
         return newest
 
+    def listen(self, channel: str) -> Listener | None:
+        """A connection of its own that waits for `NOTIFY channel` (PostgreSQL: a commit
+        in another replica wakes this one); None where there is no such thing (SQLite:
+        writers in this process wake their followers directly)."""
+        return None
+
+    def check(self) -> None:
+        """Raise unless the database reads back intact (SQLite: every page of the file,
+        about a second per GB; a server checks its own pages)."""
+        with self.read() as tx:
+            tx.one("SELECT 1")
+
     def version(self, store: str) -> int:
         """The schema version `store` is at here (0: never migrated)."""
         with self.write() as tx:  # write: creates the version table on a new database
             tx.execute(_VERSIONS)
             row = tx.one("SELECT version FROM store_versions WHERE store = ?", (store,))
         return int(row[0]) if row else 0
+
+
+class Listener:
+    """One dedicated PostgreSQL connection LISTENing on a channel: not a pool connection,
+    since it sits waiting. Errors (the server restarted) are STORE_ERRORS: open another."""
+
+    def __init__(self, conn: psycopg.Connection[Any], channel: str) -> None:
+        self._conn = conn
+        self.channel = channel
+
+    def wait(self, timeout: float) -> list[str]:
+        """The payloads of the notifications that arrive within `timeout` seconds (it
+        returns at the first one: [] means none came)."""
+        return [n.payload for n in self._conn.notifies(timeout=timeout, stop_after=1)]
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 # -- SQLite --------------------------------------------------------------------------------
@@ -300,6 +329,12 @@ class SqliteDatabase(Database):
         with self._transaction("BEGIN") as tx:
             yield tx
 
+    def check(self) -> None:
+        with self.read() as tx:
+            problems = [str(r[0]) for r in tx.all("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(problems))
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -328,6 +363,8 @@ class PostgresDatabase(Database):
     def __init__(self, url: str, password: str = "", pool_size: int = 8,
                  connect_timeout: float = 10.0) -> None:
         self.display = display_url(url)
+        self._url, self._password = url, password
+        self._connect_timeout = connect_timeout
         self._key = (url, password, pool_size)
         self._closed = False
         with _POOLS_LOCK:
@@ -373,6 +410,22 @@ class PostgresDatabase(Database):
     def read(self) -> Iterator[Tx]:
         with self._transaction(read_only=True) as tx:
             yield tx
+
+    def listen(self, channel: str) -> Listener:
+        if not channel.isidentifier():
+            raise ValueError(f"not a channel name: {channel!r}")
+        if self._closed:
+            raise StoreError(f"the store {self.display} is closed",
+                             {"database": self.display})
+        kwargs: dict[str, Any] = {"password": self._password} if self._password else {}
+        conn = psycopg.connect(self._url, autocommit=True,
+                               connect_timeout=max(1, round(self._connect_timeout)), **kwargs)
+        try:
+            conn.execute(f"LISTEN {channel}")
+        except BaseException:
+            conn.close()
+            raise
+        return Listener(conn, channel)
 
     def close(self) -> None:
         if self._closed:
