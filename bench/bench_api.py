@@ -77,6 +77,7 @@ class Load:
     p99_ms: float
     max_ms: float
     errors: int  # non-2xx answers and socket errors
+    cpu_ms: float = math.nan  # the controller's CPU time per request (all its processes)
 
 
 def fill_events(path: Path, namespace: str, n: int) -> float:
@@ -164,12 +165,33 @@ def parse_wrk(path: str, out: str) -> Load:
                 ms(latency.group(1) if latency else None), errors)
 
 
-def wrk(port: int, path: str, seconds: int, connections: int, threads: int) -> Load:
+def cpu_seconds(group: int) -> float:
+    """User + system CPU time of every process in process group `group` (the controller
+    runs in its own session: the gunicorn master and its worker)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == group:  # fields after "(comm)": state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port: int, path: str, seconds: int, connections: int, threads: int,
+        group: int = 0) -> Load:
+    """One wrk run; with `group`, also the controller's CPU time per request: a figure
+    that other work on a shared machine moves far less than req/s and latency."""
     url = f"http://127.0.0.1:{port}{path}"
+    before = cpu_seconds(group) if group else 0.0
     done = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
                            "--timeout", "5s", "--latency", url],
                           capture_output=True, text=True, timeout=seconds + 60, check=True)
-    return parse_wrk(path, done.stdout)
+    load = parse_wrk(path, done.stdout)
+    if group and load.requests:
+        load.cpu_ms = (cpu_seconds(group) - before) * 1000 / load.requests
+    return load
 
 
 @dataclass
@@ -250,7 +272,7 @@ def _post(port: int, path: str, body: bytes) -> None:
 
 
 def with_streams(port: int, paths: list[str], n: int, seconds: int, connections: int,
-                 threads: int, reference: dict[str, Load]) -> bool:
+                 threads: int, reference: dict[str, Load], group: int = 0) -> bool:
     """The same loads with N streams open and a pass every 2 s; ratios to `reference`."""
     stop = threading.Event()
 
@@ -266,7 +288,7 @@ def with_streams(port: int, paths: list[str], n: int, seconds: int, connections:
         loads = []
         try:
             for path in paths:
-                loads.append(wrk(port, path, seconds, connections, threads))
+                loads.append(wrk(port, path, seconds, connections, threads, group))
         finally:
             stop.set()
             driver.join(35)
@@ -311,10 +333,13 @@ def _ids_after(port: int, after: int) -> set[int]:
 
 def report(loads: list[Load]) -> None:
     print(f"\n{'endpoint':50} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'errors':>6}  req/s/target  p99/target")
+          f"{'errors':>6} {'CPU ms/req':>10}  req/s/target  p99/target")
     for x in loads:
         print(f"{x.path:50} {x.rps:9.0f} {x.p50_ms:8.2f} {x.p99_ms:8.2f} {x.max_ms:8.1f} "
-              f"{x.errors:6d}  {x.rps / TARGET_RPS:12.2f}  {x.p99_ms / TARGET_P99_MS:10.2f}")
+              f"{x.errors:6d} {x.cpu_ms:10.3f}  {x.rps / TARGET_RPS:12.2f}  "
+              f"{x.p99_ms / TARGET_P99_MS:10.2f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min), "
+          f"{os.getloadavg()[1]:.2f} (5 min), on {os.cpu_count()} CPUs")
     ok = all(x.rps >= TARGET_RPS and x.p99_ms < TARGET_P99_MS and not x.errors for x in loads)
     print(f"\ntargets: >= {TARGET_RPS:.0f} req/s and p99 < {TARGET_P99_MS:.0f} ms per endpoint "
           f"(ratios: req/s over the target >= 1, p99 over the target < 1): "
@@ -355,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         log = work / "controller.log"
         try:
-            with controller(state.kubeconfig, root, namespace, events, port, log, extra):
+            with controller(state.kubeconfig, root, namespace, events, port, log,
+                            extra) as proc:
                 wait_for(lambda: _get(port, "/healthz") == {"status": "ok"}, timeout=90,
                          message="the API")
                 wait_for(lambda: "lastPass" in _get(port, "/api/status"), timeout=90,
@@ -375,14 +401,15 @@ def main(argv: list[str] | None = None) -> int:
                 for path in ENDPOINTS:
                     wrk(port, path, 1, args.connections, args.wrk_threads)  # warm-up
                     loads.append(wrk(port, path, args.duration, args.connections,
-                                     args.wrk_threads))
-                    print(f"  {path}: {loads[-1].rps:.0f} req/s, p99 {loads[-1].p99_ms:.2f} ms",
-                          flush=True)
+                                     args.wrk_threads, proc.pid))
+                    print(f"  {path}: {loads[-1].rps:.0f} req/s, p99 "
+                          f"{loads[-1].p99_ms:.2f} ms, "
+                          f"{loads[-1].cpu_ms:.3f} ms CPU/request", flush=True)
                 report(loads)
                 if args.streams:
                     ok = with_streams(port, ENDPOINTS[:2], args.streams, args.duration,
                                       args.connections, args.wrk_threads,
-                                      {x.path: x for x in loads})
+                                      {x.path: x for x in loads}, proc.pid)
                     print(f"targets with {args.streams} streams open: "
                           f"{'met' if ok else 'NOT met'}")
         finally:
