@@ -56,6 +56,21 @@ class LoopSettings:
 
 
 @dataclass(frozen=True)
+class InstanceSettings:
+    """Which DeploymentParameters objects this controller reconciles, and how many at once.
+
+    Every object in the watched namespaces (matching `selector`, when set) is an instance
+    with its own loop state; their passes share one work queue (runtime/workqueue.py)."""
+
+    # () = the controller's own namespace; "*" = all namespaces; else a list of them.
+    namespaces: tuple[str, ...] = ()
+    selector: str = ""  # a label selector on the objects, e.g. "team=blue"; "" = all
+    concurrency: int = 4  # passes of different instances in parallel at most
+    min_gap: float = 0.2  # seconds between two pass starts of one instance, at least
+    finalize: bool = True  # prune an instance's objects when its object is deleted
+
+
+@dataclass(frozen=True)
 class ApplySettings:
     field_manager: str = "conductor"
     # Server-side apply conflicts: "force" takes ownership of fields another manager set
@@ -161,6 +176,7 @@ class Config:
     log_format: Literal["text", "json"] = "text"  # json: one object a line (logs.py)
     git: GitSettings = field(default_factory=GitSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
+    instances: InstanceSettings = field(default_factory=InstanceSettings)
     apply: ApplySettings = field(default_factory=ApplySettings)
     prune: PruneSettings = field(default_factory=PruneSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
@@ -285,6 +301,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "CONDUCTOR_LOOP_INTERVAL": (0.1, 86400), "CONDUCTOR_LOOP_JITTER": (0, 1),
     "CONDUCTOR_LOOP_RETRY_BACKOFF": (0.01, 86400),
     "CONDUCTOR_LOOP_RETRY_BACKOFF_MAX": (0.01, 86400),
+    "CONDUCTOR_INSTANCES_CONCURRENCY": (1, 256), "CONDUCTOR_INSTANCES_MIN_GAP": (0, 3600),
     "CONDUCTOR_APPLY_CONCURRENCY": (1, 256), "CONDUCTOR_APPLY_ATTEMPTS": (1, 100),
     "CONDUCTOR_APPLY_BACKOFF_INITIAL": (0, 3600), "CONDUCTOR_APPLY_BACKOFF_MAX": (0, 3600),
     "CONDUCTOR_APPLY_REQUEST_TIMEOUT": (0.1, 3600),

@@ -14,6 +14,7 @@ current values and nobody has to remember to refresh them first.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -219,6 +220,13 @@ class Metrics:
     def read_live(self, read: Callable[[], LiveState]) -> None:
         """Where the scrape-time gauges come from (called once, when the state exists)."""
         self.live.read = read
+
+    def of(self, name: str, namespace: str) -> Metrics:
+        """The same collectors, labelled for another instance (its passes and conditions;
+        the scrape-time gauges stay the controller's own instance's)."""
+        other = copy.copy(self)
+        other.name, other.namespace = name, namespace
+        return other
 
     @property
     def labels(self) -> dict[str, str]:

@@ -145,7 +145,7 @@ def create_app(service: Service, registry: CollectorRegistry, settings: Settings
     collectors registered in it (none: requests are not counted)."""
     api = settings.api
     counted = [RequestMetrics(meters)] if meters is not None else []
-    app = App(middleware=[*counted, *security.middleware(api, settings.tokens)])
+    app = App(middleware=[*counted, *security.middleware(api, settings.tokens, service)])
     app.req_options.strip_url_path_trailing_slash = True
     app.pool = ThreadPoolExecutor(max_workers=api.threads, thread_name_prefix="api")
     # The streams' queries have their own two threads: hundreds of streams woken by one
@@ -187,6 +187,8 @@ def routes(app: falcon.asgi.App[Any, Any], s: Service, registry: CollectorRegist
     add("/api/events/{namespace}/{kind}/{name}", eventing.ForResource(s.events))
     add("/api/parameters", parameters.ParametersRoot(s))
     add("/api/parameters/instances", parameters.Instances(s))
+    add("/api/instances", parameters.Instances(s))
+    add("/api/whoami", status.WhoAmI())
     add("/api/parameters/schema", parameters.Schema(s))
     add("/api/parameters/values", parameters.Values(s))
     add("/api/parameters/history", parameters.HistoryList(s))

@@ -131,6 +131,9 @@ def instance_param(req: falcon.Request) -> str | None:
     Checked here, so a malformed name is the caller's invalid_request, not the API server's
     refusal passed on as a kubernetes_error (502).
     """
+    resolved = getattr(req.context, "instance", None)
+    if isinstance(resolved, str):  # resolved within the caller's scope (security.py)
+        return resolved
     raw = query_param(req, "instance")
     if raw is None:
         return None

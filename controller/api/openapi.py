@@ -50,7 +50,8 @@ ETAG = {"ETag": {"description": "the parameters version, quoted and opaque (the 
 def _versioned(response: dict[str, Any]) -> dict[str, Any]:
     return {**response, "headers": ETAG}
 INSTANCE = {"name": "instance", "in": "query", "required": False,
-            "description": "DeploymentParameters object (default: the controller's)",
+            "description": "DeploymentParameters object (default: the controller's); "
+                           "add ?namespace= where instances of that name span namespaces",
             "schema": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
                        "minLength": 1, "maxLength": 63}}
 # `since`/`until`: an RFC 3339 time, or a duration back from now.
@@ -225,6 +226,12 @@ PATHS: dict[str, Any] = {
     "/api/parameters/instances": {"get": _op(
         "DeploymentParameters objects", {"200": _resp("instances", OBJ)},
         tag="parameters")},
+    "/api/instances": {"get": _op(
+        "the reconciled instances the caller may see: Ready, revision, last pass, health "
+        "summary, suspended", {"200": _resp("instances", OBJ)}, tag="parameters")},
+    "/api/whoami": {"get": _op(
+        "the caller's token, scopes and instance restriction", {"200": _resp("caller", OBJ)},
+        tag="status")},
     "/api/parameters/schema": {"get": _op("the CRD's spec schema",
                                           {"200": _resp("schema", OBJ)}, tag="parameters")},
     "/api/parameters/values": {"get": _op("effective values per service",
@@ -391,6 +398,8 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("/api/parameters", "post"): "setParameters",
     ("/api/parameters", "patch"): "patchParameters",
     ("/api/parameters/instances", "get"): "listInstances",
+    ("/api/instances", "get"): "listManagedInstances",
+    ("/api/whoami", "get"): "whoAmI",
     ("/api/parameters/schema", "get"): "getParametersSchema",
     ("/api/parameters/values", "get"): "getParameterValues",
     ("/api/parameters/history", "get"): "listParametersHistory",

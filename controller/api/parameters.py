@@ -16,6 +16,7 @@ import falcon
 
 from controller.api.common import caller, etag, if_match, instance_param, int_param, json_body
 from controller.api.deploying import check_spec_shape
+from controller.api.security import scope_of
 from controller.errors import InvalidRequestError
 from controller.runtime.service import Service, Versioned
 
@@ -48,8 +49,11 @@ class ParametersRoot(_Base):
 
 
 class Instances(_Base):
+    """GET /api/instances (and /api/parameters/instances): the reconciled instances the
+    caller may see, with Ready, revision, last pass, health summary, suspended."""
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"instances": self.service.instances()}
+        resp.media = {"instances": self.service.instances(scope_of(req))}
 
 
 class Schema(_Base):

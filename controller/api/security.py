@@ -8,16 +8,24 @@ are rate-limited per client (token bucket, 429 with Retry-After), and request bo
 capped and read whole, on the event loop, only after the caller is authenticated. Errors
 leave in the common envelope via the error handlers.
 
+A token may also be limited to instances (`instances:` in the tokens file: namespaces,
+names and/or labels of DeploymentParameters objects). `ScopeMiddleware` resolves the
+instance a request concerns (`?instance=`, `?namespace=`) once, within that limit, before
+any resource runs: an instance outside it answers 404 exactly as one that does not exist,
+and event queries and streams of a limited token carry only its instances' events.
+
 Each middleware's logic is a plain method (`check`), called by the ASGI hook; the order
 in `middleware()` is the order of the checks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -27,13 +35,17 @@ from typing import Any
 import falcon
 import yaml
 
+from controller.api.common import INSTANCE_NAME, instance_param, query_param
 from controller.config import ApiSettings
 from controller.errors import (
     ForbiddenError,
+    InvalidRequestError,
+    NotFoundError,
     PayloadTooLargeError,
     RateLimitedError,
     UnauthorizedError,
 )
+from controller.runtime.service import InstanceScope, Service
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +64,53 @@ class Token:
     name: str
     secret: str
     scopes: frozenset[str]
+    instances: InstanceScope | None = None  # None: every instance
 
 
 class TokensFileError(ValueError):
     """The tokens file cannot be used; the message names the file and what is wrong."""
 
 
+# A namespace, or a label key/value (Kubernetes' syntax, prefix included for keys).
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*"
+                       r"[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+
+
+def _scope(raw: Any, where: str) -> InstanceScope | None:
+    """A token's `instances`: {namespaces: [...], names: [...], labels: {k: v}}."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not set(raw) <= {"namespaces", "names", "labels"}:
+        raise TokensFileError(f"{where}: instances must be a mapping of namespaces, names "
+                              "and/or labels")
+    lists: dict[str, frozenset[str]] = {}
+    for field in ("namespaces", "names"):
+        items = raw.get(field) or []
+        pattern = DNS_LABEL if field == "namespaces" else INSTANCE_NAME
+        if not isinstance(items, list) or not all(isinstance(x, str) and pattern.match(x)
+                                                  for x in items):
+            raise TokensFileError(f"{where}: instances.{field} must be a list of "
+                                  f"{'namespace' if field == 'namespaces' else 'object'} "
+                                  "names")
+        lists[field] = frozenset(items)
+    labels = raw.get("labels") or {}
+    if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and LABEL_KEY.match(k) and isinstance(v, str)
+            and LABEL_VALUE.match(v) for k, v in labels.items()):
+        raise TokensFileError(f"{where}: instances.labels must map label keys to values")
+    if not lists["namespaces"] and not lists["names"] and not labels:
+        # An empty restriction would silently mean "everything": refuse it instead.
+        raise TokensFileError(f"{where}: instances names no namespace, name or label (leave "
+                              "it out for a token that sees every instance)")
+    return InstanceScope(lists["namespaces"], lists["names"], tuple(sorted(labels.items())))
+
+
 def load_tokens(path: str) -> list[Token]:
-    """Tokens from YAML: `tokens: [{name, token, scopes: [read, write]}]`.
+    """Tokens from YAML: `tokens: [{name, token, scopes: [read, write], instances:
+    {namespaces: [...], names: [...], labels: {...}}}]` (`instances` optional: without
+    it a token concerns every instance).
 
     Called once before anything starts (the server refuses to start on a bad file), so
     every problem is a `TokensFileError` with one line naming the file."""
@@ -93,7 +144,8 @@ def load_tokens(path: str) -> list[Token]:
                                   f"token and scopes among read, write")
         # write implies read: a client that may deploy may also look.
         out.append(Token(str(item.get("name") or f"token-{i}"), str(item["token"]),
-                         scopes | ({"read"} if "write" in scopes else set())))
+                         scopes | ({"read"} if "write" in scopes else set()),
+                         _scope(item.get("instances"), f"API tokens file {path}: token #{i}")))
     return out
 
 
@@ -175,6 +227,7 @@ class AuthMiddleware:
         # Without auth every caller may do everything; with auth, nothing until a token
         # says so (open paths carry no data a scope would guard).
         req.context.scopes = ALL_SCOPES if not self.settings.auth else frozenset()
+        req.context.instance_scope = None  # every instance, unless a token says otherwise
         if (not self.settings.auth or req.path in OPEN_PATHS
                 or req.path.startswith(OPEN_PREFIXES)
                 or req.path in SELF_AUTHENTICATED or req.method == "OPTIONS"):
@@ -197,6 +250,7 @@ class AuthMiddleware:
             self.failures.failed(address)
             raise UnauthorizedError("invalid token", {})
         req.context.scopes = token.scopes
+        req.context.instance_scope = token.instances
         if needed not in token.scopes:
             raise ForbiddenError(f"token '{token.name}' lacks the '{needed}' scope",
                                  {"required": needed, "scopes": sorted(token.scopes)})
@@ -302,14 +356,88 @@ class BodyLimitMiddleware:
         req.context.body = body
 
 
-def middleware(settings: ApiSettings, tokens: list[Token] | None = None) -> list[Any]:
-    """The checks in order: who (auth), how often (rate), how much (body). `tokens` are
-    the file's as loaded by the caller before anything started (default: read it now);
-    the file is watched for changes from then on."""
+# Endpoints that concern no one instance: the scope does not resolve one for them.
+NOT_OF_AN_INSTANCE = frozenset({"/api/status", "/api/instances", "/api/whoami",
+                                "/api/parameters/instances", "/api/parameters/schema",
+                                "/api/cluster/requirements"})
+NOT_OF_AN_INSTANCE_PREFIXES = ("/api/operations/", "/api/plans/")
+EVENTS = "/api/events"
+
+
+def scope_of(req: falcon.Request) -> InstanceScope | None:
+    """The caller's instance restriction (None: every instance)."""
+    scope = getattr(req.context, "instance_scope", None)
+    return scope if isinstance(scope, InstanceScope) else None
+
+
+def namespace_param(req: falcon.Request) -> str | None:
+    raw = query_param(req, "namespace")
+    if raw is not None and (len(raw) > 63 or not DNS_LABEL.match(raw)):
+        raise InvalidRequestError("'namespace' must be a namespace name",
+                                  {"field": "namespace", "value": raw[:100]})
+    return raw
+
+
+class ScopeMiddleware:
+    """Resolves the instance a request concerns, within the caller's scope, into
+    `req.context.instance` (`namespace/name`; for event queries the name, as events are
+    stored), which `common.instance_param` then answers. Only requests that name an
+    instance or come with a limited token pay for it (one lookup, off the event loop)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def process_resource(self, req: falcon.Request, resp: falcon.Response,
+                               resource: object, params: dict[str, Any]) -> None:
+        # After routing: an unknown path or method keeps its own answer (404, 405).
+        if resource is None or not hasattr(resource, f"on_{req.method.lower()}") \
+                or not req.path.startswith("/api/") or req.path in SELF_AUTHENTICATED:
+            return
+        name, namespace, scope = instance_param(req), namespace_param(req), scope_of(req)
+        events = req.path == EVENTS or req.path.startswith(EVENTS + "/")
+        if (name is None and namespace is None and scope is None) \
+                or req.path in NOT_OF_AN_INSTANCE \
+                or req.path.startswith(NOT_OF_AN_INSTANCE_PREFIXES) \
+                or (events and scope is None):
+            # Events are stored by instance name and outlive it: an unlimited caller
+            # may read a deleted instance's, so its name is not resolved.
+            return
+        loop = asyncio.get_running_loop()
+        req.context.instance = await loop.run_in_executor(
+            None, self.check, req.path, name, namespace, scope)
+
+    def check(self, path: str, name: str | None, namespace: str | None,
+              scope: InstanceScope | None) -> str:
+        if namespace is not None and name is None:
+            raise InvalidRequestError("'namespace' needs 'instance' (the DeploymentParameters "
+                                      "object's name)", {"field": "instance"})
+        events = path == EVENTS or path.startswith(EVENTS + "/")
+        if events and name is None:
+            # A limited token's events: its instance's (one), or it must say which.
+            visible = self.service.instances(scope)
+            if not visible:
+                raise NotFoundError("this token sees no instance", {})
+            if len(visible) > 1:
+                raise InvalidRequestError(
+                    "this token sees several instances: name one with ?instance=",
+                    {"field": "instance", "instances": [
+                        f"{i['namespace']}/{i['name']}" for i in visible[:50]]})
+            return str(visible[0]["name"])
+        ref = None if name is None else f"{namespace}/{name}" if namespace else name
+        resolved = self.service.resolve(ref, scope)
+        return resolved.rpartition("/")[2] if events else resolved
+
+
+def middleware(settings: ApiSettings, tokens: list[Token] | None = None,
+               service: Service | None = None) -> list[Any]:
+    """The checks in order: who (auth), which instances (scope), how often (rate), how
+    much (body). `tokens` are the file's as loaded by the caller before anything started
+    (default: read it now); the file is watched for changes from then on."""
     source: list[Token] | TokenFile = []
     if settings.tokens_file:
         source = TokenFile(settings.tokens_file, tokens)
     out: list[Any] = [AuthMiddleware(settings, source),
+                      *([ScopeMiddleware(service)] if service is not None else []),
                       RateLimitMiddleware(settings.rate_limit, settings.rate_burst),
                       BodyLimitMiddleware(settings.max_body_bytes)]
     if settings.cors_origins:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from controller.api.security import scope_of
 from controller.runtime.service import Service
 
 
@@ -37,6 +38,19 @@ class Status:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self.service.status()
+
+
+class WhoAmI:
+    """GET /api/whoami: the caller's token name, scopes and instance restriction, so a
+    client (the dashboard) knows what it may do without trying a refused write."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        client = str(getattr(req.context, "client", "") or "")
+        scopes: frozenset[str] = getattr(req.context, "scopes", frozenset())
+        scope = scope_of(req)
+        resp.media = {"token": client.removeprefix("token:") if client.startswith("token:")
+                      else None, "scopes": sorted(scopes),
+                      "instances": None if scope is None else scope.to_dict()}
 
 
 class MetricsResource:

@@ -1,8 +1,20 @@
 """Wire the controller together and run it: engine, loop, triggers, leadership, API.
 
 `Controller` owns the long-lived pieces of one process (the Kubernetes connection, the
-live cache every reader shares, the engine, the loop, the Git poller, the lease, the event
+live cache every reader shares, the engines, the loop, the Git poller, the lease, the event
 store, the metrics registry) and is what the API serves from.
+
+Instances: every DeploymentParameters object in the watched namespaces (`cfg.instances`:
+the controller's own namespace by default, a list, or all; optionally a label selector) is
+reconciled, each with its own engine, health monitor and loop state, through one work
+queue (loop.py). They are found from the live cache's watch of DeploymentParameters
+objects: a new one is queued at once, a change wakes only its own instance. Conductor
+puts a finalizer on the objects it reconciles; a deleted one is finalised (its objects
+pruned per the prune policy, or orphaned when it carries `conductor.io/prune: disabled`),
+then the finalizer is removed and the instance forgotten. The controller's own instance
+(`--instance`) keeps its protection instead: a deleted own object stops its passes and
+keeps the app running until it is recreated (re-creating it from the defaults could
+reset a running app), so it gets no finalizer.
 `controller.serving.serve` starts it under gunicorn, in the single worker process, so
 the loop and the API share one memory (and one Prometheus registry); nothing here imports
 the API (it sits above this module).
@@ -10,6 +22,7 @@ the API (it sits above this module).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -21,13 +34,12 @@ from prometheus_client import CollectorRegistry
 
 from controller.adapters.cache import LiveCache
 from controller.adapters.crds import ensure_crd
-from controller.adapters.kube import Kube, KubeError, NotLeaderError
+from controller.adapters.kube import Body, Kube, KubeError, NotLeaderError
 from controller.adapters.metrics import LiveState, Metrics, register_runtime
 from controller.adapters.sources import ParameterSource, Snapshot
 from controller.adapters.sources.resource import (
     API_VERSION,
     KIND,
-    ParametersResource,
     ResourceSource,
 )
 from controller.adapters.store.events import open_store
@@ -35,11 +47,18 @@ from controller.adapters.store.history import History
 from controller.adapters.store.operations import OperationStore
 from controller.adapters.watching import Handler, Selector
 from controller.config import Config
-from controller.errors import ConductorError, InvalidYAMLError, ValidationError
+from controller.errors import (
+    ConductorError,
+    InvalidRequestError,
+    InvalidYAMLError,
+    NotFoundError,
+    ValidationError,
+)
+from controller.model.objects import ANNOTATION_PRUNE
 from controller.model.times import now_rfc3339
 from controller.reconcile.engine import Engine, ParametersDeletedError, Report
 from controller.runtime.leadership import LeaderElector
-from controller.runtime.loop import Loop
+from controller.runtime.loop import Loop, LoopState
 from controller.runtime.notifying import Notifier
 from controller.runtime.observing import HealthMonitor
 from controller.runtime.operations import Operations
@@ -47,6 +66,76 @@ from controller.runtime.recording import EngineRecorder, KubeEvents, PassRecorde
 from controller.runtime.reporting import HealthReporter
 
 log = logging.getLogger(__name__)
+
+FINALIZER = "conductor.io/finalizer"
+Key = tuple[str, str]  # an instance: (namespace, name) of its DeploymentParameters object
+
+
+class Instance:
+    """One reconciled instance: its engine and health monitor, and what the loop runs for
+    it (a pass, or the finalisation of its deleted object)."""
+
+    def __init__(self, controller: Controller, key: Key, engine: Engine,
+                 health: HealthMonitor, own: bool = False) -> None:
+        self.controller = controller
+        self.key = key
+        self.engine = engine
+        self.health = health
+        self.own = own  # the controller's own instance: no finalizer (see the module doc)
+
+    def reconcile(self, trigger: str = "interval") -> Report:
+        if self.own:
+            return self.engine.reconcile(trigger)
+        name = self.key[1]
+        try:
+            obj = self.engine.resource.get()
+            if obj is None:  # gone without us (finalised elsewhere, or never ours)
+                self.controller.forget(self.key)
+                return Report("reconcile", [], trigger, instance=name)
+            meta = obj.get("metadata") or {}
+            if meta.get("deletionTimestamp"):
+                return self._finalise(obj, trigger)
+            if self.controller.cfg.instances.finalize and \
+                    FINALIZER not in (meta.get("finalizers") or []):
+                self._set_finalizers(obj, [*(meta.get("finalizers") or []), FINALIZER])
+        except ConductorError as e:
+            return Report("reconcile", [], trigger, instance=name, error=e)
+        return self.engine.reconcile(trigger)
+
+    def _finalise(self, obj: Body, trigger: str) -> Report:
+        """The object is being deleted: prune what this instance applied (unless it says
+        `conductor.io/prune: disabled`), then let the deletion finish and forget it."""
+        meta = obj.get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or [])
+        orphan = (meta.get("annotations") or {}).get(ANNOTATION_PRUNE) == "disabled"
+        if FINALIZER in finalizers and not orphan:
+            report = self.engine.down()
+            report.trigger = f"{trigger},finalize"
+            if not report.ok:
+                return report  # retried with backoff; the object stays until it works
+            obj = self.engine.resource.get() or obj  # down wrote its status and annotations
+        else:
+            report = Report("reconcile", [], f"{trigger},finalize",
+                            instance=self.key[1])
+        current = (obj.get("metadata") or {}).get("finalizers") or []
+        if FINALIZER in current:
+            self._set_finalizers(obj, [f for f in current if f != FINALIZER])
+        log.info("instance %s/%s deleted: its objects %s", *self.key,
+                 "orphaned" if orphan else "pruned")
+        self.controller.forget(self.key)
+        return report
+
+    def _set_finalizers(self, obj: Body, finalizers: list[str]) -> None:
+        """Write the finalizer list on the version read (another writer's finalizer is
+        never lost: a conflict is retried by the next pass)."""
+        rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        namespace, name = self.key
+        try:
+            self.engine.kube.patch(API_VERSION, KIND, name, {"metadata": {
+                "finalizers": finalizers, "resourceVersion": rv}}, namespace)
+        except KubeError as e:
+            if e.status != 404:
+                raise
 
 
 class GitParameters:
@@ -201,12 +290,17 @@ class Controller:
                                       live=self.live)
         self.recorder.service_of = self.kube_events.service_of
         self.operations = Operations(store=OperationStore(self.database))
-        self.engine = self._new_engine(cfg, self.source)
-        self._engines: dict[str, Engine] = {cfg.instance: self.engine}
-        self._engines_lock = threading.Lock()
-        self.loop = Loop(self.engine, cfg.loop, may_run=self.is_leader)
+        self.own_key: Key = (cfg.namespace, cfg.instance)
         # Health from watched state (observing.py), on every replica: the API serves it.
         self.health = HealthMonitor(self.kube, cfg, live=self.live)
+        self.engine = self._new_engine(cfg, self.source, self.own_key)
+        self._instances_lock = threading.Lock()
+        self._known: dict[Key, Instance] = {
+            self.own_key: Instance(self, self.own_key, self.engine, self.health, own=True)}
+        self._marks: dict[Key, Any] = {}  # what of each object last woke its instance
+        self.loop = Loop(self._known[self.own_key], cfg.loop, may_run=self.is_leader,
+                         key=self.own_key, concurrency=cfg.instances.concurrency,
+                         min_gap=cfg.instances.min_gap)
         # A Pod's Kubernetes Events belong to the Deployment (and service) that owns it.
         self.kube_events.owner_of = self.health.managed_owner
         # Conditions and health events follow the watched health between passes.
@@ -216,7 +310,6 @@ class Controller:
         # Notifications out follow the event store (a bad receivers file stops the start).
         self.notifier = Notifier.from_settings(cfg.notify, self.events,
                                                instance=cfg.instance, is_leader=self.is_leader)
-        self._monitors: dict[str, HealthMonitor] = {}  # other instances', on first ask
         self.elector: LeaderElector | None = None
         if cfg.leader.enabled:
             self.elector = LeaderElector(
@@ -229,6 +322,7 @@ class Controller:
             self.kube.write_guard = lambda: elector.is_leader
         self.reports: list[Report] = []
         self._wake: Handler | None = None  # subscribed to the DeploymentParameters set
+        self._discover: Handler | None = None  # subscribed to every watched instance set
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         self.started = threading.Event()
@@ -246,6 +340,10 @@ class Controller:
         # The cache's own set wakes the loop: the pass it wakes reads what woke it.
         self._wake = self.engine.resource.changes(lambda _obj: self.loop.wake("resource"))
         self.live.subscribe(self._instances(), self._wake)
+        # Every other instance: found, woken and forgotten from the watched sets.
+        self._discover = self._on_instance
+        for selector in self.instance_selectors():
+            self.live.subscribe(selector, self._discover)
         self.health.start()
         self.reporter.start()
         self.notifier.start()
@@ -276,12 +374,16 @@ class Controller:
         self._stop.set()
         if self._wake:
             self.live.watch(self._instances()).unsubscribe(self._wake)
+        if self._discover:
+            for selector in self.instance_selectors():
+                self.live.watch(selector).unsubscribe(self._discover)
         self.loop.stop(timeout)
         self.reporter.stop()
         self.health.stop()
-        with self._engines_lock:
-            for monitor in self._monitors.values():
-                monitor.stop()
+        with self._instances_lock:
+            others = [i for k, i in self._known.items() if k != self.own_key]
+        for other in others:
+            other.health.stop()
         self.kube_events.stop()
         self.notifier.stop()
         self.events.close()
@@ -294,6 +396,29 @@ class Controller:
 
     def _instances(self) -> Selector:
         return Selector(API_VERSION, KIND, self.cfg.namespace)
+
+    def watched_namespaces(self) -> tuple[str, ...]:
+        """The namespaces whose instances are reconciled ("" alone: all of them)."""
+        names = self.cfg.instances.namespaces
+        if "*" in names:
+            return ("",)
+        return names or (self.cfg.namespace,)
+
+    def instance_selectors(self) -> list[Selector]:
+        label = self.cfg.instances.selector
+        return [Selector(API_VERSION, KIND, ns, label) for ns in self.watched_namespaces()]
+
+    def watches(self, namespace: str) -> bool:
+        spaces = self.watched_namespaces()
+        return spaces == ("",) or namespace in spaces
+
+    def _selector_of(self, key: Key) -> Selector:
+        """The watched set that holds an instance's object (no new watch for a read)."""
+        if key == self.own_key:
+            return self._instances()
+        everywhere = self.watched_namespaces() == ("",)
+        return Selector(API_VERSION, KIND, "" if everywhere else key[0],
+                        self.cfg.instances.selector)
 
     # -- leadership --------------------------------------------------------------------------
 
@@ -311,48 +436,132 @@ class Controller:
                 self._prepare()
             except KubeError as e:
                 log.warning("leader set-up failed: %s", e.message)
-            self.loop.wake("leader")
+            self.loop.wake_all("leader")
 
     # -- instances and sources ---------------------------------------------------------------
 
-    def _new_engine(self, cfg: Config, source: ParameterSource) -> Engine:
-        instance = cfg.instance
+    def _new_engine(self, cfg: Config, source: ParameterSource, key: Key) -> Engine:
         # Ready means applied *and* healthy: the conditions read the watched health.
         # Its own sink: events stored under this instance, posted on this instance's object.
         return Engine(cfg, self.kube, source,
                       sink=PassRecorder(self.recorder, self.kube_events, self.is_leader),
-                      on_report=self._on_report,
-                      health=lambda: self.health_for(instance).services(), live=self.live)
+                      on_report=lambda report: self._on_report(report, key),
+                      health=lambda: self.health_for(key).services(), live=self.live)
 
-    def engine_for(self, instance: str) -> Engine:
-        """The engine of a DeploymentParameters object; others than ours use its spec.
+    def _on_instance(self, kind: str, obj: Body) -> None:
+        """A watched DeploymentParameters object changed: start, wake or forget its
+        instance. Only spec, annotations, finalizers and deletion wake it (not the status
+        its own passes write)."""
+        meta = obj.get("metadata") or {}
+        if kind not in ("ADDED", "MODIFIED", "DELETED") or not meta.get("name"):
+            return
+        key: Key = (str(meta.get("namespace") or ""), str(meta["name"]))
+        if key == self.own_key:
+            return  # the own instance has its own handler (self._wake)
+        if kind == "DELETED":
+            self.forget(key)
+            return
+        mark = (meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"),
+                json.dumps(meta.get("annotations") or {}, sort_keys=True),
+                tuple(meta.get("finalizers") or ()))
+        with self._instances_lock:
+            changed = self._marks.get(key) != mark
+            self._marks[key] = mark
+            known = key in self._known
+        if not known:
+            self._add(key)
+        elif changed:
+            self.loop.wake("resource", key)
 
-        The loop reconciles the controller's own instance; other instances in the namespace
-        are driven by API calls (up/update/down/plan) with their own inventory.
-        """
-        with self._engines_lock:
-            engine = self._engines.get(instance)
-            if engine is None:
-                cfg = replace(self.cfg, instance=instance, source="resource")
-                # Only for objects that exist: a name in a request must not grow memory.
-                ParametersResource(self.kube, cfg).read()  # NotFoundError otherwise
-                engine = self._new_engine(cfg, ResourceSource(cfg))
-                self._engines[instance] = engine
-            return engine
+    def _add(self, key: Key) -> Instance:
+        """Start reconciling another instance (its first pass is queued at once)."""
+        namespace, name = key
+        # Its objects go to its own namespace (the own namespace keeps the configured one).
+        cfg = replace(self.cfg, instance=name, namespace=namespace, source="resource",
+                      default_namespace=self.cfg.default_namespace
+                      if namespace == self.cfg.namespace else namespace)
+        with self._instances_lock:
+            found = self._known.get(key)
+            if found is not None:
+                return found
+            health = HealthMonitor(self.kube, cfg, live=self.live)
+            engine = self._new_engine(cfg, ResourceSource(cfg), key)
+            instance = self._known[key] = Instance(self, key, engine, health)
+        health.start()
+        self.loop.add(key, instance)
+        return instance
 
-    def health_for(self, instance: str) -> HealthMonitor:
-        """The watched health of a DeploymentParameters object: ours, or another's in the
-        namespace, watched from the first time it is asked for (only for an object that
-        exists: a name in a request must not start watches)."""
-        if instance == self.cfg.instance:
-            return self.health
-        with self._engines_lock:
-            monitor = self._monitors.get(instance)
-            if monitor is None:
-                cfg = replace(self.cfg, instance=instance, source="resource")
-                ParametersResource(self.kube, cfg).read()  # NotFoundError otherwise
-                monitor = HealthMonitor(self.kube, cfg, live=self.live).start()
-                self._monitors[instance] = monitor
+    def forget(self, key: Key) -> None:
+        """Stop reconciling an instance and drop its state (engine, monitor, loop)."""
+        if key == self.own_key:
+            return
+        with self._instances_lock:
+            instance = self._known.pop(key, None)
+            self._marks.pop(key, None)
+        self.loop.remove(key)
+        if instance is not None:
+            instance.health.stop()
+
+    def instance_keys(self) -> list[Key]:
+        with self._instances_lock:
+            return list(self._known)
+
+    def loop_state(self, key: Key) -> LoopState | None:
+        return self.loop.state(key)
+
+    def resolve(self, instance: str | None) -> Key:
+        """The instance a request names: none (the own one), `name` (in the controller's
+        namespace, else the only one of that name) or `namespace/name`; NotFoundError for
+        an instance this controller does not reconcile."""
+        if instance is None:
+            return self.own_key
+        namespace, _, name = instance.rpartition("/")
+        with self._instances_lock:
+            if namespace:
+                candidates = [(namespace, name)] if (namespace, name) in self._known else []
+            elif (self.cfg.namespace, name) in self._known:
+                candidates = [(self.cfg.namespace, name)]
+            else:
+                candidates = [k for k in self._known if k[1] == name]
+        if len(candidates) == 1:
+            return candidates[0]
+        if len(candidates) > 1:
+            raise InvalidRequestError(
+                f"instance {name} exists in several namespaces: add ?namespace=",
+                {"instance": name, "namespaces": sorted(k[0] for k in candidates)})
+        # Not found yet: an object created a moment ago may not have reached the cache.
+        ns = namespace or self.cfg.namespace
+        if self.watches(ns) and self.live.get(self._selector_of((ns, name)), name, ns,
+                                              timeout=2.0)[1] is not None:
+            return self._add((ns, name)).key
+        raise NotFoundError(f"DeploymentParameters {ns}/{name} not found",
+                            {"namespace": ns, "instance": name})
+
+    def instance_object(self, key: Key) -> Body | None:
+        """An instance's DeploymentParameters object, from the live cache (a GET when the
+        cache is not fresh)."""
+        namespace, name = key
+        fresh, obj = self.live.get(self._selector_of(key), name, namespace, timeout=1.0)
+        if not fresh:
+            return self.kube.get(API_VERSION, KIND, name, namespace)
+        return obj
+
+    def instance(self, key: Key) -> Instance:
+        with self._instances_lock:
+            found = self._known.get(key)
+        if found is None:
+            raise NotFoundError(f"DeploymentParameters {key[0]}/{key[1]} not found",
+                                {"namespace": key[0], "instance": key[1]})
+        return found
+
+    def engine_for(self, key: Key | str) -> Engine:
+        """The engine of a reconciled instance (NotFoundError for any other); a name
+        is resolved as the API's `?instance=`."""
+        return self.instance(self.resolve(key) if isinstance(key, str) else key).engine
+
+    def health_for(self, key: Key | str) -> HealthMonitor:
+        """The watched health of a reconciled instance."""
+        monitor = self.instance(self.resolve(key) if isinstance(key, str) else key).health
         monitor.wait_synced(timeout=5.0)  # its object listed: it knows its services
         return monitor
 
@@ -394,10 +603,13 @@ class Controller:
 
     # -- observation ---------------------------------------------------------------------------
 
-    def _on_report(self, report: Report) -> None:
+    def _on_report(self, report: Report, key: Key) -> None:
         """After every pass and operation of any engine: observe, record, measure."""
-        if report.instance != self.cfg.instance or isinstance(report.error, NotLeaderError):
-            return  # another instance's, or a follower refusing to write: nothing happened
+        if isinstance(report.error, NotLeaderError):
+            return  # a follower refusing to write: nothing happened
+        if key != self.own_key:
+            self._on_other_report(report, key)
+            return
         self.reports = [*self.reports[-49:], report]
         self.kube_events.track((r.key, r.service) for r in report.results.items)
         # Health: watch what this pass planned; its 403s become RBAC problems.
@@ -428,6 +640,30 @@ class Controller:
             "Stalled": "False" if report.ok else "True", "Reconciling": "False"})
         self.reporter.poke()
         self._report_event_store()
+
+    def _on_other_report(self, report: Report, key: Key) -> None:
+        """Another instance's pass: its health follows what it planned, its history and
+        metrics (labelled with its name and namespace) are kept."""
+        try:
+            monitor = self.instance(key).health
+        except NotFoundError:
+            return  # forgotten (finalised) meanwhile
+        monitor.after_pass(report.plan.items if report.plan else (), report.results.items,
+                           report.error)
+        snap = report.snapshot
+        if snap is not None:
+            try:
+                self.history.record(key[1], snap.revision, snap.source, snap.spec,
+                                    origin=str(snap.details.get("uid", "")))
+                if report.ok and report.operation != "plan" and not report.suspended:
+                    self.history.mark_applied(key[1], snap.revision)
+            except Exception as e:  # the event store must never break a pass
+                log.warning("cannot record parameter history: %s", e)
+        metrics = self.metrics.of(key[1], key[0])
+        metrics.observe_pass(report.operation, report.duration, report.ok,
+                             report.results.counts(), report.revision,
+                             [r.service for r in report.results.items
+                              if r.outcome == "applied" and r.reason == "drift"])
 
     def _applied(self, snap: Snapshot) -> None:
         """A pass applied `snap`: with Git, once per new revision, its latency from when

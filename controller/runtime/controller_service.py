@@ -72,9 +72,12 @@ from controller.runtime.service import (
     DeployRequest,
     Draft,
     EventSource,
+    InstanceScope,
     Versioned,
     check_version,
 )
+
+Key = tuple[str, str]  # an instance: (namespace, name)
 
 TOP_LEVEL = ("global", "services")
 # Writes of one request racing others: enough for a handful of concurrent writers, bounded
@@ -114,9 +117,19 @@ class Parts(Protocol):
     registry: CollectorRegistry
     started: threading.Event
 
-    def engine_for(self, instance: str) -> Engine: ...
+    own_key: tuple[str, str]
 
-    def health_for(self, instance: str) -> HealthMonitor: ...
+    def resolve(self, instance: str | None) -> tuple[str, str]: ...
+
+    def engine_for(self, key: tuple[str, str]) -> Engine: ...
+
+    def health_for(self, key: tuple[str, str]) -> HealthMonitor: ...
+
+    def instance_keys(self) -> list[tuple[str, str]]: ...
+
+    def instance_object(self, key: tuple[str, str]) -> Body | None: ...
+
+    def loop_state(self, key: tuple[str, str]) -> Any: ...
 
     def is_leader(self) -> bool: ...
 
@@ -356,11 +369,25 @@ class ControllerService:
 
     # -- instances -------------------------------------------------------------------------
 
-    def _name(self, instance: str | None) -> str:
-        return instance or self.cfg.instance
+    def _key(self, instance: str | None) -> Key:
+        """(namespace, name) of the instance a request names (see `resolve`)."""
+        return self.c.resolve(instance)
 
-    def _is_git(self, instance: str) -> bool:
-        return self.cfg.source == "git" and instance == self.cfg.instance
+    def _is_git(self, key: Key) -> bool:
+        return self.cfg.source == "git" and key == self.c.own_key
+
+    def resolve(self, instance: str | None, scope: InstanceScope | None = None) -> str:
+        key = self._key(instance)
+        if scope is not None and not self._visible(key, scope):
+            # The same answer as for a name that does not exist: existence must not leak.
+            raise NotFoundError(f"DeploymentParameters {key[0]}/{key[1]} not found",
+                                {"namespace": key[0], "instance": key[1]})
+        return f"{key[0]}/{key[1]}"
+
+    def _visible(self, key: Key, scope: InstanceScope) -> bool:
+        obj = self.c.instance_object(key)
+        labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+        return scope.allows(key[0], key[1], labels)
 
     # -- probes and status -----------------------------------------------------------------
 
@@ -385,30 +412,50 @@ class ControllerService:
 
     # -- services and health ---------------------------------------------------------------
 
-    def instances(self) -> list[dict[str, Any]]:
-        items, _ = self.c.kube.list(API_VERSION, KIND, self.cfg.namespace)
-        return [instance_row(obj, self.cfg.instance) for obj in items]
+    def instances(self, scope: InstanceScope | None = None) -> list[dict[str, Any]]:
+        rows = []
+        for key in sorted(self.c.instance_keys()):
+            obj = self.c.instance_object(key)
+            if obj is None:
+                continue  # deleted a moment ago
+            labels = (obj.get("metadata") or {}).get("labels") or {}
+            if scope is not None and not scope.allows(key[0], key[1], labels):
+                continue
+            row = instance_row(obj, self.cfg.instance)
+            row["default"] = key == self.c.own_key
+            row["suspended"] = is_suspended(obj)
+            state = self.c.loop_state(key)
+            last = state.last if state is not None else None
+            if key == self.c.own_key and last is None:
+                last = self.c.engine.last  # operations run outside the loop count too
+            row["lastPass"] = None if last is None else {
+                "time": last.started, "result": "success" if last.ok else "failed",
+                "trigger": last.trigger, "duration": round(last.duration, 4)}
+            try:
+                statuses = [h.status for h in self.c.health_for(key).services()]
+            except NotFoundError:
+                statuses = []
+            row["health"] = {status: statuses.count(status) for status in sorted(set(statuses))}
+            rows.append(row)
+        return rows
 
     def services(self, instance: str | None) -> list[dict[str, Any]]:
-        monitor = self.c.health_for(self._name(instance))  # NotFoundError if missing
+        monitor = self.c.health_for(self._key(instance))  # NotFoundError if missing
         return [h.to_dict() for h in monitor.services()]
 
     def service_detail(self, instance: str | None, name: str) -> dict[str, Any]:
-        instance = self._name(instance)
-        monitor = self.c.health_for(instance)
+        key = self._key(instance)
+        monitor = self.c.health_for(key)
         health = monitor.service(name)  # NotFoundError for an unknown service
         keys = monitor.objects(name)
-        objects = [{"resource": str(key), "kind": key.kind, "name": key.name,
-                    "namespace": key.namespace, **h.to_dict()} for key, h in keys]
-        if instance == self.cfg.instance:
+        objects = [{"resource": str(k), "kind": k.kind, "name": k.name,
+                    "namespace": k.namespace, **h.to_dict()} for k, h in keys]
+        if key == self.c.own_key:
             events = self.c.events.query(service=name, limit=20)
         else:
-            # Events carry the service, not the instance: another instance's are found by
-            # its own objects, so ours (same service names) do not show up here.
-            found = [e for key, _ in keys
-                     for e in self.c.events.query(resource=str(key), limit=20)]
-            events = sorted(found, key=lambda e: e.id, reverse=True)[:20]
-        return {"name": name, "namespace": health.namespace, "instance": instance,
+            # Another instance's: its own events (the same service names are ours too).
+            events = self.c.events.query(service=name, instance=key[1], limit=20)
+        return {"name": name, "namespace": health.namespace, "instance": key[1],
                 "health": health.to_dict(), "objects": objects,
                 "events": [e.to_dict() for e in events]}
 
@@ -416,11 +463,12 @@ class ControllerService:
 
     def deploy(self, request: DeployRequest) -> Deployed:
         op_name = request.op
-        instance = self._name(request.instance)
-        engine = self.c.engine_for(instance)
+        key = self._key(request.instance)
+        instance = key[1]
+        engine = self.c.engine_for(key)
         force = request.force and op_name != "down"
         if request.if_match is not None:
-            check_version(request.if_match, self._current(instance).version)
+            check_version(request.if_match, self._current(key).version)
         if op_name != "down" and not force:
             obj = engine.resource.get()
             if obj is not None and is_suspended(obj):
@@ -450,8 +498,8 @@ class ControllerService:
                             accepted=True, location=f"/api/operations/{op.id}")
         body = report_body(report, op_name)
         body["operation"] = op.id
-        if op_name != "down" and request.wait_healthy and instance == self.cfg.instance:
-            result = self.c.health.wait(report.services, request.health_timeout)
+        if op_name != "down" and request.wait_healthy:
+            result = self.c.health_for(key).wait(report.services, request.health_timeout)
             failure = health_failure(op_name, result)
             if failure is not None:
                 raise failure
@@ -469,13 +517,14 @@ class ControllerService:
 
     def plan(self, instance: str | None, services: Sequence[str],
              draft: Draft | None = None) -> dict[str, Any]:
-        name = self._name(instance)
-        engine = self.c.engine_for(name)
-        current = self._current(name)
+        key = self._key(instance)
+        name = key[1]
+        engine = self.c.engine_for(key)
+        current = self._current(key)
         if draft is None:
             body = plan_body(engine.plan(list(services)))
         else:
-            snap = self._draft_snapshot(name, current, draft)
+            snap = self._draft_snapshot(key, current, draft)
             # A hook-less engine over the draft: nothing recorded, published or written
             # (a plan's only requests are reads and server-side dry runs).
             planner = Engine(engine.cfg, self.c.kube, _DraftSource(snap))
@@ -483,7 +532,7 @@ class ControllerService:
             body["draft"] = True
         return self.plans.keep(body, name, draft_digest(draft, services), current.version)
 
-    def _draft_snapshot(self, instance: str, current: _Current, draft: Draft) -> Snapshot:
+    def _draft_snapshot(self, instance: Key, current: _Current, draft: Draft) -> Snapshot:
         base = current.snap
         if draft.ref is not None:
             if not self._is_git(instance):
@@ -519,15 +568,15 @@ class ControllerService:
     def suspend(self, instance: str | None, suspend: bool) -> dict[str, Any]:
         """Write only `spec.suspend` (a merge patch); idempotent: no write when it is
         already so. The object's watch wakes the loop; ours is woken at once."""
-        name = self._name(instance)
-        resource = self.c.engine_for(name).resource
+        key = self._key(instance)
+        name = key[1]
+        resource = self.c.engine_for(key).resource
         obj = resource.read()
         changed = is_suspended(obj) != suspend
         if changed:
             resource.kube.patch(API_VERSION, KIND, resource.name,
                                 {"spec": {"suspend": suspend}}, resource.namespace)
-            if name == self.cfg.instance:
-                self.c.loop.wake("suspend" if suspend else "resume")
+            self.c.loop.wake("suspend" if suspend else "resume", key)
         state = "suspended" if suspend else "resumed"
         return {"message": f"instance {name} {state}" if changed else
                 f"instance {name} was already {state}",
@@ -536,7 +585,7 @@ class ControllerService:
 
     # -- parameters: reading ---------------------------------------------------------------
 
-    def _current(self, instance: str, fresh: bool = False) -> _Current:
+    def _current(self, instance: Key, fresh: bool = False) -> _Current:
         """The parameters in force and their version: the object's spec and generation
         (see `_resource_version`), or the Git file (as the last pass read it, unless `fresh`) and
         its blob SHA."""
@@ -572,14 +621,14 @@ class ControllerService:
         return redact(value, section_schema(schema, section) if section else schema)
 
     def parameters(self, instance: str | None, caller: Caller) -> Versioned:
-        current = self._current(self._name(instance))
+        current = self._current(self._key(instance))
         return Versioned(self._redact(caller, dict(current.snap.spec)), current.version)
 
     def schema(self) -> dict[str, Any]:
         return self.c.engine.schema
 
     def values(self, instance: str | None, caller: Caller) -> dict[str, Any]:
-        engine = self.c.engine_for(self._name(instance))
+        engine = self.c.engine_for(self._key(instance))
         snap = engine.current()
         params = engine.parameters(snap)
         names = rendering.load_tree(snap.manifest_root).names
@@ -589,9 +638,9 @@ class ControllerService:
 
     def service_values(self, instance: str | None, service: str,
                        caller: Caller) -> Versioned:
-        name = self._name(instance)
-        engine = self.c.engine_for(name)
-        current = self._current(name)
+        key = self._key(instance)
+        engine = self.c.engine_for(key)
+        current = self._current(key)
         snap = current.snap
         names = rendering.load_tree(snap.manifest_root).names
         if service not in names:
@@ -607,7 +656,7 @@ class ControllerService:
 
     def history(self, instance: str | None, limit: int,
                 caller: Caller) -> list[dict[str, Any]]:
-        rows = self.c.history.list(self._name(instance), limit)
+        rows = self.c.history.list(self._key(instance)[1], limit)
         for row in rows:  # history keeps old values for good: old passwords included
             row["parameters"] = self._redact(caller, row["parameters"])
         return rows
@@ -617,20 +666,21 @@ class ControllerService:
     def replace_parameters(self, instance: str | None, spec: dict[str, Any], caller: Caller,
                            if_match: str | None = None) -> Versioned:
         validate_spec(spec, self.c.engine.schema)  # before any request
-        return self._write(self._name(instance), caller, if_match,
+        return self._write(self._key(instance), caller, if_match,
                            lambda current: values_replaced(current, spec),
                            "conductor: replace parameters", reapply=False)
 
     def patch_parameters(self, instance: str | None, patch: dict[str, Any], caller: Caller,
                          if_match: str | None = None) -> Versioned:
         check_limits(patch)  # the merged spec is validated in full once the base is read
-        return self._write(self._name(instance), caller, if_match,
+        return self._write(self._key(instance), caller, if_match,
                            lambda current: merge_patch(current, patch),
                            "conductor: patch parameters", reapply=True)
 
     def rollback(self, instance: str | None, revision: str, caller: Caller,
                  if_match: str | None = None) -> Versioned:
-        name = self._name(instance)
+        key = self._key(instance)
+        name = key[1]
         entry = self.c.history.entry(name, revision)
         if entry is None:
             raise NotFoundError(f"no recorded parameters for revision {revision}",
@@ -642,7 +692,7 @@ class ControllerService:
                                                 "applied": False,
                                                 "hint": "see /api/parameters/history"})
         spec = entry["parameters"]
-        written = self._write(name, caller, if_match,
+        written = self._write(key, caller, if_match,
                               lambda current: values_replaced(current, spec),
                               f"conductor: roll parameters back to {revision}",
                               reapply=False)
@@ -650,7 +700,7 @@ class ControllerService:
                 "rolledBackTo": revision}
         return Versioned(body, written.version)
 
-    def _write(self, instance: str, caller: Caller, if_match: str | None,
+    def _write(self, instance: Key, caller: Caller, if_match: str | None,
                build: Callable[[dict[str, Any]], dict[str, Any]], message: str, *,
                reapply: bool) -> Versioned:
         """Write `build(current spec)`. `reapply`: a conflict re-reads and builds again (a
@@ -659,7 +709,8 @@ class ControllerService:
         schema = self.c.engine.schema
         if self._is_git(instance):
             return self._write_git(caller, if_match, build, message)
-        resource = ParametersResource(self.c.kube, self.cfg, instance)
+        resource = ParametersResource(self.c.kube, replace(self.cfg, namespace=instance[0]),
+                                      instance[1])
         base = resource.get()
         if base is None:
             if self._recreate(resource, instance, build, reapply, if_match):
@@ -695,7 +746,7 @@ class ControllerService:
         git = self.c.git_source()
         writable = git is not None and self.cfg.git.write
         # Validation comes first: an invalid body is a 400 whatever the source allows.
-        current = self._current(self.cfg.instance, fresh=writable)
+        current = self._current(self.c.own_key, fresh=writable)
         spec = build(dict(current.snap.spec))
         validate_spec(spec, self.c.engine.schema)
         if git is None or not writable:
@@ -711,19 +762,21 @@ class ControllerService:
         return Versioned({"message": "Parameters updated", "parameters": spec,
                           "revision": sha}, self._git_version(sha))
 
-    def _recreate(self, resource: ParametersResource, instance: str,
+    def _recreate(self, resource: ParametersResource, key: Key,
                   build: Callable[[dict[str, Any]], dict[str, Any]], reapply: bool,
                   if_match: str | None) -> bool:
         """The controller's own object is missing (deleted after it was applied: the loop
         has stopped and kept the app). A whole spec (POST, rollback) creates it again; a
         merge patch has nothing to merge into. True when created with the spec; False when
         another writer created it meanwhile (then written over as usual)."""
+        instance = key[1]
+        own = key == self.c.own_key
         missing = NotFoundError(
             f"DeploymentParameters {resource.namespace}/{instance} not found",
             {"namespace": resource.namespace, "instance": instance,
              "hint": "POST /api/parameters with the whole spec creates the controller's "
-                     "own instance again" if instance == self.cfg.instance else ""})
-        if reapply or instance != self.cfg.instance:
+                     "own instance again" if own else ""})
+        if reapply or not own:
             raise missing
         spec = build({})
         validate_spec(spec, self.c.engine.schema)

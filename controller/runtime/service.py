@@ -21,7 +21,7 @@ matches any version; no `if_match` changes nothing from before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -30,6 +30,26 @@ from controller.adapters.store.events import Event
 from controller.errors import PreconditionFailedError
 
 DeployOp = Literal["up", "update", "down"]
+
+
+@dataclass(frozen=True)
+class InstanceScope:
+    """The instances an API token is limited to (the tokens file's `instances`): every
+    criterion given must hold; none given matches every instance. Outside it an instance
+    answers 404, as if it did not exist."""
+
+    namespaces: frozenset[str] = frozenset()
+    names: frozenset[str] = frozenset()
+    labels: tuple[tuple[str, str], ...] = ()  # equality on the object's labels
+
+    def allows(self, namespace: str, name: str, labels: Mapping[str, str]) -> bool:
+        return ((not self.namespaces or namespace in self.namespaces)
+                and (not self.names or name in self.names)
+                and all(labels.get(k) == v for k, v in self.labels))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"namespaces": sorted(self.namespaces), "names": sorted(self.names),
+                "labels": dict(self.labels)}
 
 
 @dataclass(frozen=True)
@@ -134,8 +154,19 @@ class Service(Protocol):
 
     def requirements(self) -> dict[str, Any]: ...
 
+    # -- instances ------------------------------------------------------------------------
+    def resolve(self, instance: str | None, scope: InstanceScope | None = None) -> str:
+        """The instance a request names (`name` or `namespace/name`; None: the
+        controller's own) as `namespace/name`, which every method below accepts;
+        NotFoundError when it is not reconciled here, or is outside `scope`."""
+        ...
+
+    def instances(self, scope: InstanceScope | None = None) -> list[dict[str, Any]]:
+        """Every reconciled instance (within `scope`): Ready, revision, last pass, health
+        summary, suspended."""
+        ...
+
     # -- services and health --------------------------------------------------------------
-    def instances(self) -> list[dict[str, Any]]: ...
 
     def services(self, instance: str | None) -> list[dict[str, Any]]:
         """Every service's health (the contract's ServiceHealth shape)."""

@@ -15,11 +15,14 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import yaml
 from falcon import testing
 
 from controller.api.openapi import document
+from controller.api.security import TokensFileError, load_tokens
 from controller.config import ApiSettings
 from controller.model.redaction import REDACTED
 from controller.runtime.service import Caller
@@ -511,3 +514,135 @@ def test_versions_and_drafts_are_documented() -> None:
     schemas = document()["components"]["schemas"]
     assert {"parameters", "patch", "ref"} <= set(schemas["PlanRequest"]["properties"])
     assert {"planId", "expiresAt", "basedOn"} <= set(schemas["Plan"]["required"])
+
+
+# -- instances and tokens scoped to them (issue 13) ------------------------------------------
+
+TENANT = "tenant-3-token-0123456789"
+LABELLED = "blue-team-token-0123456789"
+
+
+@pytest.fixture
+def tenants(make_fake_api: Callable[..., FakeApi], tmp_path: Path) -> FakeApi:
+    """Three instances in three namespaces; a write token limited to namespace tenant-3,
+    a read token limited by label team=blue, and the unlimited WRITE token."""
+    path = tmp_path / "scoped-tokens.yaml"
+    path.write_text(yaml.safe_dump({"tokens": [
+        {"name": "ci", "token": WRITE, "scopes": ["write"]},
+        {"name": "tenant-3", "token": TENANT, "scopes": ["write"],
+         "instances": {"namespaces": ["tenant-3"]}},
+        {"name": "blue", "token": LABELLED, "scopes": ["read"],
+         "instances": {"labels": {"team": "blue"}}}]}))
+    api = make_fake_api(ApiSettings(auth=True, tokens_file=str(path), rate_limit=0))
+    api.service.add_instance("alpha", "tenant-1", {"team": "blue"})
+    api.service.add_instance("beta", "tenant-2", {"team": "red"})
+    api.service.add_instance("gamma", "tenant-3")
+    return api
+
+
+def test_instances_lists_each_instance_with_its_state(tenants: FakeApi) -> None:
+    rows = tenants.get("/api/instances", headers=_bearer(WRITE)).json["instances"]
+    assert {(r["namespace"], r["name"]) for r in rows} == {
+        ("shop", "default"), ("tenant-1", "alpha"), ("tenant-2", "beta"),
+        ("tenant-3", "gamma")}
+    assert all({"ready", "lastPass", "health", "suspended", "lastAppliedRevision"} <= set(r)
+               for r in rows)
+    # ?namespace= with ?instance= picks one; a namespace alone is a clear 400.
+    got = tenants.get("/api/parameters", params={"instance": "beta", "namespace": "tenant-2"},
+                      headers=_bearer(WRITE))
+    assert got.status_code == 200
+    envelope(tenants.get("/api/parameters", params={"instance": "beta",
+                                                    "namespace": "tenant-1"},
+                         headers=_bearer(WRITE)), 404, "not_found")
+    envelope(tenants.get("/api/parameters", params={"namespace": "tenant-2"},
+                         headers=_bearer(WRITE)), 400, "invalid_request")
+
+
+def test_a_token_limited_to_a_namespace_sees_and_changes_only_its_instance(
+        tenants: FakeApi) -> None:
+    mine = _bearer(TENANT)
+    rows = tenants.get("/api/instances", headers=mine).json["instances"]
+    assert [(r["namespace"], r["name"]) for r in rows] == [("tenant-3", "gamma")]
+    assert tenants.get("/api/parameters/instances", headers=mine).json["instances"] == rows
+    own = {"instance": "gamma"}
+    assert tenants.get("/api/parameters", params=own, headers=mine).status_code == 200
+    assert tenants.get("/api/services/health", params=own, headers=mine).status_code == 200
+    assert tenants.post("/api/down", {"services": ["redis"]}, params=own,
+                        headers=mine).status_code == 200
+    before = [(n, dict(i.spec), set(i.deployed)) for n, i in
+              tenants.service.instances_.items() if n != "gamma"]
+    # Another's instance, or the controller's own (no ?instance=): 404, as if absent.
+    unknown = envelope(tenants.get("/api/parameters", params={"instance": "nosuch"},
+                                   headers=mine), 404, "not_found")
+    for params in ({"instance": "beta"}, {"instance": "beta", "namespace": "tenant-2"}, {}):
+        for method, path in (("GET", "/api/parameters"), ("GET", "/api/services/health"),
+                             ("GET", "/api/services"), ("GET", "/api/parameters/history"),
+                             ("POST", "/api/up"), ("POST", "/api/down"),
+                             ("POST", "/api/suspend"), ("POST", "/api/plan"),
+                             ("PATCH", "/api/parameters")):
+            result = tenants.client.simulate_request(
+                method, path, params=params, headers=mine,
+                json={} if method != "GET" else None)
+            body = envelope(result, 404, "not_found")
+            assert set(body) == set(unknown), (method, path)  # no more said than for none
+    after = [(n, dict(i.spec), set(i.deployed)) for n, i in
+             tenants.service.instances_.items() if n != "gamma"]
+    assert after == before  # nothing of theirs changed
+    # The unlimited token still sees everything.
+    assert tenants.get("/api/parameters", params={"instance": "beta"},
+                       headers=_bearer(WRITE)).status_code == 200
+
+
+def test_a_limited_tokens_events_are_its_instances_only(tenants: FakeApi) -> None:
+    store = tenants.service.store
+    store.add("info", "of gamma", reason="Test", instance="gamma")
+    store.add("error", "of beta", reason="Test", instance="beta")
+    store.add("info", "of the controller's own", reason="Test", instance="default")
+    mine = _bearer(TENANT)
+    listed = tenants.get("/api/events", headers=mine).json["events"]
+    assert [e["message"] for e in listed] == ["of gamma"]
+    assert tenants.get("/api/events/errors", headers=mine).json["events"] == []
+    envelope(tenants.get("/api/events", params={"instance": "beta"}, headers=mine), 404,
+             "not_found")
+    streamed = tenants.stream("/api/events/stream", {"duration": "0"}, mine)
+    assert streamed.status_code == 200
+    assert "of gamma" in streamed.text
+    assert "of beta" not in streamed.text and "controller's own" not in streamed.text
+    envelope(tenants.get("/api/events/stream", params={"instance": "beta"}, headers=mine),
+             404, "not_found")
+    # Unlimited: every instance's events.
+    assert len(tenants.get("/api/events", headers=_bearer(WRITE)).json["events"]) >= 3
+
+
+def test_a_token_limited_by_label(tenants: FakeApi) -> None:
+    blue = _bearer(LABELLED)
+    rows = tenants.get("/api/instances", headers=blue).json["instances"]
+    assert [r["name"] for r in rows] == ["alpha"]
+    assert tenants.get("/api/parameters", params={"instance": "alpha"},
+                       headers=blue).status_code == 200
+    envelope(tenants.get("/api/parameters", params={"instance": "gamma"}, headers=blue),
+             404, "not_found")
+    # read only: its scope of operations still holds inside its instances.
+    envelope(tenants.post("/api/up", {}, params={"instance": "alpha"}, headers=blue), 403,
+             "forbidden")
+
+
+def test_whoami_says_scopes_and_instance_restriction(tenants: FakeApi) -> None:
+    assert tenants.get("/api/whoami", headers=_bearer(TENANT)).json == {
+        "token": "tenant-3", "scopes": ["read", "write"],
+        "instances": {"namespaces": ["tenant-3"], "names": [], "labels": {}}}
+    assert tenants.get("/api/whoami", headers=_bearer(WRITE)).json == {
+        "token": "ci", "scopes": ["read", "write"], "instances": None}
+    envelope(tenants.get("/api/whoami"), 401, "unauthorized")
+
+
+@pytest.mark.parametrize("instances", [
+    {}, {"namespaces": "tenant-3"}, {"namespaces": ["Not_A_Namespace"]},
+    {"labels": {"team": ["blue"]}}, {"teams": ["x"]}, ["tenant-3"]])
+def test_a_bad_instances_restriction_is_refused_naming_the_file(
+        tmp_path: Path, instances: object) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(yaml.safe_dump({"tokens": [
+        {"name": "t", "token": TENANT, "scopes": ["read"], "instances": instances}]}))
+    with pytest.raises(TokensFileError, match=r"tokens\.yaml: token #0: instances"):
+        load_tokens(str(path))

@@ -46,6 +46,7 @@ from controller.runtime.service import (
     DeployRequest,
     Draft,
     EventSource,
+    InstanceScope,
     Versioned,
     check_version,
 )
@@ -71,6 +72,8 @@ class Instance:
 
     name: str
     spec: dict[str, Any]
+    namespace: str = ""  # "": the service's namespace
+    labels: dict[str, str] = field(default_factory=dict)
     version: int = 1
     generation: int = 1
     deployed: set[str] = field(default_factory=lambda: set(SERVICES))
@@ -109,9 +112,22 @@ class FakeService:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def add_instance(self, name: str, namespace: str = "",
+                     labels: dict[str, str] | None = None) -> Instance:
+        """Another instance (names are unique across namespaces in this fake)."""
+        inst = self.instances_[name] = Instance(name, _copy(SPEC), namespace,
+                                                dict(labels or {}))
+        inst.record()
+        return inst
+
+    def _ns(self, inst: Instance) -> str:
+        return inst.namespace or self.namespace
+
     def _get(self, instance: str | None) -> Instance:
-        name = instance or self.default
+        namespace, _, name = (instance or self.default).rpartition("/")
         found = self.instances_.get(name)
+        if found is not None and namespace and self._ns(found) != namespace:
+            found = None
         if found is None:
             raise NotFoundError(f"DeploymentParameters {self.namespace}/{name} not found",
                                 {"namespace": self.namespace, "instance": name})
@@ -165,10 +181,22 @@ class FakeService:
     def requirements(self) -> dict[str, Any]:
         return {"ok": True, "checks": [{"name": "kubernetes", "ok": True}]}
 
-    def instances(self) -> list[dict[str, Any]]:
-        return [{"name": i.name, "namespace": self.namespace, "generation": i.generation,
+    def resolve(self, instance: str | None, scope: InstanceScope | None = None) -> str:
+        inst = self._get(instance)
+        if scope is not None and not scope.allows(self._ns(inst), inst.name, inst.labels):
+            raise NotFoundError(f"DeploymentParameters {self._ns(inst)}/{inst.name} not "
+                                "found", {"namespace": self._ns(inst), "instance": inst.name})
+        return f"{self._ns(inst)}/{inst.name}"
+
+    def instances(self, scope: InstanceScope | None = None) -> list[dict[str, Any]]:
+        return [{"name": i.name, "namespace": self._ns(i), "generation": i.generation,
                  "ready": "True", "lastAppliedRevision": f"generation/{i.generation}",
-                 "default": i.name == self.default} for i in self.instances_.values()]
+                 "default": i.name == self.default,
+                 "suspended": i.spec.get("suspend") is True,
+                 "lastPass": {"time": "2024-01-01T00:00:00Z", "result": "success"},
+                 "health": {"healthy": len(i.deployed)}}
+                for i in self.instances_.values()
+                if scope is None or scope.allows(self._ns(i), i.name, i.labels)]
 
     def services(self, instance: str | None) -> list[dict[str, Any]]:
         inst = self._get(instance)
