@@ -8,6 +8,14 @@ prints p50/p99 and p99 over the 10 ms target, with the insert rate and the size 
 The point is the shape of the curve, not the absolute numbers: every filter should cost
 about the same however many events are stored, since each is one bounded index range.
 
+Both databases (issue 14): `--backend sqlite,postgresql` (the default) fills and times
+SQLite, then PostgreSQL, and ends with their p99 side by side. PostgreSQL is a throwaway
+server of Debian's binaries on loopback (tests/support/postgres.py; durability off, as in
+the tests), or the database `--store-url` names (with `--password-file`). The fill is
+followed by ANALYZE (autovacuum does it in a real deployment). Besides the bulk fill, the
+insert rate is also timed as the controller writes: one event per transaction. The load
+average is printed at the start and the end (the machine may be shared).
+
 A second table times the API's answer (the JSON bytes of `GET /api/events`), which is what
 a request costs: `store.page` (each event's JSON was serialized once, at write, and is
 joined here) against decoding the rows into `Event`s and encoding them again, as the API
@@ -17,7 +25,9 @@ did before (and as a store without `page`, an older checkout, still does).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -27,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.adapters.store.events import MAX_OFFSET, EventInput, EventStore, format_ms
+from controller.adapters.store.sql import Database, open_database
+from controller.config import StoreSettings
 
 TARGET_MS = 10.0
 DAY_MS = 86_400_000
@@ -106,73 +118,140 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--backend", default="sqlite,postgresql",
+                        help="comma-separated: sqlite, postgresql")
+    parser.add_argument("--store-url", default="",
+                        help="a PostgreSQL database to use (default: a throwaway server)")
+    parser.add_argument("--password-file", default="")
     args = parser.parse_args()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    results: dict[str, dict[str, float]] = {}
+    for backend in (b.strip() for b in args.backend.split(",")):
+        with tempfile.TemporaryDirectory(prefix="conductor-events-") as tmp, \
+                _database(backend, Path(tmp), args) as db:
+            print(f"\n== {backend} ({db.display})")
+            results[backend] = run(db, args)
+    print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if len(results) > 1:
+        names = list(results)
+        print(f"\n{'p99 ms (inserts: events/s)':<30}" + "".join(f"{n:>12}" for n in names))
+        for case in results[names[0]]:
+            print(f"{case:<30}" + "".join(f"{results[n].get(case, 0):>12.3f}"
+                                          for n in names))
+
+
+@contextlib.contextmanager
+def _database(backend: str, tmp: Path, args: argparse.Namespace) -> Iterator[Database]:
+    if backend not in ("sqlite", "postgresql"):
+        raise SystemExit(f"unknown backend {backend!r}: sqlite or postgresql")
+    server = None
+    if backend == "sqlite":
+        settings = StoreSettings()
+    elif args.store_url:
+        settings = StoreSettings(url=args.store_url, password_file=args.password_file)
+    else:
+        from tests.support.postgres import Postgres, binaries  # a test helper: bench only
+
+        bindir = binaries()
+        if bindir is None:
+            raise SystemExit("PostgreSQL is not installed: pass --store-url or "
+                             "--backend sqlite")
+        server = Postgres(bindir).start()
+        target = server.database()
+        settings = StoreSettings(url=target.url, password_file=str(target.password_file))
+    try:
+        db = open_database(settings, tmp / "events.db")
+        try:
+            yield db
+        finally:
+            db.close()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def run(db: Database, args: argparse.Namespace) -> dict[str, float]:
+    """Fill `db`, time each filter and the API's answers: each filter's p99 (ms), and the
+    insert rates (events/s)."""
     rng = random.Random(42)
     now = time.time_ns() // 1_000_000
     span = 14 * DAY_MS
     start = now - span
-    with tempfile.TemporaryDirectory(prefix="conductor-events-") as tmp:
-        path = Path(tmp) / "events.db"
-        # Retention above the fill: nothing may be deleted while we measure.
-        store = EventStore(path, max_age_days=30, max_count=args.events * 2)
-        began = time.perf_counter()
-        for chunk in generate(args.events, start, span, rng):
-            store.add_many(chunk)
-        fill = time.perf_counter() - began
-        print(f"inserted {args.events:,} events in {fill:.1f}s: "
-              f"{args.events / fill:,.0f} events/s (chunks of {CHUNK:,}, one transaction each)")
-        print(f"store: {store.count():,} events, {store.size_bytes() / 2**20:.0f} MiB on disk")
+    out: dict[str, float] = {}
+    # Retention above the fill: nothing may be deleted while we measure.
+    store = EventStore(db, max_age_days=30, max_count=args.events * 2)
+    began = time.perf_counter()
+    for chunk in generate(args.events, start, span, rng):
+        store.add_many(chunk)
+    fill = time.perf_counter() - began
+    print(f"inserted {args.events:,} events in {fill:.1f}s: "
+          f"{args.events / fill:,.0f} events/s (chunks of {CHUNK:,}, one transaction each)")
+    singles = 1000
+    began = time.perf_counter()
+    for i in range(singles):
+        store.add("info", f"one at a time {i}", resource="default/Pod/single",
+                  service="svc00")
+    single_rate = singles / (time.perf_counter() - began)
+    print(f"inserted {singles:,} events one per transaction: {single_rate:,.0f} events/s")
+    out["inserts/s (bulk)"] = args.events / fill
+    out["inserts/s (one per tx)"] = single_rate
+    if db.dialect == "postgresql":
+        with db.write() as tx:
+            tx.execute("ANALYZE events")
+    print(f"store: {store.count():,} events, {store.size_bytes() / 2**20:.0f} MiB on disk")
 
-        keys = resources()
-        last = store.last_id
+    keys = resources()
+    last = store.last_id
 
-        def t() -> str:
-            return rng.choice(TYPES)
+    def t() -> str:
+        return rng.choice(TYPES)
 
-        def ts() -> str:
-            return format_ms(start + rng.randrange(span))
+    def ts() -> str:
+        return format_ms(start + rng.randrange(span))
 
-        cases: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-            ("none", lambda: {}),
-            ("type", lambda: {"type": t()}),
-            ("type list (error,warning)", lambda: {"type": "error,warning"}),
-            ("resource", lambda: {"resource": rng.choice(keys)[0]}),
-            ("service", lambda: {"service": rng.choice(SERVICES)}),
-            ("since", lambda: {"since": ts()}),
-            ("type+service", lambda: {"type": t(), "service": rng.choice(SERVICES)}),
-            ("resource+type", lambda: {"resource": rng.choice(keys)[0], "type": t()}),
-            ("until+type", lambda: {"until": ts(), "type": t()}),
-            ("since+until+service", lambda: _window(ts(), {"service": rng.choice(SERVICES)})),
-            ("offset 500", lambda: {"offset": 500}),
-            ("offset 500+type", lambda: {"offset": 500, "type": t()}),
-            # The deepest offset allowed (MAX_OFFSET); deeper pages use before_id.
-            ("offset 10,000+type", lambda: {"offset": MAX_OFFSET, "type": t()}),
-            ("offset 10,000+type list", lambda: {"offset": MAX_OFFSET,
-                                                 "type": "error,warning"}),
-            ("after_id", lambda: {"after_id": rng.randrange(last)}),
-            ("after_id oldest first (SSE)", lambda: {"after_id": rng.randrange(last),
-                                                     "oldest_first": True}),
-        ]
-        print(f"\n{'filter':<30}{'p50 ms':>9}{'p99 ms':>9}{'p99/10ms':>10}{'rows':>7}")
-        worst = 0.0
-        for name, make in cases:
-            samples: list[float] = []
-            rows = 0
-            for _ in range(args.queries):
-                kwargs = make()
-                kwargs["limit"] = rng.randint(10, 100)
-                t0 = time.perf_counter()
-                found = store.query(**kwargs)
-                samples.append((time.perf_counter() - t0) * 1000)
-                rows += len(found)
-            p99 = percentile(samples, 0.99)
-            worst = max(worst, p99)
-            print(f"{name:<30}{statistics.median(samples):>9.3f}{p99:>9.3f}"
-                  f"{p99 / TARGET_MS:>10.3f}{rows / args.queries:>7.0f}")
-        print(f"\nworst p99 {worst:.3f} ms: {'meets' if worst < TARGET_MS else 'MISSES'} "
-              f"the {TARGET_MS:.0f} ms target")
-        _answers(store, rng, args.queries)
-        store.close()
+    cases: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("none", lambda: {}),
+        ("type", lambda: {"type": t()}),
+        ("type list (error,warning)", lambda: {"type": "error,warning"}),
+        ("resource", lambda: {"resource": rng.choice(keys)[0]}),
+        ("service", lambda: {"service": rng.choice(SERVICES)}),
+        ("since", lambda: {"since": ts()}),
+        ("type+service", lambda: {"type": t(), "service": rng.choice(SERVICES)}),
+        ("resource+type", lambda: {"resource": rng.choice(keys)[0], "type": t()}),
+        ("until+type", lambda: {"until": ts(), "type": t()}),
+        ("since+until+service", lambda: _window(ts(), {"service": rng.choice(SERVICES)})),
+        ("offset 500", lambda: {"offset": 500}),
+        ("offset 500+type", lambda: {"offset": 500, "type": t()}),
+        # The deepest offset allowed (MAX_OFFSET); deeper pages use before_id.
+        ("offset 10,000+type", lambda: {"offset": MAX_OFFSET, "type": t()}),
+        ("offset 10,000+type list", lambda: {"offset": MAX_OFFSET,
+                                             "type": "error,warning"}),
+        ("after_id", lambda: {"after_id": rng.randrange(last)}),
+        ("after_id oldest first (SSE)", lambda: {"after_id": rng.randrange(last),
+                                                 "oldest_first": True}),
+    ]
+    print(f"\n{'filter':<30}{'p50 ms':>9}{'p99 ms':>9}{'p99/10ms':>10}{'rows':>7}")
+    worst = 0.0
+    for name, make in cases:
+        samples: list[float] = []
+        rows = 0
+        for _ in range(args.queries):
+            kwargs = make()
+            kwargs["limit"] = rng.randint(10, 100)
+            t0 = time.perf_counter()
+            found = store.query(**kwargs)
+            samples.append((time.perf_counter() - t0) * 1000)
+            rows += len(found)
+        p99 = percentile(samples, 0.99)
+        worst = max(worst, p99)
+        print(f"{name:<30}{statistics.median(samples):>9.3f}{p99:>9.3f}"
+              f"{p99 / TARGET_MS:>10.3f}{rows / args.queries:>7.0f}")
+        out[name] = p99
+    print(f"\nworst p99 {worst:.3f} ms: {'meets' if worst < TARGET_MS else 'MISSES'} "
+          f"the {TARGET_MS:.0f} ms target")
+    _answers(store, rng, args.queries)
+    store.close()
+    return out
 
 
 def _answers(store: EventStore, rng: random.Random, n: int) -> None:
