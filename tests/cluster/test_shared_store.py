@@ -1,12 +1,15 @@
 """Two controllers (two replicas) sharing one PostgreSQL store see the same parameter
-history and the same operations, and a restart loses neither (issue 14).
+history, the same operations and the same events, and a restart loses none (issue 14).
 
-Each controller has its own Kubernetes connection and its own events file; only the store
-URL is shared, as in the deploy kit's config/postgres overlay.
+Each controller has its own Kubernetes connection and its own events file setting; only
+the store URL is shared, as in the deploy kit's config/postgres overlay (with it, the
+events go to PostgreSQL too, and the file is not used).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -46,3 +49,22 @@ def test_replicas_share_history_and_operations_through_postgresql(
     assert seen.json["status"] == "succeeded" and seen.json["operation"] == "update"
     assert [h["revision"] for h in second.get("/api/parameters/history").json["history"]] \
         == revisions
+
+    # The events the first replica wrote about the update, through the second: the same
+    # ids and bodies, and its event stream replays them with Last-Event-ID, in order.
+    path = f"/api/events/{first.namespace}/Deployment/redis?limit=100"
+    written = first.get(path).json["events"]
+    assert written, "the update recorded no event for the redis Deployment"
+    ids = sorted(e["id"] for e in written)
+    by_id = {e["id"]: e for e in second.get(path).json["events"]}
+    assert all(by_id.get(e["id"]) == e for e in written), (written, by_id)
+    streamed = second.stream("/api/events/stream", {
+        "duration": "0", "resource": f"{first.namespace}/Deployment/redis"},
+        {"Last-Event-ID": str(ids[0] - 1)})
+    frames = [int(i) for i in re.findall(r"^id: (\d+)$", streamed.text, re.M)]
+    assert frames[:len(ids)] == ids and frames == sorted(set(frames)), (frames, ids)
+    again = second.stream("/api/events/stream", {
+        "duration": "0", "resource": f"{first.namespace}/Deployment/redis"},
+        {"Last-Event-ID": str(ids[-1])})
+    assert all(int(json.loads(d)["id"]) > ids[-1]
+               for d in re.findall(r"^data: (.*)$", again.text, re.M))

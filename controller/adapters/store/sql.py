@@ -11,7 +11,8 @@ that imports `sqlite3` or `psycopg`:
   which also serialises writers in other processes on the same file). PostgreSQL: one
   `psycopg_pool.ConnectionPool` per process and URL, shared by every store of that
   process (`open_database` twice gives two handles on one pool; the last `close` closes
-  it), so the connection count is `pool_size` x replicas whatever the number of stores.
+  it), so the connection count is `pool_size` x replicas whatever the number of stores
+  (plus, per replica, the event store's one LISTEN connection: `Database.listen`).
 - **SQL.** Statements are written once with `?` placeholders and the SQL both engines
   share (`INSERT ... ON CONFLICT ... DO UPDATE`, `RETURNING`, `LIMIT`/`OFFSET`); `?`
   becomes `%s` for psycopg. What differs is spelled per dialect in a `Migration` (an
@@ -29,23 +30,19 @@ that imports `sqlite3` or `psycopg`:
   by a newer controller (a version above the newest known) is refused with `StoreError`,
   never downgraded.
 
-How the event store and the parameter history move here (the next step, issue 14): their
-tables become migration 1 of stores "events" and "history" (the SQLite DDL as today; for
-PostgreSQL `id BIGINT GENERATED ALWAYS AS IDENTITY`, `details`/`spec` as TEXT or JSONB), and
-for an existing SQLite file migration 1 is `CREATE ... IF NOT EXISTS`, so today's files are
-adopted as they are (events.py's `PRAGMA user_version` is only read once to refuse a newer
-file). Their queries keep their shape, which is what keeps them bounded: every query is an
-id range on one index, newest first, with `LIMIT offset + limit`; SQLite's `INDEXED BY`
-stays in the SQLite text only (PostgreSQL picks the same (column, id) index for
-`WHERE column = ? AND id BETWEEN ? AND ? ORDER BY id DESC LIMIT ?`, checked with EXPLAIN
-like `EventStore.explain`). Ids: the store assigns them itself today (arrival order,
-timestamps raised to be non-decreasing); on PostgreSQL the insert takes
-`pg_advisory_xact_lock` for that, so ids and timestamps stay monotonic across replicas and
-`Last-Event-ID` keeps working. Retention is the same bounded chunked `DELETE ... WHERE id <=
-?` in both. Followers (event streams) on another replica learn of new rows by
-`LISTEN/NOTIFY` (a `pg_notify` in the insert transaction) or a poll of `max(id)`; the
-in-process condition variable stays for SQLite. Errors: catch `STORE_ERRORS` (this
-module's) instead of `sqlite3.Error`.
+The stores on it: the event store (events.py: store "events", also the notifier's
+cursors, store "notify"), the parameter history (history.py) and the operation records
+(operations.py). Their tables are each store's migration 1 (the SQLite DDL as before; for
+PostgreSQL BIGINT ids, a sequence or an identity), and for an existing SQLite file
+migration 1 is `CREATE ... IF NOT EXISTS`, so files from before the version table are
+adopted as they are. Their queries keep their shape, which is what keeps them bounded:
+every query is an id range on one index, newest first, with `LIMIT offset + limit`;
+SQLite's `INDEXED BY` stays in the SQLite text only (PostgreSQL is kept from plans that
+read every match by per-transaction planner settings; `EventStore.explain` shows both).
+Event ids are commit order on both (PostgreSQL: an advisory lock around the sequence), so
+`Last-Event-ID` works across replicas; followers on another replica learn of new rows by
+`LISTEN/NOTIFY` (`Database.listen`: a connection of its own) or a poll of `max(id)`.
+Errors: catch `STORE_ERRORS` (this module's) instead of a driver's.
 """
 
 from __future__ import annotations
