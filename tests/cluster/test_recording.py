@@ -70,16 +70,20 @@ def test_another_instances_events_are_its_own(app: App, tmp_path: Path) -> None:
     other_cfg = replace(cfg, instance="other")
     other = ParametersResource(app.kube, other_cfg)
     other.ensure()
+    # An instance that deploys nothing: the controller reconciles every instance of its
+    # namespace (issue 13), and this one must not fight ours over the same objects.
+    other.set_down(frozenset(rendering.load_tree(app.root).names))
     controller = Controller(cfg).start()
     try:
         wait_for(lambda: controller.engine.last is not None, timeout=30,
                  message="the first pass")
         engine = controller.engine_for("other")
-        everything = rendering.load_tree(app.root).names
-        other.set_down(frozenset(everything))  # an instance that deploys nothing
         assert engine.reconcile().ok
         app.kube.delete(API_VERSION, KIND, "other", app.namespace)
         wait_for(lambda: other.get() is None, message="other deleted")
+        # Finalised (nothing to prune) and forgotten once the watch saw it go.
+        wait_for(lambda: (app.namespace, "other") not in controller.instance_keys(),
+                 message="other forgotten")
         report = engine.reconcile()
         assert report.error is not None and report.error.details["reason"] == \
             "ParametersDeleted"
