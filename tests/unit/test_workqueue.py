@@ -10,6 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from controller.config import LoopSettings
+from controller.errors import ReconciliationError
+from controller.reconcile.applying import Results
+from controller.reconcile.engine import Report
+from controller.runtime.loop import Loop
 from controller.runtime.workqueue import WorkQueue
 from tests.support.waiting import wait_for
 
@@ -140,3 +145,50 @@ def test_a_forgotten_key_does_not_run_again(queues: list[WorkQueue[str]]) -> Non
     rec.gate.set()
     wait_for(lambda: len(rec.runs) == 1 and not q.running(), message="the run finished")
     assert q.queued() == 0  # its returned delay was ignored
+
+
+# -- the loop over the queue: one state per instance -------------------------------------------
+
+
+class Instance:
+    """A stand-in engine for one instance: records triggers, can fail."""
+
+    def __init__(self, name: str, failing: bool = False) -> None:
+        self.name = name
+        self.failing = failing
+        self.triggers: list[str] = []
+
+    def reconcile(self, trigger: str = "interval") -> Report:
+        self.triggers.append(trigger)
+        report = Report("reconcile", [], trigger, instance=self.name, results=Results())
+        if self.failing:
+            report.error = ReconciliationError("boom")
+        return report
+
+
+def test_each_instance_has_its_own_loop_state_and_the_owns_hook_decides() -> None:
+    mine, failing, theirs = Instance("a"), Instance("b", failing=True), Instance("c")
+    loop = Loop(mine, LoopSettings(interval=3600, retry_backoff=600, retry_backoff_max=900),
+                key="a", concurrency=2, owns=lambda key: key != "c")
+    loop.add("b", failing)
+    loop.add("c", theirs)
+    loop.start()
+    try:
+        wait_for(lambda: mine.triggers == ["start"] and failing.triggers == ["start"],
+                 message="both first passes")
+        state_a, state_b = loop.state("a"), loop.state("b")
+        assert state_a is not None and state_b is not None
+        assert (state_a.failures, state_b.failures) == (0, 1)
+        assert loop.next_delay("b") == 600 and loop.next_delay("a") >= 3600
+        loop.wake("api", "a")  # wakes only its own instance
+        wait_for(lambda: mine.triggers == ["start", "api"], message="a woken")
+        assert failing.triggers == ["start"]
+        loop.add("d", Instance("d"))  # added while running: its first pass at once
+        wait_for(lambda: (s := loop.state("d")) is not None and s.passes == 1,
+                 message="d's first pass")
+        loop.remove("b")
+        loop.wake("api", "b")  # forgotten: nothing runs
+        assert loop.state("b") is None
+        assert theirs.triggers == []  # another replica's (owns says no): never run
+    finally:
+        loop.stop(5)
