@@ -1,7 +1,11 @@
 """Every endpoint of the REST API, in-process, against a real Controller on the control plane.
 
 The requests and answers of the agents' reference (the contract) are checked field by
-field; every error answer must be the contract's envelope with a `details` object.
+field; every error answer must be the contract's envelope with a `details` object. What is
+the API's own behaviour (parsing, refusals, the event queries, webhooks' providers) runs
+without a cluster in test_endpoints_fake.py; what stays here needs the real thing: what a
+pass applies, deletes and records, health from Pods, dry-run plans, the real object's
+version.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +68,9 @@ def test_status_names_leader_source_and_last_pass(api: Api) -> None:
     assert body["source"]["type"] == "resource"
     assert body["source"]["revision"] == "generation/1"
     assert body["lastPass"]["result"] == "success"
-    assert body["lastPass"]["trigger"] in ("start", "leader", "resource")
+    # Reasons that arrive together coalesce into one pass (runtime/loop.py): "leader,start".
+    assert set(body["lastPass"]["trigger"].split(",")) <= {"start", "leader", "resource"}, \
+        body["lastPass"]["trigger"]
     assert body["lastPass"]["counts"]["failed"] == 0
 
 
@@ -143,27 +148,6 @@ def test_one_service_with_objects_health_and_events(api: Api) -> None:
     assert details["available"] == SERVICES
 
 
-def test_a_malformed_instance_name_is_an_invalid_request(api: Api) -> None:
-    for method, path in [("GET", "/api/parameters"), ("GET", "/api/parameters/values"),
-                         ("GET", "/api/parameters/redis"), ("GET", "/api/parameters/history"),
-                         ("PATCH", "/api/parameters"), ("POST", "/api/up"),
-                         ("POST", "/api/plan")]:
-        result = api.client.simulate_request(method, path, params={"instance": "Not/A Name"},
-                                             json={})
-        details = envelope(result, 400, "invalid_request")
-        assert details["field"] == "instance", (method, path)
-    # A well-formed name of no object is not found (reads) — never a 5xx.
-    details = envelope(api.get("/api/parameters?instance=nope"), 404, "not_found")
-    assert details["instance"] == "nope"
-
-
-def test_unknown_routes_and_methods_answer_in_the_envelope(api: Api) -> None:
-    details = envelope(api.get("/api/nothing-here"), 404, "not_found")
-    assert details["path"] == "/api/nothing-here"
-    envelope(api.client.simulate_delete("/api/up"), 405, "method_not_allowed")
-    envelope(api.client.simulate_get("/api/up"), 405, "method_not_allowed")
-
-
 # --- deploying -----------------------------------------------------------------------------
 
 
@@ -192,17 +176,6 @@ def test_up_update_down_with_the_contract_bodies(api: Api) -> None:
     result = api.post("/api/up", {"services": ["redis"]})
     assert result.status_code == 200, result.text
     assert _deployment(api, "redis") is not None
-
-
-def test_unknown_service_is_not_found_and_nothing_is_applied(api: Api) -> None:
-    before = api.app.versions()
-    details = envelope(api.post("/api/up", {"services": ["frontend", "redis-master"]}),
-                       404, "not_found")
-    assert details["services"] == ["redis-master"]
-    assert details["available"] == SERVICES
-    for op in ("update", "down"):
-        envelope(api.post(f"/api/{op}", {"services": ["redis-master"]}), 404, "not_found")
-    assert api.app.versions() == before
 
 
 def test_an_object_the_api_server_refuses_is_a_validation_error_naming_it(
@@ -244,41 +217,12 @@ def test_a_failing_object_is_a_reconciliation_error(make_api: Callable[..., Api]
     assert events and events[0]["reason"] == "ApplyFailed"
 
 
-def test_body_without_content_type_is_read_as_json(api: Api) -> None:
-    # As `curl -d` sends it: no header at all, or labelled form-urlencoded. Read as a form,
-    # the selection would be empty, i.e. every service.
-    for headers in ({}, {"Content-Type": "application/x-www-form-urlencoded"}):
-        result = api.client.simulate_post("/api/down", body='{"services": ["redis"]}',
-                                          headers=headers)
-        assert result.status_code == 200, result.text
-        assert result.json["services"] == ["redis"]
-        assert _deployment(api, "frontend") is not None
-    assert _deployment(api, "redis") is None
-
-
-@pytest.mark.parametrize(("body", "field"), [
-    ("{not json", None),
-    ('["redis"]', None),
-    ('{"services": "redis"}', "services"),
-    ('{"services": [1, 2]}', "services"),
-])
-def test_invalid_deploy_bodies_are_invalid_requests(api: Api, body: str,
-                                                    field: str | None) -> None:
-    api.stop_loop()  # the loop's own passes (a status write wakes one) are not the API's
-    before = api.passes()
-    details = envelope(api.post("/api/up", body), 400, "invalid_request")
-    if field:
-        assert details["field"] == field
-    assert api.passes() == before
-
-
 def test_wait_false_answers_202_and_the_operation_can_be_followed(api: Api) -> None:
+    # The 202's shape and the refusals: test_endpoints_fake.py; here the real operation
+    # runs to its end and reports.
     result = api.post("/api/update?wait=false", {"services": ["frontend"]})
     assert result.status_code == 202, result.text
     op = result.json
-    assert op["operation"] == "update" and op["services"] == ["frontend"]
-    assert result.headers["location"] == f"/api/operations/{op['id']}"
-    assert op["links"]["self"] == result.headers["location"]
 
     def finished() -> dict[str, Any] | None:
         body: dict[str, Any] = api.get(f"/api/operations/{op['id']}").json
@@ -288,11 +232,6 @@ def test_wait_false_answers_202_and_the_operation_can_be_followed(api: Api) -> N
     assert done["status"] == "succeeded"
     assert done["report"]["operation"] == "update"
     assert done["report"]["result"] == "success"
-
-    details = envelope(api.get("/api/operations/0000"), 404, "not_found")
-    assert details["operation"] == "0000"
-    envelope(api.post("/api/up?wait=maybe", {}), 400, "invalid_request")
-    envelope(api.post("/api/up?timeout=-1", {}), 400, "invalid_request")
 
 
 # --- plan ----------------------------------------------------------------------------------
@@ -406,90 +345,14 @@ def test_plan_never_shows_secret_values(api: Api) -> None:
 # --- events --------------------------------------------------------------------------------
 
 
-def _seed(api: Api, service: str, n: int, type_: str = "error", kind: str = "Deployment",
-          **extra: Any) -> list[dict[str, Any]]:
-    store = api.controller.events
-    return [store.add(type_, f"{service} event {i}", resource=f"{api.namespace}/{kind}/"
-                      f"{service}", service=service, reason=f"Seeded{i}", **extra).to_dict()
-            for i in range(n)]
-
-
 def _ids(result: Any) -> list[int]:
     assert result.status_code == 200, result.text
     return [e["id"] for e in result.json["events"]]
 
 
-def test_events_filter_by_type_limit_offset_resource_and_service(api: Api) -> None:
-    errors = _seed(api, "alpha", 5)
-    infos = _seed(api, "alpha", 3, "info", kind="Service")
-    beta = _seed(api, "beta", 2, "warning")
-    newest_first = [e["id"] for e in reversed(errors + infos)]
-
-    body = api.get("/api/events?type=error&limit=10").json
-    assert body["count"] == len(body["events"]) <= 10
-    assert {e["type"] for e in body["events"]} == {"error"}
-    assert [e["id"] for e in body["events"]][:5] == [e["id"] for e in reversed(errors)]
-    event = body["events"][0]
-    assert set(event) >= {"id", "timestamp", "type", "resource", "service", "message",
-                          "reason", "details"}
-    assert RFC3339.match(event["timestamp"])
-
-    assert _ids(api.get("/api/events?service=alpha")) == newest_first
-    assert _ids(api.get("/api/events?service=alpha&limit=3")) == newest_first[:3]
-    assert _ids(api.get("/api/events?service=alpha&limit=3&offset=3")) == newest_first[3:6]
-    assert _ids(api.get("/api/events?service=alpha&type=info")) == newest_first[:3]
-    assert _ids(api.get("/api/events?service=alpha&type=error,info&limit=100")) \
-        == newest_first
-    assert _ids(api.get("/api/events?type=warning&service=beta")) \
-        == [e["id"] for e in reversed(beta)]
-    resource = f"{api.namespace}/Service/alpha"
-    assert _ids(api.get("/api/events", params={"resource": resource})) \
-        == [e["id"] for e in reversed(infos)]
-    assert _ids(api.get("/api/events?service=nobody")) == []
-
-
-def test_repeated_queries_see_every_new_event(api: Api) -> None:
-    # Answers of identical queries are kept until the store commits a new event.
-    for path in ("/api/events?service=theta&limit=5", "/api/events/errors?service=theta",
-                 f"/api/events/{api.namespace}/Deployment/theta"):
-        assert _ids(api.get(path)) == []
-    seen: list[int] = []
-    for _ in range(3):
-        seen.insert(0, _seed(api, "theta", 1)[0]["id"])
-        for path in ("/api/events?service=theta&limit=5", "/api/events/errors?service=theta",
-                     f"/api/events/{api.namespace}/Deployment/theta"):
-            assert _ids(api.get(path)) == seen, path
-            assert _ids(api.get(path)) == seen, path
-    assert _ids(api.get("/api/events?service=theta&limit=2")) == seen[:2]
-
-
-def test_events_since_and_until(api: Api) -> None:
-    early = _seed(api, "gamma", 2)
-    # Later events: a timestamp a minute on (timestamps never go back along ids).
-    later_at = datetime.now(UTC) + timedelta(minutes=1)
-    late = _seed(api, "gamma", 2, timestamp=later_at)
-    cut = early[-1]["timestamp"]
-    assert late[0]["timestamp"] > cut
-    assert _ids(api.get("/api/events", params={"service": "gamma", "until": cut})) \
-        == [e["id"] for e in reversed(early)]
-    assert _ids(api.get("/api/events", params={"service": "gamma",
-                                               "since": late[0]["timestamp"]})) \
-        == [e["id"] for e in reversed(late)]
-    same_ms = [e["id"] for e in reversed(early) if e["timestamp"] == cut]
-    assert _ids(api.get("/api/events", params={"service": "gamma", "since": cut,
-                                               "until": cut})) == same_ms
-    assert _ids(api.get("/api/events?service=gamma&since=1h")) \
-        == [e["id"] for e in reversed(early + late)]
-
-
-def test_recent_errors_and_events_of_one_resource(api: Api) -> None:
-    errors = _seed(api, "delta", 3)
-    _seed(api, "delta", 2, "success")
-    body = api.get("/api/events/errors?limit=20").json
-    assert {e["type"] for e in body["events"]} == {"error"}
-    assert [e["id"] for e in body["events"]][:3] == [e["id"] for e in reversed(errors)]
-    assert _ids(api.get("/api/events/errors?limit=2")) == [errors[2]["id"], errors[1]["id"]]
-
+def test_events_of_one_applied_resource(api: Api) -> None:
+    # The queries over seeded events: test_endpoints_fake.py; here the events of what the
+    # first pass applied.
     result = api.get(f"/api/events/{api.namespace}/Deployment/frontend?limit=10")
     events = result.json["events"]
     assert events and all(e["resource"] == f"{api.namespace}/Deployment/frontend"
@@ -501,52 +364,6 @@ def test_recent_errors_and_events_of_one_resource(api: Api) -> None:
     namespaced = api.get(f"/api/events/-/Namespace/{api.namespace}").json["events"]
     assert [e["reason"] for e in namespaced] == ["Created"]
     assert _ids(api.get("/api/events/default/Deployment/frontend?limit=10")) == []
-
-
-def _sse(text: str) -> list[dict[str, Any]]:
-    """The events of an SSE body: id, event and parsed data of each message."""
-    out = []
-    for block in text.split("\n\n"):
-        fields: dict[str, Any] = {}
-        for line in block.splitlines():
-            name, _, value = line.partition(": ")
-            if name in ("id", "event", "data"):
-                fields[name] = value
-        if "id" in fields:
-            fields["data"] = json.loads(fields["data"])
-            out.append(fields)
-    return out
-
-
-def test_event_stream_sends_ids_and_resumes_after_last_event_id(api: Api) -> None:
-    seeded = _seed(api, "epsilon", 5, "warning")
-    result = api.stream("/api/events/stream?service=epsilon&limit=3&duration=0.3")
-    assert result.status_code == 200
-    assert result.headers["content-type"].startswith("text/event-stream")
-    assert result.headers["cache-control"] == "no-cache"
-    assert "retry: 2000" in result.text
-    first = _sse(result.text)
-    assert [int(m["id"]) for m in first] == [e["id"] for e in seeded[2:]]  # oldest first
-    assert all(m["event"] == "warning" and m["data"]["service"] == "epsilon" for m in first)
-    assert first[-1]["data"] == seeded[-1]
-
-    newer = _seed(api, "epsilon", 2, "error")
-    _seed(api, "zeta", 1, "error")  # another service: filtered out
-    resumed = api.stream("/api/events/stream?service=epsilon&duration=0.3",
-                         headers={"Last-Event-ID": first[-1]["id"]})
-    assert [int(m["id"]) for m in _sse(resumed.text)] == [e["id"] for e in newer]
-    # The query parameter works the same for clients that cannot set headers.
-    again = api.stream(f"/api/events/stream?service=epsilon&duration=0.3&type=error"
-                       f"&lastEventId={first[-1]['id']}")
-    assert [int(m["id"]) for m in _sse(again.text)] == [e["id"] for e in newer]
-    nothing = api.stream("/api/events/stream?service=epsilon&duration=0",
-                         headers={"Last-Event-ID": str(newer[-1]["id"])})
-    assert _sse(nothing.text) == []
-    # Not an id (a digit to str.isdigit, not to int): ignored, as any other non-id.
-    odd = api.stream("/api/events/stream?service=epsilon&duration=0&limit=1",
-                     headers={"Last-Event-ID": "\u00b2"})
-    assert odd.status_code == 200, odd.text
-    assert [int(m["id"]) for m in _sse(odd.text)] == [newer[-1]["id"]]
 
 
 # --- parameters ----------------------------------------------------------------------------
@@ -587,25 +404,6 @@ def test_the_contract_example_4_body_scales_redis(api: Api) -> None:
     values = api.get("/api/parameters/redis").json
     assert values["values"] == {"replicas": 5}
     assert values["effective"]["image"] == "redis"  # from the app's defaults
-
-
-def test_invalid_parameters_are_rejected_before_anything_changes(api: Api) -> None:
-    spec = _full_spec(api)
-    bad = json.loads(json.dumps(spec))
-    bad["services"]["redis"]["replicas"] = "many"
-    details = envelope(api.post("/api/parameters", bad), 400, "validation_error")
-    assert details["path"] == "spec.services.redis.replicas"
-    details = envelope(api.patch("/api/parameters", {"services": {"redis": {"replicas": -1}}}),
-                       400, "validation_error")
-    assert details["path"] == "spec.services.redis.replicas"
-
-    details = envelope(api.post("/api/parameters", {**spec, "extra": {}}), 400,
-                       "invalid_request")
-    assert details["fields"] == ["extra"]
-    envelope(api.post("/api/parameters", "[1, 2]"), 400, "invalid_request")
-    envelope(api.post("/api/parameters", "{broken"), 400, "invalid_request")
-    envelope(api.post("/api/parameters", ""), 400, "invalid_request")
-    assert api.app.resource()["metadata"]["generation"] == 1
 
 
 def test_patch_merges_and_null_deletes(api: Api) -> None:
@@ -676,13 +474,7 @@ def test_history_and_rollback_restore_the_old_spec(api: Api) -> None:
     assert result.json["parameters"] == old
     assert api.get("/api/parameters").json == old
     wait_for(lambda: _replicas(api, "redis") == 1, timeout=20, message="rollback applied")
-
-    details = envelope(api.post("/api/parameters/rollback", {"revision": "generation/99"}),
-                       404, "not_found")
-    assert details["revision"] == "generation/99"
-    details = envelope(api.post("/api/parameters/rollback", {}), 400, "invalid_request")
-    assert details["field"] == "revision"
-    envelope(api.get("/api/parameters/history?limit=0"), 400, "invalid_request")
+    # Its refusals: test_endpoints_fake.py.
 
 
 # --- webhooks ------------------------------------------------------------------------------
@@ -732,33 +524,6 @@ def test_github_signature_triggers_a_pass(hooked: Api) -> None:
     assert hooked.passes() == before
 
 
-def test_gitlab_gitea_and_generic_webhooks(hooked: Api) -> None:
-    body = b'{"ref": "refs/heads/main"}'
-    result = _triggers_a_pass(hooked, lambda: hooked.post(
-        "/api/webhooks/git", body, headers={"X-Gitlab-Token": SECRET}))
-    assert result.json["provider"] == "gitlab"
-    envelope(hooked.post("/api/webhooks/git", body, headers={"X-Gitlab-Token": "wrong"}),
-             401, "unauthorized")
-    assert hooked.post("/api/webhooks/git", body, headers={
-        "X-Gitea-Signature": _sign(body).removeprefix("sha256=")}).json["provider"] == "gitea"
-    assert hooked.post("/api/webhooks/git", body, headers={
-        "X-Conductor-Signature": _sign(body)}).status_code == 202
-    result = _triggers_a_pass(hooked, lambda: hooked.post(
-        "/api/webhooks/git", b"", headers={"Authorization": f"Bearer {SECRET}"}))
-    assert result.json["provider"] == "generic"
-    envelope(hooked.post("/api/webhooks/git", b"", headers={"Authorization": "Bearer nope"}),
-             401, "unauthorized")
-    envelope(hooked.post("/api/webhooks/git", body), 401, "unauthorized")
-
-
-def test_webhooks_without_a_secret_are_forbidden(api: Api) -> None:
-    body = b'{"ref": "refs/heads/main"}'
-    details = envelope(api.post("/api/webhooks/git", body,
-                                headers={"X-Hub-Signature-256": "sha256=00"}),
-                       403, "forbidden")
-    assert "hint" in details
-
-
 # --- cluster requirements, API description -------------------------------------------------
 
 
@@ -771,14 +536,6 @@ def test_cluster_requirements_fail_on_a_cluster_without_nodes(api: Api) -> None:
     assert checks["nodes"]["message"] == "nodes: need 1, have 0"
     assert checks["kubernetesVersion"]["ok"] is True
     assert body["facts"]["nodes"] == 0
-
-
-def test_openapi_document_is_served(api: Api) -> None:
-    doc = api.get("/openapi.json").json
-    assert doc["openapi"].startswith("3.")
-    assert {"/api/up", "/api/services/health", "/api/events/stream"} <= set(doc["paths"])
-    error = doc["components"]["schemas"]["Error"]
-    assert error["required"] == ["error", "message", "details"]
 
 
 def test_a_patch_that_changes_nothing_writes_nothing(api: Api) -> None:

@@ -1,6 +1,8 @@
-"""Hostile input against the API (issue 9, findings 2, 12, 14, 15, 16, 25), in-process on a
-real Controller: every malformed request is a 400 (or 401) in the contract's envelope,
-every answer is strict JSON, and nothing was applied, deleted or written before the refusal.
+"""Hostile input against the API (issue 9, findings 2, 12, 14, 15, 16, 25), in-process over
+the in-memory service (tests/support/fakes.py, no cluster): every malformed request is a 400
+(or 401) in the contract's envelope, every answer is strict JSON, and nothing was applied,
+deleted or written before the refusal (the fake records every call the API makes and holds
+what is deployed, so "nothing" is checked where the refusal happens: before the service).
 """
 
 from __future__ import annotations
@@ -16,14 +18,12 @@ from typing import Any
 import pytest
 from falcon import testing
 
-from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.api import webhooks
+from controller.api.app import Settings
 from controller.api.common import MAX_JSON_DEPTH
 from controller.api.openapi import document
 from controller.config import ApiSettings, Config, ConfigError, GitSettings, validate
-from tests.support.api import SERVICES, Api, envelope
-
-pytestmark = pytest.mark.cluster
+from tests.support.api import SERVICES, FakeApi, envelope
 
 DEPLOYS = ("/api/up", "/api/update", "/api/down", "/api/plan")
 # Many refused requests in a row, from one client: the rate limit is not under test here.
@@ -31,8 +31,8 @@ UNLIMITED = ApiSettings(auth=False, rate_limit=0)
 
 
 @pytest.fixture
-def api(make_api: Callable[..., Api]) -> Api:
-    return make_api(api=UNLIMITED)
+def api(make_fake_api: Callable[..., FakeApi]) -> FakeApi:
+    return make_fake_api(api=UNLIMITED)
 
 
 def _strict(result: testing.Result) -> Any:
@@ -51,15 +51,20 @@ def _refused(result: testing.Result, status: int = 400,
     return details
 
 
-def _deployments(api: Api) -> set[str]:
-    items, _ = api.app.kube.list("apps/v1", "Deployment", api.namespace)
-    return {d["metadata"]["name"] for d in items}
+def _deployments(api: FakeApi) -> set[str]:
+    return set(api.service.instances_["default"].deployed)
 
 
-def _generation(api: Api) -> int:
-    obj = api.app.kube.get(API_VERSION, KIND, "default", api.namespace)
-    assert obj is not None
-    return int(obj["metadata"]["generation"])
+def _generation(api: FakeApi) -> int:
+    return api.service.instances_["default"].generation
+
+
+def _versions(api: FakeApi) -> tuple[Any, ...]:
+    """Everything a deploy or a write would change: what is deployed, the parameters'
+    version, the operations started, and whether the service was asked to deploy or plan."""
+    inst = api.service.instances_["default"]
+    asked = [name for name, _ in api.service.calls if name in ("deploy", "plan")]
+    return (sorted(inst.deployed), inst.version, len(api.service.operations), asked)
 
 
 # --- finding 2: only an absent selection (or []) means every service ---------------------
@@ -68,8 +73,8 @@ FALSY_OR_WRONG = ['""', "false", "0", "null", "{}", "true", '"redis"', '[""]', "
                   '["redis", null]', '[["redis"]]']
 
 
-def test_a_falsy_or_malformed_selection_is_refused_not_every_service(api: Api) -> None:
-    before = api.app.versions()
+def test_a_falsy_or_malformed_selection_is_refused_not_every_service(api: FakeApi) -> None:
+    before = _versions(api)
     for path in DEPLOYS:
         for value in FALSY_OR_WRONG:
             details = _refused(api.post(path, f'{{"services": {value}}}'))
@@ -79,11 +84,11 @@ def test_a_falsy_or_malformed_selection_is_refused_not_every_service(api: Api) -
         assert details["fields"] == ["service"], (path, details)
         _refused(api.post(path, "null"))  # a JSON null is no selection object either
         _refused(api.post(path, "\n"))  # nor is whitespace: only no body at all is none
-    assert api.app.versions() == before  # nothing deleted, nothing re-applied
+    assert _versions(api) == before  # nothing deleted, nothing re-applied
     assert _deployments(api) >= {"frontend", "redis"}
 
 
-def test_an_absent_or_empty_selection_still_means_every_service(api: Api) -> None:
+def test_an_absent_or_empty_selection_still_means_every_service(api: FakeApi) -> None:
     for body in ("{}", '{"services": []}', ""):
         result = api.post("/api/plan", body)
         assert result.status_code == 200, result.text
@@ -103,7 +108,7 @@ def test_an_absent_or_empty_selection_still_means_every_service(api: Api) -> Non
     ("instance=", "instance"),
 ])
 def test_a_bad_query_parameter_is_refused_before_anything_is_applied(
-        api: Api, query: str, field: str) -> None:
+        api: FakeApi, query: str, field: str) -> None:
     assert api.post("/api/down", {"services": ["redis"]}).status_code == 200
     for op in ("up", "update"):
         details = _refused(api.post(f"/api/{op}?{query}", {"services": ["redis"]}))
@@ -139,18 +144,18 @@ JSON_ROUTES = [("POST", "/api/up"), ("POST", "/api/down"), ("POST", "/api/plan")
                ("POST", "/api/parameters/rollback")]
 
 
-def test_bodies_that_are_not_strict_json_are_400_and_change_nothing(api: Api) -> None:
-    before, generation = api.app.versions(), _generation(api)
+def test_bodies_that_are_not_strict_json_are_400_and_change_nothing(api: FakeApi) -> None:
+    before, generation = _versions(api), _generation(api)
     for method, path in JSON_ROUTES:
         for name, body in NOT_STRICT_JSON:
             result = api.client.simulate_request(method, path, body=body)
             assert result.status_code == 400, (method, path, name, result.text[:200])
             _refused(result)  # was 500 with an empty body (surrogate, nesting) or NaN text
-    assert api.app.versions() == before
+    assert _versions(api) == before
     assert _generation(api) == generation
 
 
-def test_the_depth_limit_leaves_room_for_every_real_document(api: Api) -> None:
+def test_the_depth_limit_leaves_room_for_every_real_document(api: FakeApi) -> None:
     # Just under the limit, the body is parsed and judged on its content (a list of
     # names), not refused as unreadable.
     details = _refused(api.post("/api/plan", '{"services": '
@@ -163,7 +168,7 @@ def test_the_depth_limit_leaves_room_for_every_real_document(api: Api) -> None:
 NOT_FINITE = ["nan", "NaN", "inf", "-inf", "Infinity", "1e309", "-1e309", "1_0", "0x10", " "]
 
 
-def test_numbers_in_query_parameters_are_finite_decimals(api: Api) -> None:
+def test_numbers_in_query_parameters_are_finite_decimals(api: FakeApi) -> None:
     routes = [("POST", "/api/up", "timeout"), ("POST", "/api/up", "healthTimeout"),
               ("GET", "/api/events", "limit"), ("GET", "/api/events", "offset"),
               ("GET", "/api/events/stream", "duration"),
@@ -193,7 +198,7 @@ def _documented_query_parameters() -> list[tuple[str, str, str]]:
     return out
 
 
-def test_an_empty_query_value_is_400_on_every_documented_parameter(api: Api) -> None:
+def test_an_empty_query_value_is_400_on_every_documented_parameter(api: FakeApi) -> None:
     checked = 0
     generation = _generation(api)
     spec = api.get("/api/parameters").json
@@ -208,8 +213,8 @@ def test_an_empty_query_value_is_400_on_every_documented_parameter(api: Api) -> 
     for method, path, name in _documented_query_parameters():
         concrete = path
         for field, value in PATH_VALUES.items():
-            concrete = concrete.replace(f"{{{field}}}", value.replace("NAMESPACE",
-                                                                      api.namespace))
+            concrete = concrete.replace(f"{{{field}}}", value.replace(
+                "NAMESPACE", api.service.namespace))
         body = bodies.get((method, path), {"services": ["redis"]})
         result = api.client.simulate_request(method, concrete, query_string=f"{name}=",
                                              json=body if method != "GET" else None)
@@ -220,7 +225,7 @@ def test_an_empty_query_value_is_400_on_every_documented_parameter(api: Api) -> 
     assert _generation(api) == generation
 
 
-def test_rollback_to_an_empty_revision_is_refused_as_documented(api: Api) -> None:
+def test_rollback_to_an_empty_revision_is_refused_as_documented(api: FakeApi) -> None:
     schema = document()["paths"]["/api/parameters/rollback"]["post"]["requestBody"]
     revision = schema["content"]["application/json"]["schema"]["properties"]["revision"]
     assert revision["minLength"] == 1
@@ -238,21 +243,26 @@ def _sign(body: bytes, key: bytes = SECRET.encode()) -> str:
     return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
-@pytest.fixture
-def hooked(make_api: Callable[..., Api], tmp_path: Path) -> Api:
+def _secret_file(tmp_path: Path) -> Path:
     secret = tmp_path / "webhook-secret"
     secret.write_text(SECRET + "\n")
-    return make_api(api=UNLIMITED, git=GitSettings(webhook_secret_file=str(secret)))
+    return secret
 
 
-def _woken_by_webhook(api: Api) -> bool:
-    """Whether a webhook call asked for a pass. The loop is stopped first (`stop_loop`), so
-    a wake-up stays pending instead of racing with the controller's own passes."""
-    return "webhook" in api.controller.loop._reasons
+@pytest.fixture
+def hooked(make_fake_api: Callable[..., FakeApi], tmp_path: Path) -> FakeApi:
+    # The secret as the app gets it at start: read from its file by Settings.from_config.
+    settings = Settings.from_config(Config(git=GitSettings(
+        webhook_secret_file=str(_secret_file(tmp_path)))))
+    return make_fake_api(api=UNLIMITED, webhook_secret=settings.webhook_secret)
 
 
-def test_a_signed_webhook_body_that_cannot_be_read_is_400_unsigned_401(hooked: Api) -> None:
-    hooked.stop_loop()
+def _woken_by_webhook(api: FakeApi) -> bool:
+    """Whether a webhook call asked the service for a pass (a push it acted on)."""
+    return bool(api.service.git_pushes)
+
+
+def test_a_signed_webhook_body_that_cannot_be_read_is_400_unsigned_401(hooked: FakeApi) -> None:
     for body in (_nested(950).encode(), _nested(100_000).encode(),
                  b'{"ref": "refs/heads/\\ud800"}'):
         _refused(hooked.post("/api/webhooks/git", body,
@@ -262,9 +272,8 @@ def test_a_signed_webhook_body_that_cannot_be_read_is_400_unsigned_401(hooked: A
     assert not _woken_by_webhook(hooked)
 
 
-def test_non_ascii_or_empty_webhook_credentials_are_401(hooked: Api) -> None:
+def test_non_ascii_or_empty_webhook_credentials_are_401(hooked: FakeApi) -> None:
     body = b'{"ref": "refs/heads/main"}'
-    hooked.stop_loop()
     attempts = [
         ("github", {"X-Hub-Signature-256": "sha256=\u00e9" + "0" * 63}),
         ("gitea", {"X-Gitea-Signature": "\u00ff" * 64}),
@@ -287,26 +296,26 @@ def test_non_ascii_or_empty_webhook_credentials_are_401(hooked: Api) -> None:
     assert _woken_by_webhook(hooked)
 
 
+# The API's settings are read before anything starts (serving, and the tests' make_api,
+# build them with Settings.from_config before the controller): a bad secret file stops it.
 @pytest.mark.parametrize("content", ["", "   \n\t"])
-def test_an_empty_webhook_secret_stops_the_start(make_api: Callable[..., Api],
-                                                 tmp_path: Path, content: str) -> None:
+def test_an_empty_webhook_secret_stops_the_start(tmp_path: Path, content: str) -> None:
     path = tmp_path / "empty-secret"
     path.write_text(content)
     with pytest.raises(ValueError, match=f"{re.escape(str(path))} is empty"):
-        make_api(first_pass=False, git=GitSettings(webhook_secret_file=str(path)))
+        Settings.from_config(Config(git=GitSettings(webhook_secret_file=str(path))))
 
 
-def test_a_missing_webhook_secret_file_stops_the_start(make_api: Callable[..., Api],
-                                                       tmp_path: Path) -> None:
+def test_a_missing_webhook_secret_file_stops_the_start(tmp_path: Path) -> None:
     path = tmp_path / "no-such-secret"
     with pytest.raises(ValueError, match=re.escape(str(path))):  # was a 500 on every call
-        make_api(first_pass=False, git=GitSettings(webhook_secret_file=str(path)))
+        Settings.from_config(Config(git=GitSettings(webhook_secret_file=str(path))))
 
 
-def test_the_webhook_secret_is_read_once(hooked: Api, tmp_path: Path) -> None:
+def test_the_webhook_secret_is_read_once(hooked: FakeApi, tmp_path: Path) -> None:
     # Rotated or removed after the start, the file no longer matters: every call is
     # answered with the secret the app was built with (no read, no 500 per call).
-    Path(hooked.controller.cfg.git.webhook_secret_file).unlink()
+    _secret_file(tmp_path).unlink()
     body = b'{"ref": "refs/heads/main"}'
     result = hooked.post("/api/webhooks/git", body, headers={"X-Hub-Signature-256":
                                                              _sign(body)})

@@ -10,6 +10,10 @@ Falcon app through `falcon.testing`; concurrency with real threads.
   write.
 - Finding 13: `?instance=` on /api/services* serves that instance, or 404 naming it.
 - Finding 17: values the API server would refuse are 400 validation_error with the path.
+
+The API's side of findings 9, 13 and 17 (each hostile body, each refused value, a 404 per
+endpoint) runs without a cluster in test_parameters_hardening_fake.py; here the same bodies
+meet the real service once, with everything that needs the real object, Secrets and passes.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,9 +31,10 @@ from falcon import testing
 
 from controller.adapters.sources.resource import API_VERSION, KIND
 from controller.config import ApiSettings
-from controller.model.parameters import MAX_DEPTH
+from controller.model.instance import down_annotation
 from controller.model.redaction import REDACTED
-from tests.support.api import Api, envelope
+from tests.support import hostile
+from tests.support.api import SERVICES, Api, envelope
 from tests.support.waiting import wait_for
 
 READ = "read-token-params-1"
@@ -38,6 +42,8 @@ WRITE = "write-token-params-2"
 PASSWORD = "db-pa55-0xFACADE"
 # Concurrency tests send bursts; the per-client rate limit is not what they are about.
 UNLIMITED = ApiSettings(auth=False, rate_limit=10_000, rate_burst=10_000)
+
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
@@ -201,62 +207,23 @@ def test_a_replace_survives_a_status_write_in_between(api: Api) -> None:
     assert _spec(api)["global"]["marker"] == "x"
 
 
-# --- finding 9: hostile bodies ---------------------------------------------------------------
+# --- findings 9 and 17: hostile bodies, values the API server would refuse ------------------
 
 
-def _nested(depth: int) -> dict[str, Any]:
-    value: dict[str, Any] = {"leaf": 1}
-    for _ in range(depth):
-        value = {"n": value}
-    return value
-
-
-@pytest.mark.parametrize("method", ["post", "patch"])
-def test_deep_nesting_is_refused_before_any_write(api: Api, method: str) -> None:
+def test_the_real_service_refuses_hostile_values_before_any_write(
+        make_api: Callable[..., Api]) -> None:
+    """The bodies of tests/support/hostile.py (each its own test over the in-memory service
+    in test_parameters_hardening_fake.py), once against the real service: its limits and
+    schema are checked before any request to the API server."""
+    api = make_api(UNLIMITED)  # a dozen writes in a row: the rate limit is not under test
     generation = _generation(api)
-    body = {"services": {"redis": {"deep": _nested(300)}}}
-    if method == "post":
-        body = {**_spec(api), **body}
-    started = time.monotonic()
-    result = getattr(api, method)("/api/parameters", body)
-    elapsed = time.monotonic() - started
-    details = envelope(result, 400, "validation_error")
-    assert details["limit"] == MAX_DEPTH
-    assert details["path"].startswith("spec.services.redis.deep.n.n")
-    assert elapsed < 5, elapsed  # not 5 attempts of 30 s against a spinning API server
+    for method in ("post", "patch"):
+        hostile.deep_nesting_is_refused(api, method, _spec(api))
+    hostile.huge_body_is_refused(api)
+    for service, values, path in hostile.INVALID_VALUES:
+        hostile.invalid_value_is_refused(api, _spec(api), service, values, path)
     assert _generation(api) == generation
-
-
-def test_a_huge_body_is_refused_naming_the_limit(api: Api) -> None:
-    generation = _generation(api)
-    result = api.patch("/api/parameters", {"global": {"blob": "x" * (300 * 1024)}})
-    details = envelope(result, 400, "validation_error")
-    assert details["limitName"] == "maxBytes" and details["size"] > details["limit"]
-    assert _generation(api) == generation
-
-
-# --- finding 17: values the API server would refuse ------------------------------------------
-
-
-@pytest.mark.parametrize("service, values, path", [
-    ("redis", {"replicas": 99999999999999999999}, "spec.services.redis.replicas"),
-    ("redis", {"port": 70000}, "spec.services.redis.port"),
-    ("frontend", {"image": ""}, "spec.services.frontend.image"),
-])
-def test_invalid_values_are_400_with_the_path_and_change_nothing(
-        api: Api, service: str, values: dict[str, Any], path: str) -> None:
-    generation = _generation(api)
-    result = api.patch("/api/parameters", {"services": {service: values}})
-    details = envelope(result, 400, "validation_error")
-    assert details["path"] == path
-    spec = _spec(api)
-    spec["services"][service].update(values)
-    details = envelope(api.post("/api/parameters", spec), 400, "validation_error")
-    assert details["path"] == path
-    assert _generation(api) == generation
-
-
-def test_the_contracts_example_4_still_works(api: Api) -> None:
+    # The contract's Example 4 still goes through.
     result = api.post("/api/parameters", {"global": {"namespace": api.namespace,
                                                      "replicas": 1},
                                           "services": {"redis": {"replicas": 5}}})
@@ -266,15 +233,18 @@ def test_the_contracts_example_4_still_works(api: Api) -> None:
 # --- finding 13: ?instance= on the services endpoints ----------------------------------------
 
 
-def test_services_of_another_instance_or_404(api: Api) -> None:
-    for path in ("/api/services", "/api/services/health", "/api/services/redis"):
-        details = envelope(api.get(path, params={"instance": "nonexistent"}), 404,
-                           "not_found")
-        assert details["instance"] == "nonexistent", path
+def test_services_of_another_instance(api: Api) -> None:
+    # An instance that does not exist is a 404 naming it: test_parameters_hardening_fake.py.
+    # The other one is created with every service down: the controller reconciles every
+    # instance of its namespace (issue 13), and this one must not fight ours over the same
+    # objects. It is served once the controller has seen it.
     api.app.kube.create({"apiVersion": API_VERSION, "kind": KIND,
-                         "metadata": {"name": "other", "namespace": api.namespace},
+                         "metadata": {"name": "other", "namespace": api.namespace,
+                                      "annotations": down_annotation(SERVICES)},
                          "spec": {"global": {"namespace": api.namespace}}})
-    # Another instance with every service down: nothing of ours is touched.
+    wait_for(lambda: api.get("/api/services", params={"instance": "other"}).status_code
+             == 200, timeout=20, message="the other instance served")
+    # Down on the other instance (every service, again): nothing of ours is touched.
     result = api.post("/api/down", {"services": ["frontend", "postgres", "redis"]},
                       params={"instance": "other"})
     assert result.status_code == 200, result.text

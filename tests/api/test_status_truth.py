@@ -16,12 +16,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from controller.adapters.crds import load_crd
 from controller.adapters.kube import Body, Kube
 from controller.adapters.sources.resource import API_VERSION, KIND
 from devcluster import kubelet
 from tests.support.api import Api
 from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.cluster
 
 
 def _object(api: Api) -> Body:
