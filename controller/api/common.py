@@ -15,6 +15,7 @@ import re
 from typing import Any, NoReturn
 
 import falcon
+import orjson
 
 from controller.errors import InvalidRequestError
 from controller.runtime.service import Caller
@@ -23,6 +24,19 @@ from controller.runtime.service import Caller
 # json module (and every recursive walk after it) runs out of interpreter stack. Stricter
 # limits for particular bodies (parameters) are theirs to add.
 MAX_JSON_DEPTH = 512
+
+
+def dump_json(value: Any) -> bytes:
+    """A response body as JSON (UTF-8, non-ASCII as is, like Falcon's own handler).
+
+    orjson writes the same JSON in a fraction of json.dumps' time, which is a few percent
+    of a small answer's cost and most of a large one's (a plan, the parameters). It refuses
+    what json.dumps takes (integers beyond 64 bits, keys that are not strings): those go
+    through json.dumps, so nothing that answered before fails now."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, ensure_ascii=False).encode()
 
 
 def body_bytes(req: falcon.Request) -> bytes:
