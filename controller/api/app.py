@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import falcon
 import falcon.asgi
+import falcon.media
 from prometheus_client import CollectorRegistry
 
 from controller.api import (
@@ -34,6 +35,7 @@ from controller.api import (
     ui,
     webhooks,
 )
+from controller.api.common import dump_json
 from controller.api.offload import inline, offload
 from controller.api.openapi import OpenAPI
 from controller.config import ApiSettings, Config
@@ -105,6 +107,9 @@ class RequestMetrics:
         counter.inc()
 
 
+STREAM_PATH = "/api/events/stream"
+
+
 class App(falcon.asgi.App[Any, Any]):
     """Falcon's ASGI app, plus what a long response needs to know: whether its client is
     still there (`req.scope["conductor.gone"]`), and whether the server is stopping."""
@@ -115,7 +120,9 @@ class App(falcon.asgi.App[Any, Any]):
 
     async def __call__(  # type: ignore[override]
             self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope.get("type") != "http":
+        # Only a stream outlives its request: the others need no watch (an Event and a
+        # wrapped `receive` on every request are a cost the short reads do not repay).
+        if scope.get("type") != "http" or not scope.get("path", "").startswith(STREAM_PATH):
             await super().__call__(scope, receive, send)
             return
         gone = asyncio.Event()
@@ -147,6 +154,10 @@ def create_app(service: Service, registry: CollectorRegistry, settings: Settings
     counted = [RequestMetrics(meters)] if meters is not None else []
     app = App(middleware=[*counted, *security.middleware(api, settings.tokens, service)])
     app.req_options.strip_url_path_trailing_slash = True
+    # Answers are encoded with orjson (common.dump_json); request bodies keep their own
+    # strict parser (common.json_body).
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(
+        dumps=dump_json)
     app.pool = ThreadPoolExecutor(max_workers=api.threads, thread_name_prefix="api")
     # The streams' queries have their own two threads: hundreds of streams woken by one
     # commit queue there, never in front of other requests.
@@ -182,7 +193,7 @@ def routes(app: falcon.asgi.App[Any, Any], s: Service, registry: CollectorRegist
     add("/api/operations/{op_id}", deploying.OperationStatus(s))
     add("/api/events", eventing.Events(s.events))
     add("/api/events/errors", eventing.Errors(s.events))
-    app.add_route("/api/events/stream", eventing.Stream(s.events, stream_pool, draining,
+    app.add_route(STREAM_PATH, eventing.Stream(s.events, stream_pool, draining,
                                                         settings.api.max_streams))
     add("/api/events/{namespace}/{kind}/{name}", eventing.ForResource(s.events))
     add("/api/parameters", parameters.ParametersRoot(s))
