@@ -44,6 +44,7 @@ class Watch:
         self.dialogs: list[str] = []
         self.csp: list[str] = []
         self.without_token: list[str] = []
+        self.writes: list[str] = []  # every API call that is not a read
         self.signed_in = False  # before the token is typed, the page may ask without one
         page.on("dialog", self._dialog)
         page.on("console", lambda m: self.csp.append(m.text)
@@ -58,6 +59,8 @@ class Watch:
         if self.signed_in and "/api/" in request.url \
                 and "authorization" not in request.headers:
             self.without_token.append(request.url)
+        if "/api/" in request.url and request.method not in ("GET", "HEAD", "OPTIONS"):
+            self.writes.append(f"{request.method} {request.url}")
 
     def clean(self) -> None:
         assert self.dialogs == [], self.dialogs
@@ -239,6 +242,8 @@ def test_markup_in_values_is_text_and_read_only_sees_no_write_control(
         expect(page.locator(gone)).to_have_count(0)
     ids = page.eval_on_selector_all("main button", "bs => bs.map(b => b.id)")
     assert set(ids) <= {"ev-errors", "ev-all"}, ids
+    # What the token may do was asked (GET /api/whoami), not tried with a refused write.
+    assert watch.writes == [], watch.writes
     served.shot(page, "read-only")
 
     # The stream's filters: by service, then by object (the server filters; the page

@@ -6,9 +6,8 @@
 // - the token is asked once and kept in sessionStorage (this tab, this session), and every
 //   API call sends it; the event stream is read with fetch + ReadableStream because
 //   EventSource cannot send an Authorization header;
-// - a token that may not write sees no write control: the probe is a write call the
-//   server refuses before doing anything (POST /api/suspend with a body it never takes:
-//   403 for a read-only token, 400 for one that may write);
+// - a token that may not write sees no write control: GET /api/whoami says the caller's
+//   scopes, nothing is tried and refused to find out;
 // - parameters are written with If-Match (the version they were loaded at): a concurrent
 //   change answers 412 and is shown, never overwritten; a plan is previewed before apply.
 import { dump as dumpYaml, load as parseYaml } from "./js-yaml.min.mjs";
@@ -148,11 +147,12 @@ async function start() {
 
 async function probeWrite() {
   try {
-    // A 401 here only says "no write" (public reads without a token): not a sign-in.
-    await api("POST", "/api/suspend", { body: { probe: true }, probe: true });
-    return true;  // cannot happen (the body is refused), but the server said yes
+    // The caller's scopes as the server sees them ("write" with auth off, "read" for public
+    // reads without a token). A 401 here only says "no write": not a sign-in.
+    const me = (await api("GET", "/api/whoami", { probe: true })).data;
+    return Boolean(me && Array.isArray(me.scopes) && me.scopes.includes("write"));
   } catch (e) {
-    return e.status === 400;  // authorised, refused for the body: this token may write
+    return false;
   }
 }
 
