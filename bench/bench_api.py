@@ -9,6 +9,9 @@ its pods ready (a simulated kubelet's status writes), then loads it from another
 latency percentiles per endpoint, and the ratios against the targets for in-memory reads:
 >= 1,000 requests/s and p99 < 20 ms. With N connections always busy, latency is about
 N / throughput: the p99 target needs N well under 20 ms x the rate (16 by default).
+It also prints the controller's CPU time per request (its processes' user + system time
+over the run, divided by the requests served) and the load average: on a machine shared
+with other work, req/s and latency follow the load, the CPU per request much less.
 
 `--streams N` (default 200) then loads the first two endpoints again while N Server-Sent
 Events subscribers hold streams open and a pass every 2 s (POST /api/update) wakes them
