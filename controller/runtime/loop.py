@@ -123,12 +123,15 @@ class Loop:
         any) ends; reasons coalesce into the trigger."""
         key = self.key if key is None else key
         with self._lock:
-            if key not in self._states:
+            # Before the start, the first pass ("start") reads everything anyway.
+            if key not in self._states or not self._started:
                 return
         self.queue.add(key, reason)
 
     def wake_all(self, reason: str) -> None:
-        for key in self.keys():
+        with self._lock:
+            keys = list(self._states) if self._started else []
+        for key in keys:
             self.queue.add(key, reason)
 
     def start(self) -> Loop:
