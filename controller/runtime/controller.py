@@ -88,7 +88,7 @@ class Instance:
             return self.engine.reconcile(trigger)
         name = self.key[1]
         try:
-            obj = self.engine.resource.get()
+            obj = self.controller.instance_object(self.key)  # the watched copy: no request
             if obj is None:  # gone without us (finalised elsewhere, or never ours)
                 self.controller.forget(self.key)
                 return Report("reconcile", [], trigger, instance=name)
