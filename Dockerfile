@@ -34,8 +34,15 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 # Only pyproject.toml: this layer is rebuilt when the dependencies change, not the code.
 COPY pyproject.toml ./
+# The `fast` extra (gunicorn's C HTTP parser) is published as source only: a compiler and
+# Python's headers here, in the builder; the final stage copies only the built venv.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && (python -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+     || apt-get install -y --no-install-recommends python3-dev) \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv \
- && python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+ && python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["fast"]))' \
       > requirements.txt \
  && /opt/venv/bin/pip install -r requirements.txt
 # The package: its sources and the files its assets/ symlinks name (building the wheel
