@@ -392,11 +392,13 @@ class PostgresDatabase(Database):
         if self._closed:
             raise StoreError(f"the store {self.display} is closed",
                              {"database": self.display})
-        with self._pool.connection() as conn, conn.transaction():
-            cursor = conn.cursor()
-            if read_only:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield Tx(cursor, "postgresql")
+        with self._pool.connection() as conn:
+            # Said in the BEGIN itself (psycopg adds them to it): no round trip of its own.
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ if read_only \
+                else None
+            conn.read_only = read_only
+            with conn.transaction():
+                yield Tx(conn.cursor(), "postgresql")
 
     @contextmanager
     def write(self) -> Iterator[Tx]:
