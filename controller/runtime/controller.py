@@ -68,6 +68,7 @@ from controller.runtime.reporting import HealthReporter
 log = logging.getLogger(__name__)
 
 FINALIZER = "conductor.io/finalizer"
+FORGET_WAIT = 5.0  # seconds a finalised instance waits for the watch to see it go
 Key = tuple[str, str]  # an instance: (namespace, name) of its DeploymentParameters object
 
 
@@ -105,6 +106,10 @@ class Instance:
     def _finalise(self, obj: Body, trigger: str) -> Report:
         """The object is being deleted: prune what this instance applied (unless it says
         `conductor.io/prune: disabled`), then let the deletion finish and forget it."""
+        fresh = self.engine.resource.get()  # the cached copy may be a finalisation behind
+        if fresh is None:  # finalised already: forgotten once the cache sees it go
+            return Report("reconcile", [], f"{trigger},finalize", instance=self.key[1])
+        obj = fresh
         meta = obj.get("metadata") or {}
         finalizers = list(meta.get("finalizers") or [])
         orphan = (meta.get("annotations") or {}).get(ANNOTATION_PRUNE) == "disabled"
@@ -122,6 +127,12 @@ class Instance:
             self._set_finalizers(obj, [f for f in current if f != FINALIZER])
         log.info("instance %s/%s deleted: its objects %s", *self.key,
                  "orphaned" if orphan else "pruned")
+        # Forgotten once the watch has seen the object go (bounded: another finalizer may
+        # hold it), so that whoever reads the cache after agrees it is gone.
+        deadline = time.monotonic() + FORGET_WAIT
+        while self.controller.instance_object(self.key) is not None and \
+                time.monotonic() < deadline:
+            self.controller.idle.wait(0.05)
         self.controller.forget(self.key)
         return report
 
@@ -325,6 +336,7 @@ class Controller:
         self._discover: Handler | None = None  # subscribed to every watched instance set
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
+        self.idle = threading.Event()  # never set: a pause that does not sleep the GIL away
         self.started = threading.Event()
         self.metrics.read_live(self.live_state)  # everything it reads exists from here on
 
@@ -459,7 +471,9 @@ class Controller:
         if key == self.own_key:
             return  # the own instance has its own handler (self._wake)
         if kind == "DELETED":
-            self.forget(key)
+            # Its next pass finds it gone and forgets it, on a worker: this handler runs
+            # under the watch's lock, where stopping its monitor could deadlock.
+            self.loop.wake("deleted", key)
             return
         mark = (meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"),
                 json.dumps(meta.get("annotations") or {}, sort_keys=True),
@@ -489,6 +503,7 @@ class Controller:
             instance = self._known[key] = Instance(self, key, engine, health)
         health.start()
         self.loop.add(key, instance)
+        log.info("instance %s/%s taken in", *key)
         return instance
 
     def forget(self, key: Key) -> None:
@@ -501,6 +516,7 @@ class Controller:
         self.loop.remove(key)
         if instance is not None:
             instance.health.stop()
+            log.info("instance %s/%s forgotten", *key)
 
     def instance_keys(self) -> list[Key]:
         with self._instances_lock:

@@ -141,7 +141,8 @@ def test_three_instances_in_three_namespaces(app: App, kube: Kube, spaces: list[
              message="gamma finalised")
     workloads = (*QUIET_KINDS, ("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"))
     assert _objects(kube, ns_c, "gamma", workloads) == {}
-    assert (ns_c, "gamma") not in controller.instance_keys()
+    wait_for(lambda: (ns_c, "gamma") not in controller.instance_keys(), timeout=10,
+             message="gamma forgotten")
     envelope(api.get("/api/parameters", params={"instance": "gamma"}, headers=admin), 404,
              "not_found")
     assert {k: _objects(kube, *k) for k in kept} == kept
@@ -153,4 +154,5 @@ def test_three_instances_in_three_namespaces(app: App, kube: Kube, spaces: list[
     wait_for(lambda: kube.get(API_VERSION, KIND, "beta", ns_b) is None, timeout=60,
              message="beta finalised")
     assert _objects(kube, ns_b, "beta") == kept[(ns_b, "beta")]
-    assert (ns_b, "beta") not in controller.instance_keys()
+    wait_for(lambda: (ns_b, "beta") not in controller.instance_keys(), timeout=10,
+             message="beta forgotten")

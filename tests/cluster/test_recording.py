@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from controller.adapters.sources.resource import API_VERSION, KIND, ParametersResource
+from controller.config import InstanceSettings
 from controller.model import rendering
 from controller.runtime.controller import Controller
 from tests.support.cluster import App
@@ -66,7 +67,10 @@ def test_another_instances_events_are_its_own(app: App, tmp_path: Path) -> None:
     """An engine for another DeploymentParameters object (?instance=other) stores its
     events under that instance and posts its Kubernetes Events on that object, not on the
     controller's own."""
-    cfg = replace(app.cfg, events=replace(app.cfg.events, path=tmp_path / "events.db"))
+    # Without the finalizer: a deletion is then the ParametersDeleted case this test is
+    # about, not a finalisation (tests/cluster/test_instances.py has that).
+    cfg = replace(app.cfg, events=replace(app.cfg.events, path=tmp_path / "events.db"),
+                  instances=InstanceSettings(finalize=False))
     other_cfg = replace(cfg, instance="other")
     other = ParametersResource(app.kube, other_cfg)
     other.ensure()
