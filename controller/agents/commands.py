@@ -94,8 +94,9 @@ def add_commands(sub: Any) -> None:
                      ("down", "remove")):
         d = add(op, f"{what} services (all when none named)", read)
         d.add_argument("services", nargs="*")
-        d.add_argument("--wait", action="store_true", help="wait until healthy "
-                       "(exit 1 with the reason when one is unhealthy)")
+        d.add_argument("--wait", "--wait-healthy", action="store_true", dest="wait",
+                       help="wait until healthy (exit 1 with the reason when one is "
+                       "unhealthy)")
         d.add_argument("--if-match", help="only if the parameters are at this version")
     hi = add("history", "recorded parameter revisions", read)
     hi.add_argument("--limit", type=int, default=20)

@@ -14,6 +14,7 @@ from typing import Any
 import falcon
 
 from controller.api.errors import STATUS
+from controller.api.ui import TYPES as UI_TYPES
 
 JSON = "application/json"
 
@@ -141,7 +142,9 @@ PATHS: dict[str, Any] = {
     "/ui/{name}": {"get": {"summary": "one of the dashboard's files", "tags": ["ui"],
                            "parameters": [{"name": "name", "in": "path", "required": True,
                                            "schema": {"type": "string"}}],
-                           "responses": {"200": {"description": "the file"},
+                           "responses": {"200": {"description": "the file", "content": {
+                               media: {"schema": {"type": "string"}} for media in sorted(
+                                   {t.split(";")[0] for t in UI_TYPES.values()})}},
                                          "304": {"description": "not modified"},
                                          **ERRORS}}},
     "/api/status": {"get": _op("controller status: leader, source, last pass",
