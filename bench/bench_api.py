@@ -25,45 +25,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
-import random
 import re
-import secrets
 import selectors
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from bench.common import control_plane
-from controller.adapters.crds import ensure_crd
-from controller.adapters.kube import Kube
-from controller.adapters.store.events import EventInput, EventStore
-from controller.config import Config
-from devcluster import kubelet
-from devcluster.running import free_port
+from bench.common import (
+    controller_env,
+    event_ids_after,
+    example_controller,
+    get_json,
+    newest_event_id,
+    post,
+    wrk_options,
+)
 from tests.support.waiting import wait_for
 
-REPO = Path(__file__).resolve().parent.parent
 TARGET_RPS = 1000.0
 TARGET_P99_MS = 20.0
-SERVICES = ["frontend", "postgres", "redis"]
-TYPES = ["info", "success", "warning", "error"]
-TYPE_WEIGHTS = [55, 30, 10, 5]
 # The last one is the uncached path: identical event queries are answered from a cache
 # until the next event is stored, except those with since/until.
 ENDPOINTS = ["/api/services/health", "/api/events?type=error&limit=10",
@@ -81,55 +68,6 @@ class Load:
     max_ms: float
     errors: int  # non-2xx answers and socket errors
     cpu_ms: float = math.nan  # the controller's CPU time per request (all its processes)
-
-
-def fill_events(path: Path, namespace: str, n: int) -> float:
-    """n events of the example app's services, in one store file; returns seconds taken."""
-    rng = random.Random(42)
-    started = time.monotonic()
-    with EventStore(path, max_count=n) as store:
-        batch: list[EventInput] = []
-        for i in range(n):
-            service = SERVICES[i % len(SERVICES)]
-            kind = ("Deployment", "Service", "Pod")[rng.randrange(3)]
-            batch.append({"type": rng.choices(TYPES, TYPE_WEIGHTS)[0],
-                          "message": f"{kind} {service} event {i}", "reason": "Bench",
-                          "resource": f"{namespace}/{kind}/{service}", "service": service,
-                          "details": {"i": i}})
-            if len(batch) == 10_000:
-                store.add_many(batch)
-                batch = []
-        store.add_many(batch)
-    return time.monotonic() - started
-
-
-def _get(port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-@contextmanager
-def controller(kubeconfig: str, root: Path, namespace: str, events: Path, port: int,
-               log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    environ = {**os.environ, "CONDUCTOR_API_AUTH": "false",
-               "CONDUCTOR_EVENTS_PATH": str(events), "CONDUCTOR_DEFAULT_NAMESPACE": namespace,
-               **env}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "run", "--kubeconfig", kubeconfig,
-             "--manifests", str(root), "--namespace", namespace, "--port", str(port),
-             "--interval", "3600"], stdout=out, stderr=subprocess.STDOUT, env=environ,
-            start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
 
 
 def _ms(value: str) -> float:
@@ -268,12 +206,6 @@ def subscribers(port: int, n: int, after: int) -> Iterator[Callable[[], Subscrib
             s.close()
 
 
-def _post(port: int, path: str, body: bytes) -> None:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        resp.read()
-
-
 def with_streams(port: int, paths: list[str], n: int, seconds: int, connections: int,
                  threads: int, reference: dict[str, Load], group: int = 0) -> bool:
     """The same loads with N streams open and a pass every 2 s; ratios to `reference`."""
@@ -281,9 +213,9 @@ def with_streams(port: int, paths: list[str], n: int, seconds: int, connections:
 
     def passes() -> None:  # bounded: one every 2 s while the loads run
         while not stop.wait(2.0):
-            _post(port, "/api/update?wait=false", b"{}")
+            post(port, "/api/update?wait=false", b"{}")
 
-    start = _newest(port)
+    start = newest_event_id(port)
     with subscribers(port, n, start) as probe:
         wait_for(lambda: probe().bytes > 0, timeout=30, message="the streams to start")
         driver = threading.Thread(target=passes, daemon=True)
@@ -297,7 +229,7 @@ def with_streams(port: int, paths: list[str], n: int, seconds: int, connections:
             driver.join(35)
         # Every event stored since the streams opened must reach every stream (the
         # passes have stopped: give the last ones a moment to arrive).
-        stored = _ids_after(port, start)
+        stored = event_ids_after(port, start)
         with contextlib.suppress(AssertionError):  # a timeout is reported below
             wait_for(lambda: all(stored <= got for got in probe().ids), timeout=30,
                      message="every stream to receive every event")
@@ -314,24 +246,6 @@ def with_streams(port: int, paths: list[str], n: int, seconds: int, connections:
               f"{x.p99_ms / ref.p99_ms:13.2f}")
     return seen.open == n and complete == n and bool(stored) and all(
         x.rps >= TARGET_RPS and x.p99_ms < TARGET_P99_MS and not x.errors for x in loads)
-
-
-def _newest(port: int) -> int:
-    events = _get(port, "/api/events?limit=1")["events"]
-    return int(events[0]["id"]) if events else 0
-
-
-def _ids_after(port: int, after: int) -> set[int]:
-    """The ids of every event stored after id `after` (paged newest first)."""
-    ids: set[int] = set()
-    offset = 0
-    while True:  # bounded: the store answers at most 10,000 deep, 1,000 a page
-        page = _get(port, f"/api/events?limit=1000&offset={offset}")["events"]
-        fresh = [int(e["id"]) for e in page if int(e["id"]) > after]
-        ids.update(fresh)
-        if len(fresh) < len(page) or len(page) < 1000 or offset >= 9000:
-            return ids
-        offset += 1000
 
 
 def report(loads: list[Load]) -> None:
@@ -353,71 +267,33 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bench_api", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=int, default=10, help="seconds per endpoint")
-    p.add_argument("--connections", type=int, default=16, help="keep-alive connections")
-    p.add_argument("--wrk-threads", type=int, default=1)
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--streams", type=int, default=200,
                    help="event-stream subscribers of the second round (0: skip it)")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="extra environment of the controller (e.g. CONDUCTOR_API_THREADS=4)")
+    wrk_options(p)
     args = p.parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+    extra = controller_env(args)
+    if extra is None:
         return 2
-    extra = dict(item.split("=", 1) for item in args.env)
-    with control_plane() as state, tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
-        work = Path(tmp)
-        kube = Kube.connect(Config(kubeconfig=state.kubeconfig))
-        ensure_crd(kube)
-        namespace = f"bench-api-{secrets.token_hex(3)}"
-        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-        root = work / "manifests"
-        shutil.copytree(REPO / "manifests", root)
-        params = yaml.safe_load((root / "parameters.yaml").read_text())
-        params["global"]["namespace"] = namespace
-        (root / "parameters.yaml").write_text(yaml.safe_dump(params))
-        events = work / "events.db"
-        took = fill_events(events, namespace, args.events)
-        print(f"event store: {args.events} events written in {took:.1f}s "
-              f"({events.stat().st_size / 2**20:.0f} MiB)")
-        port = free_port()
-        log = work / "controller.log"
-        try:
-            with controller(state.kubeconfig, root, namespace, events, port, log,
-                            extra) as proc:
-                wait_for(lambda: _get(port, "/healthz") == {"status": "ok"}, timeout=90,
-                         message="the API")
-                wait_for(lambda: "lastPass" in _get(port, "/api/status"), timeout=90,
-                         message="the first pass")
-
-                def healthy() -> bool:
-                    kubelet.settle(kube, namespace)
-                    states = {s["status"] for s in _get(port, "/api/services/health")
-                              ["services"]}
-                    return states == {"healthy"}
-
-                wait_for(healthy, timeout=90, message="every service healthy")
-                stored = _get(port, "/api/events?limit=1")["events"][0]["id"]
-                print(f"controller on 127.0.0.1:{port}, services healthy, newest event id "
-                      f"{stored}; wrk: {args.connections} connections, {args.duration}s each")
-                loads = []
-                for path in ENDPOINTS:
-                    wrk(port, path, 1, args.connections, args.wrk_threads)  # warm-up
-                    loads.append(wrk(port, path, args.duration, args.connections,
-                                     args.wrk_threads, proc.pid))
-                    print(f"  {path}: {loads[-1].rps:.0f} req/s, p99 "
-                          f"{loads[-1].p99_ms:.2f} ms, "
-                          f"{loads[-1].cpu_ms:.3f} ms CPU/request", flush=True)
-                report(loads)
-                if args.streams:
-                    ok = with_streams(port, ENDPOINTS[:2], args.streams, args.duration,
-                                      args.connections, args.wrk_threads,
-                                      {x.path: x for x in loads}, proc.pid)
-                    print(f"targets with {args.streams} streams open: "
-                          f"{'met' if ok else 'NOT met'}")
-        finally:
-            kube.delete("v1", "Namespace", namespace)
-            kube.close()
+    with example_controller("bench-api", args.events, extra) as (proc, port):
+        stored = get_json(port, "/api/events?limit=1")["events"][0]["id"]
+        print(f"controller on 127.0.0.1:{port}, services healthy, newest event id "
+              f"{stored}; wrk: {args.connections} connections, {args.duration}s each")
+        loads = []
+        for path in ENDPOINTS:
+            wrk(port, path, 1, args.connections, args.wrk_threads)  # warm-up
+            loads.append(wrk(port, path, args.duration, args.connections,
+                             args.wrk_threads, proc.pid))
+            print(f"  {path}: {loads[-1].rps:.0f} req/s, p99 "
+                  f"{loads[-1].p99_ms:.2f} ms, "
+                  f"{loads[-1].cpu_ms:.3f} ms CPU/request", flush=True)
+        report(loads)
+        if args.streams:
+            ok = with_streams(port, ENDPOINTS[:2], args.streams, args.duration,
+                              args.connections, args.wrk_threads,
+                              {x.path: x for x in loads}, proc.pid)
+            print(f"targets with {args.streams} streams open: "
+                  f"{'met' if ok else 'NOT met'}")
     return 0
 
 
