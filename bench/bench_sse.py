@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -58,6 +59,16 @@ def rss_mib(group: int) -> float:
     return total / 1024
 
 
+def profile(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the controller and its worker (without pausing them) for the round:
+    where the worker's time goes when the subscribers slow the health endpoint."""
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy), "record", "--subprocesses", "--nonblocking",
+                             "--format", "raw", "--rate", "50", "--duration", str(seconds),
+                             "--pid", str(pid), "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def loadavg() -> str:
     one, five, _ = os.getloadavg()
     return f"load {one:.2f}/{five:.2f} (1/5 min, {os.cpu_count()} CPUs)"
@@ -75,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subscribers", type=int, default=200)
     p.add_argument("--every", type=float, default=2.0, help="seconds between passes")
     p.add_argument("--events", type=int, default=10_000, help="events stored beforehand")
+    p.add_argument("--profile", type=Path, metavar="FILE",
+                   help="py-spy's collapsed stacks of the controller during round B")
     wrk_options(p)
     args = p.parse_args(argv)
     extra = controller_env(args)
@@ -113,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
+            profiler = profile(group, args.duration, args.profile) if args.profile else None
             try:
                 streamed = wrk(port, PATH, args.duration, args.connections,
                                args.wrk_threads, group)
@@ -120,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                 stop.set()
                 driver.join(35)
                 sampler.join(5)
+                if profiler:
+                    profiler.wait(args.duration + 60)
             print(f"B: end {loadavg()}", flush=True)
             # The passes have stopped: every event stored since the streams opened must
             # reach every subscriber (the last ones get a moment to arrive).
