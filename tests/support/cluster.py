@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -159,6 +160,29 @@ def controller_process(cluster: LocalCluster, root: Path, namespace: str, port: 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
+
+
+@contextmanager
+def missing_image_tag(cluster: LocalCluster, kube: Kube, namespace: str,
+                      prefix: str) -> Iterator[str]:
+    """An image tag the simulated kubelet reports as not found (ImagePullBackOff): added
+    to the running simulator's list (it re-reads it on every Pod; the tag is unique, so it
+    touches no one else's Pods and may stay listed), or, with no simulator running, this
+    test's own for its namespace only."""
+    tag = f"{prefix}-{secrets.token_hex(4)}"
+    state_dir = Path(cluster.state.dir) if cluster.state else Path(cluster.kubeconfig).parent
+    state = running.ClusterState.load(state_dir)
+    if state is not None and any(p.name == "kubelet-simulator" and Path(f"/proc/{p.pid}").exists()
+                                 for p in state.processes):
+        with running.missing_images_file(state_dir).open("a") as f:
+            f.write(f"{tag}\n")
+        yield tag
+        return
+    simulator = kubelet.Simulator(kube, lambda: {tag}, namespace).start()
+    try:
+        yield tag
+    finally:
+        simulator.stop()
 
 
 def service_account_kubeconfig(cluster: LocalCluster, kube: Kube, namespace: str,

@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from controller.adapters.kube import Kube
-from devcluster import kubelet, running
-from tests.support.cluster import App, LocalCluster, controller_process
+from devcluster import running
+from tests.support.cluster import App, LocalCluster, controller_process, missing_image_tag
 from tests.support.waiting import wait_for
 
 CHROMIUM = os.environ.get("CONDUCTOR_CHROMIUM", "/usr/bin/chromium")
@@ -120,20 +120,5 @@ def served(app: App, tmp_path: Path) -> Iterator[Served]:
 @pytest.fixture
 def missing_tag(cluster: LocalCluster, kube: Kube, namespace: str) -> Iterator[str]:
     """An image tag the simulated kubelet reports as not found (ImagePullBackOff)."""
-    tag = f"ui-missing-{secrets.token_hex(4)}"
-    state_dir = Path(cluster.state.dir) if cluster.state else Path(cluster.kubeconfig).parent
-    state = running.ClusterState.load(state_dir)
-    if state is not None and any(p.name == "kubelet-simulator" and Path(f"/proc/{p.pid}").exists()
-                                 for p in state.processes):
-        # The running simulator re-reads its list on every Pod; a unique tag touches no
-        # one else's Pods, so it may stay listed.
-        with running.missing_images_file(state_dir).open("a") as f:
-            f.write(f"{tag}\n")
+    with missing_image_tag(cluster, kube, namespace, "ui-missing") as tag:
         yield tag
-        return
-    # No simulator running: this test's own, for its namespace only.
-    simulator = kubelet.Simulator(kube, lambda: {tag}, namespace).start()
-    try:
-        yield tag
-    finally:
-        simulator.stop()
