@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import pytest
+
+from controller.config import NotificationSettings
+
+# Receivers that retry fast, for tests.
+FAST = NotificationSettings(timeout=2.0, attempts=3, backoff_initial=0.1, backoff_max=1.0,
+                            rate_per_minute=6000)
 
 
 class Inbox:
@@ -59,3 +68,11 @@ class Inbox:
 
     def kinds(self) -> list[str]:
         return [m.get("kind", "") for m in self.messages()]
+
+
+@pytest.fixture(name="inbox")
+def inbox_fixture() -> Iterator[Inbox]:
+    box = Inbox()
+    yield box
+    if box._server is not None:
+        box.down()

@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -36,7 +36,6 @@ from controller.adapters.store.events import (
     resource_key,
 )
 from controller.adapters.store.history import History
-from controller.adapters.store.sql import open_database
 from controller.config import EventSettings, StoreSettings
 from controller.errors import ValidationError
 from controller.model.eventquery import MAX_LIMIT, MAX_OFFSET
@@ -58,6 +57,7 @@ from tests.support.postgres import (  # noqa: F401 (fixtures)
     postgres_server_fixture,
     store_settings_fixture,
 )
+from tests.support.stores import Opener, event_stores
 from tests.support.waiting import wait_for
 
 BASE = datetime(2030, 1, 1, tzinfo=UTC)  # in the future: retention by age never applies
@@ -72,24 +72,11 @@ def at(minute: int) -> str:
     return format_ms(int((BASE + timedelta(minutes=minute)).timestamp() * 1000))
 
 
-Opener = Callable[..., EventStore]
-
-
 @pytest.fixture
 def opener(store_settings: StoreSettings, tmp_path: Path) -> Iterator[Opener]:
     """Opens the test's event store, on SQLite then on PostgreSQL (`store_settings`),
     with EventStore's keyword arguments; again for a restart. Closed after the test."""
-    opened: list[EventStore] = []
-
-    def open_(**kwargs: Any) -> EventStore:
-        s = EventStore(open_database(store_settings, tmp_path / "events.db"), own_db=True,
-                       **kwargs)
-        opened.append(s)
-        return s
-
-    yield open_
-    for s in opened:
-        s.close()
+    yield from event_stores(store_settings, tmp_path)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +25,23 @@ from prometheus_client import CollectorRegistry
 from controller.adapters.metrics import Metrics
 from controller.adapters.store import events as events_module
 from controller.adapters.store.events import Event, EventStore
-from controller.adapters.store.sql import StoreError, open_database
+from controller.adapters.store.sql import StoreError
 from controller.api.app import Settings, create_app
-from controller.config import ApiSettings, NotificationSettings, StoreSettings
+from controller.config import ApiSettings, StoreSettings
 from controller.runtime.notifying import Notifier, Receiver
 from tests.support.api import FakeApi
 from tests.support.fakes import FakeService
-from tests.support.inbox import Inbox
+from tests.support.inbox import FAST, Inbox, inbox_fixture  # noqa: F401 (fixture)
 from tests.support.postgres import (  # noqa: F401 (fixtures)
     Database,
     postgres_fixture,
     postgres_server_fixture,
     store_settings_fixture,
 )
+from tests.support.stores import Opener, event_stores
 from tests.support.waiting import wait_for
 
-Replica = Callable[..., EventStore]
+Replica = Opener
 
 
 @pytest.fixture
@@ -48,30 +49,16 @@ def pg_settings(postgres: Database) -> StoreSettings:
     return StoreSettings(url=postgres.url, password_file=str(postgres.password_file))
 
 
-def _opener(settings: StoreSettings, tmp_path: Path) -> Iterator[Replica]:
-    opened: list[EventStore] = []
-
-    def open_(**kwargs: Any) -> EventStore:
-        s = EventStore(open_database(settings, tmp_path / "events.db"), own_db=True,
-                       **kwargs)
-        opened.append(s)
-        return s
-
-    yield open_
-    for s in opened:
-        s.close()
-
-
 @pytest.fixture
 def replica(pg_settings: StoreSettings, tmp_path: Path) -> Iterator[Replica]:
     """Opens another replica's event store on the test's PostgreSQL database."""
-    yield from _opener(pg_settings, tmp_path)
+    yield from event_stores(pg_settings, tmp_path)
 
 
 @pytest.fixture
 def either(store_settings: StoreSettings, tmp_path: Path) -> Iterator[Replica]:
     """Opens an event store on SQLite, then on PostgreSQL."""
-    yield from _opener(store_settings, tmp_path)
+    yield from event_stores(store_settings, tmp_path)
 
 
 def _waiting(store: EventStore) -> bool:
@@ -247,16 +234,6 @@ def test_a_stream_on_one_replica_carries_the_other_replicas_events(
 # -- notifications: one leader, one cursor --------------------------------------------------
 
 
-FAST = NotificationSettings(timeout=2.0, attempts=3, backoff_initial=0.1, backoff_max=1.0,
-                            rate_per_minute=6000)
-
-
-@pytest.fixture
-def inbox() -> Iterator[Inbox]:
-    box = Inbox()
-    yield box
-    if box._server is not None:
-        box.down()
 
 
 def test_the_notifier_cursor_survives_a_failover(replica: Replica, inbox: Inbox,

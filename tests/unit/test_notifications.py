@@ -26,20 +26,10 @@ from controller.runtime.notifying import (
     Receiver,
     load_receivers,
 )
-from tests.support.inbox import Inbox
+from tests.support.inbox import FAST, Inbox, inbox_fixture  # noqa: F401 (fixture)
 from tests.support.waiting import wait_for
 
 KEY = "hmac-key-for-tests"
-FAST = NotificationSettings(timeout=2.0, attempts=3, backoff_initial=0.1, backoff_max=1.0,
-                            rate_per_minute=6000)
-
-
-@pytest.fixture
-def inbox() -> Iterator[Inbox]:
-    box = Inbox()
-    yield box
-    if box._server is not None:
-        box.down()
 
 
 @pytest.fixture
