@@ -442,6 +442,18 @@ class Controller:
             return "self"
         return self.elector.holder
 
+    def owns(self, key: Key) -> bool:
+        """Whether this replica reconciles (and may write for) the instance `key`.
+
+        The one question the loop, the write fence and the API ask about ownership; today
+        the leader owns every instance (sharding across replicas answers per key).
+        """
+        return self.is_leader()
+
+    def owner_identity(self, key: Key) -> str:
+        """The identity of the replica that owns `key` ("" when none holds it now)."""
+        return self.leader_identity()
+
     def _on_leader(self, leading: bool) -> None:
         if leading:
             try:
