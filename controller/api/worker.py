@@ -59,7 +59,7 @@ class Worker(gasgi.ASGIWorker):  # type: ignore[misc]
     def init_process(self) -> None:
         # ASGIWorker._serve builds its connections from the module's `ASGIProtocol`; this
         # process serves only this app, so pointing that name at our subclass is local to
-        # it. tests/api/test_server.py fails if a gunicorn release changes the hook.
+        # it. tests/api/test_e2e_server.py fails if a gunicorn release changes the hook.
         gasgi.ASGIProtocol = EnvelopeProtocol
         # gunicorn caches whether its C parser (gunicorn_h1c) is there on the class that
         # asks, but reads the answer from ASGIProtocol itself: asked only through a

@@ -1,9 +1,9 @@
 """The endpoints' own behaviour over the in-memory service (tests/support/fakes.py): no
-cluster. Moved from test_endpoints.py, assertion for assertion, where what a test checks is
-the API's (request parsing, the envelope and its codes, selections, operations' 202, the
-event queries and stream over the real event store, parameters validation, webhooks, the
-document); what needs the real cluster (what gets applied, health, dry runs, passes) stays
-there, end to end.
+cluster. Moved from test_endpoints.py (now test_e2e_endpoints.py), assertion for assertion,
+where what a test checks is the API's (request parsing, the envelope and its codes,
+selections, operations' 202, the event queries and stream over the real event store,
+parameters validation, webhooks, the document); what needs the real cluster (what gets
+applied, health, dry runs, passes) stays there, end to end.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def test_events_since_and_until(fake_api: FakeApi) -> None:
 
 
 def test_recent_errors(fake_api: FakeApi) -> None:
-    """The seeded half of test_endpoints' errors test (the applied objects' own events
+    """The seeded half of test_e2e_endpoints' errors test (the applied objects' own events
     stay there, end to end)."""
     api = fake_api
     errors = _seed(api, "delta", 3)
@@ -295,7 +295,7 @@ def test_invalid_parameters_are_rejected_before_anything_changes(fake_api: FakeA
 
 
 def test_history_and_rollback_refusals(fake_api: FakeApi) -> None:
-    """The refusals of test_endpoints' history and rollback test (what a pass records and
+    """The refusals of test_e2e_endpoints' history and rollback test (what a pass records and
     a rollback applies stays there, end to end)."""
     api = fake_api
     details = envelope(api.post("/api/parameters/rollback", {"revision": "generation/99"}),
@@ -325,7 +325,7 @@ def hooked(make_fake_api: Any) -> FakeApi:
 
 def _triggers(api: FakeApi, result: Any) -> Any:
     """The call was accepted as a trigger (the caller counts the pushes the service was
-    asked for; test_endpoints' github test checks end to end that one runs a pass)."""
+    asked for; test_e2e_endpoints' github test checks end to end that one runs a pass)."""
     assert result.status_code == 202, result.text
     assert result.json["triggered"] is True
     return result

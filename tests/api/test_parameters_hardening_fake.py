@@ -3,8 +3,8 @@
 would refuse (finding 17) are 400s naming the limit or the path, and nothing is written;
 `?instance=` naming no object is a 404 naming it (finding 13). The fake applies the same
 rules as the real service (check_limits, validate_spec against the real CRD schema); the
-bodies live in tests/support/hostile.py, and test_parameters_hardening.py sends them to the
-real service once, end to end.
+bodies live in tests/support/hostile.py, and test_e2e_parameters_hardening.py sends them to
+the real service once, end to end.
 """
 
 from __future__ import annotations
