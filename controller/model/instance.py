@@ -18,9 +18,9 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
-from controller.errors import ConductorError
+from controller.errors import ConductorError, ValidationError
 from controller.model.health import DOWN, HEALTHY, SUSPENDED, UNHEALTHY, ServiceHealth
 from controller.model.objects import Body, ObjectKey
 
@@ -37,6 +37,13 @@ ANNOTATION_DOWN = "conductor.io/services-down"
 # Not to be confused with objects.ANNOTATION_SOURCE (`conductor.io/source`), the template
 # file a *rendered* object came from.
 ANNOTATION_PARAMETER_SOURCE = "conductor.io/parameter-source"
+# A wake-up recorded on the object (as Flux's reconcile.fluxcd.io/requestedAt): a replica
+# that received a webhook for an instance it does not own writes the time here; the owner's
+# watch of the object sees the change and runs a pass that fetches Git anew.
+ANNOTATION_REQUESTED = "conductor.io/requested-reconcile-at"
+# Where an instance following the controller's repository finds its parameters file.
+INSTANCE_PARAMS = "instances/{namespace}/{name}.yaml"
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ssh": "22", "git": "9418"}
 
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled")
 # Conditions as (status, reason, message) by type, in kstatus order.
@@ -81,6 +88,104 @@ def new_object(name: str, namespace: str, spec: Mapping[str, Any], source: str) 
             "metadata": {"name": name, "namespace": namespace,
                          "annotations": {ANNOTATION_PARAMETER_SOURCE: source}},
             "spec": dict(spec)}
+
+
+# -- where the parameters come from ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """An instance's parameters in Git: `url` "" is the controller's repository, `ref` ""
+    the controller's ref; `path` is the parameters file inside the repository."""
+
+    url: str
+    ref: str
+    path: str
+
+
+def instance_params_path(namespace: str, name: str) -> str:
+    """The instance's parameters file in the controller's repository."""
+    return INSTANCE_PARAMS.format(namespace=namespace, name=name)
+
+
+def source_spec(obj: Body) -> SourceSpec | None:
+    """Where the object says its parameters come from: None for its own spec; a Git file
+    when it has `spec.source` ({url, ref, path}, each optional) or the annotation
+    `conductor.io/parameter-source: git` (its file in the controller's repository).
+    ValidationError names a malformed `spec.source` (it is this instance's fault only)."""
+    meta = obj.get("metadata") or {}
+    raw = (obj.get("spec") or {}).get("source")
+    annotated = (meta.get("annotations") or {}).get(ANNOTATION_PARAMETER_SOURCE) == "git"
+    if raw is None and not annotated:
+        return None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ValidationError("spec.source must be a mapping {url, ref, path}",
+                              {"field": "spec.source"})
+    fields: dict[str, str] = {}
+    for name in ("url", "ref", "path"):
+        value = raw.get(name, "")
+        if not isinstance(value, str):
+            raise ValidationError(f"spec.source.{name} must be a string",
+                                  {"field": f"spec.source.{name}"})
+        fields[name] = value.strip()
+    unknown = sorted(set(raw) - {"url", "ref", "path"})
+    if unknown:
+        raise ValidationError(f"spec.source has unknown field(s) {', '.join(unknown)}",
+                              {"field": "spec.source", "unknown": unknown})
+    path = fields["path"] or instance_params_path(str(meta.get("namespace") or ""),
+                                                  str(meta.get("name") or ""))
+    parts = path.split("/")
+    if path.startswith("/") or ".." in parts or not path.endswith((".yaml", ".yml")):
+        raise ValidationError(
+            f"spec.source.path {path!r} must be a relative .yaml file inside the repository",
+            {"field": "spec.source.path", "path": path})
+    return SourceSpec(fields["url"], fields["ref"], path)
+
+
+def requested_at(obj: Body) -> str:
+    """The last wake-up recorded on the object ("" when none)."""
+    return str(((obj.get("metadata") or {}).get("annotations") or {})
+               .get(ANNOTATION_REQUESTED) or "")
+
+
+def request_annotation(at: str) -> dict[str, str]:
+    """The annotation that asks the owner for a pass (for a merge patch)."""
+    return {ANNOTATION_REQUESTED: at}
+
+
+def repository_id(url: str) -> str:
+    """A repository's URL reduced to what names it, so that the forms a webhook sends
+    (https clone URL, ssh URL, scp-like `git@host:owner/repo`) compare equal with the
+    configured one: host (and a non-default port), then the path without `.git`, lower
+    case, no user or password. A local path stays a path."""
+    text = url.strip()
+    if "://" not in text:
+        host, sep, path = text.partition(":")
+        if sep and "/" not in host:  # scp-like: [user@]host:path
+            return f"{host.rpartition('@')[2]}/{_repo_tail(path)}".lower()
+        return f"file/{_repo_tail(text)}".lower()
+    parts = urlsplit(text)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None and str(port) != _DEFAULT_PORTS.get(parts.scheme.lower()):
+        host = f"{host}:{port}"
+    if parts.scheme.lower() == "file":
+        host = "file"
+    return f"{host}/{_repo_tail(parts.path)}".lower()
+
+
+def _repo_tail(path: str) -> str:
+    return path.strip("/").removesuffix(".git").strip("/")
+
+
+def ref_name(ref: str) -> str:
+    """A ref as configured or pushed (`refs/heads/main`, `refs/tags/v1`) as its short name."""
+    return ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
 
 
 def object_ref(name: str, namespace: str) -> dict[str, str]:
@@ -307,9 +412,11 @@ def comparable(status: Mapping[str, Any]) -> Any:
     return out
 
 
-__all__ = ["ANNOTATION_DOWN", "ANNOTATION_PARAMETER_SOURCE", "API_VERSION", "CONDITION_TYPES",
-           "GROUP", "KIND", "SEED_FILE", "VERSION", "Inventory", "InventoryEntry", "Outcome",
-           "Verdict", "comparable", "condition_list", "condition_states", "down_annotation",
-           "down_services", "encode_inventory", "generation", "inventory", "is_suspended",
-           "key_from_str", "key_to_str", "new_object", "object_ref", "previous_verdict",
-           "service_states", "verdict"]
+__all__ = ["ANNOTATION_DOWN", "ANNOTATION_PARAMETER_SOURCE", "ANNOTATION_REQUESTED",
+           "API_VERSION", "CONDITION_TYPES", "GROUP", "INSTANCE_PARAMS", "KIND", "SEED_FILE",
+           "VERSION", "Inventory", "InventoryEntry", "Outcome", "SourceSpec", "Verdict",
+           "comparable", "condition_list", "condition_states", "down_annotation",
+           "down_services", "encode_inventory", "generation", "instance_params_path", "inventory",
+           "is_suspended", "key_from_str", "key_to_str", "new_object", "object_ref",
+           "previous_verdict", "ref_name", "repository_id", "request_annotation",
+           "requested_at", "service_states", "source_spec", "verdict"]

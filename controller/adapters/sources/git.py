@@ -26,10 +26,12 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import io
 import logging
 import re
 import shlex
 import shutil
+import tarfile
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -161,7 +163,7 @@ class GitSource:
             # has seen this commit (in the error) and may write a fix on top of it.
             self._last = resolved
             committed_at = self._committed_at(resolved.sha)
-            params = self._read_params(resolved.sha)
+            params = self._read_params(resolved.sha, self._params_path())
             manifest_root = self._manifest_root(resolved.sha)
         log.info("git %s %s at %s", self.url, self.settings.ref, resolved.sha[:12])
         return GitSnapshot(sha=resolved.sha, ref=self.settings.ref, params=params,
@@ -170,27 +172,85 @@ class GitSource:
 
     def remote_sha(self) -> str:
         """The ref's current commit on the remote (ls-remote: no objects are fetched)."""
-        self._require_url("fetch")
         ref = self.settings.ref
-        branch, tag = _ref_names(ref)
-        patterns = ([f"refs/heads/{branch}"] if branch else []) + (
-            [f"refs/tags/{tag}^{{}}", f"refs/tags/{tag}"] if tag else [])
+        found = self.remote_shas([ref])
+        if ref in found:
+            return found[ref]
+        raise self._error(f"ref {ref!r} not found in {self.url}", "fetch",
+                          "no branch or tag by that name on the remote")
+
+    def remote_shas(self, refs: Sequence[str]) -> dict[str, str]:
+        """The current commit of each of `refs` on the remote, in one ls-remote (no
+        objects fetched): the poll of a repository however many instances follow it. A ref
+        that is a commit SHA answers itself; a ref the remote lacks is left out."""
+        self._require_url("fetch")
+        patterns: dict[str, list[str]] = {}
+        for ref in refs:
+            branch, tag = _ref_names(ref)
+            patterns[ref] = ([f"refs/heads/{branch}"] if branch else []) + (
+                [f"refs/tags/{tag}^{{}}", f"refs/tags/{tag}"] if tag else [])
+        wanted = sorted({p for names in patterns.values() for p in names})
         self._mkdir_cache("fetch")
-        out = self._git(["ls-remote", "--", self._remote_url, *patterns], "fetch",
-                        cwd=self.settings.cache_dir, auth=True)
+        out = self._git(["ls-remote", "--", self._remote_url, *wanted], "fetch",
+                        cwd=self.settings.cache_dir, auth=True) if wanted else ""
         found: dict[str, str] = {}
         for line in out.splitlines():
             sha, _, name = line.partition("\t")
             found[name.strip()] = sha.strip()
-        # A branch wins over a tag of the same name (as in `fetch`); an annotated tag is
-        # peeled (^{}) so the answer is a commit, comparable with GitSnapshot.sha.
-        for name in patterns:
-            if name in found:
-                return found[name]
-        if _HEX.fullmatch(ref):
-            return ref
-        raise self._error(f"ref {ref!r} not found in {self.url}", "fetch",
-                          "no branch or tag by that name on the remote")
+        answers: dict[str, str] = {}
+        for ref, names in patterns.items():
+            # A branch wins over a tag of the same name (as in `fetch`); an annotated tag
+            # is peeled (^{}) so the answer is a commit, comparable with GitSnapshot.sha.
+            sha = next((found[n] for n in names if n in found), "")
+            if not sha and _HEX.fullmatch(ref):
+                sha = ref
+            if sha:
+                answers[ref] = sha
+        return answers
+
+    # --- one repository, many readers (registry.py) --------------------------------------
+
+    def update(self) -> None:
+        """Fetch the remote's branches and tags into the cache, without checking anything
+        out: readers of several refs and paths then read commits from the object store."""
+        with self._locked("fetch"):
+            fresh = self._ensure_repo()
+            self._fetch_objects("clone" if fresh else "fetch")
+
+    def resolve(self, ref: str) -> str:
+        """The commit `ref` names in the cache as last updated (a SourceError if none)."""
+        with self._locked("fetch"):
+            return self._resolve("checkout", ref).sha
+
+    def read_params_at(self, sha: str, path: str) -> dict[str, Any]:
+        """The parameters file at `path` in commit `sha` (read from the object store: no
+        checkout, so readers of different commits do not disturb each other)."""
+        with self._locked("read"):
+            return self._read_params(sha, _repo_path(path))
+
+    def committed_at(self, sha: str) -> datetime:
+        with self._locked("read"):
+            return self._committed_at(sha)
+
+    def export(self, sha: str, path: str, dest: Path) -> Path:
+        """The folder `path` of commit `sha` written under `dest` (git archive: no checkout),
+        returned as the folder to render from; a SourceError when it is no folder there."""
+        rel = _repo_path(path)
+        with self._locked("read"):
+            kind = self._git(["cat-file", "-t", f"{sha}:{rel}" if rel else f"{sha}^{{tree}}"],
+                             "read", check=False).strip()
+            if kind != "tree":
+                raise self._error(f"manifests path {path!r} is not a folder at {sha[:12]}",
+                                  "read", "not a folder in the repository", path=path, sha=sha)
+            data = self._git_bytes(["archive", "--format=tar", sha, "--", rel or "."], "read")
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            tar.extractall(partial, filter="data")  # no links out, no devices
+        shutil.rmtree(dest, ignore_errors=True)
+        partial.rename(dest)  # whole or absent: a reader never sees half a tree
+        return dest / rel if rel else dest
 
     def write_params(self, params: Mapping[str, Any], message: str,
                      author: str = DEFAULT_AUTHOR) -> str:
@@ -240,15 +300,18 @@ class GitSource:
     def _fetch_locked(self) -> _Resolved:
         fresh = self._ensure_repo()
         step = "clone" if fresh else "fetch"
+        self._fetch_objects(step)
+        return self._resolve(step)
+
+    def _fetch_objects(self, step: str) -> None:
         # Tags are forced too: a tag moved on the remote must move here, or a tag ref
         # would keep serving the old commit. --prune drops branches and tags deleted there.
         self._git(["fetch", "--quiet", "--prune", "--force", "origin",
                    "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"], step,
                   auth=True)
-        return self._resolve(step)
 
-    def _resolve(self, step: str) -> _Resolved:
-        ref = self.settings.ref
+    def _resolve(self, step: str, ref: str = "") -> _Resolved:
+        ref = ref or self.settings.ref
         branch, tag = _ref_names(ref)
         if branch and (sha := self._rev(f"refs/remotes/origin/{branch}")):
             return _Resolved(sha, branch)
@@ -264,7 +327,7 @@ class GitSource:
             if sha is not None and sha.startswith(ref.lower()):
                 return _Resolved(sha, None)
         raise self._error(f"ref {ref!r} not found in {self.url}", "checkout",
-                          "no branch, tag or commit by that name")
+                          "no branch, tag or commit by that name", ref=ref)
 
     def _descends(self, sha: str, ancestor: str) -> bool:
         """Whether `ancestor` is in `sha`'s history. A commit we no longer have is not:
@@ -293,8 +356,7 @@ class GitSource:
             return None
         return self._git_bytes(["cat-file", "blob", f"{sha}:{path}"], step)
 
-    def _read_params(self, sha: str) -> dict[str, Any]:
-        path = self._params_path()
+    def _read_params(self, sha: str, path: str) -> dict[str, Any]:
         data = self._blob(sha, path, "read")
         if data is None:
             raise self._error(f"{path}: no such file at {sha[:12]}", "read", "file not found",

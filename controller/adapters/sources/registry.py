@@ -1,0 +1,222 @@
+"""One clone, one fetch and one poll per Git repository, however many instances use it.
+
+Many instances may take their parameters from Git: files in the controller's repository
+(`instances/<namespace>/<name>.yaml`) or each its own `spec.source`. A GitSource per
+instance would clone the same repository N times and fetch it N times per push; this
+registry keeps one `Repository` per remote (keyed by `repository_id`, so the https and ssh
+spellings of one repository are one), and each Repository fetches at most once per
+announced change: the passes a push wakes share the fetch the first of them makes (a
+failure too, so an unreachable remote is tried once, not once per instance). Between
+announcements a fetch is reused for up to the poll interval, so interval passes still see
+a push nobody announced. Readers take commits from the object store (`read_params_at`,
+`export`), never from a checkout, so instances at different revisions do not disturb each
+other.
+
+Only the controller's own repository gets the configured credentials: a URL an object
+names (anyone who may edit a DeploymentParameters object may name any URL) is fetched
+anonymously, so the controller's token is never sent to another host.
+
+The registry also remembers which instance follows which (repository, ref) and the commit
+it last read, so the poller asks each repository once (`remote_shas` of all its refs) and
+wakes exactly the instances whose ref moved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from controller.config import GitSettings
+from controller.model.instance import ref_name, repository_id
+
+if TYPE_CHECKING:  # gitpython is imported only when a repository is used
+    from controller.adapters.sources.git import GitSource
+
+log = logging.getLogger(__name__)
+
+TREES_KEPT = 8  # exported manifest trees per repository (revisions recently rendered)
+
+
+class Repository:
+    """One remote: its GitSource (one clone in the cache) and when it was last fetched."""
+
+    def __init__(self, source: GitSource, max_age: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.source = source
+        self.max_age = max_age
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._fetched: float | None = None  # when the last good fetch started
+        self._wanted = float("-inf")  # when a change was last announced (webhook, poll)
+        self._failed: tuple[float, Exception] | None = None
+        self.fetches = 0  # fetches made (each an attempt), for tests and logs
+        # (sha, path) -> (the exported folder, the manifests root inside it)
+        self._trees: OrderedDict[tuple[str, str], tuple[Path, Path]] = OrderedDict()
+        self._tree_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return self.source.url  # credentials scrubbed
+
+    def want(self) -> None:
+        """A change was announced: the next refresh fetches, whatever its age."""
+        self._wanted = self._clock()
+
+    def refresh(self) -> None:
+        """Fetch unless a fetch that started after the last announcement, and less than
+        `max_age` ago, already did (or failed: its error is raised again)."""
+        with self._lock:
+            now = self._clock()
+            if self._failed is not None:
+                started, error = self._failed
+                if started > self._wanted and now - started < self.max_age:
+                    raise error
+            if self._fetched is not None and self._fetched > self._wanted and \
+                    now - self._fetched < self.max_age:
+                return
+            self.fetches += 1
+            try:
+                self.source.update()
+            except Exception as e:
+                self._failed = (now, e)
+                raise
+            self._fetched, self._failed = now, None
+
+    def resolve(self, ref: str) -> str:
+        return self.source.resolve(ref)
+
+    def read_params(self, sha: str, path: str) -> dict[str, Any]:
+        return self.source.read_params_at(sha, path)
+
+    def tree(self, sha: str, path: str) -> Path:
+        """The folder `path` of commit `sha`, exported once and kept for the last few
+        revisions (a pass renders from it; an older one is removed)."""
+        key = (sha, path)
+        with self._tree_lock:
+            found = self._trees.get(key)
+            if found is not None:
+                self._trees.move_to_end(key)
+                return found[1]
+            digest = hashlib.sha256(f"{sha}\0{path}".encode()).hexdigest()[:16]
+            dest = self.source.repo_dir.with_name(self.source.repo_dir.name + "-trees") / digest
+            root = self.source.export(sha, path, dest)
+            self._trees[key] = (dest, root)
+            while len(self._trees) > TREES_KEPT:
+                _old, (old_dest, _root) = self._trees.popitem(last=False)
+                shutil.rmtree(old_dest, ignore_errors=True)
+            return root
+
+
+@dataclass(frozen=True)
+class Follow:
+    """What one instance follows: a repository's ref, and the commit it read last."""
+
+    repository: str  # repository_id
+    ref: str
+    sha: str
+
+
+class Registry:
+    """The shared repositories, and who follows what. Thread-safe."""
+
+    def __init__(self, settings: GitSettings, env: Mapping[str, str],
+                 factory: Callable[[GitSettings, Mapping[str, str]], GitSource] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings  # the controller's repository, and the cache for all
+        self._env = env
+        self._factory = factory
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._repos: dict[str, Repository] = {}
+        self._follows: dict[Hashable, Follow] = {}
+        self._woken: dict[Hashable, str] = {}  # the commit each instance was last woken for
+
+    def repository(self, url: str = "") -> Repository:
+        """The one Repository of `url` ("" or the controller's URL: the controller's
+        repository, with its credentials; any other: anonymous)."""
+        own = not url or repository_id(url) == repository_id(self.settings.url)
+        key = repository_id(self.settings.url if own else url)
+        with self._lock:
+            found = self._repos.get(key)
+            if found is not None:
+                return found
+            settings = self.settings if own else replace(
+                self.settings, url=url, token_file="", token_env="", ssh_key_file="",
+                write=False)
+            factory = self._factory
+            if factory is None:
+                from controller.adapters.sources.git import GitSource  # gitpython: only now
+
+                factory = GitSource
+            repo = self._repos[key] = Repository(
+                factory(settings, self._env), max(self.settings.poll_interval, 1.0),
+                self._clock)
+            return repo
+
+    def is_own(self, url: str) -> bool:
+        return not url or repository_id(url) == repository_id(self.settings.url)
+
+    # -- who follows what ------------------------------------------------------------------
+
+    def follow(self, key: Hashable, url: str, ref: str, sha: str) -> None:
+        rid = repository_id(url or self.settings.url)
+        with self._lock:
+            self._follows[key] = Follow(rid, ref_name(ref), sha)
+
+    def unfollow(self, key: Hashable) -> None:
+        with self._lock:
+            self._follows.pop(key, None)
+            self._woken.pop(key, None)
+
+    def following(self) -> dict[str, dict[str, dict[Hashable, str]]]:
+        """repository_id -> ref -> {instance: the commit it read last}."""
+        out: dict[str, dict[str, dict[Hashable, str]]] = {}
+        with self._lock:
+            for key, f in self._follows.items():
+                out.setdefault(f.repository, {}).setdefault(f.ref, {})[key] = f.sha
+        return out
+
+    def poll(self, owned: Callable[[Hashable], bool]) -> dict[Hashable, str]:
+        """Ask each followed repository once for all its refs; the instances (that
+        `owned` accepts) whose ref moved from the commit they read, with the new commit
+        (each once per commit: a pass that keeps failing is not woken at every poll). A
+        moved ref also marks its repository wanted, so their passes fetch (once)."""
+        moved: dict[Hashable, str] = {}
+        for rid, refs in self.following().items():
+            with self._lock:
+                repo = self._repos.get(rid)
+            if repo is None:
+                continue
+            keys = {ref: {k: sha for k, sha in followers.items() if owned(k)}
+                    for ref, followers in refs.items()}
+            wanted = [ref for ref, followers in keys.items() if followers]
+            if not wanted:
+                continue
+            try:
+                shas = repo.source.remote_shas(wanted)
+            except Exception as e:  # the passes it would wake report it; retried next poll
+                log.warning("git poll of %s failed: %s", repo.url, e)
+                continue
+            for ref in wanted:
+                sha = shas.get(ref)
+                if not sha:
+                    continue
+                with self._lock:
+                    stale = {k: sha for k, read in keys[ref].items()
+                             if read != sha and self._woken.get(k) != sha}
+                    self._woken.update(stale)
+                if stale:
+                    repo.want()
+                    moved.update(stale)
+        return moved
+
+
+__all__ = ["TREES_KEPT", "Follow", "Registry", "Repository"]
