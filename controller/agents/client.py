@@ -34,7 +34,7 @@ SETTLED = ("healthy", "suspended")
 # The reference's retry guidance: these codes are transient (the same request may succeed
 # later, with exponential backoff); every other one needs a change before a retry.
 RETRYABLE = frozenset({"kubernetes_error", "rate_limited", "not_leader", "source_error",
-                       "unreachable", "timeout"})
+                       "unreachable", "timeout", "unavailable"})
 HINTS = {
     "not_found": "check the name (list it first); nothing was changed",
     "validation_error": "fix the value at the path in details, then send it again",
@@ -51,6 +51,8 @@ HINTS = {
     "method_not_allowed": "this endpoint does not take that method",
     "kubernetes_error": "transient Kubernetes API error: retry with exponential backoff",
     "not_leader": "this replica is not the leader: retry shortly (or ask the leader)",
+    "unavailable": "the replica carrying the call out stopped before it finished: retry "
+                   "(up/update/down are idempotent)",
     "source_error": "the parameters source (Git) failed: retry later, check the source",
     "reconciliation_error": "an object failed: see details.resource and details.error, "
                             "fix the cause (events of that resource), then update again",

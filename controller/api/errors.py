@@ -29,6 +29,7 @@ STATUS = {
     "method_not_allowed": 405,
     "kubernetes_error": 502,
     "not_leader": 503,
+    "unavailable": 503,  # accepted, but the replica carrying it out stopped: retry
     "source_error": 502,
     "reconciliation_error": 500,
     "internal_error": 500,

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry
 
@@ -64,6 +65,7 @@ from controller.runtime.observing import HealthMonitor
 from controller.runtime.operations import Operations
 from controller.runtime.recording import EngineRecorder, KubeEvents, PassRecorder
 from controller.runtime.reporting import HealthReporter
+from controller.runtime.requests import KubeObjects, RequestHandler
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +303,10 @@ class Controller:
                                       live=self.live)
         self.recorder.service_of = self.kube_events.service_of
         self.operations = Operations(store=OperationStore(self.database))
+        # up/update/down other replicas accepted for the instances this one owns.
+        self.requests = RequestHandler(KubeObjects(self.kube, self.instance_object),
+                                       self.instance_keys, self.owns, self.operations,
+                                       self.engine_for)
         self.own_key: Key = (cfg.namespace, cfg.instance)
         # Health from watched state (observing.py), on every replica: the API serves it.
         self.health = HealthMonitor(self.kube, cfg, live=self.live)
@@ -356,6 +362,9 @@ class Controller:
         self._discover = self._on_instance
         for selector in self.instance_selectors():
             self.live.subscribe(selector, self._discover)
+        for selector in (self._instances(), *self.instance_selectors()):
+            self.live.subscribe(selector, self.requests.on_watch)
+        self.requests.start()
         self.health.start()
         self.reporter.start()
         self.notifier.start()
@@ -389,6 +398,9 @@ class Controller:
         if self._discover:
             for selector in self.instance_selectors():
                 self.live.watch(selector).unsubscribe(self._discover)
+        for selector in (self._instances(), *self.instance_selectors()):
+            self.live.watch(selector).unsubscribe(self.requests.on_watch)
+        self.requests.stop()
         self.loop.stop(timeout)
         self.reporter.stop()
         self.health.stop()
@@ -810,8 +822,8 @@ class Controller:
                        if self.elector else "self", "holder": self.leader_identity()},
             # The revision applied last, kept while later passes fail (a Git outage).
             "source": {**source, "revision": self.revision()},
-            "eventStore": {"path": str(self.cfg.events.path), "status": "ok"} if
-            self.event_store_problem is None else
+            "eventStore": {**store_location(self.cfg, self.database.dialect), "status": "ok"}
+            if self.event_store_problem is None else
             {"status": "degraded", **self.event_store_problem.to_dict()},
             "loop": {"interval": self.cfg.loop.interval, "passes": self.loop.passes,
                      "consecutiveFailures": self.loop.failures},
@@ -826,6 +838,20 @@ class Controller:
             if last.error:
                 out["lastPass"]["error"] = last.error.to_dict()
         return out
+
+
+def store_location(cfg: Config, kind: str) -> dict[str, Any]:
+    """Where the events, history and operations are kept, as /api/status shows it: the
+    SQLite file, or the shared database's URL without credentials."""
+    url = cfg.store.url
+    if kind == "sqlite":
+        return {"kind": kind, "path": url.removeprefix("sqlite://") if url
+                else str(cfg.events.path)}
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = (f"{parts.username}@" if parts.username else "") + \
+        (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return {"kind": kind, "url": urlunsplit((parts.scheme, netloc, parts.path, "", ""))}
 
 
 __all__ = ["Controller"]

@@ -66,6 +66,16 @@ from controller.model.times import rfc3339
 from controller.reconcile.engine import Engine, Report, SuspendedError
 from controller.runtime.observing import HealthMonitor
 from controller.runtime.operations import Operations
+from controller.runtime.requests import (
+    FAILURES,
+    MESSAGES,
+    KubeObjects,
+    Request,
+    RequestBoard,
+    answer_outcome,
+    runner,
+    unguarded,
+)
 from controller.runtime.service import (
     Caller,
     Deployed,
@@ -86,12 +96,6 @@ WRITE_ATTEMPTS = 8
 PLAN_TTL = 600.0  # seconds a plan stays readable at GET /api/plans/{planId}
 PLANS_KEPT = 256  # plans in memory at most (the oldest go first)
 
-MESSAGES = {
-    "up": "Successfully deployed all manifests",
-    "update": "Successfully updated all manifests",
-    "down": "Successfully removed all manifests",
-}
-FAILURES = {"up": "Deployment failed", "update": "Update failed", "down": "Removal failed"}
 CHANGED = "***REDACTED (changed)***"
 
 
@@ -134,6 +138,10 @@ class Parts(Protocol):
     def is_leader(self) -> bool: ...
 
     def leader_identity(self) -> str: ...
+
+    def owns(self, key: tuple[str, str]) -> bool: ...
+
+    def owner_identity(self, key: tuple[str, str]) -> str: ...
 
     def api_server(self) -> dict[str, Any]: ...
 
@@ -362,6 +370,11 @@ class ControllerService:
         self.plans = plans or PlanStore()
         self._blob_lock = threading.Lock()
         self._blobs: OrderedDict[str, str] = OrderedDict()  # commit -> params blob SHA
+        # The user's writes (parameters, suspend, requests) may be made by any replica:
+        # not fenced by leadership (resourceVersion and If-Match guard their races).
+        self.user_kube = unguarded(parts.kube)
+        # up/update/down for an instance another replica owns (runtime/requests.py).
+        self.board = RequestBoard(KubeObjects(self.user_kube, parts.instance_object))
 
     @property
     def events(self) -> EventSource:
@@ -478,16 +491,11 @@ class ControllerService:
                     {"reason": "Suspended", "instance": instance,
                      "namespace": engine.resource.namespace})
         services = list(request.services)
-
-        def run() -> Report:
-            if op_name == "down":
-                return engine.down(services)
-            if op_name == "up":
-                return engine.up(services, force=force)
-            return engine.update(services, force=force)
-
-        op = self.c.operations.start(op_name, services, instance, run)
         timeout = self.cfg.api.sync_timeout if request.timeout is None else request.timeout
+        if not self.c.owns(key):
+            return self._deploy_elsewhere(request, key, force, timeout)
+        op = self.c.operations.start(op_name, services, instance,
+                                     runner(engine, op_name, services, force))
         try:
             report = op.future.result(timeout=timeout) if timeout else None
         except TimeoutError:
@@ -498,8 +506,33 @@ class ControllerService:
                             accepted=True, location=f"/api/operations/{op.id}")
         body = report_body(report, op_name)
         body["operation"] = op.id
+        return self._settled(request, key, body)
+
+    def _deploy_elsewhere(self, request: DeployRequest, key: Key, force: bool,
+                          timeout: float) -> Deployed:
+        """up/update/down for an instance another replica owns: recorded on its object
+        for the owner to run (runtime/requests.py), waited for up to `timeout`, answered
+        as the owner would have; 202 with the operation to follow after the timeout."""
+        op_id = self.c.operations.new_id()
+        self.board.submit(key, Request(op_id, request.op, tuple(request.services), force,
+                                       rfc3339(_utc(time.time())), self.c.operations.boot))
+        found = self.board.wait(key, op_id, timeout) if timeout else None
+        if found is None:
+            link = f"/api/operations/{op_id}"
+            return Deployed({"message": f"{request.op} is running; follow it at {link}",
+                             "id": op_id, "operation": request.op,
+                             "services": list(request.services), "instance": key[1],
+                             "status": "running", "owner": self.c.owner_identity(key),
+                             "links": {"self": link}}, accepted=True, location=link)
+        body = answer_outcome(found, self.c.operations.get(op_id))
+        body["operation"] = op_id
+        return self._settled(request, key, body)
+
+    def _settled(self, request: DeployRequest, key: Key, body: dict[str, Any]) -> Deployed:
+        """An applied up/update/down's answer, after waiting for health when asked."""
+        op_name = request.op
         if op_name != "down" and request.wait_healthy:
-            result = self.c.health_for(key).wait(report.services, request.health_timeout)
+            result = self.c.health_for(key).wait(body["services"], request.health_timeout)
             failure = health_failure(op_name, result)
             if failure is not None:
                 raise failure
@@ -511,9 +544,17 @@ class ControllerService:
 
     def operation(self, op_id: str) -> dict[str, Any]:
         op = self.c.operations.get(op_id)
-        if op is None:
+        if op is not None:
+            return op.to_dict()
+        # Accepted by some replica, not started by the owner yet: on its object.
+        waiting = self.board.find(op_id, self.c.instance_keys())
+        if waiting is None:
             raise self.c.operations.missing(op_id)
-        return op.to_dict()
+        key, found = waiting
+        return {"id": op_id, "operation": found.op, "services": list(found.services),
+                "instance": key[1], "status": "running", "queued": True,
+                "owner": self.c.owner_identity(key),
+                "links": {"self": f"/api/operations/{op_id}"}}
 
     def plan(self, instance: str | None, services: Sequence[str],
              draft: Draft | None = None) -> dict[str, Any]:
@@ -574,8 +615,8 @@ class ControllerService:
         obj = resource.read()
         changed = is_suspended(obj) != suspend
         if changed:
-            resource.kube.patch(API_VERSION, KIND, resource.name,
-                                {"spec": {"suspend": suspend}}, resource.namespace)
+            self.user_kube.patch(API_VERSION, KIND, resource.name,
+                                 {"spec": {"suspend": suspend}}, resource.namespace)
             self.c.loop.wake("suspend" if suspend else "resume", key)
         state = "suspended" if suspend else "resumed"
         return {"message": f"instance {name} {state}" if changed else
@@ -709,8 +750,8 @@ class ControllerService:
         schema = self.c.engine.schema
         if self._is_git(instance):
             return self._write_git(caller, if_match, build, message)
-        resource = ParametersResource(self.c.kube, replace(self.cfg, namespace=instance[0]),
-                                      instance[1])
+        resource = ParametersResource(self.user_kube,
+                                      replace(self.cfg, namespace=instance[0]), instance[1])
         base = resource.get()
         if base is None:
             if self._recreate(resource, instance, build, reapply, if_match):

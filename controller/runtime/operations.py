@@ -64,6 +64,10 @@ class Operation:
                 out["report"] = self.record.result
             if self.record.error:
                 out["message"] = self.record.error
+        elif self.done and self.future.exception() is not None:
+            error = self.future.exception()
+            out["status"] = "failed"
+            out["message"] = f"{type(error).__name__}: {error}"
         elif self.done:
             report = self.future.result()
             out["status"] = "succeeded" if report.ok else "failed"
@@ -93,12 +97,38 @@ class Operations:
                                             daemon=True)
             self._beater.start()
 
+    def new_id(self) -> str:
+        """A fresh operation id (this process's part first)."""
+        return f"{self.boot}-{secrets.token_hex(6)}"
+
     def start(self, kind: str, services: list[str], instance: str,
               run: Callable[[], Report]) -> Operation:
-        op = Operation(f"{self.boot}-{secrets.token_hex(6)}", kind, services, instance)
+        op = Operation(self.new_id(), kind, services, instance)
         if self.store is not None:  # recorded before it runs, so its end finds the row
             self._record("create", self.store.create, op.id, instance, kind, services,
                          self.boot)
+        return self._submit(op, run)
+
+    def claim(self, op_id: str, kind: str, services: list[str], instance: str,
+              run: Callable[[], Report]) -> Operation | None:
+        """Start the operation `op_id` (a request another replica accepted) unless some
+        process already has: the store's unique id is the claim, so it runs once across
+        replicas and failovers. None when it is claimed already. A store that cannot be
+        written does not stop it (reconciling matters more than the record of it)."""
+        with self._lock:
+            if op_id in self._ops:
+                return None
+        op = Operation(op_id, kind, services, instance)
+        if self.store is not None:
+            try:
+                self.store.create(op_id, instance, kind, services, self.boot)
+            except STORE_ERRORS as e:
+                if self._record("get", self.store.get, op_id) is not None:
+                    return None  # another process created it first
+                log.warning("operation store: create failed: %s", e)
+        return self._submit(op, run)
+
+    def _submit(self, op: Operation, run: Callable[[], Report]) -> Operation:
         op.future = self._pool.submit(run)
         if self.store is not None:
             op.future.add_done_callback(lambda f: self._finished(op.id, f))
