@@ -37,13 +37,20 @@ class Filters(NamedTuple):
     offset: int
     ascending: bool
     instance: str | None = None  # the DeploymentParameters object the event is about
+    namespace: str | None = None  # ... and its namespace (only with `instance`)
 
 
 def filters(type: str | Sequence[str] | None, resource: str | None, service: str | None,
             since: datetime | str | None, until: datetime | str | None, limit: int,
             offset: int, after_id: int | None, before_id: int | None,
-            ascending: bool, instance: str | None = None) -> Filters:
+            ascending: bool, instance: str | None = None,
+            namespace: str | None = None) -> Filters:
+    """`namespace` narrows `instance` to the object of that namespace (two instances of
+    one name in two namespaces are two instances); alone it names nothing."""
     types = _types(type)
+    if namespace is not None and instance is None:
+        raise ValidationError("namespace: needs instance (the DeploymentParameters "
+                              "object's name)", {"field": "namespace", "value": namespace})
     if len(types) == len(EVENT_TYPES):
         types = ()  # every type: one scan instead of four
     return Filters(
@@ -55,7 +62,7 @@ def filters(type: str | Sequence[str] | None, resource: str | None, service: str
         _int(before_id, "before_id", 1, ID_MAX) - 1 if before_id is not None else ID_MAX,
         max(1, min(_int(limit, "limit", -ID_MAX, ID_MAX), MAX_LIMIT)),
         _int(offset, "offset", 0, MAX_OFFSET),
-        bool(ascending), _text(instance, "instance"))
+        bool(ascending), _text(instance, "instance"), _text(namespace, "namespace"))
 
 
 def _types(value: str | Sequence[str] | None) -> tuple[EventType, ...]:

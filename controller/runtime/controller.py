@@ -26,9 +26,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry
@@ -38,6 +38,8 @@ from controller.adapters.crds import ensure_crd
 from controller.adapters.kube import Body, Kube, KubeError, NotLeaderError
 from controller.adapters.metrics import LiveState, Metrics, register_runtime
 from controller.adapters.sources import ParameterSource, Snapshot
+from controller.adapters.sources.instances import InstanceSource
+from controller.adapters.sources.registry import Registry
 from controller.adapters.sources.resource import (
     API_VERSION,
     KIND,
@@ -52,11 +54,13 @@ from controller.errors import (
     ConductorError,
     InvalidRequestError,
     InvalidYAMLError,
+    KubernetesError,
     NotFoundError,
     ValidationError,
 )
+from controller.model import instance as instance_model
 from controller.model.objects import ANNOTATION_PRUNE
-from controller.model.times import now_rfc3339
+from controller.model.times import now, now_rfc3339, parse_rfc3339, rfc3339_micro
 from controller.reconcile.engine import Engine, ParametersDeletedError, Report
 from controller.runtime.leadership import LeaderElector
 from controller.runtime.loop import Loop, LoopState
@@ -66,6 +70,9 @@ from controller.runtime.operations import Operations
 from controller.runtime.recording import EngineRecorder, KubeEvents, PassRecorder
 from controller.runtime.reporting import HealthReporter
 from controller.runtime.requests import KubeObjects, RequestHandler
+
+if TYPE_CHECKING:  # gitpython is imported only when a repository is used
+    from controller.adapters.sources.git import GitSource
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +167,9 @@ class GitParameters:
     reach Git (counted, and shown in /api/status until the next success).
     """
 
-    def __init__(self, cfg: Config, env: dict[str, str], metrics: Metrics | None = None) -> None:
-        from controller.adapters.sources.git import GitSource
-
+    def __init__(self, cfg: Config, git: GitSource, metrics: Metrics | None = None) -> None:
         self.cfg = cfg
-        self.git = GitSource(cfg.git, env)
+        self.git = git  # the registry's GitSource of the controller's repository
         self.metrics = metrics
         # Set by the controller: warnings (a ref that moved to a non-descendant) as events.
         self.on_event: Callable[[str, str, str, dict[str, Any]], None] | None = None
@@ -176,13 +181,15 @@ class GitParameters:
         self.error: dict[str, Any] | None = None  # the last failure to reach Git, if any
         self._warned: set[tuple[str, str]] = set()
 
+        self._requested: str | None = None  # the last wake-up seen on the object
     # -- what was seen when --------------------------------------------------------------
 
-    def announced(self) -> None:
-        """A push was announced (webhook): its revision was seen now, whatever it is."""
+    def announced(self, at: float | None = None) -> None:
+        """A push was announced (webhook): its revision was seen now (or `at`, when a
+        webhook received by another replica recorded it), whatever it is."""
         with self._lock:
             if self._announced is None:
-                self._announced = time.time()
+                self._announced = time.time() if at is None else at
 
     def polled(self, sha: str) -> bool:
         """The poller saw the ref at `sha`; True when Git was failing until now."""
@@ -214,6 +221,12 @@ class GitParameters:
             self.applied = str((resource.get("status") or {}).get("lastAppliedRevision")
                                or "")
         started, fetch_started = time.monotonic(), time.time()
+        requested = instance_model.requested_at(resource)
+        if self._requested is not None and requested != self._requested:
+            # A webhook another replica received: push-to-applied starts when it arrived.
+            at = parse_rfc3339(requested)
+            self.announced(at.timestamp() if at is not None else None)
+        self._requested = requested
         try:
             snap = self.git.fetch(since=self.applied)
         except (InvalidYAMLError, ValidationError):
@@ -277,8 +290,11 @@ class Controller:
         # from it, health and incoming Events follow it, its DeploymentParameters set wakes
         # the loop; each set is watched once.
         self.live = LiveCache(self.kube)
-        self.source: ParameterSource = (GitParameters(cfg, env or {}, self.metrics)
-                                        if cfg.source == "git" else ResourceSource(cfg))
+        # One clone, fetch and poll per Git repository, shared by every instance using it.
+        self.repositories = Registry(cfg.git, env or {})
+        self.source: ParameterSource = (
+            GitParameters(cfg, self.repositories.repository().source, self.metrics)
+            if cfg.source == "git" else ResourceSource(cfg))
         # An unusable events file degrades to a temporary one (logged, metric, status,
         # event): reconciling matters more than the record of it.
         # Events, history and operation records: the events file (one replica) or the
@@ -369,10 +385,10 @@ class Controller:
         self.reporter.start()
         self.notifier.start()
         self.loop.start()
-        if isinstance(self.source, GitParameters):
-            self._poller = threading.Thread(target=self._poll_git, name="git-poller",
-                                            daemon=True)
-            self._poller.start()
+        # Always: any instance may name a repository in its spec.source.
+        self._poller = threading.Thread(target=self._poll_git, name="git-poller",
+                                        daemon=True)
+        self._poller.start()
         self.started.set()
         return self
 
@@ -523,7 +539,10 @@ class Controller:
             if found is not None:
                 return found
             health = HealthMonitor(self.kube, cfg, live=self.live)
-            engine = self._new_engine(cfg, ResourceSource(cfg), key)
+            # Its object's spec, or Git when the object says so (sources/instances.py).
+            source = InstanceSource(cfg, key, self.repositories, manifests_from_git=(
+                self.cfg.source == "git" and bool(self.cfg.git.manifests_path)))
+            engine = self._new_engine(cfg, source, key)
             instance = self._known[key] = Instance(self, key, engine, health)
         health.start()
         self.loop.add(key, instance)
@@ -581,6 +600,7 @@ class Controller:
         """An instance's DeploymentParameters object, from the live cache (a GET when the
         cache is not fresh)."""
         namespace, name = key
+        self.repositories.unfollow(key)
         fresh, obj = self.live.get(self._selector_of(key), name, namespace, timeout=1.0)
         if not fresh:
             return self.kube.get(API_VERSION, KIND, name, namespace)
@@ -611,35 +631,128 @@ class Controller:
     # -- triggers ----------------------------------------------------------------------------
 
     def _poll_git(self) -> None:
-        """Wake the loop when the ref moves past what was applied (cheap ls-remote).
+        """Wake instances when a ref they follow moves past what they read (cheap
+        ls-remote: the controller's own ref, then each other repository once for all its
+        followed refs, through the registry).
 
-        A failed poll is counted (conductor_git_fetch_failures_total) and shown in
-        /api/status at once; the first failure of an outage also wakes one pass, so the
-        conditions say Stalled with Git's error between interval passes.
+        A failed poll of the own repository is counted (conductor_git_fetch_failures_total)
+        and shown in /api/status at once; the first failure of an outage also wakes one
+        pass, so the conditions say Stalled with Git's error between interval passes.
         """
-        source = self.source
-        assert isinstance(source, GitParameters)
         woken = ""
         while not self._stop.wait(self.cfg.git.poll_interval):
-            if not self.is_leader():
+            if isinstance(self.source, GitParameters) and self.owns(self.own_key):
+                woken = self._poll_own(self.source, woken)
+            try:
+                moved = self.repositories.poll(
+                    lambda key: isinstance(key, tuple) and self.owns(key))
+            except Exception as e:  # never let the poller die; retried at the next poll
+                log.warning("git poll failed: %s", e)
+                continue
+            for key in moved:
+                self.loop.wake("git", key)
+
+    def _poll_own(self, source: GitParameters, woken: str) -> str:
+        try:
+            sha = source.git.remote_sha()
+        except Exception as e:  # reported, retried at the next poll
+            log.warning("git poll failed: %s", e)
+            if source.failed(e, "poll"):
+                self.loop.wake("git-error")
+            return woken
+        recovered = source.polled(sha)
+        if sha not in (source.applied, woken) or recovered:
+            self.loop.wake("git")
+            return sha
+        return woken
+
+    def git_followers(self, ref: str, repositories: Sequence[str] = ()) -> list[Key]:
+        """The instances that take their parameters from `ref` ("" = any) of one of
+        `repositories` (URLs as a webhook names them; none = the controller's own
+        repository), decided from their objects: the same answer on every replica,
+        whether or not it owns them or has run their passes."""
+        named = {instance_model.repository_id(u) for u in repositories if u}
+        own_url = self.cfg.git.url
+        wanted = named or ({instance_model.repository_id(own_url)} if own_url else set())
+        name = instance_model.ref_name(ref)
+        own_ref = self.cfg.git.ref or "main"
+        found: list[Key] = []
+        for key in self.instance_keys():
+            if key == self.own_key:
+                # The own instance as before: a push to the configured ref wakes it (with
+                # the resource source too: a pass that changes nothing is harmless).
+                url, followed = own_url, own_ref
+                if not named and (not name or instance_model.ref_name(followed) == name):
+                    found.append(key)
+                    continue
+            else:
+                obj = self.instance_object(key)
+                try:
+                    spec = instance_model.source_spec(obj) if obj is not None else None
+                except ConductorError:
+                    spec = None  # its pass reports the malformed spec.source
+                if spec is None:
+                    continue
+                url, followed = spec.url or own_url, spec.ref or own_ref
+            if url and instance_model.repository_id(url) in wanted and \
+                    (not name or instance_model.ref_name(followed) == name):
+                found.append(key)
+        return found
+
+    def git_push_announced(self, ref: str = "",
+                           repositories: Sequence[str] = ()) -> dict[str, list[Key]]:
+        """A webhook announced a push: every instance following that repository and ref
+        runs a pass that fetches anew — at once when this replica owns it; otherwise the
+        wake-up is recorded on its object (annotation conductor.io/requested-reconcile-at,
+        as Flux's requestedAt), which the owner's watch sees. Returns the instances
+        woken here and those asked of their owner; a recording that fails raises (the
+        webhook's caller must hear that its push was not passed on)."""
+        keys = self.git_followers(ref, repositories)
+        woken: list[Key] = []
+        asked: list[Key] = []
+        failed: dict[str, str] = {}
+        at = rfc3339_micro(now())
+        for key in keys:
+            if self.owns(key):
+                self._announce(key)
+                self.loop.wake("webhook", key)
+                woken.append(key)
                 continue
             try:
-                sha = source.git.remote_sha()
-            except Exception as e:  # reported, retried at the next poll
-                log.warning("git poll failed: %s", e)
-                if source.failed(e, "poll"):
-                    self.loop.wake("git-error")
-                continue
-            recovered = source.polled(sha)
-            if sha not in (source.applied, woken) or recovered:
-                woken = sha
-                self.loop.wake("git")
+                self._request_pass(key, at)
+                asked.append(key)
+            except KubeError as e:
+                failed["/".join(key)] = e.message
+        if failed:
+            raise KubernetesError(
+                "the push could not be passed on to the replica that owns "
+                f"{', '.join(sorted(failed))}; send the webhook again",
+                {"failed": failed, "woken": ["/".join(k) for k in woken + asked]})
+        return {"woken": woken, "asked": asked}
 
-    def git_push_announced(self) -> None:
-        """A webhook announced a push: note when (push-to-applied starts here), run now."""
-        if isinstance(self.source, GitParameters):
-            self.source.announced()
-        self.loop.wake("webhook")
+    def _announce(self, key: Key) -> None:
+        """The owner's side of a webhook: the instance's next fetch must not reuse one
+        made before the push."""
+        if key == self.own_key:
+            if isinstance(self.source, GitParameters):
+                self.source.announced()
+            return
+        try:
+            source = self.instance(key).engine.source
+        except NotFoundError:
+            return
+        if isinstance(source, InstanceSource) and source.follows is not None:
+            self.repositories.repository(source.follows.url).want()
+
+    def _request_pass(self, key: Key, at: str) -> None:
+        """Record a wake-up on the instance's object for its owner. Not a reconcile
+        write: it bypasses this replica's write fence (`elect`), which guards what
+        passes apply, so that a non-owner can hand the wake-up over."""
+        namespace, name = key
+        path = self.kube.resource(API_VERSION, KIND).path(namespace, name)
+        self.kube.request("PATCH", path, body={"metadata": {
+            "annotations": instance_model.request_annotation(at)}},
+            content_type="application/merge-patch+json", elect=True)
 
     # -- observation ---------------------------------------------------------------------------
 

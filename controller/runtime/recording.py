@@ -1,7 +1,8 @@
 """What the engines report, and Kubernetes Events in and out.
 
 Each engine has its own sink of typed pass events (reconcile/passes.py); `PassRecorder` is
-that sink: it stores each event in the event store under the event's instance and, on the
+that sink: it stores each event in the event store under the event's instance (its
+namespace and name: two instances of one name in two namespaces are two) and, on the
 leader, posts the noteworthy ones as Kubernetes Events on *that instance's*
 DeploymentParameters object (what `kubectl describe` shows). Every event names its pass, so
 nothing here tracks a "current pass": passes of one engine, or of several instances, may
@@ -14,7 +15,8 @@ ReplicaSets. A child's Event is stored under the managed object that owns it (fo
 through ownerReferences in the health monitor's watched state: Pod -> ReplicaSet ->
 Deployment, a Job's Pod -> Job), with the child named in its details, so the events of
 `Deployment/frontend` show why its Pods fail. A child the watched state does not know yet
-(its Event can arrive first) is matched by name to a workload of ours.
+(its Event can arrive first) is matched by name to a workload of ours. Objects are
+tracked per instance, so an Event is stored under the instance whose object it concerns.
 Outgoing: only passes that changed or failed something post an Event, and a repeat of the
 previous one (per instance) is skipped, so a quiet pass still writes nothing.
 """
@@ -64,6 +66,7 @@ class Described:
     service: str = ""
     details: Mapping[str, Any] = field(default_factory=dict)
     post: bool = False  # worth a Kubernetes Event: a pass's end that changed or failed
+    namespace: str = ""  # the instance's namespace
 
 
 def _pass_service(p: Pass) -> str:
@@ -83,12 +86,13 @@ def describe(event: PassEvent) -> Described | None:
         return Described("info", "PassStarted", f"{p.operation} started ({p.trigger})",
                          p.instance, service=_pass_service(p),
                          details={"operation": p.operation, "trigger": p.trigger,
-                                  "revision": event.revision, "services": list(p.services)})
+                                  "revision": event.revision, "services": list(p.services)},
+                         namespace=p.namespace)
     if isinstance(event, PassFinished):
         return _finished(event)
     if isinstance(event, Notice):
         return Described(event.type, event.reason, event.message, p.instance,
-                         details=dict(event.details), post=True)
+                         details=dict(event.details), post=True, namespace=p.namespace)
     return _object(event)
 
 
@@ -102,15 +106,16 @@ def _finished(event: PassFinished) -> Described:
         return Described("error", f"{name}Failed",
                          f"{p.operation} failed: {event.error.message}", p.instance,
                          service=service, details={**event.error.to_dict(), **fields},
-                         post=True)
+                         post=True, namespace=p.namespace)
     if counts.get("failed"):
         return Described("error", f"{name}Failed",
                          f"{p.operation}: {counts['failed']} object(s) failed", p.instance,
-                         service=service, details={"counts": counts, **fields}, post=True)
+                         service=service, details={"counts": counts, **fields}, post=True,
+                         namespace=p.namespace)
     return Described("success", f"{name}Succeeded",
                      f"{p.operation} finished in {event.duration:.2f}s", p.instance,
                      service=service, details={"counts": counts, **fields},
-                     post=changed and p.operation != "plan")
+                     post=changed and p.operation != "plan", namespace=p.namespace)
 
 
 def _object(event: ObjectDone) -> Described | None:
@@ -130,16 +135,16 @@ def _object(event: ObjectDone) -> Described | None:
         return Described("error", "DeleteFailed" if deleting else "ApplyFailed",
                          f"{'delete' if deleting else 'apply'} {what} failed: "
                          f"{err.get('message', 'unknown error')}", p.instance,
-                         resource, result.service, details)
+                         resource, result.service, details, namespace=p.namespace)
     if result.outcome == "applied":
         reason = {"create": "Created", "update": "Updated"}.get(result.action, "Applied")
         return Described("success", reason, f"{what} {reason.lower()}", p.instance,
-                         resource, result.service, details)
+                         resource, result.service, details, namespace=p.namespace)
     if result.outcome == "deleted":
         # `down` deletes on request; any other pass prunes what is no longer rendered.
         reason = "Pruned" if result.action == "prune" and p.operation != "down" else "Deleted"
         return Described("success", reason, f"{what} {reason.lower()}", p.instance,
-                         resource, result.service, details)
+                         resource, result.service, details, namespace=p.namespace)
     return None
 
 
@@ -161,18 +166,21 @@ class EngineRecorder:
                                         else "")
             self.store.add(event.type, event.message, reason=event.reason,
                            resource=event.resource, service=service,
-                           instance=event.instance, details=event.details)
+                           instance=event.instance, namespace=event.namespace,
+                           details=event.details)
         except Exception as e:
             self._failed(f"event {event.reason}", e)
 
     def note(self, type_: str, reason: str, message: str, details: Mapping[str, Any],
-             instance: str) -> None:
+             instance: str, namespace: str = "") -> None:
         """An event from outside any pass (a Git warning, an unusable event store)."""
         self.record(Described(type_, reason, message, instance,
-                              details=details if isinstance(details, Mapping) else {}))
+                              details=details if isinstance(details, Mapping) else {},
+                              namespace=namespace))
 
     def on_kube_event(self, body: Mapping[str, Any], *, resource: str | None = None,
-                      service: str | None = None, instance: str = "") -> Event | None:
+                      service: str | None = None, instance: str = "",
+                      namespace: str = "") -> Event | None:
         """A watched Kubernetes Event (ADDED or MODIFIED) of a managed object, or of a
         child filed under the managed `resource` that owns it; None when it was already
         stored, or could not be (logged)."""
@@ -183,7 +191,7 @@ class EngineRecorder:
                                            str(inv.get("name") or ""))
             return self.store.record_kube_event(
                 body, service=self._service(key) if service is None else service,
-                resource=key, instance=instance)
+                resource=key, instance=instance, namespace=namespace)
         except Exception as e:
             self._failed("a Kubernetes Event", e)
             return None
@@ -250,7 +258,8 @@ class KubeEvents:
         self._own_cache = live is None
         self.live = live or LiveCache(kube)
         self._watches: dict[str, Callable[[str, Body], None]] = {}  # namespace -> handler
-        self._ours: dict[str, str] = {}  # resource key -> service
+        # resource key -> (service, the instance it is of: (namespace, name))
+        self._ours: dict[str, tuple[str, tuple[str, str]]] = {}
         # (namespace, name) -> (resource key, service)
         self._workloads: dict[tuple[str, str], tuple[str, str]] = {}
         self._lock = threading.Lock()
@@ -264,12 +273,15 @@ class KubeEvents:
 
     # -- incoming -------------------------------------------------------------------------
 
-    def track(self, objects: Iterable[tuple[ObjectKey, str]]) -> None:
-        """Learn our objects (key, service) and watch Events in their namespaces."""
+    def track(self, objects: Iterable[tuple[ObjectKey, str]],
+              instance: tuple[str, str] | None = None) -> None:
+        """Learn an instance's objects (key, service), by default this controller's own
+        instance's, and watch Events in their namespaces."""
+        of = instance or (self.namespace, self.instance)
         new_namespaces = set()
         with self._lock:
             for key, service in objects:
-                self._ours[str(key)] = service
+                self._ours[str(key)] = (service, of)
                 if key.kind in WORKLOADS:
                     self._workloads[(key.namespace, key.name)] = (str(key), service)
                 if key.namespace and key.namespace not in self._watches:
@@ -294,7 +306,7 @@ class KubeEvents:
         kind, _, name = rest.partition("/")
         with self._lock:
             if resource in self._ours:
-                return resource, self._ours[resource]
+                return resource, self._ours[resource][0]
         owner = self.owner_of(namespace, kind, name, uid) if self.owner_of else None
         if owner is not None:
             return str(owner[0]), owner[1]
@@ -304,6 +316,22 @@ class KubeEvents:
             found = [(len(workload), hit) for (ns, workload), hit in self._workloads.items()
                      if ns == namespace and name.startswith(workload + "-")]
         return max(found)[1] if found else None
+
+    def forget(self, instance: tuple[str, str]) -> None:
+        """A forgotten instance's objects are no longer ours (their namespaces' watches
+        stay: other instances may live there, and a watch is one per namespace)."""
+        with self._lock:
+            gone = {k for k, (_, of) in self._ours.items() if of == instance}
+            for key in gone:
+                del self._ours[key]
+            self._workloads = {k: v for k, v in self._workloads.items() if v[0] not in gone}
+
+    def instance_of(self, resource: str) -> tuple[str, str]:
+        """(namespace, name) of the instance whose object `resource` is (this
+        controller's own for an object no instance tracks)."""
+        with self._lock:
+            found = self._ours.get(resource)
+        return found[1] if found else (self.namespace, self.instance)
 
     def _handler(self) -> Callable[[str, Body], None]:
         """One namespace's handler: what the first list finds is history, not news (a
@@ -323,8 +351,9 @@ class KubeEvents:
                         f"{inv.get('name', '')}")
             found = self.attribute(resource, str(inv.get("uid") or ""))
             if found:
+                namespace, instance = self.instance_of(found[0])
                 self.recorder.on_kube_event(body, resource=found[0], service=found[1],
-                                            instance=self.instance)
+                                            instance=instance, namespace=namespace)
 
         return on_event
 

@@ -126,9 +126,9 @@ def test_add_returns_the_stored_event(store: EventStore) -> None:
     assert e.to_dict() == {"id": 1, "timestamp": e.timestamp, "type": "error",
                            "resource": "default/Deployment/web", "service": "web",
                            "message": "apply web failed", "reason": "ApplyFailed",
-                           "details": {"status": 422}, "instance": ""}
+                           "details": {"status": 422}, "instance": "", "namespace": ""}
     assert list(e.to_dict()) == ["id", "timestamp", "type", "resource", "service",
-                                 "message", "reason", "details", "instance"]
+                                 "message", "reason", "details", "instance", "namespace"]
 
 
 def test_resource_key_matches_object_key() -> None:

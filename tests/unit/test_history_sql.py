@@ -156,7 +156,7 @@ def test_a_file_from_before_the_version_table_is_adopted(tmp_path: Path) -> None
         history.mark_applied("default", "abc")
         assert history.list("default")[0]["applied"] is True
         assert history.record("default", "generation/1", "resource", {}, origin="u1")
-        assert history.db.version("history") == 1
+        assert history.db.version("history") == 2  # 2: the namespace
     finally:
         history.close()
 

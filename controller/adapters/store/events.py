@@ -11,12 +11,20 @@ objects (a kubelet's pull failures...), de-duplicated by the Event's uid.
 
 Each event is serialized once, when it is written: the row holds the event as the API
 shows it (`json`, the text `json.dumps(event.to_dict())` gives), beside the columns the
-filters use (type, resource, service, instance, time). A query is then a SELECT of ready
-text and a join (`page`), not a row-by-row decode and re-encode; `query` still returns
-`Event`s for callers that want objects. The schema is migration 1 of store "events" on
-both databases; a SQLite file of schema 1 (message, reason and details as columns) is
-rebuilt once, in one transaction, when it is opened, and `PRAGMA user_version` still says
-2 (a controller from before the version table reads it).
+filters use (type, resource, service, instance and its namespace, time). A query is then
+a SELECT of ready text and a join (`page`), not a row-by-row decode and re-encode; `query`
+still returns `Event`s for callers that want objects. The schema is migrations 1-2 of
+store "events" on both databases; a SQLite file of schema 1 (message, reason and details
+as columns) is rebuilt once, in one transaction, when it is opened, and `PRAGMA
+user_version` still says 2 (a controller from before the version table reads it).
+
+**An instance is (namespace, name).** Two DeploymentParameters objects of one name in two
+namespaces are two instances, and a token limited to one namespace must not read the
+other's events, so every event carries both (migration 2 added the namespace). Rows
+written before it are given one where it can be told: the controller's own instance
+(`home`) for its name, else the namespace of the object the event is about; pass events
+of another instance keep "" (unknown), which a namespaced filter never matches: an old
+row becomes invisible to a limited token rather than visible to the wrong one.
 
 Query cost must not grow with the store. Ids are commit order, and a stored timestamp
 never goes backwards along them (an earlier one is raised to the newest stored), so
@@ -61,7 +69,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple, Required, TypedDict
@@ -94,6 +102,8 @@ log = logging.getLogger(__name__)
 
 STORE = "events"
 SCHEMA_VERSION = 2  # 2: the event's JSON serialized at write, and its instance
+# (PRAGMA user_version, for controllers from before the version table; the namespace is
+# the version table's migration 2 and needs nothing of them)
 MIGRATE_CHUNK = 5000  # rows re-encoded per step when a schema-1 file is rebuilt
 PRUNE_EVERY = 1000  # inserts between retention passes
 PRUNE_INTERVAL = 3600.0  # seconds: an idle-ish store is still pruned at its next add
@@ -145,9 +155,27 @@ CREATE TABLE IF NOT EXISTS events (
     kube_uid TEXT,
     json TEXT NOT NULL
 )"""
-MIGRATIONS = (Migration(1, _TABLE.format(name="events") + _INDEXES, _PG_TABLE + _INDEXES),)
-_INSERT = ("INSERT INTO events (id, ts_ms, type, resource, service, instance, kube_uid, json) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+# Migration 2: the instance's namespace, and the indexes a query by instance and namespace
+# walks (instance first: a query by name alone keeps events_instance).
+_NAMESPACE = """
+ALTER TABLE events ADD COLUMN namespace TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS events_instance_ns ON events (instance, namespace, id);
+CREATE INDEX IF NOT EXISTS events_instance_ns_type ON events (instance, namespace, type, id)
+"""
+Home = tuple[str, str]  # the controller's own instance: (namespace, name)
+
+
+def migrations(home: Home | None = None) -> tuple[Migration, ...]:
+    """The schema steps; `home` names the namespace of the own instance's old rows."""
+    return (Migration(1, _TABLE.format(name="events") + _INDEXES, _PG_TABLE + _INDEXES),
+            Migration(2, _NAMESPACE, _NAMESPACE, after=lambda tx: _fill_namespaces(tx, home)))
+
+
+MIGRATIONS = migrations()
+_INSERT = ("INSERT INTO events (id, ts_ms, type, resource, service, instance, namespace, "
+           "kube_uid, json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_V1 = ("INSERT INTO events_v2 (id, ts_ms, type, resource, service, instance, kube_uid, "
+              "json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _FIRST_SINCE = "SELECT id FROM events WHERE ts_ms >= ? ORDER BY ts_ms, id LIMIT 1"
 _LAST_UNTIL = "SELECT id FROM events WHERE ts_ms <= ? ORDER BY ts_ms DESC, id DESC LIMIT 1"
 _LAST_BEFORE = "SELECT id FROM events WHERE ts_ms < ? ORDER BY ts_ms DESC, id DESC LIMIT 1"
@@ -171,11 +199,13 @@ class Event:
     reason: str
     details: dict[str, Any] = field(default_factory=dict)
     instance: str = ""  # the DeploymentParameters object it is about ("" if unknown)
+    namespace: str = ""  # that object's namespace ("" if unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "timestamp": self.timestamp, "type": self.type,
                 "resource": self.resource, "service": self.service, "message": self.message,
-                "reason": self.reason, "details": self.details, "instance": self.instance}
+                "reason": self.reason, "details": self.details, "instance": self.instance,
+                "namespace": self.namespace}
 
     def to_json(self) -> str:
         """The stored form: what `json.dumps(to_dict())` gives (non-ASCII kept as is)."""
@@ -185,7 +215,8 @@ class Event:
     def from_json(cls, text: str) -> Event:
         d = json.loads(text)
         return cls(d["id"], d["timestamp"], d["type"], d["resource"], d["service"],
-                   d["message"], d["reason"], d["details"], d.get("instance", ""))
+                   d["message"], d["reason"], d["details"], d.get("instance", ""),
+                   d.get("namespace", ""))
 
 
 class EventInput(TypedDict, total=False):
@@ -196,6 +227,7 @@ class EventInput(TypedDict, total=False):
     resource: str
     service: str
     instance: str
+    namespace: str
     reason: str
     details: Mapping[str, Any] | None
     timestamp: datetime | str | None
@@ -213,6 +245,7 @@ class _Row(NamedTuple):
     ts_ms: int | None  # None: now
     kube_uid: str | None
     instance: str = ""
+    namespace: str = ""
 
 
 def resource_key(namespace: str, kind: str, name: str) -> str:
@@ -228,7 +261,8 @@ class EventStore:
 
     def __init__(self, target: Path | str | Database, max_age_days: float = 14,
                  max_count: int = 100_000, busy_timeout: float = 10.0, *,
-                 own_db: bool | None = None, poll_interval: float = POLL_INTERVAL) -> None:
+                 own_db: bool | None = None, poll_interval: float = POLL_INTERVAL,
+                 home: Home | None = None) -> None:
         if not max_age_days > 0:
             raise ValueError(f"max_age_days must be > 0, got {max_age_days}")
         if max_count < 1:
@@ -248,7 +282,7 @@ class EventStore:
         self._closed = False
         try:
             self._adopt()
-            self.db.migrate(STORE, MIGRATIONS)
+            self.db.migrate(STORE, migrations(home))
             if self.db.dialect == "sqlite":
                 with self.db.write() as tx:  # for controllers from before the version table
                     tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -364,10 +398,12 @@ class EventStore:
 
     def add(self, type: str, message: str, *, resource: str = "", service: str = "",
             reason: str = "", details: Mapping[str, Any] | None = None,
-            timestamp: datetime | str | None = None, instance: str = "") -> Event:
-        """Store one event (redacted); `timestamp` defaults to now."""
+            timestamp: datetime | str | None = None, instance: str = "",
+            namespace: str = "") -> Event:
+        """Store one event (redacted); `timestamp` defaults to now; `instance` and
+        `namespace` name the DeploymentParameters object it is about."""
         row = _row(type, message, resource, service, reason, details, _ts(timestamp),
-                   instance=instance)
+                   instance=instance, namespace=namespace)
         with self._writing() as tx:
             event = _insert(tx, [row])[0]
         self._published(event.id)
@@ -378,7 +414,7 @@ class EventStore:
         """Store several events in one transaction (all or none), in the order given."""
         rows = [_row(e["type"], e["message"], e.get("resource", ""), e.get("service", ""),
                      e.get("reason", ""), e.get("details"), _ts(e.get("timestamp")),
-                     instance=e.get("instance", ""))
+                     instance=e.get("instance", ""), namespace=e.get("namespace", ""))
                 for e in events]
         if not rows:
             return []
@@ -389,7 +425,8 @@ class EventStore:
         return out
 
     def record_kube_event(self, body: Mapping[str, Any], *, service: str = "",
-                          resource: str | None = None, instance: str = "") -> Event | None:
+                          resource: str | None = None, instance: str = "",
+                          namespace: str = "") -> Event | None:
         """Store a core/v1 (or events.k8s.io/v1) Event of a managed object.
 
         `resource` files it under another object than the one it is about: a Pod's Event
@@ -401,7 +438,7 @@ class EventStore:
         nothing new (e.g. the watch re-lists an Event already stored, or another replica
         stored it first: the check runs under the write lock).
         """
-        row, count, last_ms = _kube_row(body, service, resource, instance)
+        row, count, last_ms = _kube_row(body, service, resource, instance, namespace)
         with self._writing() as tx:
             stored = tx.one("SELECT id, json FROM events WHERE kube_uid = ?", (row.kube_uid,))
             if stored is not None:
@@ -470,28 +507,30 @@ class EventStore:
               service: str | None = None, since: datetime | str | None = None,
               until: datetime | str | None = None, limit: int = 100, offset: int = 0,
               after_id: int | None = None, before_id: int | None = None,
-              oldest_first: bool = False, instance: str | None = None) -> list[Event]:
+              oldest_first: bool = False, instance: str | None = None,
+              namespace: str | None = None) -> list[Event]:
         """Events matching every filter given, newest first (or oldest first).
 
         `type` is one type, a comma-separated string or a list; `since`/`until` are
         inclusive RFC 3339 timestamps (or datetimes, or "15m", "2h", "7d" ago);
         `after_id`/`before_id` are exclusive id bounds (resume a stream, page deeply);
-        `instance` the DeploymentParameters object the events are about.
-        `limit` is clamped to 1..1000; `offset` must be 0..10,000.
+        `instance` the DeploymentParameters object the events are about (by name; with
+        `namespace`, that namespace's object only). `limit` is clamped to 1..1000;
+        `offset` must be 0..10,000.
         """
         return [Event.from_json(text) for text in self.query_json(
             type, resource, service, since, until, limit, offset, after_id, before_id,
-            oldest_first, instance)]
+            oldest_first, instance, namespace)]
 
     def query_json(self, type: str | Sequence[str] | None = None,
                    resource: str | None = None, service: str | None = None,
                    since: datetime | str | None = None, until: datetime | str | None = None,
                    limit: int = 100, offset: int = 0, after_id: int | None = None,
                    before_id: int | None = None, oldest_first: bool = False,
-                   instance: str | None = None) -> list[str]:
+                   instance: str | None = None, namespace: str | None = None) -> list[str]:
         """`query`'s events as their stored JSON text (`Event.to_json`), in its order."""
         f = filters(type, resource, service, since, until, limit, offset, after_id,
-                    before_id, oldest_first, instance)
+                    before_id, oldest_first, instance, namespace)
         self._ensure_open()
         with self.db.read() as tx:
             if tx.dialect != "sqlite":  # one round trip: the page's rows by its ids
@@ -518,11 +557,12 @@ class EventStore:
                 service: str | None = None, since: datetime | str | None = None,
                 until: datetime | str | None = None, limit: int = 100, offset: int = 0,
                 after_id: int | None = None, before_id: int | None = None,
-                oldest_first: bool = False, instance: str | None = None) -> list[str]:
+                oldest_first: bool = False, instance: str | None = None,
+                namespace: str | None = None) -> list[str]:
         """The query plan of every statement `query` runs for these filters (SQLite:
         EXPLAIN QUERY PLAN's details; PostgreSQL: EXPLAIN's lines, without costs)."""
         f = filters(type, resource, service, since, until, limit, offset, after_id,
-                    before_id, oldest_first, instance)
+                    before_id, oldest_first, instance, namespace)
         out: list[str] = []
         self._ensure_open()
         with self.db.read() as tx:
@@ -576,6 +616,12 @@ class EventStore:
         return self._closed
 
     @property
+    def local(self) -> bool:
+        """Whether a read is a local file's (SQLite), never a network round trip: a small
+        query may then run where waiting is not allowed (the API's event loop)."""
+        return self.db.dialect == "sqlite"
+
+    @property
     def last_id(self) -> int:
         """The newest committed event id this process knows of (0 when none ever was);
         every event up to it is committed (the watermark: see the module docstring)."""
@@ -596,7 +642,8 @@ class EventStore:
                since: datetime | str | None = None, until: datetime | str | None = None,
                batch: int = 100, heartbeat: float = 15.0,
                stop: threading.Event | None = None,
-               instance: str | None = None) -> Iterator[list[Event]]:
+               instance: str | None = None,
+               namespace: str | None = None) -> Iterator[list[Event]]:
         """Yield the matching events after `after_id`, oldest first, in batches, as they
         are committed; an empty batch every `heartbeat` seconds without one (an SSE
         comment keeps proxies from closing the stream). Ends when the store closes or
@@ -604,12 +651,13 @@ class EventStore:
         `after_id=store.last_id` for new events only. Events that do not match are skipped
         once, not re-read at every wake-up."""
         batch = filters(type, resource, service, since, until, batch, 0, after_id, None,
-                        True, instance).limit
+                        True, instance, namespace).limit
         last = after_id
         while not self._closed and not (stop is not None and stop.is_set()):
             mark = self._last_id  # read before the query: every match <= mark is visible
             page = self.query(type, resource, service, since, until, limit=batch,
-                              after_id=last, oldest_first=True, instance=instance)
+                              after_id=last, oldest_first=True, instance=instance,
+                              namespace=namespace)
             if page:
                 # A short page holds every match up to mark: skip the others for good.
                 last = page[-1].id if len(page) >= batch else max(page[-1].id, mark)
@@ -657,7 +705,8 @@ _UNUSABLE: tuple[type[Exception], ...] = (*STORE_ERRORS, OSError)  # a SQLite fi
 
 
 def open_store(settings: EventSettings, store: StoreSettings | None = None, *,
-               own_db: bool = True) -> tuple[EventStore, StoreProblem | None]:
+               own_db: bool = True,
+               home: Home | None = None) -> tuple[EventStore, StoreProblem | None]:
     """The event store in the database `store` names (PostgreSQL, or a SQLite file), by
     default SQLite at `settings.path`, checked. A SQLite file that is unusable (not a
     database, damaged, read-only, a directory, under a file) gives a fresh store in a
@@ -672,12 +721,12 @@ def open_store(settings: EventSettings, store: StoreSettings | None = None, *,
     url = store.url if store is not None else ""
     if store is not None and url and not url.startswith("sqlite://"):
         return EventStore(open_database(store, settings.path), settings.max_age_days,
-                          settings.max_count, own_db=own_db), None
+                          settings.max_count, own_db=own_db, home=home), None
     path = Path(url.removeprefix("sqlite://")) if url else settings.path
     events: EventStore | None = None
     try:
         events = EventStore(path, settings.max_age_days, settings.max_count,
-                            own_db=own_db)
+                            own_db=own_db, home=home)
         events.check()
         return events, None
     except _UNUSABLE as e:
@@ -696,7 +745,7 @@ def open_store(settings: EventSettings, store: StoreSettings | None = None, *,
               "history are kept in %s and lost at restart", problem.path, error,
               problem.hint, fallback)
     return EventStore(fallback, settings.max_age_days, settings.max_count,
-                      own_db=own_db), problem
+                      own_db=own_db, home=home), problem
 
 
 def _store_hint(path: Path, error: str) -> str:
@@ -759,9 +808,10 @@ def _ids_statement(f: Filters, lo: int, hi: int,
     stop after offset + limit ids. SQLite is told the index (`INDEXED BY`); PostgreSQL
     picks it from the same (column, id) shape.
 
-    The instance has its own index for a query by instance alone; with a resource or a
-    service it is checked on that range's rows (two instances of one app share service
-    names, so that costs at most a factor of the instances that share them).
+    The instance has its own index for a query by instance alone, and with its namespace
+    (instance, namespace, id); with a resource or a service it is checked on that range's
+    rows (two instances of one app share service names, so that costs at most a factor of
+    the instances that share them).
     """
     selects: list[str] = []
     params: list[Any] = []
@@ -773,6 +823,10 @@ def _ids_statement(f: Filters, lo: int, hi: int,
             params.append(f.resource)
         elif f.service is not None:
             index = "events_service_type" if t else "events_service"
+        elif f.instance is not None and f.namespace is not None:
+            index = "events_instance_ns_type" if t else "events_instance_ns"
+            where += ["instance = ?", "namespace = ?"]
+            params += [f.instance, f.namespace]
         elif f.instance is not None:
             index = "events_instance_type" if t else "events_instance"
             where.append("instance = ?")
@@ -788,6 +842,9 @@ def _ids_statement(f: Filters, lo: int, hi: int,
         if f.instance is not None and (f.resource is not None or f.service is not None):
             where.append("instance = ?")
             params.append(f.instance)
+            if f.namespace is not None:
+                where.append("namespace = ?")
+                params.append(f.namespace)
         where.append("id BETWEEN ? AND ?")
         params += [lo, hi]
         using = ""  # PostgreSQL: picked by the planner
@@ -807,10 +864,10 @@ def _ids_statement(f: Filters, lo: int, hi: int,
 
 def _row(type: str, message: str, resource: str, service: str, reason: str,
          details: Mapping[str, Any] | None, ts_ms: int | None,
-         kube_uid: str | None = None, *, instance: str = "") -> _Row:
+         kube_uid: str | None = None, *, instance: str = "", namespace: str = "") -> _Row:
     t = validate_type(type)
     fields = {"message": message, "resource": resource, "service": service, "reason": reason,
-              "instance": instance}
+              "instance": instance, "namespace": namespace}
     for name, value in fields.items():
         if not isinstance(value, str):
             raise ValidationError(f"{name}: must be a string",
@@ -825,7 +882,7 @@ def _row(type: str, message: str, resource: str, service: str, reason: str,
         text = json.dumps(clean, separators=(",", ":"))
     return _Row(t, redact_text(message)[:MAX_MESSAGE], resource[:MAX_FIELD],
                 service[:MAX_FIELD], redact_text(reason)[:MAX_FIELD], clean, ts_ms, kube_uid,
-                instance[:MAX_FIELD])
+                instance[:MAX_FIELD], namespace[:MAX_FIELD])
 
 
 def _insert(tx: Tx, rows: Sequence[_Row]) -> list[Event]:
@@ -849,9 +906,9 @@ def _insert(tx: Tx, rows: Sequence[_Row]) -> list[Event]:
         ts = max(now if r.ts_ms is None else r.ts_ms, floor)
         floor = ts
         event = Event(next_id + i, format_ms(ts), r.type, r.resource, r.service, r.message,
-                      r.reason, r.details, r.instance)
-        params.append((event.id, ts, r.type, r.resource, r.service, r.instance, r.kube_uid,
-                       event.to_json()))
+                      r.reason, r.details, r.instance, r.namespace)
+        params.append((event.id, ts, r.type, r.resource, r.service, r.instance, r.namespace,
+                       r.kube_uid, event.to_json()))
         out.append(event)
     tx.many(_INSERT, params)
     if tx.dialect != "sqlite":
@@ -887,7 +944,7 @@ def _rebuild_v1(tx: Tx) -> None:
                           reason, parsed, instance)
             params.append((event.id, ts, type_, resource, service, instance, uid,
                            event.to_json()))
-        tx.many(_INSERT.replace("INTO events ", "INTO events_v2 "), params)
+        tx.many(_INSERT_V1, params)
         last, copied = int(rows[-1][0]), copied + len(rows)
     tx.execute("DROP TABLE events")  # its indexes go with it; the migration makes new ones
     tx.execute("ALTER TABLE events_v2 RENAME TO events")
@@ -897,8 +954,40 @@ def _rebuild_v1(tx: Tx) -> None:
     log.info("event store: %d event(s) migrated to schema %d", copied, SCHEMA_VERSION)
 
 
+def _fill_namespaces(tx: Tx, home: Home | None) -> None:
+    """Migration 2's rows: each row's namespace told where it can be (see the module
+    docstring), its stored JSON written again with it, in id chunks (bounded memory)."""
+    last, filled = 0, 0
+    while True:
+        rows = tx.all("SELECT id, instance, resource, json FROM events WHERE id > ? "
+                      "ORDER BY id LIMIT ?", (last, MIGRATE_CHUNK))
+        if not rows:
+            break
+        params = []
+        for id_, instance, resource, text in rows:
+            namespace = _namespace_of(str(instance), str(resource), home)
+            event = replace(Event.from_json(str(text)), namespace=namespace)
+            params.append((namespace, event.to_json(), int(id_)))
+            filled += bool(namespace)
+        tx.many("UPDATE events SET namespace = ?, json = ? WHERE id = ?", params)
+        last = int(rows[-1][0])
+    if last:
+        log.info("event store: namespaces told for %d stored event(s)", filled)
+
+
+def _namespace_of(instance: str, resource: str, home: Home | None) -> str:
+    """The namespace of an event stored before events had one ("" when it cannot be
+    told): the own instance's, else that of the object it is about."""
+    if not instance:
+        return ""
+    if home is not None and instance == home[1]:
+        return home[0]
+    namespace = resource.partition("/")[0] if resource.count("/") == 2 else ""
+    return "" if namespace == "-" else namespace
+
+
 def _kube_row(body: Mapping[str, Any], service: str, resource: str | None = None,
-              instance: str = "") -> tuple[_Row, int, int | None]:
+              instance: str = "", namespace: str = "") -> tuple[_Row, int, int | None]:
     """A Kubernetes Event as a row, with its count and last-seen time (ms)."""
     if not isinstance(body, Mapping):
         raise ValidationError("a Kubernetes Event must be an object", {"field": "event"})
@@ -941,7 +1030,8 @@ def _kube_row(body: Mapping[str, Any], service: str, resource: str | None = None
                                    str(inv.get("kind") or ""), str(inv.get("name") or ""))
     row = _row("warning" if body.get("type") == "Warning" else "info",
                str(body.get("message") or body.get("note") or ""), key, service,
-               str(body.get("reason") or ""), details, ts, uid, instance=instance)
+               str(body.get("reason") or ""), details, ts, uid, instance=instance,
+               namespace=namespace)
     return row, count, last_ms
 
 
@@ -952,6 +1042,6 @@ def _ts(value: datetime | str | None) -> int | None:
 
 # Importers from before the split (the API, bench, tests) find these names here too.
 __all__ = ["EVENT_TYPES", "MAX_LIMIT", "MAX_OFFSET", "REDACTED", "STORE_ERRORS", "Event",
-           "EventInput", "EventStore", "EventStoreError", "EventType", "StoreProblem",
+           "EventInput", "EventStore", "EventStoreError", "EventType", "Home", "StoreProblem",
            "format_ms", "open_store", "parse_time", "redact", "redact_text", "resource_key",
            "validate_type"]

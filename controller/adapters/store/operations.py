@@ -3,9 +3,11 @@ the next process can read them.
 
 An API call that outlives its timeout answers 202 with an operation id to follow. Kept in
 one process's memory, that id was unknown after a restart or on another replica, so the
-records live in the shared store (sql.py): id, instance, operation, services, state
-(running, succeeded, failed, interrupted), the report (redacted, as events are) or the
-error, the process that owns it and the times.
+records live in the shared store (sql.py): id, instance (namespace and name: migration 2
+added the namespace, so a token limited to one namespace is told nothing of another's
+operations; older records keep "", an instance no limited token sees), operation,
+services, state (running, succeeded, failed, interrupted), the report (redacted, as events
+are) or the error, the process that owns it and the times.
 
 **Interrupted, never dropped.** A process that dies mid-operation cannot write its end,
 so every process has a row in `operation_owners` with a heartbeat (the database's clock,
@@ -63,12 +65,17 @@ CREATE TABLE IF NOT EXISTS operation_owners (
     heartbeat_ms BIGINT NOT NULL
 )
 """
+_NAMESPACE = """
+ALTER TABLE operations ADD COLUMN namespace TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS operations_instance_ns ON operations (namespace, instance, seq)
+"""
 MIGRATIONS = (
     Migration(1, _OPERATIONS.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT"),
               _OPERATIONS.format(seq="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")),
+    Migration.same(2, _NAMESPACE),
 )
 _COLUMNS = ("id, instance, op, services, state, result, error, owner, created_ms, "
-            "finished_ms")
+            "finished_ms, namespace")
 # Running rows whose owner has no heartbeat newer than `now - stale_ms` (the ? below).
 _ORPHANED = ("state = 'running' AND NOT EXISTS (SELECT 1 FROM operation_owners o WHERE "
              "o.owner = operations.owner AND o.heartbeat_ms >= {now} - ?)")
@@ -89,6 +96,7 @@ class OperationRecord:
     owner: str
     created_ms: int
     finished_ms: int | None
+    namespace: str = ""  # the instance's ("": recorded before operations had one)
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> OperationRecord:
@@ -97,7 +105,7 @@ class OperationRecord:
         return cls(str(row[0]), str(row[1]), str(row[2]), list(json.loads(row[3])),
                    state, json.loads(row[5]) if row[5] else None,
                    str(row[6]), str(row[7]), int(row[8]),
-                   None if row[9] is None else int(row[9]))
+                   None if row[9] is None else int(row[9]), str(row[10] or ""))
 
 
 class OperationStore:
@@ -170,11 +178,12 @@ class OperationStore:
     # -- records ---------------------------------------------------------------------------
 
     def create(self, op_id: str, instance: str, op: str, services: Sequence[str],
-               owner: str) -> OperationRecord:
+               owner: str, namespace: str = "") -> OperationRecord:
         with self.db.write() as tx:
-            tx.execute(f"INSERT INTO operations (id, instance, op, services, state, owner, "
-                       f"created_ms) VALUES (?, ?, ?, ?, 'running', ?, {self.db.now_ms})",
-                       (op_id, instance, op, json.dumps(list(services)), owner))
+            tx.execute(f"INSERT INTO operations (id, instance, namespace, op, services, "
+                       f"state, owner, created_ms) VALUES (?, ?, ?, ?, ?, 'running', ?, "
+                       f"{self.db.now_ms})",
+                       (op_id, instance, namespace, op, json.dumps(list(services)), owner))
             row = tx.one(f"SELECT {_COLUMNS} FROM operations WHERE id = ?", (op_id,))
         assert row is not None
         return OperationRecord.from_row(row)
@@ -207,9 +216,13 @@ class OperationStore:
                     record = OperationRecord.from_row(row)
         return record
 
-    def recent(self, instance: str | None = None, limit: int = 50) -> list[OperationRecord]:
-        """The newest records first (at most `limit`), of one instance or all."""
+    def recent(self, instance: str | None = None, limit: int = 50,
+               namespace: str | None = None) -> list[OperationRecord]:
+        """The newest records first (at most `limit`), of one instance (by name; with
+        `namespace`, of that namespace's object) or all."""
         where, params = ("WHERE instance = ? ", [instance]) if instance is not None else ("", [])
+        if instance is not None and namespace is not None:
+            where, params = "WHERE namespace = ? AND instance = ? ", [namespace, instance]
         with self.db.read() as tx:
             rows = tx.all(f"SELECT {_COLUMNS} FROM operations {where}ORDER BY seq DESC "
                           "LIMIT ?", [*params, max(0, limit)])

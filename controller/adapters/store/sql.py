@@ -53,7 +53,7 @@ import logging
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +99,9 @@ class Migration:
     version: int
     sqlite: str
     postgresql: str
+    # Run after the statements, in the same transaction: a data step SQL cannot say
+    # once for both databases (rows rewritten in bounded chunks).
+    after: Callable[[Tx], None] | None = None
 
     @classmethod
     def same(cls, version: int, sql: str) -> Migration:
@@ -197,6 +200,8 @@ class Database(abc.ABC):
             for step in steps[current:]:
                 for statement in step.statements(self.dialect):
                     tx.execute(statement)
+                if step.after is not None:
+                    step.after(tx)
             if current < newest:
                 tx.execute("INSERT INTO store_versions (store, version) VALUES (?, ?) "
                            "ON CONFLICT (store) DO UPDATE SET version = excluded.version",
