@@ -126,6 +126,9 @@ class LeaderSettings:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    # Shard Leases the other instances are spread over (runtime/sharding.py), with these
+    # timings; 0 = no sharding: the leader reconciles every instance.
+    shards: int = 0
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "CONDUCTOR_LEADER_LEASE_DURATION": (0.1, 3600),
     "CONDUCTOR_LEADER_RENEW_DEADLINE": (0.1, 3600),
     "CONDUCTOR_LEADER_RETRY_PERIOD": (0.01, 3600),
+    "CONDUCTOR_LEADER_SHARDS": (0, 1024),
     "CONDUCTOR_EVENTS_MAX_AGE_DAYS": (0.001, 36500), "CONDUCTOR_EVENTS_MAX_COUNT": (1, 1e9),
     "CONDUCTOR_NOTIFY_TIMEOUT": (0.1, 3600), "CONDUCTOR_NOTIFY_ATTEMPTS": (1, 100),
     "CONDUCTOR_NOTIFY_BACKOFF_INITIAL": (0, 3600), "CONDUCTOR_NOTIFY_BACKOFF_MAX": (0.01, 3600),

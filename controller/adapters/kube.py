@@ -14,6 +14,13 @@ request runs under one retry policy (tenacity): transient failures (429, 5xx, ti
 dropped connections) are retried with exponential backoff and jitter; permanent ones
 (400, 403, 404, 409, 422, unknown kind) are raised at once as `KubeError`. A write whose
 answer timed out is not re-sent (`WriteTimeout`): the server has it, and may be busy with it.
+
+Writes are fenced. `write_guard` answers for writes tied to no instance (the leader's:
+the CRD, Events, the parameters object the API writes); a pass or operation of one
+instance runs inside `acting_for(key)`, and its writes ask `instance_guard(key)` instead
+(sharding: only the replica holding the instance's shard Lease writes for it). The key
+travels in a context variable, so it follows the pass through its calls without every
+signature naming it; worker pools started inside a pass carry it with `carry_context`.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar, copy_context
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import tenacity
@@ -36,6 +45,32 @@ from controller.config import ApplySettings, Config
 from controller.errors import KubernetesError
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+# The instance the current pass or operation works for (None: no instance's work).
+_ACTING_FOR: ContextVar[Hashable | None] = ContextVar("conductor_acting_for", default=None)
+
+
+@contextmanager
+def acting_for(key: Hashable) -> Iterator[None]:
+    """Writes inside are this instance's: fenced by `Kube.instance_guard(key)`."""
+    token = _ACTING_FOR.set(key)
+    try:
+        yield
+    finally:
+        _ACTING_FOR.reset(token)
+
+
+def current_instance() -> Hashable | None:
+    return _ACTING_FOR.get()
+
+
+def carry_context(fn: Callable[[_T], _R]) -> Callable[[_T], _R]:
+    """`fn` run on another thread (a pool's) with the caller's context, so its writes
+    stay fenced as the caller's: threads start with an empty context."""
+    context = copy_context()
+    return lambda item: context.copy().run(fn, item)  # a copy per call: runs in parallel
 
 Body = dict[str, Any]
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -143,6 +178,9 @@ class Kube:
         # Consulted before every write: a replica that is not (or no longer) the leader
         # must not write. Lease requests themselves pass `elect=True` to bypass it.
         self.write_guard: Callable[[], bool] = lambda: True
+        # Consulted instead inside `acting_for(key)`: whether this replica may write for
+        # that instance now (None: the instance's writes follow `write_guard` too).
+        self.instance_guard: Callable[[Hashable], bool] | None = None
         # Given the answer of every write that succeeded (not dry runs, not deletes): the
         # live cache (cache.py) reads our own writes back without waiting for the watch.
         self.on_written: Callable[[Body], None] | None = None
@@ -174,23 +212,37 @@ class Kube:
 
     # -- raw requests -------------------------------------------------------------------
 
+    def _refusal(self) -> str | None:
+        """Why this replica may not write now (None: it may): the fence of the instance
+        being worked for, else the leader's."""
+        key = _ACTING_FOR.get()
+        if key is not None and self.instance_guard is not None:
+            if self.instance_guard(key):
+                return None
+            shown = "/".join(key) if isinstance(key, tuple) else str(key)
+            return (f"this replica does not own instance {shown} (its shard Lease is "
+                    "held elsewhere, or no longer renewed here)")
+        if self.write_guard():
+            return None
+        return "this replica is not the leader; writes go through the leader"
+
     def check_may_write(self, what: str) -> None:
         """Raise NotLeaderError now if this replica may not write: a pass that will write
         checks before its dry runs, which the guard lets through (plans are reads)."""
-        if not self.write_guard():
-            raise NotLeaderError(f"{what}: this replica is not the leader; writes go "
-                                 "through the leader", status=0, reason="NotLeader",
+        refusal = self._refusal()
+        if refusal is not None:
+            raise NotLeaderError(f"{what}: {refusal}", status=0, reason="NotLeader",
                                  details={"operation": what})
 
     def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
                 body: Any = None, content_type: str = "application/json",
                 timeout: float | None = None, retry: bool = True, elect: bool = False) -> Body:
         """One API request with the retry policy; returns the decoded JSON answer."""
-        if method in WRITES and not elect and not self.write_guard() and not (
-                query and query.get("dryRun")):
-            raise NotLeaderError(f"{method} {path}: this replica is not the leader; "
-                                 "writes go through the leader", status=0,
-                                 reason="NotLeader", details={"method": method})
+        if method in WRITES and not elect and not (query and query.get("dryRun")):
+            refusal = self._refusal()
+            if refusal is not None:
+                raise NotLeaderError(f"{method} {path}: {refusal}", status=0,
+                                     reason="NotLeader", details={"method": method})
 
         def attempt() -> Body:
             return self._once(method, path, query, body, content_type, timeout)

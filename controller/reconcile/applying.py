@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from controller.adapters.cache import LiveCache
-from controller.adapters.kube import Body, Kube, KubeError, UnknownKindError
+from controller.adapters.kube import Body, Kube, KubeError, UnknownKindError, carry_context
 from controller.adapters.watching import Selector
 from controller.config import Config
 from controller.model.objects import (
@@ -428,7 +428,7 @@ class Applier:
         if len(changes) <= 1:
             return [fn(c) for c in changes]
         with ThreadPoolExecutor(max_workers=self.cfg.apply.concurrency) as pool:
-            return list(pool.map(fn, changes))
+            return list(pool.map(carry_context(fn), changes))  # writes stay fenced
 
     def _record(self, results: Results, result: ObjectResult) -> ObjectResult:
         # Called from the phase's worker threads: one at a time, so results and the

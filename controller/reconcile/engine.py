@@ -23,7 +23,14 @@ from typing import Any
 
 from controller.adapters.cache import LiveCache
 from controller.adapters.crds import CRD_FILE, ensure_crd, load_crd
-from controller.adapters.kube import Body, Kube, KubeError, NotLeaderError, UnknownKindError
+from controller.adapters.kube import (
+    Body,
+    Kube,
+    KubeError,
+    NotLeaderError,
+    UnknownKindError,
+    acting_for,
+)
 from controller.adapters.sources import ParameterSource, Snapshot
 from controller.adapters.sources.resource import ParametersResource, load_seed
 from controller.config import Config
@@ -243,7 +250,8 @@ class Engine:
              force: bool = False) -> Report:
         report = Report(op, sorted(services or []), trigger, instance=self.cfg.instance)
         started = time.monotonic()
-        with self.lock:
+        # Its writes are this instance's: fenced by its owner (kube.py, sharding.py).
+        with self.lock, acting_for((self.cfg.namespace, self.cfg.instance)):
             self._pass_of = Pass(self.cfg.instance, self.cfg.namespace, op, trigger,
                                  tuple(report.services), self._passes + 1)
             try:

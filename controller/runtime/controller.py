@@ -70,6 +70,7 @@ from controller.runtime.operations import Operations
 from controller.runtime.recording import EngineRecorder, KubeEvents, PassRecorder
 from controller.runtime.reporting import HealthReporter
 from controller.runtime.requests import KubeObjects, RequestHandler
+from controller.runtime.sharding import ShardSet
 
 if TYPE_CHECKING:  # gitpython is imported only when a repository is used
     from controller.adapters.sources.git import GitSource
@@ -331,7 +332,9 @@ class Controller:
         self._known: dict[Key, Instance] = {
             self.own_key: Instance(self, self.own_key, self.engine, self.health, own=True)}
         self._marks: dict[Key, Any] = {}  # what of each object last woke its instance
-        self.loop = Loop(self._known[self.own_key], cfg.loop, may_run=self.is_leader,
+        # Who runs a pass is `owns(key)`: the leader for the own instance, the shard's
+        # holder for the others (the same answer as the write fence's).
+        self.loop = Loop(self._known[self.own_key], cfg.loop, owns=self.owns,  # type: ignore[arg-type]
                          key=self.own_key, concurrency=cfg.instances.concurrency,
                          min_gap=cfg.instances.min_gap)
         # A Pod's Kubernetes Events belong to the Deployment (and service) that owns it.
@@ -353,6 +356,20 @@ class Controller:
                 retry_period=cfg.leader.retry_period, on_change=self._on_leader)
             elector = self.elector
             self.kube.write_guard = lambda: elector.is_leader
+            self.loop.identity = elector.identity
+        # The other instances spread over shard Leases across the replicas (sharding.py).
+        self.shards: ShardSet | None = None
+        if self.elector is not None and cfg.leader.shards > 0:
+            self.shards = ShardSet(
+                self.kube, cfg.namespace, f"conductor-{cfg.app_name}-{cfg.instance}",
+                self.elector.identity, cfg.leader.shards,
+                lease_duration=cfg.leader.lease_duration,
+                renew_deadline=cfg.leader.renew_deadline,
+                retry_period=cfg.leader.retry_period, on_gained=self._on_shard,
+                busy=self._shard_busy)
+        # A pass's or operation's writes for an instance (inside kube.acting_for) pass
+        # only while this replica owns that instance.
+        self.kube.instance_guard = self.owns  # type: ignore[assignment]
         self.reports: list[Report] = []
         self._wake: Handler | None = None  # subscribed to the DeploymentParameters set
         self._discover: Handler | None = None  # subscribed to every watched instance set
@@ -369,6 +386,8 @@ class Controller:
             self.elector.start()
             # Know our role before the first pass (a single replica leads at once).
             self.elector.tried.wait(self.cfg.leader.retry_period * 2)
+        if self.shards is not None:
+            self.shards.start()
         if self.is_leader():
             self._prepare()
         # The cache's own set wakes the loop: the pass it wakes reads what woke it.
@@ -428,6 +447,8 @@ class Controller:
         self.notifier.stop()
         self.events.close()
         self.operations.shutdown()
+        if self.shards is not None:  # the passes are over: hand the shards back at once
+            self.shards.stop(release=True)
         if self.elector:
             self.elector.stop(release=True)
         self.history.close()
@@ -473,14 +494,20 @@ class Controller:
     def owns(self, key: Key) -> bool:
         """Whether this replica reconciles (and may write for) the instance `key`.
 
-        The one question the loop, the write fence and the API ask about ownership; today
-        the leader owns every instance (sharding across replicas answers per key).
+        The one question the loop, the write fence and the API ask about ownership: the
+        leader owns the controller's own instance (and, without sharding, every
+        instance); with CONDUCTOR_LEADER_SHARDS, another instance is owned by the holder
+        of its shard Lease (sharding.py), renewed within the renew deadline.
         """
-        return self.is_leader()
+        if self.shards is None or key == self.own_key:
+            return self.is_leader()
+        return self.shards.owns(key)
 
     def owner_identity(self, key: Key) -> str:
         """The identity of the replica that owns `key` ("" when none holds it now)."""
-        return self.leader_identity()
+        if self.shards is None or key == self.own_key:
+            return self.leader_identity()
+        return self.shards.holder(key)
 
     def _on_leader(self, leading: bool) -> None:
         if leading:
@@ -488,7 +515,23 @@ class Controller:
                 self._prepare()
             except KubeError as e:
                 log.warning("leader set-up failed: %s", e.message)
-            self.loop.wake_all("leader")
+            if self.shards is None:
+                self.loop.wake_all("leader")
+            else:  # the leader's own instance only; the others follow their shards
+                self.loop.wake("leader")
+
+    def _on_shard(self, shard: int) -> None:
+        """This replica took a shard: its instances' passes run now, not at an interval."""
+        assert self.shards is not None
+        for key in self.instance_keys():
+            if key != self.own_key and self.shards.shard(key) == shard:
+                self.loop.wake("shard", key)
+
+    def _shard_busy(self, shard: int) -> bool:
+        """Whether a pass of an instance of `shard` runs here (its handover waits)."""
+        assert self.shards is not None
+        return any(key != self.own_key and self.shards.shard(key) == shard
+                   for key in self.loop.queue.running())
 
     # -- instances and sources ---------------------------------------------------------------
 
@@ -496,7 +539,8 @@ class Controller:
         # Ready means applied *and* healthy: the conditions read the watched health.
         # Its own sink: events stored under this instance, posted on this instance's object.
         return Engine(cfg, self.kube, source,
-                      sink=PassRecorder(self.recorder, self.kube_events, self.is_leader),
+                      sink=PassRecorder(self.recorder, self.kube_events,
+                                        lambda: self.owns(key)),
                       on_report=lambda report: self._on_report(report, key),
                       health=lambda: self.health_for(key).services(), live=self.live)
 

@@ -10,9 +10,15 @@ the retry of the older one. Stopping lets the current passes finish.
 The instances share one work queue (workqueue.py): passes of different instances run in
 parallel up to `concurrency`, wake-ups of one instance coalesce, and one instance starts
 at most once per `min_gap` seconds. Two hooks decide whether a pass may run: `may_run`
-(leadership: only the leader reconciles) and `owns(key)` (per instance; the sharding of
-instances across replicas will implement it). A refused instance is looked at again
-after an interval, or at once when woken (e.g. on becoming leader).
+(for the whole loop) and `owns(key)` (per instance: the controller's `owns`, i.e. the
+leader for its own instance, the holder of the instance's shard Lease for the others;
+sharding.py). A refused instance is looked at again after an interval, or at once when
+woken (e.g. on becoming leader, or on taking its shard).
+
+A pass runs inside `acting_for(key)` (kube.py), so its writes are fenced by that
+instance's ownership, and each pass that runs is logged as one line, "pass of <key> by
+<identity> started <unix time> ended <unix time> ...": which replica ran it and when, so
+ownership and non-overlap can be checked across replicas from their logs.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from controller.adapters.kube import acting_for
 from controller.config import LoopSettings
 from controller.reconcile.engine import Report
 from controller.runtime.workqueue import WorkQueue
@@ -59,6 +67,7 @@ class Loop:
                  owns: Callable[[Hashable], bool] = lambda _key: True) -> None:
         self.may_run = may_run  # leadership: only the leader runs passes
         self.owns = owns  # per instance: sharding's "is this one mine?"
+        self.identity = "self"  # this replica's, in the pass records
         self.settings = settings
         self.rng = rng or random.Random()
         self.on_report = on_report
@@ -168,7 +177,15 @@ class Loop:
             return self.settings.interval
         trigger = ",".join(reasons) if reasons else ("retry" if state.failures else
                                                      "interval")
-        report = state.reconciler.reconcile(trigger)
+        started = time.time()
+        with acting_for(key):  # its writes are fenced by its owner (kube.py)
+            report = state.reconciler.reconcile(trigger)
+        ended = time.time()
+        shown = "/".join(key) if isinstance(key, tuple) else str(key)
+        log.info("pass of %s by %s started %.6f ended %.6f (%s, %s)", shown, self.identity,
+                 started, ended, trigger, "ok" if report.ok else "failed",
+                 extra={"trigger": trigger, **({"namespace": key[0], "instance": key[1]}
+                                               if isinstance(key, tuple) else {})})
         state.passes += 1
         state.failures = 0 if report.ok else state.failures + 1
         state.last = report
