@@ -1,4 +1,6 @@
-"""POST /api/webhooks/git: a push notification wakes the loop now instead of at the poll.
+"""POST /api/webhooks/git: a push notification wakes the instances following the pushed
+repository and ref now instead of at the poll — on any replica (the service hands the
+wake-up to the owner of each instance).
 
 GitHub (X-Hub-Signature-256), Gitea (X-Gitea-Signature) and generic callers
 (X-Conductor-Signature) sign the body with HMAC-SHA256; GitLab sends its secret token
@@ -83,14 +85,24 @@ class GitWebhook:
         if not ok:
             raise UnauthorizedError("webhook signature or token does not match",
                                     {"provider": provider})
-        answer = self.service.git_push(_ref_of(body))  # the watched ref wakes the loop
+        ref, repositories = _push_of(body)
+        # Every instance following that repository and ref is woken, whichever replica
+        # owns it (this one may not: the owner is asked through the object).
+        answer = self.service.git_push(ref, repositories)
         resp.status = falcon.HTTP_202
         resp.media = {"message": answer["message"], "provider": provider, **answer}
 
 
-def _ref_of(body: bytes) -> str:
-    """The pushed ref of GitHub/GitLab/Gitea push payloads ("" when none is given: a
-    generic caller's empty or non-JSON body just wakes the loop). A JSON body that cannot
+# Where GitHub/Gitea (`repository`) and GitLab (`project`, `repository`) name the pushed
+# repository; a generic caller may send {"repository": {"url": ...}}.
+_URL_KEYS = ("clone_url", "ssh_url", "git_url", "html_url", "url", "git_http_url",
+             "git_ssh_url", "http_url", "web_url", "homepage")
+
+
+def _push_of(body: bytes) -> tuple[str, list[str]]:
+    """The pushed ref and the URLs naming the pushed repository, from GitHub/GitLab/Gitea
+    push payloads ("" and none when not given: a generic caller's empty or non-JSON body
+    wakes the instances following the controller's repository). A JSON body that cannot
     be handled (nested too deep, lone surrogates) is the caller's invalid_request."""
     doc: Any = None
     try:
@@ -99,9 +111,16 @@ def _ref_of(body: bytes) -> str:
     except RecursionError:
         problem = f"nested deeper than {MAX_JSON_DEPTH} levels"
     except ValueError:
-        return ""
+        return "", []
     if problem:
         raise InvalidRequestError(f"webhook body is not usable JSON: {problem}",
                                   {"max_depth": MAX_JSON_DEPTH})
-    ref = doc.get("ref") if isinstance(doc, dict) else None
-    return ref if isinstance(ref, str) else ""
+    if not isinstance(doc, dict):
+        return "", []
+    ref = doc.get("ref")
+    urls: list[str] = []
+    for part in ("repository", "project"):
+        named = doc.get(part)
+        if isinstance(named, dict):
+            urls += [v for k in _URL_KEYS if isinstance(v := named.get(k), str) and v]
+    return (ref if isinstance(ref, str) else ""), list(dict.fromkeys(urls))

@@ -149,7 +149,8 @@ class Parts(Protocol):
 
     def git_source(self) -> Any: ...
 
-    def git_push_announced(self) -> None: ...
+    def git_push_announced(self, ref: str, repositories: Sequence[str]
+                           ) -> dict[str, list[tuple[str, str]]]: ...
 
     @property
     def loop(self) -> Any: ...
@@ -830,13 +831,20 @@ class ControllerService:
 
     # -- Git -------------------------------------------------------------------------------
 
-    def git_push(self, ref: str) -> dict[str, Any]:
-        configured = self.cfg.git.ref
-        if ref and ref.removeprefix("refs/heads/").removeprefix("refs/tags/") != configured:
-            return {"message": f"ignored: push to {ref}, watching {configured}",
+    def git_push(self, ref: str, repositories: Sequence[str] = ()) -> dict[str, Any]:
+        # Every instance following that repository and ref is woken, on whichever
+        # replica owns it (the owner directly; another through its object).
+        done = self.c.git_push_announced(ref, repositories)
+        woken = [*done["woken"], *done["asked"]]
+        if not woken:
+            where = ", ".join(repositories) or "the controller's repository"
+            return {"message": f"ignored: push to {ref or 'a ref'} of {where}, which no "
+                               f"instance follows (watching {self.cfg.git.ref})",
                     "triggered": False}
-        self.c.git_push_announced()  # wakes the loop; push-to-applied starts
-        return {"message": "reconciliation triggered", "triggered": True, "ref": ref}
+        return {"message": "reconciliation triggered", "triggered": True, "ref": ref,
+                "instances": [{"namespace": k[0], "name": k[1],
+                               "via": "owner" if k in done["woken"] else "annotation"}
+                              for k in woken]}
 
 
 def _generation(obj: Body) -> Any:

@@ -211,9 +211,11 @@ class Service(Protocol):
                 ) -> list[dict[str, Any]]: ...
 
     # -- Git ------------------------------------------------------------------------------
-    def git_push(self, ref: str) -> dict[str, Any]:
-        """A webhook announced a push to `ref` ("" when it did not say): wake the loop
-        when it is the watched ref. Returns {"triggered": bool, "message": ...}."""
+    def git_push(self, ref: str, repositories: Sequence[str] = ()) -> dict[str, Any]:
+        """A webhook announced a push to `ref` ("" when it did not say) of `repositories`
+        (the URLs the payload names; none: the controller's repository): wake every
+        instance following it, on whichever replica owns it. Returns {"triggered": bool,
+        "message": ..., "instances": [...]}."""
         ...
 
 

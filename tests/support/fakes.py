@@ -394,7 +394,7 @@ class FakeService:
             row["parameters"] = self._redact(caller, row["parameters"])
         return rows
 
-    def git_push(self, ref: str) -> dict[str, Any]:
+    def git_push(self, ref: str, repositories: Sequence[str] = ()) -> dict[str, Any]:
         if ref and ref.removeprefix("refs/heads/") != self.git_ref:
             return {"message": f"ignored: push to {ref}, watching {self.git_ref}",
                     "triggered": False}

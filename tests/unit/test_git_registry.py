@@ -217,7 +217,7 @@ def test_a_bad_source_fails_only_its_instance_and_is_tried_once(
     missing = _source(registry, ("ns9", "nine"), tmp_path)
     gone = [_source(registry, ("ns", f"x{i}"), tmp_path) for i in range(3)]
     marked = {ANNOTATION_PARAMETER_SOURCE: "git"}
-    with pytest.raises(SourceError, match="instances/ns9/nine.yaml: no such file"):
+    with pytest.raises(SourceError, match=r"instances/ns9/nine\.yaml: no such file"):
         missing.snapshot(_obj("nine", "ns9", annotations=marked))
     nowhere = {"url": f"file://{tmp_path}/no-such-repo.git"}
     for source in gone:
