@@ -26,7 +26,11 @@ planner checks each object's labels as it always did.
 an answer newer than the cached copy (by resourceVersion) replaces it at once, and a watch
 event older than the copy is not news. So the pass right after an apply plans from what it
 applied, not from the pre-apply copy the watch has not replaced yet; an update that makes
-an object leave a set's selector (orphaning) removes it. Cached objects are shared: readers
+an object leave a set's selector (orphaning) removes it. A write's answer can arrive after
+the watch has already said DELETED (removing the last finalizer deletes the object, and
+the watch may deliver that before our client has read the answer): each set remembers the
+last version of the objects that left it (bounded), and an answer no later than that is
+not news, so a deleted object is never brought back. Cached objects are shared: readers
 must not modify them.
 """
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +56,9 @@ ListHandler = Callable[[KubeError | None], None]
 SYNC_TIMEOUT = 10.0
 # Statuses that will not change by waiting: a reader lists directly (and gets the error).
 _PERMANENT = frozenset({400, 401, 403, 404, 405})
+# Objects a set remembers having left it (their last version), for write answers that
+# arrive after the DELETED: far more than can be deleted while one write is in flight.
+GONE_KEPT = 1024
 
 
 class Watch(Reflector):
@@ -62,6 +70,7 @@ class Watch(Reflector):
         self.handler = self._fan_out
         self._subscribers: list[tuple[Handler, ListHandler | None]] = []
         self._match = _matcher(selector)
+        self._gone: OrderedDict[ObjectKey, Body] = OrderedDict()  # left the set: last seen
 
     # -- subscribers ------------------------------------------------------------------------
 
@@ -83,6 +92,12 @@ class Watch(Reflector):
             self._subscribers = [s for s in self._subscribers if s[0] is not handler]
 
     def _fan_out(self, kind: str, obj: Body) -> None:
+        if kind == "DELETED":  # every removal is emitted here, under the set's lock
+            key = ObjectKey.of(obj)
+            self._gone[key] = obj
+            self._gone.move_to_end(key)
+            if len(self._gone) > GONE_KEPT:
+                self._gone.popitem(last=False)
         for handler, _ in self._subscribers:
             _call(handler, kind, obj, self.selector)
 
@@ -142,8 +157,10 @@ class Watch(Reflector):
                     self.items.pop(key)
                     self._emit("DELETED", obj)
                 return
-            if old is not None and not _later(obj, old):
-                return
+            last = old if old is not None else self._gone.get(key)
+            if last is not None and not _later(obj, last):
+                return  # not news; or an answer that lost the race with its DELETED
+            self._gone.pop(key, None)
             self.items[key] = obj
             self._emit("ADDED" if old is None else "MODIFIED", obj)
 

@@ -78,7 +78,6 @@ if TYPE_CHECKING:  # gitpython is imported only when a repository is used
 log = logging.getLogger(__name__)
 
 FINALIZER = "conductor.io/finalizer"
-FORGET_WAIT = 5.0  # seconds a finalised instance waits for the watch to see it go
 Key = tuple[str, str]  # an instance: (namespace, name) of its DeploymentParameters object
 
 
@@ -115,35 +114,36 @@ class Instance:
 
     def _finalise(self, obj: Body, trigger: str) -> Report:
         """The object is being deleted: prune what this instance applied (unless it says
-        `conductor.io/prune: disabled`), then let the deletion finish and forget it."""
+        `conductor.io/prune: disabled`), then take conductor's finalizer off.
+
+        It is forgotten by the pass that its watch's DELETED wakes (`reconcile` finds no
+        object): not before, or a request naming it would take it in again from the
+        cache, and not while another finalizer still holds it. (The cache once put the
+        object back when our finalizer write's answer arrived after the DELETED, so the
+        instance was never forgotten; cache.py now keeps what left a set.)"""
         fresh = self.engine.resource.get()  # the cached copy may be a finalisation behind
-        if fresh is None:  # finalised already: forgotten once the cache sees it go
-            return Report("reconcile", [], f"{trigger},finalize", instance=self.key[1])
+        done = Report("reconcile", [], f"{trigger},finalize", instance=self.key[1])
+        if fresh is None:  # gone: its DELETED, on its way, wakes the pass that forgets it
+            return done
         obj = fresh
         meta = obj.get("metadata") or {}
         finalizers = list(meta.get("finalizers") or [])
+        if FINALIZER not in finalizers:  # finalised already; another finalizer holds it
+            return done
         orphan = (meta.get("annotations") or {}).get(ANNOTATION_PRUNE) == "disabled"
-        if FINALIZER in finalizers and not orphan:
+        if not orphan:
             report = self.engine.down()
             report.trigger = f"{trigger},finalize"
             if not report.ok:
                 return report  # retried with backoff; the object stays until it works
             obj = self.engine.resource.get() or obj  # down wrote its status and annotations
         else:
-            report = Report("reconcile", [], f"{trigger},finalize",
-                            instance=self.key[1])
+            report = done
         current = (obj.get("metadata") or {}).get("finalizers") or []
         if FINALIZER in current:
             self._set_finalizers(obj, [f for f in current if f != FINALIZER])
         log.info("instance %s/%s deleted: its objects %s", *self.key,
                  "orphaned" if orphan else "pruned")
-        # Forgotten once the watch has seen the object go (bounded: another finalizer may
-        # hold it), so that whoever reads the cache after agrees it is gone.
-        deadline = time.monotonic() + FORGET_WAIT
-        while self.controller.instance_object(self.key) is not None and \
-                time.monotonic() < deadline:
-            self.controller.idle.wait(0.05)
-        self.controller.forget(self.key)
         return report
 
     def _set_finalizers(self, obj: Body, finalizers: list[str]) -> None:
@@ -375,7 +375,6 @@ class Controller:
         self._discover: Handler | None = None  # subscribed to every watched instance set
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
-        self.idle = threading.Event()  # never set: a pause that does not sleep the GIL away
         self.started = threading.Event()
         self.metrics.read_live(self.live_state)  # everything it reads exists from here on
 

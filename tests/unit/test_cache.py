@@ -214,6 +214,33 @@ def test_our_writes_are_read_back_and_older_events_are_not_news(
     assert "a" not in names(live.objects(SEL))
 
 
+def test_a_write_answer_that_loses_the_race_with_its_deleted_does_not_bring_it_back(
+        kube: FakeKube, live: LiveCache) -> None:
+    """Removing the last finalizer deletes the object; the watch may say DELETED before
+    our client has read the write's answer. That answer must not put the object back
+    (it did, 13 of 30 times on the local control plane: the instance was never forgotten).
+    A later version (the object recreated, or our labels put back) is news again."""
+    kube.objects["a"] = cm("a", 10)
+    events: list[tuple[str, str]] = []
+    live.subscribe(SEL, lambda kind, obj: events.append(
+        (kind, obj.get("metadata", {}).get("resourceVersion", ""))))
+    assert names(live.objects(SEL)) == {"a": "10"}
+    kube.send("MODIFIED", cm("a", 11))  # deletionTimestamp set
+    kube.send("DELETED", cm("a", 13))  # the finalizer removed: gone
+    wait_for(lambda: "a" not in names(live.objects(SEL)))
+    live.written(cm("a", 12))  # the removal's answer, read after the DELETED
+    assert "a" not in names(live.objects(SEL))
+    assert events == [("ADDED", "10"), ("SYNCED", ""), ("MODIFIED", "11"), ("DELETED", "13")]
+    live.written(cm("a", 20))  # recreated by us: later than the deletion
+    assert names(live.objects(SEL)) == {"a": "20"}
+    # The same rule when our write made it leave the set (labels edited away).
+    live.written(cm("a", 21, labels={}))
+    live.written(cm("a", 21))  # an answer no later than its leaving
+    assert "a" not in names(live.objects(SEL))
+    live.written(cm("a", 22))  # our labels put back
+    assert names(live.objects(SEL)) == {"a": "22"}
+
+
 def test_the_applier_plans_from_a_fresh_set_and_lists_a_stale_one(kube: FakeKube) -> None:
     from controller.model.objects import Manifest
 
