@@ -117,6 +117,13 @@ class ApiSettings:
     sync_timeout: float = 30.0  # up/update/down answer 202 with an operation id after this
     certfile: str = ""  # TLS through gunicorn when both are set
     keyfile: str = ""
+    # gunicorn's access log: every request ("on"), none ("off"), or only answers with a
+    # status of 400 or more ("errors", the default). A line costs about a tenth of a
+    # short read's CPU, and most requests are the same polled reads (probes, dashboards,
+    # agents) that /metrics already counts by route and status, while every change is
+    # an event in the store; the failures (refused tokens, malformed requests, 5xx) are
+    # what an operator reads the log for. gunicorn's own default is off.
+    access_log: Literal["on", "off", "errors"] = "errors"
 
 
 @dataclass(frozen=True)

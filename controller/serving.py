@@ -7,6 +7,10 @@ needs (the tokens file) is read and checked before anything starts, so a bad fil
 `conductor run` with one line naming it, before a lease is taken or a pass runs. The
 controller is built in the worker (after the fork), and stopped in `worker_exit`, which
 lets the current pass finish before the process ends.
+
+The access log follows CONDUCTOR_API_ACCESS_LOG (config.ApiSettings.access_log: on, off,
+or errors, the default) through gunicorn's own logger (`logger_class`): off builds nothing
+per request; errors writes only the lines of answers with a status of 400 or more.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import runpy
 from typing import TYPE_CHECKING, Any
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
 from controller import assets, logs
@@ -47,6 +52,7 @@ class Server(BaseApplication):  # type: ignore[misc]
             self.cfg.set("certfile", api.certfile)
             self.cfg.set("keyfile", api.keyfile)
         self.cfg.set("worker_exit", self._worker_exit)
+        self.cfg.set("logger_class", access_logger(api.access_log))
         if self.config.log_format == "json":
             self.cfg.set("logconfig_dict", logs.gunicorn_config(self.config.instance,
                                                                 self.config.namespace))
@@ -70,6 +76,36 @@ class Server(BaseApplication):  # type: ignore[misc]
             self.app.close()
         if self.controller is not None:
             self.controller.stop()
+
+
+class AccessLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger, its access lines limited by `mode` (see `access_logger`)."""
+
+    mode = "on"
+
+    @property
+    def access_log_enabled(self) -> bool:
+        # Asked by gunicorn's protocol before it builds a request's log data: "off" must
+        # cost nothing, whatever else configured a handler (the JSON log format does).
+        return self.mode != "off" and bool(super().access_log_enabled)
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        if self.mode == "errors" and _status(resp) < 400:
+            return
+        super().access(resp, req, environ, request_time)
+
+
+def _status(resp: Any) -> int:
+    """A response's status code (gunicorn gives an int, or a "200 OK" string)."""
+    text = str(getattr(resp, "status", "")).split(None, 1)
+    return int(text[0]) if text and text[0].isdigit() else 0
+
+
+def access_logger(mode: str) -> type[AccessLogger]:
+    """gunicorn's `logger_class` for an access-log mode: on, off or errors."""
+    if mode not in ("on", "off", "errors"):
+        raise ValueError(f"access log mode must be on, off or errors, not {mode!r}")
+    return type(f"AccessLogger_{mode}", (AccessLogger,), {"mode": mode})
 
 
 def app_for(controller: Controller, env: dict[str, str] | None = None,

@@ -64,16 +64,25 @@ class PageCache:
         self._items: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def answer(self, version: int, query: dict[str, Any],
-               build: Callable[[], bytes]) -> bytes:
+    def kept(self, version: int, query: dict[str, Any]) -> bytes | None:
+        """The kept answer to `query` at store version `version`, if there is one."""
         if "since" in query or "until" in query:
-            return build()
+            return None
         key = (version, *sorted(query.items()))
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
-                return found
+            return found
+
+    def answer(self, version: int, query: dict[str, Any],
+               build: Callable[[], bytes]) -> bytes:
+        if "since" in query or "until" in query:
+            return build()
+        found = self.kept(version, query)
+        if found is not None:
+            return found
+        key = (version, *sorted(query.items()))
         data = build()
         if len(data) <= self.max_body:
             with self._lock:
@@ -83,10 +92,33 @@ class PageCache:
         return data
 
 
+# The deepest page (offset + limit) queried on the event loop from a local store (see
+# api/offload.py): one index range of at most this many rows, a fraction of a millisecond.
+LOOP_ROWS = 100
+
+
 class _Query:
+    """An event query: `on_get_now` answers on the event loop when the answer is kept, or
+    when the store is a local file and the page small; `on_get` answers on the pool."""
+
     def __init__(self, store: EventSource) -> None:
         self.store = store
         self.cache = PageCache()
+
+    def query(self, req: falcon.Request) -> dict[str, Any]:
+        return filters(req)
+
+    def on_get_now(self, req: falcon.Request, resp: falcon.Response, **params: str) -> bool:
+        query = self.query(req, **params)
+        store = self.store
+        if self.cache.kept(store.last_id, query) is None and not (
+                store.local and query["limit"] + query["offset"] <= LOOP_ROWS):
+            return False
+        self.respond(resp, query)
+        return True
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, **params: str) -> None:
+        self.respond(resp, self.query(req, **params))
 
     def respond(self, resp: falcon.Response, query: dict[str, Any]) -> None:
         store = self.store
@@ -96,8 +128,7 @@ class _Query:
 
 
 class Events(_Query):
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self.respond(resp, filters(req))
+    """GET /api/events."""
 
 
 # What is wrong, for GET /api/events/errors: the controller's errors and the warnings
@@ -107,20 +138,22 @@ ERROR_TYPES = ("error", "warning")
 
 
 class Errors(_Query):
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    """GET /api/events/errors."""
+
+    def query(self, req: falcon.Request) -> dict[str, Any]:
         query = filters(req)
         query["type"] = ",".join(ERROR_TYPES)
-        self.respond(resp, query)
+        return query
 
 
 class ForResource(_Query):
     """GET /api/events/{namespace}/{kind}/{name} ("-" for a cluster-scoped namespace)."""
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, namespace: str, kind: str,
-               name: str) -> None:
+    def query(self, req: falcon.Request, *, namespace: str = "", kind: str = "",
+              name: str = "") -> dict[str, Any]:
         query = filters(req)
         query["resource"] = f"{namespace}/{kind}/{name}"
-        self.respond(resp, query)
+        return query
 
 
 class Waiters:

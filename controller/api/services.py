@@ -30,7 +30,18 @@ class ServiceList(_Base):
 
 
 class ServicesHealth(_Base):
-    """GET /api/services/health: the contract's shape, plus reasons and hints when failing."""
+    """GET /api/services/health: the contract's shape, plus reasons and hints when failing.
+
+    Polled by dashboards, agents and probes: answered on the event loop from the health
+    monitor's published view when it is current (`on_get_now`, see api/offload.py), else
+    on the pool, where the monitor may compute it or wait for its first listing."""
+
+    def on_get_now(self, req: falcon.Request, resp: falcon.Response) -> bool:
+        services = self.service.services_now(instance_param(req))
+        if services is None:
+            return False
+        resp.media = {"services": services}
+        return True
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"services": self.service.services(instance_param(req))}

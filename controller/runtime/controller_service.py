@@ -457,6 +457,14 @@ class ControllerService:
         monitor = self.c.health_for(self._key(instance))  # NotFoundError if missing
         return [h.to_dict() for h in monitor.services()]
 
+    def services_now(self, instance: str | None) -> list[dict[str, Any]] | None:
+        # Only the controller's own instance: naming one means resolving it, which may
+        # wait for the cache (a name created a moment ago).
+        if instance is not None:
+            return None
+        listing = self.c.health.services_now()
+        return None if listing is None else [h.to_dict() for h in listing]
+
     def service_detail(self, instance: str | None, name: str) -> dict[str, Any]:
         key = self._key(instance)
         monitor = self.c.health_for(key)

@@ -17,10 +17,16 @@ Forbidden (403) answers, to the engine's requests or to the cache's lists, are k
 RBAC problems of the services they concern. One lock (a Condition, notified on every
 change) guards all of it; `wait` sleeps on it rather than polling.
 
-Readers do not compute: every change moves a version, and the first reader after it
-computes every service's health once into an immutable `_View` that later readers take
-as it is, without the lock, until the next change (or until an unschedulable pod passes
-its threshold, the one change time alone makes). So a health endpoint costs a dict lookup.
+Readers do not compute: every change moves a version, and the health of every service at
+that version is computed once into an immutable `_View` that readers take as it is,
+without the lock, until the next change (or until an unschedulable pod passes its
+threshold, the one change time alone makes). The monitor publishes the view itself when
+something changes (`_publish`, in the thread that made the change), so the API's event
+loop finds it current and answers from it without a lock or a thread (`services_now`);
+at most one view per `PUBLISH_GAP` is computed that way, so a burst of watch events (the
+first apply of hundreds of objects) costs a few computations, not one per event, and a
+change the burst left unpublished is computed by the next reader that needs it
+(`services`, on the API's pool).
 """
 
 from __future__ import annotations
@@ -69,6 +75,8 @@ REVISION = "deployment.kubernetes.io/revision"
 # Server-side apply is a PATCH; pruning a DELETE (for a 403 whose message names no verb).
 _VERBS = {"create": "patch", "update": "patch", "prune": "delete"}
 _ENGINE = "engine"
+# Seconds between two views published by the changing thread (see the module docstring).
+PUBLISH_GAP = 0.05
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,7 @@ class _View:
     known: frozenset[str]
     services: Mapping[str, ServiceHealth]
     objects: Mapping[str, tuple[tuple[ObjectKey, ObjectHealth], ...]]
+    listing: tuple[ServiceHealth, ...]  # `services()`: the known ones but shared, by name
 
 
 class HealthMonitor:
@@ -139,6 +148,7 @@ class HealthMonitor:
         self._stopped = False
         self._version = 0  # moves on every change: what `wait_changed` followers compare
         self._view: _View | None = None  # the health at a version, for readers (lock-free)
+        self._published = -PUBLISH_GAP  # time.monotonic() of the last `_publish`
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -230,8 +240,18 @@ class HealthMonitor:
 
     def services(self) -> list[ServiceHealth]:
         """Every known service (shared objects excluded), by name."""
-        view = self._current()
-        return [view.services[name] for name in sorted(view.known - {SHARED_SERVICE})]
+        return list(self._current().listing)
+
+    def services_now(self) -> tuple[ServiceHealth, ...] | None:
+        """`services()` as published, without the lock and without computing anything:
+        what an event loop may call. None when the published view is not the current one
+        (a change since that no one computed yet, or time made it stale) or the instance
+        has not been listed yet: then ask `services()`, which may compute or wait."""
+        view = self._view
+        if view is None or not view.synced or view.version != self._version or \
+                self._clock() >= view.until:
+            return None
+        return view.listing
 
     def service(self, name: str) -> ServiceHealth:
         """One service's health; NotFoundError for a service the instance does not have."""
@@ -265,8 +285,9 @@ class HealthMonitor:
             services = {n: self._health(n, now, children) for n in names}
             objects = {n: tuple(self._objects(n, now, children)) for n in names} \
                 if self._instance_synced else {}
+            listing = tuple(services[n] for n in sorted(known - {SHARED_SERVICE}))
             view = _View(self._version, now + timedelta(seconds=self._next_deadline(now)),
-                         self._instance_synced, known, services, objects)
+                         self._instance_synced, known, services, objects, listing)
             self._view = view
             return view
 
@@ -497,9 +518,19 @@ class HealthMonitor:
         return name in down, frozenset(k for k, e in inventory.items() if e.service == name)
 
     def _notify(self) -> None:
-        """Under the lock: wake `wait` and `wait_changed`."""
+        """Under the lock: wake `wait` and `wait_changed`, publish the new view."""
         self._version += 1
         self._cond.notify_all()
+        self._publish()
+
+    def _publish(self) -> None:
+        """Under the lock: compute the current view now, for readers that must not wait
+        (`services_now`); at most once per PUBLISH_GAP (the module docstring says why)."""
+        now = time.monotonic()
+        if self._stopped or now - self._published < PUBLISH_GAP:
+            return
+        self._published = now
+        self._current()
 
     def _touch(self, services: Iterable[str]) -> None:
         now = self._clock()

@@ -115,6 +115,11 @@ class EventSource(Protocol):
     @property
     def closed(self) -> bool: ...
 
+    @property
+    def local(self) -> bool:
+        """Reads are a local file's (SQLite), not network round trips (PostgreSQL)."""
+        ...
+
     def query(self, type: str | Sequence[str] | None = None, resource: str | None = None,
               service: str | None = None, since: datetime | str | None = None,
               until: datetime | str | None = None, limit: int = 100, offset: int = 0,
@@ -170,6 +175,13 @@ class Service(Protocol):
 
     def services(self, instance: str | None) -> list[dict[str, Any]]:
         """Every service's health (the contract's ServiceHealth shape)."""
+        ...
+
+    def services_now(self, instance: str | None) -> list[dict[str, Any]] | None:
+        """`services` from what is already in memory, without blocking: no lock waited
+        on, no request, nothing computed (the health monitor's published view); what the
+        API answers on its event loop. None when that cannot answer at once (an instance
+        still to resolve or to observe, a change not yet computed): ask `services`."""
         ...
 
     def service_detail(self, instance: str | None, name: str) -> dict[str, Any]: ...

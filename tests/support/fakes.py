@@ -105,6 +105,9 @@ class FakeService:
         self.git_ref = "main"
         self.block = threading.Event()  # set: deploys finish; clear: they keep running
         self.block.set()
+        # Whether `services_now` answers (as a health monitor whose published view is
+        # current) or says "ask services" (a change not computed yet).
+        self.health_published = True
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -201,6 +204,12 @@ class FakeService:
     def services(self, instance: str | None) -> list[dict[str, Any]]:
         inst = self._get(instance)
         return [self._health(inst, n) for n in SERVICES]
+
+    def services_now(self, instance: str | None) -> list[dict[str, Any]] | None:
+        if instance is not None or not self.health_published:
+            return None
+        self.calls.append(("services_now", instance))
+        return self.services(instance)
 
     def service_detail(self, instance: str | None, name: str) -> dict[str, Any]:
         inst = self._get(instance)
