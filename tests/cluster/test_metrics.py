@@ -134,8 +134,17 @@ def test_a_drift_correction_is_counted_per_service(app: App) -> None:
         def corrected() -> list[tuple[str, str]]:
             return sorted((r.key.kind, r.key.name) for report in controller.reports[seen:]
                           for r in report.results.items if r.reason == "drift")
-        wait_for(corrected, timeout=30, message="a pass that corrects the drift")
-        assert corrected() == [("Deployment", "redis"), ("Service", "redis")]
+        # One pass or two: under load a pass (the watch's wake-up, or the interval) may
+        # land between the two edits and correct the first alone. Each object is
+        # corrected once, whichever pass it was.
+        both = [("Deployment", "redis"), ("Service", "redis")]
+
+        def both_corrected() -> bool:
+            found = corrected()
+            assert set(found) == set(both), found  # shown on a timeout
+            return True
+        wait_for(both_corrected, timeout=30, message="the passes that correct the drift")
+        assert corrected() == both
         # One correction per object re-applied, labelled with its service (the report is
         # kept just before it is measured: poll).
         wait_for(lambda: sample(reg, "conductor_drift_corrections_total", **drift) == 2,
