@@ -284,7 +284,7 @@ def test_a_plan_has_an_id_readable_until_it_expires(fake_api: FakeApi) -> None:
     plan = fake_api.post("/api/plan", {"services": ["redis"]}).json
     assert plan["planId"] and plan["basedOn"] == tag.strip('"')
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", plan["expiresAt"])
-    assert "draft" not in plan and plan["changes"][0]["action"] == "none"
+    assert "draft" not in plan and plan["changes"][0]["action"] == "unchanged"
     assert fake_api.get(f"/api/plans/{plan['planId']}").json == plan
     envelope(fake_api.get("/api/plans/nope"), 404, "not_found")
     fake_api.service.plans.clock = lambda: 10**10  # far beyond its expiry
@@ -303,7 +303,7 @@ def test_a_draft_is_planned_and_never_written(fake_api: FakeApi) -> None:
     assert "-image: redis:7.2" in redis["diff"] and "+image: redis:7.4" in redis["diff"]
     patched = fake_api.post("/api/plan", {"patch": {"services": {"redis": {
         "image": "redis:7.4"}}}, "services": ["redis", "postgres"]}).json
-    assert patched["counts"] == {"update": 1, "none": 1}
+    assert patched["counts"] == {"update": 1, "unchanged": 1}
     assert patched["planId"] != plan["planId"]
     assert _etag(fake_api.get("/api/parameters")) == tag  # nothing written
     assert fake_api.get("/api/parameters").json["services"]["redis"]["image"] == "redis:7.2"

@@ -288,7 +288,7 @@ class FakeService:
             old, new = effective(before, name), effective(after, name)
             if old == new:
                 changes.append({"resource": f"{self.namespace}/Deployment/{name}",
-                                "service": name, "action": "none", "reason": "unchanged"})
+                                "service": name, "action": "unchanged", "reason": "current"})
                 continue
             text = "".join(difflib.unified_diff(
                 yaml.safe_dump(self._redact(Caller(), old, "service")).splitlines(True),
