@@ -24,6 +24,7 @@ from controller.api.common import (
     json_body,
     services_from,
 )
+from controller.api.security import scope_of
 from controller.errors import InvalidRequestError
 from controller.runtime.service import DeployOp, DeployRequest, Draft, Service
 
@@ -65,7 +66,8 @@ class OperationStatus:
         self.service = service
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, op_id: str) -> None:
-        resp.media = self.service.operation(op_id)
+        # Another instance's operation is a 404 to a limited token, as an unknown id.
+        resp.media = self.service.operation(op_id, scope_of(req))
 
 
 def draft_from(body: dict[str, Any]) -> Draft | None:
@@ -122,4 +124,4 @@ class SavedPlan:
         self.service = service
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, plan_id: str) -> None:
-        resp.media = self.service.saved_plan(plan_id)
+        resp.media = self.service.saved_plan(plan_id, scope_of(req))

@@ -28,6 +28,7 @@ from falcon.asgi import SSEvent
 
 from controller.adapters.store.events import Event, EventStoreError
 from controller.api.common import float_param, instance_param, int_param, query_param
+from controller.api.security import namespace_param
 from controller.errors import RateLimitedError
 from controller.model.eventquery import MAX_OFFSET
 from controller.runtime.service import EventSource
@@ -42,9 +43,13 @@ def filters(req: falcon.Request) -> dict[str, Any]:
         value = query_param(req, name)  # given empty: a 400, as the document says
         if value is not None:
             out[name] = value
-    instance = instance_param(req)
+    instance, namespace = instance_param(req), namespace_param(req)
+    if instance is not None and "/" in instance:  # resolved within the caller's scope
+        namespace, _, instance = instance.rpartition("/")
     if instance is not None:
         out["instance"] = instance
+    if namespace is not None:  # an instance is (namespace, name): the store needs both
+        out["namespace"] = namespace
     return out
 
 
@@ -293,11 +298,12 @@ def matcher(query: dict[str, Any]) -> Callable[[Event], bool] | None:
     raw = query.get("type")
     types = {t.strip() for t in raw.split(",")} if isinstance(raw, str) else None
     resource, service = query.get("resource"), query.get("service")
-    instance = query.get("instance")
+    instance, namespace = query.get("instance"), query.get("namespace")
     return lambda e: ((types is None or e.type in types)
                       and (resource is None or e.resource == resource)
                       and (service is None or e.service == service)
-                      and (instance is None or e.instance == instance))
+                      and (instance is None or e.instance == instance)
+                      and (namespace is None or e.namespace == namespace))
 
 
 HEARTBEAT = 15.0  # seconds between keep-alive comments on a quiet stream

@@ -12,7 +12,10 @@ A token may also be limited to instances (`instances:` in the tokens file: names
 names and/or labels of DeploymentParameters objects). `ScopeMiddleware` resolves the
 instance a request concerns (`?instance=`, `?namespace=`) once, within that limit, before
 any resource runs: an instance outside it answers 404 exactly as one that does not exist,
-and event queries and streams of a limited token carry only its instances' events.
+and event queries and streams of a limited token carry only its instances' events (by
+namespace and name: a same-named instance of another namespace is another instance).
+Things named by id (an operation, a plan) and /api/status take the scope to the service,
+which answers 404 for another instance's, and only the controller-wide part of the status.
 
 Each middleware's logic is a plain method (`check`), called by the ASGI hook; the order
 in `middleware()` is the order of the checks.
@@ -380,8 +383,8 @@ def namespace_param(req: falcon.Request) -> str | None:
 
 class ScopeMiddleware:
     """Resolves the instance a request concerns, within the caller's scope, into
-    `req.context.instance` (`namespace/name`; for event queries the name, as events are
-    stored), which `common.instance_param` then answers. Only requests that name an
+    `req.context.instance` (`namespace/name`), which `common.instance_param` then answers
+    (event queries split it into their instance and namespace filters). Only requests that name an
     instance or come with a limited token pay for it (one lookup, off the event loop)."""
 
     def __init__(self, service: Service) -> None:
@@ -422,10 +425,9 @@ class ScopeMiddleware:
                     "this token sees several instances: name one with ?instance=",
                     {"field": "instance", "instances": [
                         f"{i['namespace']}/{i['name']}" for i in visible[:50]]})
-            return str(visible[0]["name"])
+            return f"{visible[0]['namespace']}/{visible[0]['name']}"
         ref = None if name is None else f"{namespace}/{name}" if namespace else name
-        resolved = self.service.resolve(ref, scope)
-        return resolved.rpartition("/")[2] if events else resolved
+        return self.service.resolve(ref, scope)
 
 
 def middleware(settings: ApiSettings, tokens: list[Token] | None = None,

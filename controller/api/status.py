@@ -33,11 +33,14 @@ class Readyz:
 
 
 class Status:
+    """GET /api/status: the controller's; a token limited to instances sees only what is
+    controller-wide and which of its instances are here (see `Service.status`)."""
+
     def __init__(self, service: Service) -> None:
         self.service = service
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self.service.status()
+        resp.media = self.service.status(scope_of(req))
 
 
 class WhoAmI:

@@ -95,6 +95,8 @@ TOP_LEVEL = ("global", "services")
 WRITE_ATTEMPTS = 8
 PLAN_TTL = 600.0  # seconds a plan stays readable at GET /api/plans/{planId}
 PLANS_KEPT = 256  # plans in memory at most (the oldest go first)
+# What /api/status shows a caller limited to instances other than the controller's own.
+STATUS_FOR_ANY_SCOPE = ("app", "time", "leader")
 
 CHANGED = "***REDACTED (changed)***"
 
@@ -306,15 +308,16 @@ class PlanStore:
         self._lock = threading.Lock()
 
     def keep(self, body: dict[str, Any], instance: str, digest: str,
-             based_on: str) -> dict[str, Any]:
+             based_on: str, namespace: str = "") -> dict[str, Any]:
         """`body` with planId, expiresAt and basedOn, kept. The id names its binding
         (instance, draft digest, version) by a hash, plus randomness: never guessable."""
-        bound = hashlib.sha256(f"{instance}\0{digest}\0{based_on}".encode()).hexdigest()
+        bound = hashlib.sha256(f"{namespace}/{instance}\0{digest}\0{based_on}".encode()
+                               ).hexdigest()
         plan_id = f"{bound[:16]}{secrets.token_hex(8)}"
         moment = self.clock()
         expires = moment + self.ttl
         out = {**body, "planId": plan_id, "basedOn": based_on, "instance": instance,
-               "expiresAt": rfc3339(_utc(expires))}
+               "namespace": namespace, "expiresAt": rfc3339(_utc(expires))}
         with self._lock:
             self._plans[plan_id] = (expires, out)
             for key in [k for k, (t, _) in self._plans.items() if t <= moment]:
@@ -323,12 +326,17 @@ class PlanStore:
                 self._plans.popitem(last=False)
         return out
 
-    def get(self, plan_id: str) -> dict[str, Any]:
+    def get(self, plan_id: str,
+            shown: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """A kept plan; not found once expired, or when `shown` says the caller may not
+        see it (the same answer: whether it exists must not leak)."""
         with self._lock:
             found = self._plans.get(plan_id)
             if found is not None and found[0] <= self.clock():
                 del self._plans[plan_id]
                 found = None
+        if found is not None and shown is not None and not shown(found[1]):
+            found = None
         if found is None:
             raise NotFoundError(f"no plan {plan_id[:80]} (plans are kept "
                                 f"{int(self.ttl)} s, in this process only)",
@@ -403,6 +411,20 @@ class ControllerService:
         labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
         return scope.allows(key[0], key[1], labels)
 
+    def _concerns(self, body: Mapping[str, Any], scope: InstanceScope | None) -> bool:
+        """Whether an answer about an instance by id (an operation, a plan) may go to a
+        caller limited to `scope`: its instance (namespace, name) is within it. One of a
+        namespace not known (recorded before there were namespaces) is not."""
+        if scope is None:
+            return True
+        name, namespace = str(body.get("instance") or ""), str(body.get("namespace") or "")
+        if not namespace:
+            return False
+        try:
+            return self._visible((namespace, name), scope)
+        except NotFoundError:
+            return scope.allows(namespace, name, {})  # gone: no labels left to match
+
     # -- probes and status -----------------------------------------------------------------
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
@@ -418,8 +440,17 @@ class ControllerService:
             return False, body
         return True, body
 
-    def status(self) -> dict[str, Any]:
-        return self.c.status()
+    def status(self, scope: InstanceScope | None = None) -> dict[str, Any]:
+        body = self.c.status()
+        if scope is None or self._visible(self.c.own_key, scope):
+            return body
+        # A caller limited to other instances sees what is controller-wide (the app, the
+        # clock, leadership) and which of its instances are reconciled here; the own
+        # instance's source, passes and store are not its business.
+        out = {k: body[k] for k in STATUS_FOR_ANY_SCOPE if k in body}
+        out["instances"] = [{"namespace": k[0], "name": k[1]}
+                            for k in sorted(self.c.instance_keys()) if self._visible(k, scope)]
+        return out
 
     def requirements(self) -> dict[str, Any]:
         return requirements.check(self.c.kube, self.c.engine.current().manifest_root)
@@ -472,11 +503,9 @@ class ControllerService:
         keys = monitor.objects(name)
         objects = [{"resource": str(k), "kind": k.kind, "name": k.name,
                     "namespace": k.namespace, **h.to_dict()} for k, h in keys]
-        if key == self.c.own_key:
-            events = self.c.events.query(service=name, limit=20)
-        else:
-            # Another instance's: its own events (the same service names are ours too).
-            events = self.c.events.query(service=name, instance=key[1], limit=20)
+        # This instance's own events: other instances have services of the same names.
+        events = self.c.events.query(service=name, instance=key[1], namespace=key[0],
+                                     limit=20)
         return {"name": name, "namespace": health.namespace, "instance": key[1],
                 "health": health.to_dict(), "objects": objects,
                 "events": [e.to_dict() for e in events]}
@@ -504,7 +533,8 @@ class ControllerService:
         if not self.c.owns(key):
             return self._deploy_elsewhere(request, key, force, timeout)
         op = self.c.operations.start(op_name, services, instance,
-                                     runner(engine, op_name, services, force))
+                                     runner(engine, op_name, services, force),
+                                     namespace=key[0])
         try:
             report = op.future.result(timeout=timeout) if timeout else None
         except TimeoutError:
@@ -551,7 +581,13 @@ class ControllerService:
                 return Deployed(body, accepted=True)
         return Deployed(body)
 
-    def operation(self, op_id: str) -> dict[str, Any]:
+    def operation(self, op_id: str, scope: InstanceScope | None = None) -> dict[str, Any]:
+        body = self._operation(op_id)
+        if not self._concerns(body, scope):  # the same 404 as an unknown id: no leak
+            raise self.c.operations.missing(op_id)
+        return body
+
+    def _operation(self, op_id: str) -> dict[str, Any]:
         op = self.c.operations.get(op_id)
         if op is not None:
             return op.to_dict()
@@ -580,7 +616,8 @@ class ControllerService:
             planner = Engine(engine.cfg, self.c.kube, _DraftSource(snap))
             body = plan_body(planner.plan(list(services)))
             body["draft"] = True
-        return self.plans.keep(body, name, draft_digest(draft, services), current.version)
+        return self.plans.keep(body, name, draft_digest(draft, services), current.version,
+                               namespace=key[0])
 
     def _draft_snapshot(self, instance: Key, current: _Current, draft: Draft) -> Snapshot:
         base = current.snap
@@ -612,8 +649,8 @@ class ControllerService:
                         source="git", committed_at=snap.committed_at,
                         details={"ref": ref})
 
-    def saved_plan(self, plan_id: str) -> dict[str, Any]:
-        return self.plans.get(plan_id)
+    def saved_plan(self, plan_id: str, scope: InstanceScope | None = None) -> dict[str, Any]:
+        return self.plans.get(plan_id, lambda body: self._concerns(body, scope))
 
     def suspend(self, instance: str | None, suspend: bool) -> dict[str, Any]:
         """Write only `spec.suspend` (a merge patch); idempotent: no write when it is
@@ -706,7 +743,8 @@ class ControllerService:
 
     def history(self, instance: str | None, limit: int,
                 caller: Caller) -> list[dict[str, Any]]:
-        rows = self.c.history.list(self._key(instance)[1], limit)
+        key = self._key(instance)
+        rows = self.c.history.list(key[1], limit, namespace=key[0])
         for row in rows:  # history keeps old values for good: old passwords included
             row["parameters"] = self._redact(caller, row["parameters"])
         return rows
@@ -731,7 +769,7 @@ class ControllerService:
                  if_match: str | None = None) -> Versioned:
         key = self._key(instance)
         name = key[1]
-        entry = self.c.history.entry(name, revision)
+        entry = self.c.history.entry(name, revision, namespace=key[0])
         if entry is None:
             raise NotFoundError(f"no recorded parameters for revision {revision}",
                                 {"revision": revision, "instance": name})

@@ -46,6 +46,7 @@ class Operation:
     future: Future[Report] = field(default_factory=Future)
     # Set when the operation is known from the store only (another process runs or ran it).
     record: OperationRecord | None = None
+    namespace: str = ""  # the instance's: an instance is (namespace, name)
 
     @property
     def done(self) -> bool:
@@ -56,7 +57,7 @@ class Operation:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "operation": self.kind,
                                "services": self.services, "instance": self.instance,
-                               "status": "running", "links": {"self":
+                               "namespace": self.namespace, "status": "running", "links": {"self":
                                                               f"/api/operations/{self.id}"}}
         if self.record is not None:
             out["status"] = self.record.state
@@ -77,7 +78,8 @@ class Operation:
     @classmethod
     def from_record(cls, record: OperationRecord) -> Operation:
         return cls(record.id, record.op, record.services, record.instance,
-                   started=record.created_ms / 1000, record=record)
+                   started=record.created_ms / 1000, record=record,
+                   namespace=record.namespace)
 
 
 class Operations:
@@ -102,15 +104,15 @@ class Operations:
         return f"{self.boot}-{secrets.token_hex(6)}"
 
     def start(self, kind: str, services: list[str], instance: str,
-              run: Callable[[], Report]) -> Operation:
-        op = Operation(self.new_id(), kind, services, instance)
+              run: Callable[[], Report], namespace: str = "") -> Operation:
+        op = Operation(self.new_id(), kind, services, instance, namespace=namespace)
         if self.store is not None:  # recorded before it runs, so its end finds the row
             self._record("create", self.store.create, op.id, instance, kind, services,
-                         self.boot)
+                         self.boot, namespace)
         return self._submit(op, run)
 
     def claim(self, op_id: str, kind: str, services: list[str], instance: str,
-              run: Callable[[], Report]) -> Operation | None:
+              run: Callable[[], Report], namespace: str = "") -> Operation | None:
         """Start the operation `op_id` (a request another replica accepted) unless some
         process already has: the store's unique id is the claim, so it runs once across
         replicas and failovers. None when it is claimed already. A store that cannot be
@@ -118,10 +120,10 @@ class Operations:
         with self._lock:
             if op_id in self._ops:
                 return None
-        op = Operation(op_id, kind, services, instance)
+        op = Operation(op_id, kind, services, instance, namespace=namespace)
         if self.store is not None:
             try:
-                self.store.create(op_id, instance, kind, services, self.boot)
+                self.store.create(op_id, instance, kind, services, self.boot, namespace)
             except STORE_ERRORS as e:
                 if self._record("get", self.store.get, op_id) is not None:
                     return None  # another process created it first

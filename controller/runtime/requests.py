@@ -395,7 +395,8 @@ class RequestHandler:
                 engine = self.engine_for(key)
                 op = self.operations.claim(
                     request.id, request.op, list(request.services), key[1],
-                    runner(engine, request.op, request.services, request.force))
+                    runner(engine, request.op, request.services, request.force),
+                    namespace=key[0])
             except ConductorError as e:
                 return outcome(request, "refused", error=e.to_dict())
             if op is None:

@@ -124,14 +124,15 @@ class EventSource(Protocol):
               service: str | None = None, since: datetime | str | None = None,
               until: datetime | str | None = None, limit: int = 100, offset: int = 0,
               after_id: int | None = None, before_id: int | None = None,
-              oldest_first: bool = False, instance: str | None = None) -> list[Event]: ...
+              oldest_first: bool = False, instance: str | None = None,
+              namespace: str | None = None) -> list[Event]: ...
 
     def query_json(self, type: str | Sequence[str] | None = None,
                    resource: str | None = None, service: str | None = None,
                    since: datetime | str | None = None, until: datetime | str | None = None,
                    limit: int = 100, offset: int = 0, after_id: int | None = None,
                    before_id: int | None = None, oldest_first: bool = False,
-                   instance: str | None = None) -> list[str]:
+                   instance: str | None = None, namespace: str | None = None) -> list[str]:
         """`query`'s events as their stored JSON text, serialized once at write."""
         ...
 
@@ -155,7 +156,10 @@ class Service(Protocol):
         """Readiness: (ready, body): started and the API server answering."""
         ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self, scope: InstanceScope | None = None) -> dict[str, Any]:
+        """The controller's status; within `scope`, only what concerns its instances
+        (the controller-wide rest: app, time, leadership)."""
+        ...
 
     def requirements(self) -> dict[str, Any]: ...
 
@@ -189,14 +193,18 @@ class Service(Protocol):
     # -- deploying ------------------------------------------------------------------------
     def deploy(self, request: DeployRequest) -> Deployed: ...
 
-    def operation(self, op_id: str) -> dict[str, Any]: ...
+    def operation(self, op_id: str, scope: InstanceScope | None = None) -> dict[str, Any]:
+        """An operation by id; NotFoundError for one of an instance outside `scope`."""
+        ...
 
     def plan(self, instance: str | None, services: Sequence[str],
              draft: Draft | None = None) -> dict[str, Any]:
         """What up/update would do (server-side dry run), with a planId kept a while."""
         ...
 
-    def saved_plan(self, plan_id: str) -> dict[str, Any]: ...
+    def saved_plan(self, plan_id: str, scope: InstanceScope | None = None) -> dict[str, Any]:
+        """A kept plan by id; NotFoundError for one of an instance outside `scope`."""
+        ...
 
     def suspend(self, instance: str | None, suspend: bool) -> dict[str, Any]: ...
 

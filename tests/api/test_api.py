@@ -595,23 +595,88 @@ def test_a_token_limited_to_a_namespace_sees_and_changes_only_its_instance(
 
 def test_a_limited_tokens_events_are_its_instances_only(tenants: FakeApi) -> None:
     store = tenants.service.store
-    store.add("info", "of gamma", reason="Test", instance="gamma")
-    store.add("error", "of beta", reason="Test", instance="beta")
-    store.add("info", "of the controller's own", reason="Test", instance="default")
+    store.add("info", "of gamma", reason="Test", instance="gamma", namespace="tenant-3")
+    store.add("error", "of beta", reason="Test", instance="beta", namespace="tenant-2")
+    store.add("info", "of the controller's own", reason="Test", instance="default",
+              namespace="shop")
+    # Another namespace's instance of the same name: another instance (issue 13).
+    store.add("error", "of tenant-1's gamma", reason="Test", instance="gamma",
+              namespace="tenant-1")
     mine = _bearer(TENANT)
     listed = tenants.get("/api/events", headers=mine).json["events"]
-    assert [e["message"] for e in listed] == ["of gamma"]
+    assert [(e["message"], e["namespace"]) for e in listed] == [("of gamma", "tenant-3")]
     assert tenants.get("/api/events/errors", headers=mine).json["events"] == []
+    assert [e["message"] for e in tenants.get(
+        "/api/events", params={"instance": "gamma"}, headers=mine).json["events"]] == [
+        "of gamma"]
     envelope(tenants.get("/api/events", params={"instance": "beta"}, headers=mine), 404,
              "not_found")
+    envelope(tenants.get("/api/events", params={"instance": "gamma",
+                                                "namespace": "tenant-1"}, headers=mine),
+             404, "not_found")
     streamed = tenants.stream("/api/events/stream", {"duration": "0"}, mine)
     assert streamed.status_code == 200
     assert "of gamma" in streamed.text
     assert "of beta" not in streamed.text and "controller's own" not in streamed.text
+    assert "tenant-1" not in streamed.text
+    # An unlimited caller names the namespace to tell the two gammas apart.
+    assert [e["message"] for e in tenants.get(
+        "/api/events", params={"instance": "gamma", "namespace": "tenant-1"},
+        headers=_bearer(WRITE)).json["events"]] == ["of tenant-1's gamma"]
+    assert len(tenants.get("/api/events", params={"instance": "gamma"},
+                           headers=_bearer(WRITE)).json["events"]) == 2
     envelope(tenants.get("/api/events/stream", params={"instance": "beta"}, headers=mine),
              404, "not_found")
     # Unlimited: every instance's events.
     assert len(tenants.get("/api/events", headers=_bearer(WRITE)).json["events"]) >= 3
+
+
+def test_a_limited_token_gets_404_for_other_instances_operations_and_plans(
+        tenants: FakeApi) -> None:
+    """Things named by id: another instance's operation or plan answers exactly what an
+    unknown id does, so its existence does not leak; the token's own answer as usual."""
+    ci, mine = _bearer(WRITE), _bearer(TENANT)
+    theirs = tenants.post("/api/up", {}, params={"instance": "beta"}, headers=ci)
+    ours = tenants.post("/api/up", {}, params={"instance": "gamma"}, headers=mine)
+    assert theirs.json["operation"] != ours.json["operation"]
+    unknown_op = envelope(tenants.get("/api/operations/fake-999", headers=mine), 404,
+                          "not_found")
+    for op_id in (theirs.json["operation"], "fake-999"):
+        body = envelope(tenants.get(f"/api/operations/{op_id}", headers=mine), 404,
+                        "not_found")
+        assert set(body) == set(unknown_op)  # no more said than for an unknown id
+    got = tenants.get(f"/api/operations/{ours.json['operation']}", headers=mine).json
+    assert (got["instance"], got["namespace"]) == ("gamma", "tenant-3")
+    assert tenants.get(f"/api/operations/{theirs.json['operation']}",
+                       headers=ci).status_code == 200
+    their_plan = tenants.post("/api/plan", {}, params={"instance": "beta"}, headers=ci).json
+    our_plan = tenants.post("/api/plan", {}, params={"instance": "gamma"}, headers=mine).json
+    assert (our_plan["instance"], our_plan["namespace"]) == ("gamma", "tenant-3")
+    unknown_plan = envelope(tenants.get("/api/plans/0123456789abcdef", headers=mine), 404,
+                            "not_found")
+    hidden = envelope(tenants.get(f"/api/plans/{their_plan['planId']}", headers=mine), 404,
+                      "not_found")
+    assert set(hidden) == set(unknown_plan)
+    assert tenants.get(f"/api/plans/{our_plan['planId']}", headers=mine).json == our_plan
+    assert tenants.get(f"/api/plans/{their_plan['planId']}", headers=ci).json == their_plan
+    # By label: the plan of an instance without the label is hidden too.
+    envelope(tenants.get(f"/api/plans/{our_plan['planId']}", headers=_bearer(LABELLED)),
+             404, "not_found")
+
+
+def test_status_shows_a_limited_token_only_what_is_controller_wide(
+        tenants: FakeApi) -> None:
+    """The controller's own instance (its source, passes, revision) is not a tenant's
+    business: a limited token outside it gets the app, the time, leadership and its own
+    instances; within it (or unlimited) the whole status."""
+    full = tenants.get("/api/status", headers=_bearer(WRITE)).json
+    assert {"instance", "namespace", "source", "loop"} <= set(full)
+    limited = tenants.get("/api/status", headers=_bearer(TENANT)).json
+    assert set(limited) == {"app", "time", "leader", "instances"}
+    assert limited["leader"] == full["leader"] and limited["app"] == full["app"]
+    assert limited["instances"] == [{"namespace": "tenant-3", "name": "gamma"}]
+    assert tenants.get("/api/status", headers=_bearer(LABELLED)).json["instances"] == [
+        {"namespace": "tenant-1", "name": "alpha"}]
 
 
 def test_a_token_limited_by_label(tenants: FakeApi) -> None:

@@ -35,6 +35,7 @@ from controller.model.parameters import (
 )
 from controller.reconcile.engine import SuspendedError
 from controller.runtime.controller_service import (
+    STATUS_FOR_ANY_SCOPE,
     PlanStore,
     draft_digest,
     merge_patch,
@@ -174,12 +175,30 @@ class FakeService:
                 "holder": "self"}
         return self.started, body
 
-    def status(self) -> dict[str, Any]:
-        return {"instance": self.default, "namespace": self.namespace, "app": "conductor",
+    def status(self, scope: InstanceScope | None = None) -> dict[str, Any]:
+        body = {"instance": self.default, "namespace": self.namespace, "app": "conductor",
+                "time": "2024-01-01T00:00:00Z",
                 "leader": {"isLeader": True, "identity": "self", "holder": "self"},
                 "source": {"type": "resource",
                            "revision": f"generation/{self._get(None).generation}"},
                 "loop": {"interval": 30.0, "passes": 1, "consecutiveFailures": 0}}
+        own = self._get(None)
+        if scope is None or scope.allows(self._ns(own), own.name, own.labels):
+            return body
+        # As the controller's: the controller-wide part, and the caller's instances.
+        return {**{k: body[k] for k in STATUS_FOR_ANY_SCOPE},
+                "instances": [{"namespace": i["namespace"], "name": i["name"]}
+                              for i in self.instances(scope)]}
+
+    def _shown(self, body: dict[str, Any], scope: InstanceScope | None) -> bool:
+        """An operation or plan is shown to a limited caller only if its instance is."""
+        if scope is None:
+            return True
+        try:
+            self.resolve(f"{body.get('namespace')}/{body.get('instance')}", scope)
+        except NotFoundError:
+            return False
+        return True
 
     def requirements(self) -> dict[str, Any]:
         return {"ok": True, "checks": [{"name": "kubernetes", "ok": True}]}
@@ -247,8 +266,8 @@ class FakeService:
                                 "results": results}
         op_id = f"fake-{len(self.operations) + 1}"
         operation = {"id": op_id, "operation": request.op, "services": body["services"],
-                     "instance": inst.name, "status": "succeeded",
-                     "links": {"self": f"/api/operations/{op_id}"}}
+                     "instance": inst.name, "namespace": self._ns(inst),
+                     "status": "succeeded", "links": {"self": f"/api/operations/{op_id}"}}
         self.operations[op_id] = operation
         self.store.add("success", f"{request.op} succeeded", reason="OperationSucceeded")
         if request.timeout == 0 or not self.block.is_set():
@@ -261,9 +280,9 @@ class FakeService:
             body["health"] = {n: self._health(inst, n) for n in sorted(named)}
         return Deployed(body)
 
-    def operation(self, op_id: str) -> dict[str, Any]:
+    def operation(self, op_id: str, scope: InstanceScope | None = None) -> dict[str, Any]:
         found = self.operations.get(op_id)
-        if found is None:
+        if found is None or not self._shown(found, scope):
             raise NotFoundError(f"no operation {op_id}", {"operation": op_id})
         return found
 
@@ -306,10 +325,10 @@ class FakeService:
         if draft is not None:
             body["draft"] = True
         return self.plans.keep(body, inst.name, draft_digest(draft, services),
-                               str(inst.version))
+                               str(inst.version), namespace=self._ns(inst))
 
-    def saved_plan(self, plan_id: str) -> dict[str, Any]:
-        return self.plans.get(plan_id)
+    def saved_plan(self, plan_id: str, scope: InstanceScope | None = None) -> dict[str, Any]:
+        return self.plans.get(plan_id, lambda body: self._shown(body, scope))
 
     def suspend(self, instance: str | None, suspend: bool) -> dict[str, Any]:
         inst = self._get(instance)
