@@ -119,7 +119,7 @@ class HealthMonitor:
     def __init__(self, kube: Kube, cfg: Config, *,
                  pending_threshold: float = DEFAULT_PENDING_THRESHOLD,
                  clock: Callable[[], datetime] | None = None,
-                 live: LiveCache | None = None) -> None:
+                 live: LiveCache | None = None, publish_gap: float = PUBLISH_GAP) -> None:
         self.kube = kube
         self.cfg = cfg
         # The process's cache (the controller's); a monitor used alone has its own.
@@ -148,7 +148,8 @@ class HealthMonitor:
         self._stopped = False
         self._version = 0  # moves on every change: what `wait_changed` followers compare
         self._view: _View | None = None  # the health at a version, for readers (lock-free)
-        self._published = -PUBLISH_GAP  # time.monotonic() of the last `_publish`
+        self._publish_gap = publish_gap
+        self._published = -publish_gap  # time.monotonic() of the last `_publish`
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -527,7 +528,7 @@ class HealthMonitor:
         """Under the lock: compute the current view now, for readers that must not wait
         (`services_now`); at most once per PUBLISH_GAP (the module docstring says why)."""
         now = time.monotonic()
-        if self._stopped or now - self._published < PUBLISH_GAP:
+        if self._stopped or now - self._published < self._publish_gap:
             return
         self._published = now
         self._current()
