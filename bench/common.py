@@ -146,13 +146,19 @@ def controller(kubeconfig: str, root: Path, namespace: str, events: Path, port: 
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
+        stop_group(proc, 60)
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Stop a controller started in its own session: SIGTERM to its group (gunicorn's
+    master and worker), SIGKILL after `timeout` seconds."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
 
 
 @contextmanager

@@ -1,0 +1,527 @@
+"""Benchmark: many instances (issue 13): 100, 500, 1,000 instances of a small app.
+
+Run: .venv/bin/python -m bench.bench_scale [--instances 100,500,1000] [--quick]
+     [--per-namespace 10] [--kubeconfig PATH] [--steady 60] [--changes 50]
+Without --kubeconfig (or CONDUCTOR_BENCH_STATE_DIR) it starts a private local control
+plane. Each size runs in fresh namespaces, one after the other, and prints:
+
+- the floor: the same objects created by a minimal parallel server-side-apply client
+  (bench_apply's: 8 threads of raw HTTPS PATCHes, no dry run, no ordering), untimed
+  namespaces made first: what the API server needs to take them;
+- cold: the real `conductor run` (gunicorn, the controller in its worker) started on the
+  DeploymentParameters objects, created beforehand: seconds from the process start until
+  every instance's Ready condition is True (applied and healthy), its CPU seconds meanwhile
+  and its peak RSS (VmHWM of its processes), against the floor (target: <= 2x);
+- change -> applied: while all are managed, N changes (50) of one instance's parameter
+  (a merge patch of spec.global.message), one at a time, each to another instance; the
+  latency until the ConfigMap that carries it holds the new value, seen by a watch in this
+  process (targets: p50 < 1 s, p99 < 3 s);
+- steady state: the controller restarted behind a counting proxy (tests/support/proxy.py;
+  not there during the cold run, where its per-request work would slow the controller),
+  once its start passes are done: its CPU over STEADY seconds with nothing changing, as a
+  share of one core (target <= 5%), and the requests and writes the API server received
+  from it meanwhile (target: 0 writes), and its RSS.
+
+The app (bench/scale_app, 8 objects per instance: a Deployment with 0 replicas, two
+headless Services, four ConfigMaps, a Secret): object names start with the instance's
+name, so `--per-namespace` instances share a namespace (10 by default: 1,000 instances in
+100 namespaces). The Deployment has 0 replicas so that 1,000 instances cost the machine
+no Pod work (no kubelet, simulated or not): its ReplicaSet and status still come from the
+controller manager, and health still waits for them. Services are headless: no cluster IP.
+The interval is the controller's default (60 s): steady state includes its timed no-op
+passes. Load on a shared machine moves every figure: the load average is printed with
+each. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.bench_apply import Floor
+from bench.common import control_plane, get_json, stop_group
+from controller.adapters.crds import ensure_crd
+from controller.adapters.kube import Body, Kube
+from controller.adapters.sources.resource import API_VERSION, KIND, load_seed
+from controller.adapters.watching import Reflector, Selector
+from controller.config import Config
+from controller.model import rendering
+from controller.model.parameters import Parameters
+from devcluster.running import free_port
+from tests.support.proxy import ApiProxy
+from tests.support.waiting import wait_for
+
+APP = Path(__file__).resolve().parent / "scale_app"
+OBJECTS_PER_INSTANCE = 8
+CHANGED_CONFIGMAP = "{instance}-web-env"  # carries spec.global.message as MESSAGE
+LEASES = "/apis/coordination.k8s.io/v1/"
+TARGET_COLD_RATIO = 2.0
+TARGET_STEADY_SHARE = 0.05
+TARGET_P50, TARGET_P99 = 1.0, 3.0
+TARGET_RSS_MIB = 400.0
+
+
+def loadavg() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.1f}/{five:.1f}/{fifteen:.1f} (1/5/15 min, {os.cpu_count()} CPUs)"
+
+
+# -- the controller process ------------------------------------------------------------
+
+
+def _procs(group: int) -> Iterator[Path]:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[2]) == group:
+                yield stat.parent
+        except (OSError, ValueError):  # ended meanwhile
+            continue
+
+
+def cpu_seconds(group: int) -> float:
+    """User + system CPU of every process in the group (gunicorn's master and worker)."""
+    ticks = 0
+    for proc in _procs(group):
+        try:
+            fields = (proc / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mib(group: int, field_name: str) -> float:
+    """The largest VmRSS or VmHWM (peak) of the group's processes (the worker's: the
+    controller lives there), in MiB."""
+    most = 0
+    for proc in _procs(group):
+        try:
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith(field_name + ":"):
+                    most = max(most, int(line.split()[1]))
+        except OSError:
+            continue
+    return most / 1024
+
+
+@contextmanager
+def conductor(kubeconfig: str, namespaces: Sequence[str], own: tuple[str, str], run: str,
+              work: Path, env: dict[str, str], tag: str
+              ) -> Iterator[tuple[subprocess.Popen[bytes], int, float]]:
+    """`conductor run` reconciling every bench instance of `namespaces` (selected by the
+    run's label); yields (the process, leading its own group; API port, start time)."""
+    port = free_port()
+    environ = {**os.environ, "CONDUCTOR_API_AUTH": "false",
+               "CONDUCTOR_EVENTS_PATH": str(work / f"events-{tag}.db"),
+               "CONDUCTOR_DEFAULT_NAMESPACE": own[0],
+               "CONDUCTOR_INSTANCES_NAMESPACES": ",".join(namespaces),
+               "CONDUCTOR_INSTANCES_SELECTOR": f"bench={run}", **env}
+    log = work / f"controller-{tag}.log"
+    with log.open("ab") as out:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "controller", "run", "--kubeconfig", kubeconfig,
+             "--manifests", str(APP), "--namespace", own[0], "--instance", own[1],
+             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=environ,
+            start_new_session=True)
+    try:
+        yield proc, port, started
+    finally:
+        stop_group(proc, 120)  # a controller of 1,000 instances takes a while to stop
+        if proc.returncode not in (0, -signal.SIGTERM):
+            print(f"  controller exited {proc.returncode}; its log: {log}", flush=True)
+
+
+def profile(group: int, where: Path | None, name: str) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the controller (its gunicorn master and worker) without pausing it,
+    into WHERE/NAME.txt (collapsed stacks), until `stop_profile`."""
+    if where is None:
+        return None
+    where.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy), "record", "--subprocesses", "--nonblocking",
+                             "--format", "raw", "--rate", "20", "--pid", str(group),
+                             "--output", str(where / f"{name}.txt")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is None:
+        return
+    spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    try:
+        spy.wait(60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait(10)
+
+
+# -- the cluster side --------------------------------------------------------------------
+
+
+def names(count: int, per_namespace: int, run: str, what: str) -> list[tuple[str, str]]:
+    """(namespace, instance) of `count` instances, `per_namespace` to a namespace."""
+    return [(f"bs-{run}-{what}-{i // per_namespace:03d}", f"i{i:04d}") for i in range(count)]
+
+
+def parallel(fn: Any, items: Sequence[Any], threads: int = 8) -> list[Any]:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(fn, items))
+
+
+def make_namespaces(kube: Kube, spaces: Sequence[str]) -> None:
+    parallel(lambda ns: kube.apply({"apiVersion": "v1", "kind": "Namespace",
+                                    "metadata": {"name": ns}}), sorted(set(spaces)))
+
+
+def rendered(instances: Sequence[tuple[str, str]]) -> list[Body]:
+    """Every instance's objects as conductor renders them (the floor applies these)."""
+    tree = rendering.load_tree(APP)
+    params = Parameters.from_spec(load_seed(APP))
+    out = []
+    for ns, name in instances:
+        for m in rendering.render(tree, params, instance=name):
+            out.append({**m.body, "metadata": {**m.body["metadata"], "namespace": ns}})
+    return out
+
+
+def create_parameters(kube: Kube, instances: Sequence[tuple[str, str]], run: str) -> None:
+    def one(key: tuple[str, str]) -> None:
+        kube.create({"apiVersion": API_VERSION, "kind": KIND,
+                     "metadata": {"name": key[1], "namespace": key[0],
+                                  "labels": {"bench": run}},
+                     "spec": {"global": {"message": "hello"}}})
+    parallel(one, instances)
+
+
+def ready(obj: Body) -> bool:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return bool(c.get("status") == "True")
+    return False
+
+
+def count_ready(kube: Kube, run: str) -> int:
+    items = kube.list(API_VERSION, KIND, "", f"bench={run}")[0]
+    return sum(ready(o) for o in items)
+
+
+def release(kube: Kube, spaces: Sequence[str], run: str) -> None:
+    """Drop conductor's finalizer from the run's objects (the controller is stopped), then
+    delete the namespaces; not waited for."""
+    def unfinalise(obj: Body) -> None:
+        meta = obj["metadata"]
+        if meta.get("finalizers"):
+            try:
+                kube.patch(API_VERSION, KIND, meta["name"], {"metadata": {"finalizers": None}},
+                           meta["namespace"])
+            except Exception as e:  # cleanup goes on: the namespace may still go
+                print(f"  (cleanup: {meta['name']}: {e})")
+    try:
+        parallel(unfinalise, kube.list(API_VERSION, KIND, "", f"bench={run}")[0])
+    finally:
+        for ns in sorted(set(spaces)):
+            try:
+                kube.delete("v1", "Namespace", ns)
+            except Exception as e:
+                print(f"  (cleanup: namespace {ns}: {e})")
+
+
+# -- figures ------------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    instances: int
+    namespaces: int
+    floor: float = 0.0
+    cold: float = 0.0
+    cold_cpu: float = 0.0
+    cold_rss: float = 0.0  # peak, MiB
+    cold_load: str = ""
+    changes: list[float] = field(default_factory=list)
+    changes_load: str = ""
+    restart: float = 0.0  # restart behind the proxy until every instance had a pass
+    steady_seconds: float = 0.0
+    steady_cpu: float = 0.0
+    steady_requests: int = 0
+    steady_writes: int = 0  # lease renewals left out
+    steady_lease_writes: int = 0
+    steady_log: list[tuple[str, str, int]] = field(default_factory=list)
+    steady_rss: float = 0.0
+    steady_load: str = ""
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+
+
+def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) -> Figures:
+    kube = Kube.connect(Config(kubeconfig=kubeconfig))
+    ensure_crd(kube)
+    run = secrets.token_hex(3)
+    instances = names(size, args.per_namespace, run, "c")
+    spaces = sorted({ns for ns, _ in instances})
+    floor_instances = names(size, args.per_namespace, run, "f")
+    figures = Figures(size, len(spaces))
+    try:
+        # -- the floor -------------------------------------------------------------------
+        objects = rendered(floor_instances)
+        plurals = {(o["apiVersion"], o["kind"]): kube.resource(o["apiVersion"],
+                                                                 o["kind"]).plural
+                   for o in objects}
+        make_namespaces(kube, [ns for ns, _ in floor_instances])
+        print(f"[{size}] floor: {len(objects)} objects in "
+              f"{len({ns for ns, _ in floor_instances})} namespaces; {loadavg()}", flush=True)
+        figures.floor = Floor(kubeconfig, work).apply(objects, plurals)
+        print(f"[{size}] floor took {figures.floor:.1f}s", flush=True)
+
+        # -- cold start -------------------------------------------------------------------
+        make_namespaces(kube, spaces)
+        create_parameters(kube, instances, run)
+        print(f"[{size}] conductor cold start on {size} instances; {loadavg()}", flush=True)
+        with conductor(kubeconfig, spaces, instances[0], run, work, args.env_map,
+                       "cold") as (proc, _port, started):
+            group = proc.pid
+            spy = profile(group, args.profile, f"cold-{size}")
+            deadline = started + args.timeout
+            last = -1
+            while True:  # bounded by the deadline
+                n = count_ready(kube, run)
+                if n == size:
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the controller exited ({proc.returncode})")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{n} of {size} instances Ready after "
+                                       f"{args.timeout:.0f}s")
+                if n != last and args.verbose:
+                    print(f"    {n} Ready at {time.monotonic() - started:.0f}s", flush=True)
+                last = n
+                time.sleep(0.5)
+            figures.cold = time.monotonic() - started
+            figures.cold_cpu = cpu_seconds(group)
+            figures.cold_rss = memory_mib(group, "VmHWM")
+            figures.cold_load = loadavg()
+            stop_profile(spy)
+            print(f"[{size}] all Ready after {figures.cold:.1f}s ({figures.cold_cpu:.1f} CPU s, "
+                  f"peak RSS {figures.cold_rss:.0f} MiB); {figures.cold_load}", flush=True)
+            figures.changes = changes(kube, instances, args.changes, args.change_timeout)
+            figures.changes_load = loadavg()
+            print(f"[{size}] {len(figures.changes)} changes: p50 "
+                  f"{statistics.median(figures.changes):.2f}s p99 "
+                  f"{pct(figures.changes, 0.99):.2f}s; {figures.changes_load}", flush=True)
+
+        # -- steady state, behind a counting proxy -----------------------------------------
+        if args.steady > 0:
+            steady(kubeconfig, spaces, instances, run, work, args, figures)
+    finally:
+        try:
+            release(kube, [ns for ns, _ in instances + floor_instances], run)
+        finally:
+            kube.close()
+    return figures
+
+
+def changes(kube: Kube, instances: Sequence[tuple[str, str]], count: int,
+            timeout: float) -> list[float]:
+    """`count` parameter changes, one at a time, each to a random instance: seconds from
+    the patch until its ConfigMap holds the value (a watch of the namespace's ConfigMaps
+    in this process sees it); a change not applied within `timeout` counts as infinite
+    (a lost wake-up: the next interval pass would apply it) and the next one goes on."""
+    rng = random.Random(13)
+    seen: dict[tuple[str, str], str] = {}
+    arrived = threading.Condition()
+
+    def on_event(kind: str, obj: Body) -> None:
+        meta = obj.get("metadata") or {}
+        if kind in ("ADDED", "MODIFIED"):
+            with arrived:
+                seen[(meta.get("namespace", ""), meta.get("name", ""))] = \
+                    (obj.get("data") or {}).get("MESSAGE", "")
+                arrived.notify_all()
+
+    reflectors: dict[str, Reflector] = {}
+    latencies = []
+    try:
+        for i in range(count):
+            ns, name = instances[rng.randrange(len(instances))]
+            if ns not in reflectors:
+                reflectors[ns] = Reflector(kube, Selector("v1", "ConfigMap", ns),
+                                           on_event).start()
+                wait_for(reflectors[ns].fresh.is_set, timeout=30, message="the watch")
+            value = f"change-{i}"
+            target = (ns, CHANGED_CONFIGMAP.format(instance=name))
+            started = time.monotonic()
+            kube.patch(API_VERSION, KIND, name, {"spec": {"global": {"message": value}}}, ns)
+
+            def applied(t: tuple[str, str] = target, v: str = value) -> bool:
+                return seen.get(t) == v
+
+            with arrived:
+                ok = arrived.wait_for(applied, timeout=timeout)
+            latencies.append(time.monotonic() - started if ok else float("inf"))
+            if not ok:
+                print(f"    change {i} of {ns}/{name} not applied in {timeout:.0f}s",
+                      flush=True)
+    finally:
+        for r in reflectors.values():
+            r.stop()
+    return latencies
+
+
+def steady(kubeconfig: str, spaces: Sequence[str], instances: Sequence[tuple[str, str]],
+           run: str, work: Path, args: argparse.Namespace, figures: Figures) -> None:
+    size = len(instances)
+    with ApiProxy(kubeconfig, work) as proxy, conductor(
+            str(proxy.kubeconfig), spaces, instances[0], run, work, args.env_map,
+            "steady") as (proc, port, started):
+        group = proc.pid
+        deadline = started + args.timeout
+
+        def passed() -> int:
+            rows = get_json(port, "/api/instances")["instances"]
+            return sum(1 for r in rows if r.get("lastPass"))
+
+        while True:  # bounded by the deadline
+            try:
+                n = passed()
+            except OSError:
+                n = 0  # the API is not up yet
+            if n >= size:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"the controller exited ({proc.returncode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{n} of {size} instances passed after a restart")
+            time.sleep(1.0)
+        figures.restart = time.monotonic() - started
+        print(f"[{size}] restarted behind the proxy: every instance passed after "
+              f"{figures.restart:.1f}s ({sum(proxy.stats.requests.values())} requests, "
+              f"{proxy.stats.writes} writes); {loadavg()}", flush=True)
+        # What the start passes set off (status writes, the watches' first events) settles.
+        time.sleep(args.settle)
+        proxy.stats.reset()
+        spy = profile(group, args.profile, f"steady-{size}")
+        cpu0, t0 = cpu_seconds(group), time.monotonic()
+        time.sleep(args.steady)  # the measurement: nothing changes meanwhile
+        stop_profile(spy)
+        figures.steady_seconds = time.monotonic() - t0
+        figures.steady_cpu = cpu_seconds(group) - cpu0
+        with proxy.stats.lock:
+            figures.steady_requests = sum(proxy.stats.requests.values())
+            writes = [e for e in proxy.stats.log if e[0] != "GET"]
+        # The leader's lease renewals are leadership, not reconciling: counted apart.
+        figures.steady_lease_writes = sum(1 for e in writes if LEASES in e[1])
+        figures.steady_writes = len(writes) - figures.steady_lease_writes
+        figures.steady_log = [e for e in writes if LEASES not in e[1]][:10]
+        figures.steady_rss = memory_mib(group, "VmRSS")
+        figures.steady_load = loadavg()
+
+
+def report(all_figures: Sequence[Figures]) -> None:
+    print("\n" + "=" * 100)
+    for f in all_figures:
+        ratio = f.cold / f.floor if f.floor else float("nan")
+        share = f.steady_cpu / f.steady_seconds if f.steady_seconds else float("nan")
+        print(f"{f.instances} instances ({f.instances * OBJECTS_PER_INSTANCE} objects, "
+              f"{f.namespaces} namespaces)")
+        cold_ok = "met" if ratio <= TARGET_COLD_RATIO else "NOT met"
+        print(f"  cold to all Ready  {f.cold:8.1f}s  floor {f.floor:.1f}s  ratio {ratio:.2f}x "
+              f"(target <= {TARGET_COLD_RATIO:.0f}x: {cold_ok})"
+              f"; controller CPU {f.cold_cpu:.1f}s, peak RSS {f.cold_rss:.0f} MiB "
+              f"(target < {TARGET_RSS_MIB:.0f}: "
+              f"{'met' if f.cold_rss < TARGET_RSS_MIB else 'NOT met'}); {f.cold_load}")
+        if f.changes:
+            p50, p99 = statistics.median(f.changes), pct(f.changes, 0.99)
+            lost = sum(1 for c in f.changes if c == float("inf"))
+            print(f"  change->applied    p50 {p50:.2f}s p99 {p99:.2f}s max {max(f.changes):.2f}s "
+                  f"over {len(f.changes)}, {lost} lost (targets < {TARGET_P50:.0f}s / "
+                  f"< {TARGET_P99:.0f}s: "
+                  f"{'met' if p50 < TARGET_P50 and p99 < TARGET_P99 else 'NOT met'}); "
+                  f"{f.changes_load}")
+        if f.steady_seconds:
+            print(f"  steady state       {f.steady_cpu:.2f} CPU s over {f.steady_seconds:.0f}s = "
+                  f"{share:.1%} of one core ({f.steady_cpu * 60 / f.steady_seconds:.2f} CPU s/min;"
+                  f" target <= {TARGET_STEADY_SHARE:.0%}: "
+                  f"{'met' if share <= TARGET_STEADY_SHARE else 'NOT met'}); "
+                  f"{f.steady_requests} requests, {f.steady_writes} writes (target 0: "
+                  f"{'met' if not f.steady_writes else 'NOT met'}) and "
+                  f"{f.steady_lease_writes} lease renewals"
+                  + (f" e.g. {f.steady_log}" if f.steady_log else "")
+                  + f"; RSS {f.steady_rss:.0f} MiB; restart to all passed {f.restart:.1f}s; "
+                  f"{f.steady_load}")
+        if f.changes:
+            print("  changes (s): " + " ".join(f"{c:.2f}" for c in f.changes))
+    print(json.dumps([{k: v for k, v in f.__dict__.items() if k not in ("changes", "steady_log")}
+                      for f in all_figures], default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_scale", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--instances", default="100,500,1000",
+                   help="comma-separated sizes, run one after the other")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: 20 instances, 5 changes, 10 s of steady state")
+    p.add_argument("--per-namespace", type=int, default=10,
+                   help="instances sharing a namespace (default 10)")
+    p.add_argument("--changes", type=int, default=50)
+    p.add_argument("--steady", type=float, default=60.0,
+                   help="seconds of steady state measured (0: skip the restart)")
+    p.add_argument("--settle", type=float, default=15.0,
+                   help="seconds after the restart's passes before steady state is measured")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="deadline of each wait for all instances (seconds)")
+    p.add_argument("--kubeconfig", help="an existing control plane (default: a private one, "
+                   "or CONDUCTOR_BENCH_STATE_DIR's)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment of the controller (e.g. "
+                   "CONDUCTOR_INSTANCES_CONCURRENCY=8)")
+    p.add_argument("--change-timeout", type=float, default=15.0,
+                   help="seconds a change may take before it counts as lost (infinite)")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="py-spy's collapsed stacks of the controller (cold start, steady "
+                   "state) into DIR")
+    p.add_argument("-v", "--verbose", action="store_true", help="progress while waiting")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.instances, args.changes, args.steady, args.settle = "20", 5, 10.0, 5.0
+    args.env_map = dict(item.split("=", 1) for item in args.env)
+    sizes = [int(s) for s in args.instances.split(",")]
+    print(f"bench_scale: sizes {sizes}, {args.per_namespace} per namespace; {loadavg()}",
+          flush=True)
+    results = []
+    # Kept after the run: the controllers' logs say where a slow run spent its time.
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    print(f"controller logs in {work}", flush=True)
+    if args.kubeconfig:
+        for size in sizes:
+            results.append(measure(args.kubeconfig, size, args, work))
+    else:
+        with control_plane() as state:
+            for size in sizes:
+                results.append(measure(state.kubeconfig, size, args, work))
+    report(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
