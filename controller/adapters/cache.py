@@ -32,6 +32,19 @@ the watch may deliver that before our client has read the answer): each set reme
 last version of the objects that left it (bounded), and an answer no later than that is
 not news, so a deleted object is never brought back. Cached objects are shared: readers
 must not modify them.
+
+**One set per kind and namespace, for every instance (issue 13).** A set is watched with
+only the app's label (`conductor.io/app`); the rest of a reader's selector (the instance's
+labels, the controller's instance selector on DeploymentParameters objects, another
+namespace than a cluster-wide set's) is matched here, on a *view* of the set. So 1,000
+instances in a namespace are one watch per kind there, not 1,000, and a reader that is
+woken by one view and reads through another (the loop's discovery of an instance, then the
+pass's read of its object) reads the very copy that woke it. A per-namespace selector is
+served by the cluster-wide set of its kind once that exists. Views are exact: a view's
+subscriber gets ADDED when an object comes to match it and DELETED when it stops matching
+(its labels edited), as from a server-side label selector. The set's copy is indexed by
+the instance label and by key, so a pass's read of its own objects, or of its
+DeploymentParameters object, does not scan every instance's.
 """
 
 from __future__ import annotations
@@ -41,11 +54,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from controller.adapters.kube import Body, Kube, KubeError
 from controller.adapters.watching import Handler, Reflector, Selector
-from controller.model.objects import ObjectKey
+from controller.model.objects import LABEL_APP, LABEL_INSTANCE, ObjectKey
 
 log = logging.getLogger(__name__)
 
@@ -61,35 +75,119 @@ _PERMANENT = frozenset({400, 401, 403, 404, 405})
 GONE_KEPT = 1024
 
 
+class _Items(dict[ObjectKey, Body]):
+    """A set's objects by key, also indexed by their instance label; remembers the copy
+    the last change replaced or removed (`replaced`: whose views must hear of it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_instance: dict[str, dict[ObjectKey, Body]] = {}
+        self.replaced: Body | None = None
+
+    def __setitem__(self, key: ObjectKey, obj: Body) -> None:
+        self._unindex(key)
+        super().__setitem__(key, obj)
+        self.by_instance.setdefault(_instance_of(obj), {})[key] = obj
+
+    def __delitem__(self, key: ObjectKey) -> None:
+        self._unindex(key)
+        super().__delitem__(key)
+
+    def pop(self, key: ObjectKey, *default: Any) -> Any:
+        if key in self:
+            self._unindex(key)
+        return super().pop(key, *default)
+
+    def _unindex(self, key: ObjectKey) -> None:
+        old = self.replaced = self.get(key)
+        if old is not None:
+            index = self.by_instance.get(_instance_of(old))
+            if index is not None:
+                index.pop(key, None)
+                if not index:
+                    self.by_instance.pop(_instance_of(old), None)
+
+
+class _View:
+    """One subscriber of a set, seeing only what its own selector selects (None: all)."""
+
+    def __init__(self, handler: Handler, on_list: ListHandler | None,
+                 match: Callable[[Body], bool] | None, selector: Selector) -> None:
+        self.handler = handler
+        self.on_list = on_list
+        self.match = match
+        self.selector = selector
+        self.seen: set[ObjectKey] = set()  # what it was told is there (filtered views)
+
+    def deliver(self, kind: str, obj: Body) -> None:
+        if self.match is None or kind == "SYNCED":
+            _call(self.handler, kind, obj, self.selector)
+            return
+        key = ObjectKey.of(obj)
+        if kind != "DELETED" and self.match(obj):
+            told = "ADDED" if key not in self.seen else kind  # came to match: new here
+            self.seen.add(key)
+            _call(self.handler, told, obj, self.selector)
+        elif key in self.seen:  # gone, or no longer selected (labels edited)
+            self.seen.discard(key)
+            _call(self.handler, "DELETED", obj, self.selector)
+
+
 class Watch(Reflector):
-    """One watched set in the cache: a Reflector whose events go to many subscribers, and
-    whose copy takes our writes' answers (`take`)."""
+    """One watched set in the cache: a Reflector whose events go to many subscribers (each
+    through its view), and whose copy takes our writes' answers (`take`)."""
 
     def __init__(self, kube: Kube, selector: Selector, watch_timeout: int) -> None:
         super().__init__(kube, selector, watch_timeout=watch_timeout)
         self.handler = self._fan_out
-        self._subscribers: list[tuple[Handler, ListHandler | None]] = []
+        self.items: _Items = _Items()
+        # Views of every instance, and those of one instance (by its label value): an
+        # event goes to the views that can select it, not to every instance's.
+        self._all: list[_View] = []
+        self._by_instance: dict[str, list[_View]] = {}
         self._match = _matcher(selector)
         self._gone: OrderedDict[ObjectKey, Body] = OrderedDict()  # left the set: last seen
 
     # -- subscribers ------------------------------------------------------------------------
 
-    def subscribe(self, handler: Handler, on_list: ListHandler | None = None) -> None:
-        """Add a subscriber; if the set is listed it gets the current objects (ADDED) and
-        SYNCED first, in order with everything after. Must not be called while holding a
-        lock the handler takes (it runs here, under the set's lock)."""
+    def subscribe(self, handler: Handler, on_list: ListHandler | None = None,
+                  view: Selector | None = None) -> None:
+        """Add a subscriber, seeing what `view` selects (default: the whole set); if the
+        set is listed it gets the current objects (ADDED) and SYNCED first, in order with
+        everything after. Must not be called while holding a lock the handler takes (it
+        runs here, under the set's lock)."""
+        wanted = view if view is not None else self.selector
+        sub = _View(handler, on_list, _view_matcher(self.selector, wanted), wanted)
+        instance = _instance_term(wanted)
         with self.lock:
-            self._subscribers.append((handler, on_list))
+            if instance is None:
+                self._all.append(sub)
+            else:
+                self._by_instance.setdefault(instance, []).append(sub)
             if self.synced.is_set():
-                for obj in list(self.items.values()):
-                    _call(handler, "ADDED", obj, self.selector)
-                _call(handler, "SYNCED", {}, self.selector)
+                for obj in list(self._candidates(instance)):
+                    sub.deliver("ADDED", obj)
+                sub.deliver("SYNCED", {})
             if on_list is not None and self.error is not None and self.error.status == 403:
                 on_list(self.error)
 
     def unsubscribe(self, handler: Handler) -> None:
         with self.lock:
-            self._subscribers = [s for s in self._subscribers if s[0] is not handler]
+            self._all = [s for s in self._all if s.handler is not handler]
+            for instance, subs in list(self._by_instance.items()):
+                kept = [s for s in subs if s.handler is not handler]
+                if kept:
+                    self._by_instance[instance] = kept
+                else:
+                    del self._by_instance[instance]
+
+    def _views(self) -> list[_View]:
+        return [*self._all, *(s for subs in self._by_instance.values() for s in subs)]
+
+    def _candidates(self, instance: str | None) -> list[Body]:
+        if instance is None:
+            return list(self.items.values())
+        return list(self.items.by_instance.get(instance, {}).values())
 
     def _fan_out(self, kind: str, obj: Body) -> None:
         if kind == "DELETED":  # every removal is emitted here, under the set's lock
@@ -98,8 +196,17 @@ class Watch(Reflector):
             self._gone.move_to_end(key)
             if len(self._gone) > GONE_KEPT:
                 self._gone.popitem(last=False)
-        for handler, _ in self._subscribers:
-            _call(handler, kind, obj, self.selector)
+        if kind == "SYNCED":
+            subs = self._views()
+        else:
+            # The views of its instance now, and of the one it had (a label edited away).
+            replaced, self.items.replaced = self.items.replaced, None
+            instances = {_instance_of(obj)}
+            if replaced is not None:
+                instances.add(_instance_of(replaced))
+            subs = [*self._all, *(s for i in instances for s in self._by_instance.get(i, ()))]
+        for sub in subs:
+            sub.deliver(kind, obj)
 
     def _relist(self) -> str:
         try:
@@ -115,10 +222,10 @@ class Watch(Reflector):
         return version
 
     def _listed(self, error: KubeError | None) -> None:
-        for _, on_list in self._subscribers:
-            if on_list is not None:
+        for sub in self._views():
+            if sub.on_list is not None:
                 try:
-                    on_list(error)
+                    sub.on_list(error)
                 except Exception:
                     log.exception("list handler failed for %s", self.selector.kind)
 
@@ -138,9 +245,21 @@ class Watch(Reflector):
             self.fresh.wait(min(remaining, 0.05))
         return True
 
-    def snapshot(self) -> list[Body]:
+    def snapshot(self, view: Selector | None = None) -> list[Body]:
+        """A copy of the objects `view` selects (default: all)."""
+        match = _view_matcher(self.selector, view) if view is not None else None
         with self.lock:
-            return list(self.items.values())
+            found = self._candidates(_instance_term(view) if view is not None else None)
+        return found if match is None else [o for o in found if match(o)]
+
+    def find(self, view: Selector, name: str, namespace: str) -> Body | None:
+        """The object of that name that `view` selects, by key (no scan)."""
+        group = self.selector.api_version.rpartition("/")[0]
+        key = ObjectKey(group, self.selector.kind, namespace, name)
+        match = _view_matcher(self.selector, view)
+        with self.lock:
+            obj = self.items.get(key)
+        return obj if obj is None or match is None or match(obj) else None
 
     # -- our writes ---------------------------------------------------------------------------
 
@@ -191,12 +310,17 @@ class LiveCache:
         kube.on_written = self.written
 
     def watch(self, selector: Selector) -> Watch:
-        """The set for `selector`, started now if it is new."""
+        """The set that serves `selector` (one per kind and namespace, see the module
+        doc), started now if it is new. Read it through `selector` (`subscribe`,
+        `objects`, `get` here do): the set itself may hold more."""
+        base = _base(selector)
         with self._lock:
-            found = self._watches.get(selector)
+            found = self._watches.get(base)
+            if found is None and base.namespace:
+                found = self._watches.get(replace(base, namespace=""))
             if found is None:
-                found = Watch(self.kube, selector, self.watch_timeout)
-                self._watches[selector] = found
+                found = Watch(self.kube, base, self.watch_timeout)
+                self._watches[base] = found
                 if not self._stopped:
                     found.start()
             return found
@@ -209,7 +333,7 @@ class LiveCache:
     def subscribe(self, selector: Selector, handler: Handler,
                   on_list: ListHandler | None = None) -> Watch:
         watch = self.watch(selector)
-        watch.subscribe(handler, on_list)
+        watch.subscribe(handler, on_list, selector)
         return watch
 
     def objects(self, selector: Selector, timeout: float | None = None) -> list[Body] | None:
@@ -218,7 +342,7 @@ class LiveCache:
         watch = self.watch(selector)
         if not watch.wait_fresh(self.sync_timeout if timeout is None else timeout):
             return None
-        return watch.snapshot()
+        return watch.snapshot(selector)
 
     def get(self, selector: Selector, name: str, namespace: str = "",
             timeout: float | None = None) -> tuple[bool, Body | None]:
@@ -227,11 +351,7 @@ class LiveCache:
         watch = self.watch(selector)
         if not watch.wait_fresh(self.sync_timeout if timeout is None else timeout):
             return False, None
-        with watch.lock:
-            for key, obj in watch.items.items():
-                if key.name == name and key.namespace == namespace:
-                    return True, obj
-        return True, None
+        return True, watch.find(selector, name, namespace)
 
     def written(self, obj: Body) -> None:
         """A write's answer (from `Kube`): into every set that holds or selects it."""
@@ -267,6 +387,51 @@ def _later(obj: Body, old: Body) -> bool:
     if new_v.isdigit() and old_v.isdigit():
         return int(new_v) > int(old_v)
     return new_v != old_v
+
+
+def _terms(label_selector: str) -> list[str] | None:
+    """The equality terms of a label selector; None when it has another form (!=, in,
+    exists), which only the API server evaluates."""
+    terms = [t.strip() for t in label_selector.split(",") if t.strip()]
+    if any("=" not in t or "!" in t or " " in t for t in terms):
+        return None
+    return [t.replace("==", "=") for t in terms]
+
+
+def _base(selector: Selector) -> Selector:
+    """The set that serves `selector`: the same kind and namespace with only the app's
+    label term (a selector of another form is watched as it is)."""
+    terms = _terms(selector.label_selector)
+    if terms is None:
+        return selector
+    kept = ",".join(t for t in terms if t.split("=", 1)[0] == LABEL_APP)
+    return replace(selector, label_selector=kept)
+
+
+def _instance_term(selector: Selector) -> str | None:
+    """The instance label's value a selector requires (None: any)."""
+    for term in _terms(selector.label_selector) or ():
+        key, _, value = term.partition("=")
+        if key == LABEL_INSTANCE:
+            return value
+    return None
+
+
+def _instance_of(obj: Body) -> str:
+    return str(((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_INSTANCE, ""))
+
+
+def _view_matcher(base: Selector, view: Selector) -> Callable[[Body], bool] | None:
+    """What a view of `base` must check on each object (None: nothing, it is the set)."""
+    if _terms(base.label_selector) == _terms(view.label_selector) and \
+            base.namespace == view.namespace and base.field_selector == view.field_selector:
+        return None
+    match = _matcher(view)
+    if base.namespace == view.namespace:
+        return match
+    namespace = view.namespace  # a namespace's view of the cluster-wide set
+    return lambda obj: ((obj.get("metadata") or {}).get("namespace") or "") == namespace \
+        and match(obj)
 
 
 def _matcher(selector: Selector) -> Callable[[Body], bool]:
