@@ -68,7 +68,7 @@ from controller.runtime.notifying import Notifier
 from controller.runtime.observing import HealthMonitor
 from controller.runtime.operations import Operations
 from controller.runtime.recording import EngineRecorder, KubeEvents, PassRecorder
-from controller.runtime.reporting import HealthReporter
+from controller.runtime.reporting import HealthReporter, Reporters
 from controller.runtime.requests import KubeObjects, RequestHandler
 from controller.runtime.sharding import ShardSet
 
@@ -340,6 +340,7 @@ class Controller:
         # A Pod's Kubernetes Events belong to the Deployment (and service) that owns it.
         self.kube_events.owner_of = self.health.managed_owner
         # Conditions and health events follow the watched health between passes.
+        self.reporters = Reporters()  # every other instance's (added as each is taken in)
         self.reporter = HealthReporter(self.health, self.engine, self.events,
                                        is_leader=self.is_leader, post=self.kube_events.post,
                                        on_conditions=self.metrics.set_conditions)
@@ -389,18 +390,21 @@ class Controller:
             self.shards.start()
         if self.is_leader():
             self._prepare()
-        # The cache's own set wakes the loop: the pass it wakes reads what woke it.
-        self._wake = self.engine.resource.changes(lambda _obj: self.loop.wake("resource"))
-        self.live.subscribe(self._instances(), self._wake)
-        # Every other instance: found, woken and forgotten from the watched sets.
+        # Every other instance: found, woken and forgotten from the watched sets. First:
+        # with all namespaces watched, the cluster-wide set then serves every namespace's
+        # reads too (cache.py), so a pass reads the very copy that woke it.
         self._discover = self._on_instance
         for selector in self.instance_selectors():
             self.live.subscribe(selector, self._discover)
+        # The cache's own set wakes the loop: the pass it wakes reads what woke it.
+        self._wake = self.engine.resource.changes(lambda _obj: self.loop.wake("resource"))
+        self.live.subscribe(self._instances(), self._wake)
         for selector in (self._instances(), *self.instance_selectors()):
             self.live.subscribe(selector, self.requests.on_watch)
         self.requests.start()
         self.health.start()
         self.reporter.start()
+        self.reporters.start()
         self.notifier.start()
         self.loop.start()
         # Always: any instance may name a repository in its spec.source.
@@ -437,6 +441,7 @@ class Controller:
         self.requests.stop()
         self.loop.stop(timeout)
         self.reporter.stop()
+        self.reporters.stop()
         self.health.stop()
         with self._instances_lock:
             others = [i for k, i in self._known.items() if k != self.own_key]
@@ -588,6 +593,10 @@ class Controller:
             engine = self._new_engine(cfg, source, key)
             instance = self._known[key] = Instance(self, key, engine, health)
         health.start()
+        # Its conditions follow its health between passes, on the one shared thread.
+        self.reporters.add(key, HealthReporter(health, engine, self.events,
+                                               is_leader=lambda: self.owns(key),
+                                               post=self.kube_events.post))
         self.loop.add(key, instance)
         log.info("instance %s/%s taken in", *key)
         return instance
@@ -600,6 +609,7 @@ class Controller:
             instance = self._known.pop(key, None)
             self._marks.pop(key, None)
         self.loop.remove(key)
+        self.reporters.remove(key)
         if instance is not None:
             instance.health.stop()
             log.info("instance %s/%s forgotten", *key)
@@ -846,6 +856,11 @@ class Controller:
             return  # forgotten (finalised) meanwhile
         monitor.after_pass(report.plan.items if report.plan else (), report.results.items,
                            report.error)
+        counts = report.results.counts()
+        if counts.get("applied") or counts.get("deleted") or not report.ok:
+            # The conditions it wrote may assume a rollout: followed up as it goes (a
+            # no-op pass is no news: looking would cost a GET per instance and interval).
+            self.reporters.poke(key)
         snap = report.snapshot
         if snap is not None:
             try:

@@ -1,0 +1,50 @@
+"""Every other instance's health reporter on one thread (runtime/reporting.py Reporters):
+a reporter is evaluated when its monitor changed, or once per SAFETY, never otherwise; one
+failing reporter does not starve the others (no cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.runtime.reporting import SAFETY, Reporters
+
+
+class Monitor:
+    def __init__(self) -> None:
+        self.version = 1
+
+    def wait_changed(self, version: int, timeout: float) -> int:
+        return self.version
+
+
+class Reporter:
+    def __init__(self, fail: bool = False) -> None:
+        self.monitor = Monitor()
+        self.evaluated = 0
+        self.fail = fail
+
+    def evaluate(self) -> None:
+        self.evaluated += 1
+        if self.fail:
+            raise RuntimeError("boom")
+
+    def poke(self) -> None:
+        self.monitor.version += 1  # as HealthReporter.poke nudges its monitor
+
+
+def test_a_reporter_is_evaluated_when_its_monitor_changed_or_safety_is_up() -> None:
+    pool = Reporters()
+    a, b, broken = Reporter(), Reporter(), Reporter(fail=True)
+    reporters: dict[str, Any] = {"a": a, "b": b, "broken": broken}
+    for key, reporter in reporters.items():
+        pool.add(key, reporter)
+    t = 1000.0
+    assert pool.round(t) == 3  # new: each looked at once
+    assert pool.round(t + 1) == 0  # nothing changed: no work per instance and second
+    a.monitor.version += 1
+    assert pool.round(t + 2) == 1 and a.evaluated == 2 and b.evaluated == 1
+    pool.poke("b")  # a pass of b wrote status
+    assert pool.round(t + 3) == 1 and b.evaluated == 2
+    pool.remove("a")
+    assert pool.round(t + SAFETY + 5) == 2  # the safety look, at every one still there
+    assert a.evaluated == 2 and broken.evaluated == 2  # failed at t, looked at again
