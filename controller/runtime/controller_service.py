@@ -45,11 +45,13 @@ from controller.adapters.store.events import EventStore
 from controller.adapters.store.history import History
 from controller.config import Config
 from controller.errors import (
+    ConductorError,
     ConflictError,
     InvalidRequestError,
     NotFoundError,
     ReconciliationError,
 )
+from controller.model import instance as instance_model
 from controller.model import rendering
 from controller.model.health import ServiceHealth
 from controller.model.instance import API_VERSION, KIND, is_suspended
@@ -805,6 +807,7 @@ class ControllerService:
                 obj = resource.read()  # created with exactly this spec
                 return self._written(obj)
             base = resource.read()
+        _refuse_if_from_git(base, instance)
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             spec = build(dict(base.get("spec") or {}))
             validate_spec(spec, schema)  # an invalid body is a 400 whatever its If-Match
@@ -891,6 +894,23 @@ class ControllerService:
                 "instances": [{"namespace": k[0], "name": k[1],
                                "via": "owner" if k in done["woken"] else "annotation"}
                               for k in woken]}
+
+
+def _refuse_if_from_git(obj: Body, key: Key) -> None:
+    """Another instance whose object says its parameters come from Git (spec.source or
+    the parameter-source annotation): writing its spec would change nothing that runs,
+    so the write is refused, as the controller's own Git instance does without write."""
+    try:
+        spec = instance_model.source_spec(obj)
+    except ConductorError:
+        spec = instance_model.SourceSpec("", "", "")  # malformed: still asks for Git
+    if spec is not None:
+        where = spec.url or "the controller's repository"
+        raise ConflictError(
+            f"the parameters of {key[0]}/{key[1]} come from Git ({where}, "
+            f"{spec.path or 'spec.source.path'}); change them with a commit",
+            {"source": "git", "url": spec.url, "path": spec.path, "namespace": key[0],
+             "instance": key[1]})
 
 
 def _generation(obj: Body) -> Any:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 
 from tests.support.cluster import REPO
+from tests.support.waiting import wait_for
 
 SEED_PARAMS: dict[str, Any] = {"global": {"image_tag": "1.0"},
                                "services": {"web": {"replicas": 1}}}
@@ -138,3 +141,47 @@ def example_params(namespace: str, redis_replicas: Any) -> str:
     return yaml.safe_dump(params)
 
 
+
+
+def publish(base: Path, name: str, files: dict[str, str]) -> str:
+    """A new bare repository `<name>.git` under `base` whose main holds `files`; its
+    first commit."""
+    run_git(base, "init", "--quiet", "--bare", f"{name}.git")
+    work = base / f".{name}-seed"
+    run_git(base, "init", "--quiet", str(work))
+    for rel, text in files.items():
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / rel).write_text(text)
+    run_git(work, "add", "-A")
+    run_git(work, "commit", "--quiet", "-m", f"seed {name}")
+    run_git(work, "push", "--quiet", str(base / f"{name}.git"), "main")
+    return run_git(work, "rev-parse", "HEAD")
+
+
+@contextmanager
+def git_daemon(base: Path, log_path: Path) -> Iterator[int]:
+    """`git daemon` serving every repository under `base` on loopback (pushes allowed);
+    yields its port, stops it after."""
+    for _attempt in range(3):  # the free port may be taken between probe and bind
+        port = free_port()
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                ["git", "daemon", "--reuseaddr", f"--base-path={base}", "--export-all",
+                 "--enable=receive-pack", "--informative-errors", "--listen=127.0.0.1",
+                 f"--port={port}", str(base)],
+                stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+        wait_for(lambda: proc.poll() is not None or accepts(port),  # noqa: B023
+                 timeout=20, message=f"git daemon on port {port}")
+        if proc.poll() is None:
+            break
+    else:
+        raise AssertionError(f"git daemon did not start: {log_path.read_text()}")
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
