@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import random
+import re
 import secrets
 import signal
 import statistics
@@ -47,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -255,6 +257,8 @@ class Figures:
     cold_cpu: float = 0.0
     cold_rss: float = 0.0  # peak, MiB
     cold_load: str = ""
+    # verb -> (requests, mean seconds) to the API server, from the controller's metrics
+    cold_requests: dict[str, tuple[int, float]] = field(default_factory=dict)
     changes: list[float] = field(default_factory=list)
     changes_load: str = ""
     restart: float = 0.0  # restart behind the proxy until every instance had a pass
@@ -266,6 +270,25 @@ class Figures:
     steady_log: list[tuple[str, str, int]] = field(default_factory=list)
     steady_rss: float = 0.0
     steady_load: str = ""
+
+
+def kube_requests(port: int) -> dict[str, tuple[int, float]]:
+    """The controller's requests to the API server so far, by verb, with their mean
+    latency (its conductor_kube_request_duration_seconds histogram): where a cold start
+    spends its time when the controller's CPU is not the limit."""
+    counts: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    for line in text.splitlines():
+        match = re.match(r'conductor_kube_request_duration_seconds_(count|sum)\{(.*)\} (\S+)$',
+                         line)
+        if not match:
+            continue
+        verb = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2))).get("verb", "?")
+        into = counts if match.group(1) == "count" else sums
+        into[verb] = into.get(verb, 0.0) + float(match.group(3))
+    return {v: (int(n), sums.get(v, 0.0) / n if n else 0.0) for v, n in sorted(counts.items())}
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -298,7 +321,7 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
         create_parameters(kube, instances, run)
         print(f"[{size}] conductor cold start on {size} instances; {loadavg()}", flush=True)
         with conductor(kubeconfig, spaces, instances[0], run, work, args.env_map,
-                       "cold") as (proc, _port, started):
+                       "cold") as (proc, port, started):
             group = proc.pid
             spy = profile(group, args.profile, f"cold-{size}")
             deadline = started + args.timeout
@@ -321,6 +344,7 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
             figures.cold_rss = memory_mib(group, "VmHWM")
             figures.cold_load = loadavg()
             stop_profile(spy)
+            figures.cold_requests = kube_requests(port)
             print(f"[{size}] all Ready after {figures.cold:.1f}s ({figures.cold_cpu:.1f} CPU s, "
                   f"peak RSS {figures.cold_rss:.0f} MiB); {figures.cold_load}", flush=True)
             figures.changes = changes(kube, instances, args.changes, args.change_timeout)
@@ -449,6 +473,10 @@ def report(all_figures: Sequence[Figures]) -> None:
               f"; controller CPU {f.cold_cpu:.1f}s, peak RSS {f.cold_rss:.0f} MiB "
               f"(target < {TARGET_RSS_MIB:.0f}: "
               f"{'met' if f.cold_rss < TARGET_RSS_MIB else 'NOT met'}); {f.cold_load}")
+        print("  cold requests to the API server (floor: "
+              f"{f.instances * OBJECTS_PER_INSTANCE} PATCH): " + ", ".join(
+                  f"{verb} {n} (mean {mean * 1000:.0f} ms)"
+                  for verb, (n, mean) in f.cold_requests.items()))
         if f.changes:
             p50, p99 = statistics.median(f.changes), pct(f.changes, 0.99)
             lost = sum(1 for c in f.changes if c == float("inf"))
