@@ -297,11 +297,14 @@ class Watch(Reflector):
 class LiveCache:
     """Every watched set of one process, by selector; `stop()` at the end."""
 
-    def __init__(self, kube: Kube, *, watch_timeout: int = 60,
+    def __init__(self, kube: Kube, *, watch_timeout: int = 300,
                  sync_timeout: float = SYNC_TIMEOUT) -> None:
         self.kube = kube
-        # A shorter watch than the API server's default lets a stopped cache's threads end
-        # sooner (they notice stop() between events), for one cheap re-watch per minute.
+        # Each set re-watches when its watch times out: with many namespaces that is many
+        # sets (1,000 instances, 10 a namespace: 800), and a re-watch per set and minute was
+        # a request and, past the client's connection pool, a TLS handshake each, in a
+        # steady state that should cost nothing. stop() ends a waiting watch at once
+        # (Reflector.stop), so a long one does not delay stopping.
         self.watch_timeout = watch_timeout
         self.sync_timeout = sync_timeout
         self._watches: dict[Selector, Watch] = {}
