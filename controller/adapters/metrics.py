@@ -10,6 +10,11 @@ the event store's size) are computed at scrape time: `LiveGauges` is a collector
 registered in the registry whose `collect()` reads the controller's `LiveState` afresh, so
 every path that collects the registry (the /metrics resource, a test, any exporter) sees
 current values and nobody has to remember to refresh them first.
+
+Every reconciled instance has its own series, labelled with its object's `name` and
+`namespace` (the scrape-time service health and app info as much as the pass counters):
+bounded by the number of instances, and gone when an instance is forgotten (the gauges
+read only the instances there are; `Metrics.forget` drops its counters and histograms).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -48,6 +55,27 @@ COMMIT_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600)
 _WORST_FIRST = ("unhealthy", "progressing", "unknown", "suspended")
 
 
+def _worst(services: Mapping[str, str]) -> str:
+    """An app's health: its worst service's; "unknown" with no service."""
+    if not services:
+        return "unknown"
+    states = set(services.values())
+    return next((s for s in _WORST_FIRST if s in states), "healthy")
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    """Another reconciled instance's scrape-time state (the own one's is LiveState's)."""
+
+    services: Mapping[str, str] = field(default_factory=dict)  # service -> health status
+    sync: str = "Unknown"
+    revision: str = ""
+
+    @property
+    def health(self) -> str:
+        return _worst(self.services)
+
+
 @dataclass(frozen=True)
 class LiveState:
     """What the scrape-time gauges show, read from memory at every scrape."""
@@ -55,6 +83,8 @@ class LiveState:
     services: Mapping[str, str] = field(default_factory=dict)  # service -> health status
     sync: str = "Unknown"  # Synced | OutOfSync | Unknown (no pass yet)
     revision: str = ""
+    # Every other reconciled instance, by (namespace, name): its own series.
+    instances: Mapping[tuple[str, str], InstanceState] = field(default_factory=dict)
     leader: bool | None = None  # None: no leader election, so no conductor_leader series
     events_stored: int | None = 0  # None: the store could not count (no sample)
     events_bytes: int = 0
@@ -63,10 +93,7 @@ class LiveState:
     @property
     def health(self) -> str:
         """The app's health: its worst service's; "unknown" with no service."""
-        if not self.services:
-            return "unknown"
-        states = set(self.services.values())
-        return next((s for s in _WORST_FIRST if s in states), "healthy")
+        return _worst(self.services)
 
 
 @dataclass(frozen=True)
@@ -118,6 +145,13 @@ class LiveGauges(Collector):
         if self.read is not None:  # one series, the current one (as argocd_app_info)
             families["conductor_app_info"].add_metric(
                 [*obj, state.health, state.sync, state.revision], 1)
+        for (namespace, name), other in sorted(state.instances.items()):
+            labels = [KIND, name, namespace]
+            for service, status in sorted(other.services.items()):
+                for value in HEALTH_STATES:
+                    health.add_metric([*labels, service, value], 1 if value == status else 0)
+            families["conductor_app_info"].add_metric(
+                [*labels, other.health, other.sync, other.revision], 1)
         if state.events_stored is not None:
             families["conductor_event_store_events"].add_metric([], state.events_stored)
         families["conductor_event_store_bytes"].add_metric([], state.events_bytes)
@@ -223,10 +257,31 @@ class Metrics:
 
     def of(self, name: str, namespace: str) -> Metrics:
         """The same collectors, labelled for another instance (its passes and conditions;
-        the scrape-time gauges stay the controller's own instance's)."""
+        its scrape-time gauges come from `LiveState.instances`)."""
         other = copy.copy(self)
         other.name, other.namespace = name, namespace
         return other
+
+    def forget(self, name: str, namespace: str) -> int:
+        """Drop every series of the instance `namespace/name` (it is no longer
+        reconciled here): the number of series removed."""
+        removed = 0
+        for collector in self._per_instance():
+            # The children by label values; every per-instance collector's first three
+            # labels are kind, name, namespace.
+            children: Mapping[tuple[str, ...], Any] = getattr(collector, "_metrics", {})
+            for values in list(children):
+                if tuple(values[:3]) == (KIND, name, namespace):
+                    with suppress(KeyError):  # removed meanwhile
+                        collector.remove(*values)
+                        removed += 1
+        return removed
+
+    def _per_instance(self) -> list[Counter | Gauge | Histogram | Info]:
+        return [self.reconcile_duration, self.reconcile_total, self.reconcile_condition,
+                self.last_success, self.objects, self.drift, self.git_fetch,
+                self.git_failures, self.revision, self.push_to_applied,
+                self.commit_to_applied]
 
     @property
     def labels(self) -> dict[str, str]:

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 from controller.adapters.cache import LiveCache
 from controller.adapters.crds import ensure_crd
 from controller.adapters.kube import Body, Kube, KubeError, NotLeaderError
-from controller.adapters.metrics import LiveState, Metrics, register_runtime
+from controller.adapters.metrics import InstanceState, LiveState, Metrics, register_runtime
 from controller.adapters.sources import ParameterSource, Snapshot
 from controller.adapters.sources.instances import InstanceSource
 from controller.adapters.sources.registry import Registry
@@ -59,7 +59,7 @@ from controller.errors import (
     ValidationError,
 )
 from controller.model import instance as instance_model
-from controller.model.objects import ANNOTATION_PRUNE
+from controller.model.objects import ANNOTATION_PRUNE, ObjectKey
 from controller.model.times import now, now_rfc3339, parse_rfc3339, rfc3339_micro
 from controller.reconcile.engine import Engine, ParametersDeletedError, Report
 from controller.runtime.leadership import LeaderElector
@@ -300,10 +300,13 @@ class Controller:
         # event): reconciling matters more than the record of it.
         # Events, history and operation records: the events file (one replica) or the
         # database CONDUCTOR_STORE_URL names, shared by every replica (issue 14).
+        # An instance is (namespace, name) in every store; rows from before that are
+        # the own instance's when they carry its name (`home`).
+        home = (cfg.namespace, cfg.instance)
         self.events, self.event_store_problem = open_store(cfg.events, cfg.store,
-                                                           own_db=False)
+                                                           own_db=False, home=home)
         self.database = self.events.db
-        self.history = History(self.database)
+        self.history = History(self.database, home=home)
         if isinstance(self.source, GitParameters):
             self.source.on_event = self._event
         # The revision the last successful pass or operation applied: what /api/status and
@@ -338,7 +341,7 @@ class Controller:
                          key=self.own_key, concurrency=cfg.instances.concurrency,
                          min_gap=cfg.instances.min_gap)
         # A Pod's Kubernetes Events belong to the Deployment (and service) that owns it.
-        self.kube_events.owner_of = self.health.managed_owner
+        self.kube_events.owner_of = self._managed_owner
         # Conditions and health events follow the watched health between passes.
         self.reporters = Reporters()  # every other instance's (added as each is taken in)
         self.reporter = HealthReporter(self.health, self.engine, self.events,
@@ -614,6 +617,20 @@ class Controller:
             instance.health.stop()
             log.info("instance %s/%s forgotten", *key)
 
+    def _managed_owner(self, namespace: str, kind: str, name: str,
+                       uid: str = "") -> tuple[ObjectKey, str] | None:
+        """The managed object, of whichever instance, that an object is or belongs to
+        (whom its Kubernetes Events are filed under): asked of the monitors of the
+        instances whose objects may live in that namespace."""
+        with self._instances_lock:
+            monitors = [i.health for k, i in self._known.items()
+                        if k[0] == namespace or k == self.own_key]
+        for monitor in monitors:
+            found = monitor.managed_owner(namespace, kind, name, uid)
+            if found is not None:
+                return found
+        return None
+
     def instance_keys(self) -> list[Key]:
         with self._instances_lock:
             return list(self._known)
@@ -654,6 +671,8 @@ class Controller:
         cache is not fresh)."""
         namespace, name = key
         self.repositories.unfollow(key)
+        self.kube_events.forget(key)
+        self.metrics.forget(key[1], key[0])  # its series go with it
         fresh, obj = self.live.get(self._selector_of(key), name, namespace, timeout=1.0)
         if not fresh:
             return self.kube.get(API_VERSION, KIND, name, namespace)
@@ -828,9 +847,11 @@ class Controller:
         if snap is not None:
             try:
                 self.history.record(self.cfg.instance, snap.revision, snap.source, snap.spec,
-                                    origin=str(snap.details.get("uid", "")))
+                                    origin=str(snap.details.get("uid", "")),
+                                    namespace=self.cfg.namespace)
                 if applied:
-                    self.history.mark_applied(self.cfg.instance, snap.revision)
+                    self.history.mark_applied(self.cfg.instance, snap.revision,
+                                              namespace=self.cfg.namespace)
             except Exception as e:  # the event store must never break a pass
                 log.warning("cannot record parameter history: %s", e)
         if applied and snap is not None:
@@ -856,6 +877,8 @@ class Controller:
             return  # forgotten (finalised) meanwhile
         monitor.after_pass(report.plan.items if report.plan else (), report.results.items,
                            report.error)
+        # Its objects' Kubernetes Events are stored under it (namespace and name).
+        self.kube_events.track(((r.key, r.service) for r in report.results.items), key)
         counts = report.results.counts()
         if counts.get("applied") or counts.get("deleted") or not report.ok:
             # The conditions it wrote may assume a rollout: followed up as it goes (a
@@ -865,9 +888,10 @@ class Controller:
         if snap is not None:
             try:
                 self.history.record(key[1], snap.revision, snap.source, snap.spec,
-                                    origin=str(snap.details.get("uid", "")))
+                                    origin=str(snap.details.get("uid", "")),
+                                    namespace=key[0])
                 if report.ok and report.operation != "plan" and not report.suspended:
-                    self.history.mark_applied(key[1], snap.revision)
+                    self.history.mark_applied(key[1], snap.revision, namespace=key[0])
             except Exception as e:  # the event store must never break a pass
                 log.warning("cannot record parameter history: %s", e)
         metrics = self.metrics.of(key[1], key[0])
@@ -914,7 +938,8 @@ class Controller:
         log.log(level, "%s: %s", reason, message, extra={
             "reason": reason, **{k: fields[k] for k in ("operation", "trigger", "revision",
                                                          "service", "object") if k in fields}})
-        self.recorder.note(type_, reason, message, fields, self.cfg.instance)
+        self.recorder.note(type_, reason, message, fields, self.cfg.instance,
+                           self.cfg.namespace)
         if self.is_leader():
             self.kube_events.post(type_, reason, message, details)
 
@@ -936,7 +961,21 @@ class Controller:
             # 0 at once, even while its election thread still waits for the API server.
             leader=self.is_leader() if self.elector is not None else None,
             events_stored=stored, events_bytes=self.events.size_bytes(),
-            events_degraded=self.event_store_problem is not None)
+            events_degraded=self.event_store_problem is not None,
+            instances=self._instances_state())
+
+    def _instances_state(self) -> dict[Key, InstanceState]:
+        """Every other instance's scrape-time state: its watched health and last pass."""
+        with self._instances_lock:
+            others = [(k, i) for k, i in self._known.items() if k != self.own_key]
+        out: dict[Key, InstanceState] = {}
+        for key, instance in others:
+            last = instance.engine.last
+            out[key] = InstanceState(
+                services={h.name: h.status for h in instance.health.services()},
+                sync="Unknown" if last is None else ("Synced" if last.ok else "OutOfSync"),
+                revision=last.revision if last is not None and last.ok else "")
+        return out
 
     def api_server(self) -> dict[str, Any]:
         """Whether the API server answered lately, for readiness; never blocks (/readyz is

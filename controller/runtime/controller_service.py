@@ -401,7 +401,25 @@ class ControllerService:
         return self.cfg.source == "git" and key == self.c.own_key
 
     def resolve(self, instance: str | None, scope: InstanceScope | None = None) -> str:
-        key = self._key(instance)
+        if scope is not None and instance is not None and "/" not in instance:
+            # A bare name means the caller's instance of that name: a same-named one of
+            # another namespace is not its business, nor is its existence.
+            mine = [k for k in self.c.instance_keys()
+                    if k[1] == instance and self._visible(k, scope)]
+            if len(mine) == 1:
+                return f"{mine[0][0]}/{mine[0][1]}"
+            if len(mine) > 1:
+                raise InvalidRequestError(
+                    f"instance {instance} exists in several namespaces: add ?namespace=",
+                    {"instance": instance, "namespaces": sorted(k[0] for k in mine)})
+        try:
+            key = self._key(instance)
+        except InvalidRequestError as e:  # several others of that name, none of its own
+            if scope is None:
+                raise
+            raise NotFoundError(  # as an unknown name's (controller.resolve)
+                f"DeploymentParameters {self.cfg.namespace}/{instance} not found",
+                {"namespace": self.cfg.namespace, "instance": instance}) from e
         if scope is not None and not self._visible(key, scope):
             # The same answer as for a name that does not exist: existence must not leak.
             raise NotFoundError(f"DeploymentParameters {key[0]}/{key[1]} not found",

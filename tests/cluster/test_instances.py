@@ -156,3 +156,76 @@ def test_three_instances_in_three_namespaces(app: App, kube: Kube, spaces: list[
     assert _objects(kube, ns_b, "beta") == kept[(ns_b, "beta")]
     wait_for(lambda: (ns_b, "beta") not in controller.instance_keys(), timeout=10,
              message="beta forgotten")
+
+
+def test_same_named_instances_in_two_namespaces_are_two(app: App, kube: Kube,
+                                                        spaces: list[str],
+                                                        make_api: Callable[..., Api],
+                                                        tmp_path: Path) -> None:
+    """`twin` in two namespaces: two instances in every store and answer. A token limited
+    to one namespace reads only its twin's events, history, operations and plans (404 for
+    the other's, as for what does not exist), and /api/status shows it only what is
+    controller-wide; /metrics has a series per twin."""
+    _own, ns_b, ns_c = spaces
+    for ns in (ns_b, ns_c):
+        kube.create(_instance("twin", ns))
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(yaml.safe_dump({"tokens": [
+        {"name": "admin", "token": ADMIN, "scopes": ["write"]},
+        {"name": "tenant-b", "token": TENANT, "scopes": ["write"],
+         "instances": {"namespaces": [ns_b]}}]}))
+    api = make_api(api=ApiSettings(auth=True, tokens_file=str(tokens), rate_limit=0),
+                   instances=InstanceSettings(namespaces=tuple(spaces)),
+                   loop=LoopSettings(interval=30, jitter=0))
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    tenant = {"Authorization": f"Bearer {TENANT}"}
+    for ns in (ns_b, ns_c):
+        wait_for(lambda ns=ns: len(_objects(kube, ns, "twin")) >= 4, timeout=120,
+                 message=f"{ns}/twin applied")
+    theirs = {"instance": "twin", "namespace": ns_c}
+
+    # Events: the tenant's twin's only; an unlimited caller tells them apart by namespace.
+    wait_for(lambda: api.get("/api/events", params=theirs, headers=admin).json["events"],
+             timeout=30, message="events of the other twin")
+    mine = api.get("/api/events", params={"limit": "500"}, headers=tenant).json["events"]
+    assert mine and {(e["instance"], e["namespace"]) for e in mine} == {("twin", ns_b)}
+    other = api.get("/api/events", params={**theirs, "limit": "500"}, headers=admin).json
+    assert {e["namespace"] for e in other["events"]} == {ns_c}
+    envelope(api.get("/api/events", params=theirs, headers=tenant), 404, "not_found")
+    streamed = api.stream("/api/events/stream", {"duration": "0", "limit": "500"}, tenant)
+    assert f'"namespace": "{ns_b}"' in streamed.text
+    assert f'"namespace": "{ns_c}"' not in streamed.text
+
+    # History: a change of the other twin is in its history, not in the tenant's.
+    assert api.patch("/api/parameters", {"services": {"redis": {"replicas": 2}}},
+                     params=theirs, headers=admin).status_code == 200
+    wait_for(lambda: len(api.get("/api/parameters/history", params=theirs,
+                                 headers=admin).json["history"]) == 2,
+             timeout=60, message="the other twin's second revision recorded")
+    history = api.get("/api/parameters/history", params={"instance": "twin"},
+                      headers=tenant).json["history"]
+    assert [h["revision"] for h in history] == ["generation/1"]
+
+    # Operations and plans by id: the other twin's are a 404 to the tenant.
+    op = api.post("/api/up", {}, params=theirs, headers=admin).json["operation"]
+    envelope(api.get(f"/api/operations/{op}", headers=tenant), 404, "not_found")
+    assert api.get(f"/api/operations/{op}", headers=admin).json["namespace"] == ns_c
+    own_op = api.post("/api/up", {}, params={"instance": "twin"}, headers=tenant).json
+    assert api.get(f"/api/operations/{own_op['operation']}", headers=tenant).json[
+        "namespace"] == ns_b
+    plan = api.post("/api/plan", {}, params=theirs, headers=admin).json["planId"]
+    envelope(api.get(f"/api/plans/{plan}", headers=tenant), 404, "not_found")
+    assert api.get(f"/api/plans/{plan}", headers=admin).status_code == 200
+
+    # Status: controller-wide only, and the tenant's own instance.
+    status = api.get("/api/status", headers=tenant).json
+    assert set(status) == {"app", "time", "leader", "instances"}
+    assert status["instances"] == [{"namespace": ns_b, "name": "twin"}]
+
+    # Metrics: each twin its scrape-time series.
+    scraped = api.get("/metrics").text
+    for ns in (ns_b, ns_c):
+        for family in ("conductor_app_info{", "conductor_service_health{"):
+            assert any(line.startswith(family) and 'name="twin"' in line
+                       and f'namespace="{ns}"' in line
+                       for line in scraped.splitlines()), (family, ns)

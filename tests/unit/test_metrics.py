@@ -320,3 +320,57 @@ def test_app_health_is_the_worst_service() -> None:
     assert LiveState(services={"a": "healthy", "b": "suspended"}).health == "suspended"
     assert LiveState(services={"a": "progressing", "b": "unhealthy"}).health == "unhealthy"
     assert LiveState(services={"a": "healthy", "b": "down"}).health == "healthy"
+
+
+# -- every instance its series (issue 13) -------------------------------------------------
+
+
+def test_every_instance_has_its_scrape_time_series(metrics: Metrics,
+                                                   registry: CollectorRegistry) -> None:
+    """Two instances named `web` in two namespaces: two sets of series, beside the own
+    instance's; an instance no longer in the state has none at the next scrape."""
+    from controller.adapters.metrics import InstanceState
+
+    state = {("team-a", "web"): InstanceState({"redis": "unhealthy"}, "OutOfSync", ""),
+             ("team-b", "web"): InstanceState({"redis": "healthy"}, "Synced", "g/2")}
+    live(metrics, services={"redis": "healthy"}, sync="Synced", revision="g/9",
+         instances=state)
+    a = {"kind": KIND, "name": "web", "namespace": "team-a"}
+    b = {**a, "namespace": "team-b"}
+    assert value(registry, "conductor_service_health", **a, service="redis",
+                 status="unhealthy") == 1
+    assert value(registry, "conductor_service_health", **b, service="redis",
+                 status="healthy") == 1
+    assert value(registry, "conductor_app_info", **a, health_status="unhealthy",
+                 sync_status="OutOfSync", revision="") == 1
+    assert value(registry, "conductor_app_info", **b, health_status="healthy",
+                 sync_status="Synced", revision="g/2") == 1
+    assert value(registry, "conductor_app_info", **OBJ, health_status="healthy",
+                 sync_status="Synced", revision="g/9") == 1
+    live(metrics, services={"redis": "healthy"}, instances={("team-b", "web"):
+                                                            state[("team-b", "web")]})
+    assert value(registry, "conductor_service_health", **a, service="redis",
+                 status="unhealthy") is None
+    assert value(registry, "conductor_service_health", **b, service="redis",
+                 status="healthy") == 1
+
+
+def test_a_forgotten_instance_loses_its_series(metrics: Metrics,
+                                               registry: CollectorRegistry) -> None:
+    a, b = metrics.of("web", "team-a"), metrics.of("web", "team-b")
+    for m in (a, b, metrics):
+        m.observe_pass("reconcile", 0.2, True, OUTCOMES, "g/1", drifted_services=["redis"])
+        m.set_conditions({"Ready": "True"})
+    a.observe_applied(time.time(), None)
+    gone = {"kind": KIND, "name": "web", "namespace": "team-a"}
+    kept = {**gone, "namespace": "team-b"}
+    assert metrics.forget("web", "team-a") > 10
+    text = generate_latest(registry).decode()
+    assert 'namespace="team-a"' not in text
+    assert value(registry, "conductor_reconcile_total", **kept, operation="reconcile",
+                 result="success") == 1
+    assert value(registry, "conductor_reconcile_condition", **kept, type="Ready",
+                 status="True") == 1
+    assert value(registry, "conductor_reconcile_total", **OBJ, operation="reconcile",
+                 result="success") == 1
+    assert metrics.forget("web", "team-a") == 0
