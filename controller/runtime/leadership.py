@@ -103,6 +103,9 @@ class LeaseLock:
     def check_deadline(self) -> None:
         """Step down when the last renewal is older than the renew deadline."""
         if self._leading and not self.held:
+            log.warning("%s: lease %s not renewed for %.1f s (deadline %.1f s): stepping "
+                        "down", self.identity, self.name, self.clock() - self._last_renew,
+                        self.renew_deadline)
             self._set(False)  # could not renew in time: step down, stop writing
 
     def _request(self, method: str, body: Body | None = None) -> Body | None:
@@ -124,7 +127,12 @@ class LeaseLock:
     def attempt(self, lease: Body | None = None, read: bool = True) -> None:
         """One round: acquire or renew the lease (as read now, or as given when `read` is
         False: e.g. from a LIST of every lease), or note that another replica holds it."""
-        now = self.now()
+        # The renewTime we write is now: our deadline counts from here, not from the
+        # answer, so a slow answer cannot stretch our hold past what others see.
+        now, sent = self.now(), self.clock()
+        # A hold that lapsed since (a slow round) is lost first, so that renewing it is a
+        # gain again: its holder's on_change wakes what the lapse refused.
+        self.check_deadline()
         if read:
             lease = self._request("GET")
         spec: Body = {"holderIdentity": self.identity,
@@ -144,7 +152,7 @@ class LeaseLock:
                     self._set(False)
                     return
                 raise
-            self._renewed()
+            self._renewed(sent)
             return
         current = lease.get("spec") or {}
         self.holder, expired = lease_state(lease, now, self.lease_duration)
@@ -172,10 +180,10 @@ class LeaseLock:
                 self._set(False)
                 return
             raise
-        self._renewed()
+        self._renewed(sent)
 
-    def _renewed(self) -> None:
-        self._last_renew = self.clock()
+    def _renewed(self, sent: float) -> None:
+        self._last_renew = sent
         self.holder = self.identity
         self._set(True)
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from controller.adapters.kube import acting_for
+from controller.adapters.kube import NotLeaderError, acting_for
 from controller.config import LoopSettings
 from controller.reconcile.engine import Report
 from controller.runtime.workqueue import WorkQueue
@@ -182,10 +182,17 @@ class Loop:
             report = state.reconciler.reconcile(trigger)
         ended = time.time()
         shown = "/".join(key) if isinstance(key, tuple) else str(key)
+        refused = isinstance(report.error, NotLeaderError)  # ownership lapsed meanwhile
         log.info("pass of %s by %s started %.6f ended %.6f (%s, %s)", shown, self.identity,
-                 started, ended, trigger, "ok" if report.ok else "failed",
+                 started, ended, trigger,
+                 "refused" if refused else "ok" if report.ok else "failed",
                  extra={"trigger": trigger, **({"namespace": key[0], "instance": key[1]}
                                                if isinstance(key, tuple) else {})})
+        if refused:
+            # Ownership lapsed during the pass: its writes stopped there, on purpose. Not a
+            # failure to back off from: it runs again when this replica owns it again
+            # (woken on taking the shard, or becoming leader), else at an interval.
+            return self.settings.interval
         state.passes += 1
         state.failures = 0 if report.ok else state.failures + 1
         state.last = report

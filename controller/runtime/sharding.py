@@ -53,6 +53,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -165,6 +166,8 @@ class ShardSet:
         self._handing_over: set[int] = set()
         self._round_count = 0
         self._runner = Rounds(self._safe_round, retry_period, "shards")
+        self._pool = ThreadPoolExecutor(max_workers=min(16, shards + 1),
+                                        thread_name_prefix="shard-lease")
 
     # -- the questions ---------------------------------------------------------------------
 
@@ -199,6 +202,7 @@ class ShardSet:
     def stop(self, release: bool = True) -> None:
         """Stop the rounds; hand every held shard back (the caller's passes are over)."""
         self._runner.stop()
+        self._pool.shutdown(wait=True)
         for lock in self.locks:
             if release and lock.held:
                 lock.release()
@@ -219,15 +223,14 @@ class ShardSet:
 
     def round(self) -> None:
         """One round: list the Leases, renew membership, renew, take and hand over."""
-        items, _ = self.kube.list(API_VERSION, "Lease", self.namespace,
-                                  f"{LABEL_GROUP}={self.group}")
+        # Bounded and not retried, as every lease request: the next round is the retry.
+        path = self.kube.resource(API_VERSION, "Lease").path(self.namespace)
+        items = list(self.kube.request(
+            "GET", path, query={"labelSelector": f"{LABEL_GROUP}={self.group}"},
+            retry=False, timeout=self.member.request_timeout).get("items") or [])
         self.member.last_contact = self.clock()
         now = self.now()
         by_name = {str(item["metadata"]["name"]): item for item in items}
-        try:
-            self.member.attempt(by_name.get(self.member.name), read=False)
-        except KubeError as e:  # the shards are renewed all the same
-            log.warning("member lease %s: %s", self.member.name, e.message)
         members, stale = self._members(items, now)
         views = [ShardView(*lease_state(by_name.get(lock.name), now, self.lease_duration))
                  for lock in self.locks]
@@ -240,25 +243,26 @@ class ShardSet:
         mine = [i for i in self.held() if i not in self._handing_over]
         take, give = ([], []) if self._round_count < 2 else decide(self.identity, members,
                                                                views, mine)
-        for i in mine:
-            if i not in give:
-                self._try(i, by_name.get(self.locks[i].name))
-        for i in take:
-            self._try(i, by_name.get(self.locks[i].name))
         for i in give:
             log.info("%s hands shard %d over (fair share among %d replicas)",
                      self.identity, i, len(members))
             self.locks[i].step_down()  # owns() says no from now: no new pass, no write
             self._handing_over.add(i)
+        # Membership, renewals and acquisitions at once: one request's time, not one per
+        # Lease, however slow the API server answers (each is bounded, and not retried).
+        locks = [self.member, *(self.locks[i] for i in mine if i not in give),
+                 *(self.locks[i] for i in take)]
+        list(self._pool.map(lambda lock: self._try(lock, by_name.get(lock.name)), locks))
         self._finish_handovers()
         for name, rv in stale:
             self._delete(name, rv)
 
-    def _try(self, i: int, lease: Body | None) -> None:
+    @staticmethod
+    def _try(lock: LeaseLock, lease: Body | None) -> None:
         try:
-            self.locks[i].attempt(lease, read=False)
+            lock.attempt(lease, read=False)
         except KubeError as e:
-            log.warning("shard lease %s: %s", self.locks[i].name, e.message)
+            log.warning("lease %s: %s", lock.name, e.message)
 
     def _finish_handovers(self) -> None:
         """Release the handed-over shards whose last pass has ended."""

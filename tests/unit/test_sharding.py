@@ -48,7 +48,11 @@ class LeaseStore:
     def resource(self, api_version: str, kind: str) -> Resource:
         return self.lease
 
-    def request(self, method: str, path: str, *, body: Any = None, **_: Any) -> Body:
+    def request(self, method: str, path: str, *, body: Any = None,
+                query: dict[str, str] | None = None, **_: Any) -> Body:
+        if method == "GET" and path.endswith("/leases"):
+            return {"items": self.list(API_VERSION, "Lease", NAMESPACE,
+                                       (query or {}).get("labelSelector", ""))[0]}
         name = path.rsplit("/", 1)[1] if method != "POST" else body["metadata"]["name"]
         current = self.leases.get(name)
         if method == "GET":
@@ -254,7 +258,7 @@ def test_a_replica_that_cannot_renew_stops_owning_before_its_leases_expire() -> 
     def refuse(*_args: Any, **_kw: Any) -> Any:
         raise KubeError("unavailable", status=503)
 
-    store.request = store.list = refuse  # type: ignore[method-assign]
+    store.request = refuse  # type: ignore[method-assign]
     clock.t += RENEW_DEADLINE - RETRY_PERIOD  # past the deadline since the last renew
     with pytest.raises(KubeError):
         alone.round()
