@@ -361,6 +361,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("CONDUCTOR_LEADER_*: needs RETRY_PERIOD < RENEW_DEADLINE < "
                           f"LEASE_DURATION, got {leader.retry_period} < "
                           f"{leader.renew_deadline} < {leader.lease_duration}")
+    if leader.shards and not leader.enabled:
+        raise ConfigError("CONDUCTOR_LEADER_SHARDS: shards are Leases the replicas elect "
+                          "holders for; it needs CONDUCTOR_LEADER_ENABLED=true")
     if bool(cfg.api.certfile) != bool(cfg.api.keyfile):
         raise ConfigError("CONDUCTOR_API_CERTFILE and CONDUCTOR_API_KEYFILE: set both "
                           "(TLS) or neither")

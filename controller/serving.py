@@ -8,6 +8,12 @@ needs (the tokens file) is read and checked before anything starts, so a bad fil
 controller is built in the worker (after the fork), and stopped in `worker_exit`, which
 lets the current pass finish before the process ends.
 
+The worker's threads switch the GIL every `SWITCH_INTERVAL` (1 ms instead of Python's
+5 ms). The event loop's thread answers the API's short reads, but it gives the GIL up on
+every socket send and every poll; while a pass (CPU-bound, on a pool thread) runs, getting
+it back took up to a whole interval each time, so a pass every 2 s set the health
+endpoint's p99 (bench/bench_sse.py). A shorter interval costs a few more switches.
+
 The access log follows CONDUCTOR_API_ACCESS_LOG (config.ApiSettings.access_log: on, off,
 or errors, the default) through gunicorn's own logger (`logger_class`): off builds nothing
 per request; errors writes only the lines of answers with a status of 400 or more.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import sys
 from typing import TYPE_CHECKING, Any
 
 from gunicorn import glogging
@@ -31,6 +38,7 @@ if TYPE_CHECKING:
     from controller.runtime.controller import Controller
 
 GUNICORN_CONF = assets.GUNICORN_CONF  # package data (controller/assets)
+SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while another waits for it
 
 
 class Server(BaseApplication):  # type: ignore[misc]
@@ -62,6 +70,7 @@ class Server(BaseApplication):  # type: ignore[misc]
         from controller.runtime.controller import Controller
 
         settings = Settings.from_config(self.config, self.tokens)  # before anything starts
+        sys.setswitchinterval(SWITCH_INTERVAL)  # in the worker: see the module docstring
         self.controller = Controller(self.config, self.env).start()
         self.app = app_for(self.controller, self.env, settings)
         return self.app

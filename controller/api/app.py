@@ -12,7 +12,6 @@ probes answer on the loop itself.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -125,7 +124,7 @@ class App(falcon.asgi.App[Any, Any]):
         if scope.get("type") != "http" or not scope.get("path", "").startswith(STREAM_PATH):
             await super().__call__(scope, receive, send)
             return
-        gone = asyncio.Event()
+        gone = eventing.Gone()
         scope["conductor.gone"] = gone
 
         async def watched() -> dict[str, Any]:

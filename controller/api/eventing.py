@@ -182,14 +182,20 @@ class Waiters:
         with self._lock:
             self._set = self.sticky
             waiters = list(self._waiters)
+        # One call per loop, not per waiter: each call_soon_threadsafe writes to the loop's
+        # wake-up pipe, and a commit wakes hundreds of streams on the same loop.
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
         for loop, event in waiters:
+            by_loop.setdefault(loop, []).append(event)
+        for loop, events in by_loop.items():
             with contextlib.suppress(RuntimeError):  # its loop is closed: nothing waits
-                loop.call_soon_threadsafe(event.set)
+                loop.call_soon_threadsafe(_set_all, events)
 
     @contextlib.contextmanager
-    def wait(self) -> Iterator[asyncio.Event]:
-        """An asyncio.Event of the running loop, set by the next `set()`."""
-        event = asyncio.Event()
+    def wait(self, event: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
+        """An asyncio.Event of the running loop (`event`, or a new one), set by the next
+        `set()`."""
+        event = event or asyncio.Event()
         key = (asyncio.get_running_loop(), event)
         with self._lock:
             self._waiters.add(key)
@@ -200,6 +206,28 @@ class Waiters:
         finally:
             with self._lock:
                 self._waiters.discard(key)
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
+
+
+class Gone:
+    """Whether a stream's client went away (set on the loop by App.__call__ when the
+    connection says so), and the events that wake its stream then (`wake`)."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self.wake: list[asyncio.Event] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        for event in self.wake:
+            event.set()
 
 
 class Draining(Waiters):
@@ -357,11 +385,11 @@ class Stream:
         resp.set_header("X-Accel-Buffering", "no")
         # Falcon's SSE path reads the connection while streaming, so the app learns of a
         # disconnect (App.__call__ sets "conductor.gone") without waiting for a write.
-        gone = req.scope.get("conductor.gone") or asyncio.Event()
+        gone = req.scope.get("conductor.gone") or Gone()
         resp.sse = self._sse(query, after, duration, gone)
 
     async def _sse(self, query: dict[str, Any], after: int, duration: float,
-                   gone: asyncio.Event) -> AsyncIterator[SSEvent]:
+                   gone: Gone) -> AsyncIterator[SSEvent]:
         """The backlog first (whatever `duration`: a client catching up with Last-Event-ID
         gets what it missed even with duration=0), then new events until `duration` has
         passed since it caught up, the client leaves or the server stops."""
@@ -369,7 +397,12 @@ class Stream:
         loop = asyncio.get_running_loop()
         self.open += 1  # only the loop's thread counts: no lock needed
         try:
-            with self.fanout.subscribe() as woken, self.draining.wait() as draining:
+            # One event wakes the stream, whoever has news: the fan-out (new events),
+            # the server stopping, the client leaving. Waiting on one event costs no task
+            # (three events meant three tasks per stream at every commit).
+            with self.fanout.subscribe() as woken, self.draining.wait(woken):
+                gone.wake.append(woken)
+                draining = self.draining
                 yield SSEvent(comment="conductor event stream", retry=2000)
                 last = after
                 deadline: float | None = None  # set once the backlog is sent
@@ -410,21 +443,18 @@ class Stream:
                     # fan-out instead, which wakes us once it has read the new events).
                     if window is None and store.last_id > last:
                         continue
-                    quiet = not await _first(woken, gone, draining,
-                                             timeout=min(HEARTBEAT, remaining))
+                    quiet = not await _woken(woken, timeout=min(HEARTBEAT, remaining))
                     if quiet and loop.time() < deadline:
                         yield SSEvent(comment="keep-alive")
         finally:
             self.open -= 1
 
 
-async def _first(*events: asyncio.Event, timeout: float) -> bool:
-    """Wait until any of `events` is set (True) or `timeout` passes (False)."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+async def _woken(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until `event` is set (True) or `timeout` passes (False)."""
     try:
-        done, _ = await asyncio.wait(waiters, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        return bool(done)
-    finally:
-        for w in waiters:
-            w.cancel()
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
