@@ -15,10 +15,12 @@ What is worth a message (`RULES`, a small table to extend): an instance's servic
 unhealthy and recovering (the `HealthReporter`'s events: `error` with details.status
 `unhealthy`, `success` `Recovered`), the reconcile pass failing (`ReconcileFailed`) and
 succeeding again, and a new revision applied (`ReconcileSucceeded` whose revision differs
-from the last one). Each rule moves a state (per instance, or per instance and service)
-and a message goes out only when the state changes: a pass failing fifty times in a row is
-one message, its recovery another. Per receiver: filters (instances, services, kinds, a
-minimum severity) and a rate limit that delays messages, never drops them.
+from the last one). Each rule moves a state (per instance, or per instance and service;
+an instance is its namespace and name, so same-named instances of two namespaces never
+share one) and a message goes out only when the state changes: a pass failing fifty times
+in a row is one message, its recovery another. Per receiver: filters (instances by `name`
+or `namespace/name`, services, kinds, a minimum severity) and a rate limit that delays
+messages, never drops them.
 
 Receivers come from a YAML file (`CONDUCTOR_NOTIFY_RECEIVERS_FILE`):
 
@@ -30,7 +32,7 @@ Receivers come from a YAML file (`CONDUCTOR_NOTIFY_RECEIVERS_FILE`):
       - name: chat
         type: slack                        # Slack-compatible incoming webhook: {"text": ...}
         urlFile: /etc/conductor/notify/slack-url
-        instances: [default]               # filters, all optional
+        instances: [default, team-a/web]   # filters, all optional
         severity: error                    # info (default), warning or error
         kinds: [unhealthy, recovered]
         ratePerMinute: 10
@@ -114,6 +116,7 @@ class Notification:
     title: str
     message: str
     event: Event
+    namespace: str = ""  # the instance's ("" when its event did not say)
 
     @property
     def delivery(self) -> str:
@@ -121,7 +124,8 @@ class Notification:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.delivery, "kind": self.kind, "severity": self.severity,
-                "instance": self.instance, "service": self.service, "title": self.title,
+                "instance": self.instance, "namespace": self.namespace,
+                "service": self.service, "title": self.title,
                 "message": self.message, "timestamp": self.event.timestamp,
                 "revision": str(self.event.details.get("revision", "")),
                 "event": self.event.to_dict()}
@@ -183,18 +187,20 @@ def classify(state: dict[str, str], event: Event, instance: str) -> list[Notific
     The event's own instance decides where it happened; `instance` (the controller's) is
     for events stored before events carried one."""
     where = event.instance or str(event.details.get("instance") or instance)
+    namespace = event.namespace if event.instance else ""
     out: list[Notification] = []
     for rule in RULES:
         if not rule.match(event):
             continue
         service = event.service if rule.track == "health" else ""
-        key = f"{rule.track}|{where}|{service}"
+        key = f"{rule.track}|{namespace}/{where}|{service}"
         new, old = rule.state(event), state.get(key)
         state[key] = new
         if new == old or (rule.after and old not in rule.after):
             continue
         out.append(Notification(rule.kind, rule.severity, where, service,
-                                rule.title(where, service, event), event.message, event))
+                                rule.title(where, service, event), event.message, event,
+                                namespace))
     return out
 
 
@@ -207,14 +213,15 @@ class Receiver:
     type: Literal["webhook", "slack"]
     url_file: Path
     secret_file: Path | None = None
-    instances: frozenset[str] = frozenset()  # empty: any
+    instances: frozenset[str] = frozenset()  # `name` or `namespace/name`; empty: any
     services: frozenset[str] = frozenset()
     kinds: frozenset[str] = frozenset()
     severity: Severity = "info"
     rate_per_minute: float = 30.0
 
     def wants(self, note: Notification) -> bool:
-        return (not self.instances or note.instance in self.instances) and \
+        return (not self.instances or note.instance in self.instances
+                or f"{note.namespace}/{note.instance}" in self.instances) and \
             (not self.services or note.service in self.services) and \
             (not self.kinds or note.kind in self.kinds) and \
             SEVERITIES.index(note.severity) >= SEVERITIES.index(self.severity)

@@ -12,6 +12,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,30 @@ def test_a_bad_receivers_file_is_one_clear_line(tmp_path: Path, text: str,
     message = caught.value.message
     assert problem in message and str(path) in message and "\n" not in message
     assert "http://x" not in message
+
+
+def test_same_named_instances_of_two_namespaces_keep_their_own_state() -> None:
+    """`web` failing in team-a and passing in team-b: team-b's success is no recovery of
+    team-a's failure; a receiver may name an instance by `namespace/name`."""
+    from controller.adapters.store.events import Event
+    from controller.runtime.notifying import classify
+
+    def pass_event(id_: int, ok: bool, namespace: str) -> Event:
+        return Event(id_, "2030-01-01T00:00:00.000Z", "success" if ok else "error", "", "",
+                     "m", "ReconcileSucceeded" if ok else "ReconcileFailed",
+                     {"revision": ""}, "web", namespace)
+
+    state: dict[str, str] = {}
+    assert [n.kind for n in classify(state, pass_event(1, True, "team-a"), "x")] == []
+    assert [n.kind for n in classify(state, pass_event(2, True, "team-b"), "x")] == []
+    failed_a = classify(state, pass_event(3, False, "team-a"), "x")
+    assert [(n.kind, n.namespace) for n in failed_a] == [("pass_failed", "team-a")]
+    assert classify(state, pass_event(4, True, "team-b"), "x") == []  # not a recovery
+    recovered = classify(state, pass_event(5, True, "team-a"), "x")
+    assert [(n.kind, n.namespace) for n in recovered] == [("pass_recovered", "team-a")]
+    assert recovered[0].to_dict()["namespace"] == "team-a"
+    only_a = Receiver("a", "webhook", Path("/dev/null"), instances=frozenset({"team-a/web"}))
+    by_name = Receiver("n", "webhook", Path("/dev/null"), instances=frozenset({"web"}))
+    b_note = replace(recovered[0], namespace="team-b")
+    assert only_a.wants(recovered[0]) and not only_a.wants(b_note)
+    assert by_name.wants(recovered[0]) and by_name.wants(b_note)
