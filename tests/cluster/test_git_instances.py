@@ -40,7 +40,7 @@ from controller.model.objects import LABEL_INSTANCE
 from controller.runtime.controller import Controller
 from controller.runtime.controller_service import ControllerService
 from controller.runtime.service import Caller
-from tests.support.cluster import LocalCluster, controller_process
+from tests.support.cluster import LocalCluster, controller_process, more_namespaces
 from tests.support.gitrepo import (
     User,
     example_files,
@@ -72,17 +72,9 @@ class Remotes:
 
 @pytest.fixture
 def spaces(kube: Kube, namespace: str) -> Iterator[list[str]]:
-    """The test's namespace and three more; their instances' finalizers are stripped
-    before the namespaces go (the controller is stopped by then)."""
-    extra = [f"{namespace}-{s}" for s in ("b", "c", "d")]
-    for name in extra:
-        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    yield [namespace, *extra]
-    for name in extra:
-        for obj in kube.list(API_VERSION, KIND, name)[0]:
-            kube.patch(API_VERSION, KIND, obj["metadata"]["name"],
-                       {"metadata": {"finalizers": []}}, name)
-        kube.delete("v1", "Namespace", name)
+    """The test's namespace and three more."""
+    with more_namespaces(kube, [f"{namespace}-{s}" for s in ("b", "c", "d")]) as extra:
+        yield [namespace, *extra]
 
 
 @pytest.fixture

@@ -209,3 +209,20 @@ def service_account_kubeconfig(cluster: LocalCluster, kube: Kube, namespace: str
     }))
     path.chmod(0o600)
     return path
+
+
+@contextmanager
+def more_namespaces(kube: Kube, names: list[str]) -> Iterator[list[str]]:
+    """Namespaces beyond a test's own, for instances of their own; deleted after, each
+    instance's finalizers stripped first (its controller is stopped by then, and a
+    namespace holding conductor's finalizer would stay Terminating)."""
+    for name in names:
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    try:
+        yield names
+    finally:
+        for name in names:
+            for obj in kube.list(API_VERSION, KIND, name)[0]:
+                kube.patch(API_VERSION, KIND, obj["metadata"]["name"],
+                           {"metadata": {"finalizers": []}}, name)
+            kube.delete("v1", "Namespace", name)

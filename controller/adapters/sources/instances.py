@@ -72,7 +72,7 @@ class InstanceSource:
         self.registry.follow(self.key, url, ref, sha)
         params = repo.read_params(sha, spec.path)
         return Snapshot(spec=params, revision=sha, manifest_root=self._manifests(url, sha),
-                        source="git", committed_at=repo.source.committed_at(sha),
+                        source="git", committed_at=repo.committed_at(sha),
                         details={"url": repo.url, "ref": ref, "path": spec.path})
 
     def _manifests(self, url: str, sha: str) -> Path:

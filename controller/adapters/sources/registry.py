@@ -31,6 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,10 @@ class Repository:
         self._wanted = float("-inf")  # when a change was last announced (webhook, poll)
         self._failed: tuple[float, Exception] | None = None
         self.fetches = 0  # fetches made (each an attempt), for tests and logs
+        # What each ref named at the last fetch, and commit times: asked once per fetch
+        # (per commit), not once per instance reading it (each answer is a git process).
+        self._refs: dict[str, str] = {}
+        self._times: dict[str, datetime] = {}
         # (sha, path) -> (the exported folder, the manifests root inside it)
         self._trees: OrderedDict[tuple[str, str], tuple[Path, Path]] = OrderedDict()
         self._tree_lock = threading.Lock()
@@ -89,9 +94,23 @@ class Repository:
                 self._failed = (now, e)
                 raise
             self._fetched, self._failed = now, None
+            self._refs = {}
 
     def resolve(self, ref: str) -> str:
-        return self.source.resolve(ref)
+        """The commit `ref` names as of the last fetch."""
+        refs = self._refs  # this fetch's: an answer racing a newer fetch is dropped with it
+        found = refs.get(ref)
+        if found is None:
+            found = refs[ref] = self.source.resolve(ref)
+        return found
+
+    def committed_at(self, sha: str) -> datetime:
+        found = self._times.get(sha)
+        if found is None:
+            if len(self._times) > 1000:  # commits long applied
+                self._times = {}
+            found = self._times[sha] = self.source.committed_at(sha)
+        return found
 
     def read_params(self, sha: str, path: str) -> dict[str, Any]:
         return self.source.read_params_at(sha, path)
