@@ -69,7 +69,7 @@ from controller.runtime.observing import HealthMonitor
 from controller.runtime.operations import Operations
 from controller.runtime.recording import EngineRecorder, KubeEvents, PassRecorder
 from controller.runtime.reporting import HealthReporter, Reporters
-from controller.runtime.requests import KubeObjects, RequestHandler
+from controller.runtime.requests import KubeObjects, RequestHandler, unguarded
 from controller.runtime.sharding import ShardSet
 
 if TYPE_CHECKING:  # gitpython is imported only when a repository is used
@@ -818,13 +818,11 @@ class Controller:
 
     def _request_pass(self, key: Key, at: str) -> None:
         """Record a wake-up on the instance's object for its owner. Not a reconcile
-        write: it bypasses this replica's write fence (`elect`), which guards what
-        passes apply, so that a non-owner can hand the wake-up over."""
+        write: like a user's request it goes out without the leadership fence, which
+        guards what passes apply, so that a non-owner can hand the wake-up over."""
         namespace, name = key
-        path = self.kube.resource(API_VERSION, KIND).path(namespace, name)
-        self.kube.request("PATCH", path, body={"metadata": {
-            "annotations": instance_model.request_annotation(at)}},
-            content_type="application/merge-patch+json", elect=True)
+        unguarded(self.kube).patch(API_VERSION, KIND, name, {"metadata": {
+            "annotations": instance_model.request_annotation(at)}}, namespace)
 
     # -- observation ---------------------------------------------------------------------------
 
