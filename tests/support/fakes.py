@@ -103,6 +103,7 @@ class FakeService:
         self.calls: list[tuple[str, Any]] = []
         self.started = True
         self.git_pushes: list[str] = []
+        self.git_repositories: list[list[str]] = []  # the URLs each push named
         self.git_ref = "main"
         self.block = threading.Event()  # set: deploys finish; clear: they keep running
         self.block.set()
@@ -427,6 +428,7 @@ class FakeService:
             return {"message": f"ignored: push to {ref}, watching {self.git_ref}",
                     "triggered": False}
         self.git_pushes.append(ref)
+        self.git_repositories.append(list(repositories))
         return {"message": "reconciliation triggered", "triggered": True, "ref": ref}
 
 
