@@ -4,25 +4,42 @@
 documenting it (or documenting one that does not exist) fails here.
 (b) The document's request schemas against the parsers, without a cluster: a query
 parameter given empty is invalid everywhere (the parsers refuse it, so the document must).
-(c) The property-based run against a real Controller on the control plane is
+(c) The property-based run of tests/support/fuzzing.py (schemathesis) over the in-memory
+service, with authentication on and a write token: the API's own parsing, refusals,
+envelopes, codes and headers against the document, without a cluster. The same run
+against a real Controller on the control plane (the real service's answers too):
 test_e2e_openapi.py.
 """
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import falcon
 import falcon.inspect
 import jsonschema
 import openapi_spec_validator
+import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
+from controller.adapters.metrics import Metrics
 from controller.api.app import Settings, create_app
 from controller.api.openapi import document
 from controller.config import ApiSettings
 from tests.support.fakes import FakeService
+from tests.support.fuzzing import (
+    PER_OPERATION,
+    WEBHOOK_SECRET,
+    WRITE_TOKEN,
+    call,
+    run_sequences,
+    schema,
+)
 
 # -- (a) routes and the document --------------------------------------------------------------
 
@@ -122,3 +139,48 @@ def test_request_bodies_refuse_what_the_parsers_refuse() -> None:
                     {"services": 0}, {"services": {}}, {"services": [""]},
                     {"service": ["redis"]}):
         assert not selection.is_valid(invalid), invalid
+
+
+# -- (c) property-based run over the in-memory service ----------------------------------------
+
+
+class Fuzzed:
+    """The API over the fake service; a write is undone by putting the whole spec back
+    (suspend included), as the end-to-end run replaces the object's spec."""
+
+    def __init__(self, falcon_app: Any, service: FakeService) -> None:
+        self.falcon_app = falcon_app
+        self.service = service
+        self.instance = service.default
+        self.headers = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+        self.spec = copy.deepcopy(service.instances_[service.default].spec)
+
+    def restore(self) -> None:
+        self.service.instances_[self.instance].spec = copy.deepcopy(self.spec)
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    (tmp / "tokens.yaml").write_text(yaml.safe_dump({"tokens": [
+        {"name": "fuzzer", "token": WRITE_TOKEN, "scopes": ["read", "write"]}]}))
+    service = FakeService(tmp / "events.db")
+    registry = CollectorRegistry()
+    # Authentication on, as deployed; no rate limit (the run is one client, on purpose).
+    api = ApiSettings(auth=True, tokens_file=str(tmp / "tokens.yaml"), rate_limit=0,
+                      sync_timeout=20)
+    app = create_app(service, registry, Settings(api, webhook_secret=WEBHOOK_SECRET.encode()),
+                     meters=Metrics(registry, service.default, service.namespace))
+    yield Fuzzed(app, service)
+    app.close()
+    service.close()
+
+
+@schema.parametrize()
+@PER_OPERATION
+def test_every_operation_conforms_to_the_document(case: Any, fuzzed: Fuzzed) -> None:
+    call(case, fuzzed)
+
+
+def test_sequences_of_calls_conform_to_the_document(fuzzed: Fuzzed) -> None:
+    run_sequences(fuzzed)
