@@ -131,9 +131,7 @@ class Operations:
         return self._submit(op, run)
 
     def _submit(self, op: Operation, run: Callable[[], Report]) -> Operation:
-        op.future = self._pool.submit(run)
-        if self.store is not None:
-            op.future.add_done_callback(lambda f: self._finished(op.id, f))
+        op.future = self._pool.submit(self._recorded, op.id, run)
         with self._lock:
             self._ops[op.id] = op
             while len(self._ops) > self._keep:
@@ -146,10 +144,11 @@ class Operations:
     def get(self, op_id: str) -> Operation | None:
         with self._lock:
             op = self._ops.get(op_id)
-        if op is not None or self.store is None:
+        if self.store is None or (op is not None and not op.done):
             return op
+        # A finished one as the store has it, so that every replica answers the same.
         record = self._record("get", self.store.get, op_id)
-        return Operation.from_record(record) if record is not None else None
+        return Operation.from_record(record) if record is not None else op
 
     def missing(self, op_id: str) -> NotFoundError:
         """The 404 for an id `get` does not know, saying why when we can tell."""
@@ -179,16 +178,20 @@ class Operations:
 
     # -- the store -------------------------------------------------------------------------
 
-    def _finished(self, op_id: str, future: Future[Report]) -> None:
-        assert self.store is not None
-        error = future.exception()
-        if error is not None:
-            self._record("finish", self.store.finish, op_id, "failed", None,
-                         f"{type(error).__name__}: {error}")
-            return
-        report = future.result()
-        self._record("finish", self.store.finish, op_id,
-                     "succeeded" if report.ok else "failed", report.to_dict())
+    def _recorded(self, op_id: str, run: Callable[[], Report]) -> Report:
+        """Run, and record the end before the caller sees it: whoever reads the record
+        after the answer (another replica) finds it finished."""
+        try:
+            report = run()
+        except BaseException as error:
+            if self.store is not None:
+                self._record("finish", self.store.finish, op_id, "failed", None,
+                             f"{type(error).__name__}: {error}")
+            raise
+        if self.store is not None:
+            self._record("finish", self.store.finish, op_id,
+                         "succeeded" if report.ok else "failed", report.to_dict())
+        return report
 
     def _beat(self) -> None:
         assert self.store is not None
