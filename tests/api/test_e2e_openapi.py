@@ -20,15 +20,8 @@ from controller.adapters.kube import Kube
 from controller.adapters.sources.resource import ParametersResource
 from controller.config import ApiSettings, GitSettings
 from controller.serving import app_for
+from tests.support import fuzzing
 from tests.support.cluster import REPO, App, LocalCluster
-from tests.support.fuzzing import (
-    PER_OPERATION,
-    WEBHOOK_SECRET,
-    WRITE_TOKEN,
-    call,
-    run_sequences,
-    schema,
-)
 from tests.support.waiting import wait_for
 
 
@@ -39,7 +32,7 @@ class Fuzzed:
         self.falcon_app = falcon_app
         self.spec = spec
         self.instance = instance
-        self.headers = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+        self.headers = {"Authorization": f"Bearer {fuzzing.WRITE_TOKEN}"}
 
     def restore(self) -> None:
         """Put the parameters back after a write went through (again when the controller's
@@ -67,9 +60,9 @@ def fuzzed(cluster: LocalCluster, kube: Kube, crd: dict[str, Any],
     params = yaml.safe_load((root / "parameters.yaml").read_text())
     params["global"]["namespace"] = namespace
     (root / "parameters.yaml").write_text(yaml.safe_dump(params))
-    (tmp / "hook").write_text(WEBHOOK_SECRET)
+    (tmp / "hook").write_text(fuzzing.WEBHOOK_SECRET)
     (tmp / "tokens.yaml").write_text(yaml.safe_dump({"tokens": [
-        {"name": "fuzzer", "token": WRITE_TOKEN, "scopes": ["read", "write"]}]}))
+        {"name": "fuzzer", "token": fuzzing.WRITE_TOKEN, "scopes": ["read", "write"]}]}))
     app = App(cluster, kube, namespace, root)
     # Authentication on, as deployed; no rate limit (the run is one client, on purpose).
     api = ApiSettings(auth=True, tokens_file=str(tmp / "tokens.yaml"), rate_limit=0,
@@ -85,12 +78,12 @@ def fuzzed(cluster: LocalCluster, kube: Kube, crd: dict[str, Any],
 
 
 @pytest.mark.cluster
-@schema.parametrize()
-@PER_OPERATION
+@fuzzing.schema.parametrize()
+@fuzzing.PER_OPERATION
 def test_every_operation_conforms_to_the_document(case: Any, fuzzed: Fuzzed) -> None:
-    call(case, fuzzed)
+    fuzzing.call(case, fuzzed)
 
 
 @pytest.mark.cluster
 def test_sequences_of_calls_conform_to_the_document(fuzzed: Fuzzed) -> None:
-    run_sequences(fuzzed)
+    fuzzing.run_sequences(fuzzed)

@@ -31,15 +31,8 @@ from controller.adapters.metrics import Metrics
 from controller.api.app import Settings, create_app
 from controller.api.openapi import document
 from controller.config import ApiSettings
+from tests.support import fuzzing
 from tests.support.fakes import FakeService
-from tests.support.fuzzing import (
-    PER_OPERATION,
-    WEBHOOK_SECRET,
-    WRITE_TOKEN,
-    call,
-    run_sequences,
-    schema,
-)
 
 # -- (a) routes and the document --------------------------------------------------------------
 
@@ -152,7 +145,7 @@ class Fuzzed:
         self.falcon_app = falcon_app
         self.service = service
         self.instance = service.default
-        self.headers = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+        self.headers = {"Authorization": f"Bearer {fuzzing.WRITE_TOKEN}"}
         self.spec = copy.deepcopy(service.instances_[service.default].spec)
 
     def restore(self) -> None:
@@ -163,24 +156,25 @@ class Fuzzed:
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     tmp = tmp_path_factory.mktemp("fuzz")
     (tmp / "tokens.yaml").write_text(yaml.safe_dump({"tokens": [
-        {"name": "fuzzer", "token": WRITE_TOKEN, "scopes": ["read", "write"]}]}))
+        {"name": "fuzzer", "token": fuzzing.WRITE_TOKEN, "scopes": ["read", "write"]}]}))
     service = FakeService(tmp / "events.db")
     registry = CollectorRegistry()
     # Authentication on, as deployed; no rate limit (the run is one client, on purpose).
     api = ApiSettings(auth=True, tokens_file=str(tmp / "tokens.yaml"), rate_limit=0,
                       sync_timeout=20)
-    app = create_app(service, registry, Settings(api, webhook_secret=WEBHOOK_SECRET.encode()),
+    settings = Settings(api, webhook_secret=fuzzing.WEBHOOK_SECRET.encode())
+    app = create_app(service, registry, settings,
                      meters=Metrics(registry, service.default, service.namespace))
     yield Fuzzed(app, service)
     app.close()
     service.close()
 
 
-@schema.parametrize()
-@PER_OPERATION
+@fuzzing.schema.parametrize()
+@fuzzing.PER_OPERATION
 def test_every_operation_conforms_to_the_document(case: Any, fuzzed: Fuzzed) -> None:
-    call(case, fuzzed)
+    fuzzing.call(case, fuzzed)
 
 
 def test_sequences_of_calls_conform_to_the_document(fuzzed: Fuzzed) -> None:
-    run_sequences(fuzzed)
+    fuzzing.run_sequences(fuzzed)
