@@ -392,7 +392,11 @@ class Controller:
         if self.shards is not None:
             self.shards.start()
         if self.is_leader():
-            self._prepare()
+            try:
+                self._prepare()
+            except NotLeaderError as e:  # the lease lapsed meanwhile (a slow API server):
+                # whoever leads next prepares, as _on_leader does here when we lead again
+                log.warning("leader set-up stopped: %s", e.message)
         # Every other instance: found, woken and forgotten from the watched sets. First:
         # with all namespaces watched, the cluster-wide set then serves every namespace's
         # reads too (cache.py), so a pass reads the very copy that woke it.

@@ -103,6 +103,11 @@ class Replica:
         return [line[:300] for line in lines if " WARNING " in line or " ERROR " in line
                 or "shard" in line][-25:]
 
+    def lease_writes(self) -> int:
+        with self.proxy.stats.lock:
+            return sum(1 for method, path, _ in self.proxy.stats.log
+                       if method in ("POST", "PUT", "PATCH", "DELETE") and "/leases" in path)
+
     def applies(self) -> Counter[str]:
         """Server-side applies (not dry runs) this replica sent, per object path."""
         with self.proxy.stats.lock:
@@ -256,6 +261,7 @@ def test_thirty_instances_on_three_replicas_one_owner_each_and_a_killed_one_move
         wait(lambda: last_pass_ok(kube, namespace, names), timeout=120, interval=0.5,
              message="every instance's change applied")
         written = sum((r.applies() for r in replicas), Counter[str]())
+        written = Counter({p: n for p, n in written.items() if "/default-web" not in p})
         assert len(written) == 2 * INSTANCES and set(written.values()) == {1}, written
         check_owners(replicas, namespace, names)
 
@@ -298,3 +304,16 @@ def test_thirty_instances_on_three_replicas_one_owner_each_and_a_killed_one_move
         # Nothing was written again: the takeover passes found everything applied.
         assert [r.applies() for r in survivors] == [Counter(), Counter()]
         check_owners(replicas, namespace, names)
+
+        # Lease traffic: per retry period one renew per held Lease (6 shards, 2 member
+        # Leases, the leader's), whatever the number of instances.
+        for r in survivors:
+            r.proxy.stats.reset()
+        started = time.monotonic()
+        expected = (SHARDS + len(survivors) + 1) / RETRY_PERIOD
+        wait(lambda: sum(r.lease_writes() for r in survivors) >= 3 * expected, timeout=30,
+             message="three retry periods of lease renewals")
+        rate = sum(r.lease_writes() for r in survivors) / (time.monotonic() - started)
+        print(f"lease writes: {rate:.1f}/s with {INSTANCES} instances, {SHARDS} shards, "
+              f"{len(survivors)} replicas (formula: {expected:.1f}/s)")
+        assert rate <= expected * 1.25, (rate, expected)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from controller.adapters.kube import Body, KubeError, Resource
+from controller.config import Config, ConfigError, validate
 from controller.runtime.leadership import API_VERSION
 from controller.runtime.sharding import ShardSet, ShardView, decide, fair_share, shard_of
 
@@ -264,3 +266,17 @@ def test_a_replica_that_cannot_renew_stops_owning_before_its_leases_expire() -> 
         alone.round()
     assert alone.owns(key) is False  # well before its Leases could expire elsewhere
     assert clock.t - RETRY_PERIOD < clock.t + LEASE_DURATION
+
+
+# -- the setting --------------------------------------------------------------------------------
+
+
+def test_the_shards_setting_is_read_checked_and_off_by_default() -> None:
+    assert Config().leader.shards == 0  # one replica, no shard Leases: as before
+    cfg = Config.from_env({"CONDUCTOR_LEADER_SHARDS": "12"})
+    assert cfg.leader.shards == 12
+    validate(cfg)
+    with pytest.raises(ConfigError, match=r"CONDUCTOR_LEADER_SHARDS: 5000 is out of range"):
+        validate(Config.from_env({"CONDUCTOR_LEADER_SHARDS": "5000"}))
+    with pytest.raises(ConfigError, match="CONDUCTOR_LEADER_ENABLED=true"):
+        validate(replace(cfg, leader=replace(cfg.leader, enabled=False)))
