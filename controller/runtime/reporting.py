@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from controller.adapters.kube import KubeError, NotLeaderError
@@ -173,10 +174,15 @@ class Reporters:
     thread looks at every monitor's version each `delay` seconds (a counter read under its
     lock) and evaluates the reporters whose monitor changed, or every `SAFETY` seconds,
     as each HealthReporter's own thread would (a burst of changes within `delay` costs one
-    evaluation)."""
+    evaluation). An evaluation is a GET (and a PATCH when the conditions change), so up
+    to `workers` run side by side; an instance whose pass or operation is running is left
+    for a later round (its evaluation would wait for the engine's lock, and the pass
+    writes its conditions and pokes when it ends): evaluated one by one, 500 instances'
+    reporters took minutes to catch up with their passes (bench_scale)."""
 
-    def __init__(self, delay: float = DELAY) -> None:
+    def __init__(self, delay: float = DELAY, workers: int = 4) -> None:
         self.delay = delay
+        self.workers = workers
         self._lock = threading.Lock()
         # key -> (reporter, monitor version evaluated, monotonic time of that evaluation)
         self._reporters: dict[Any, tuple[HealthReporter, int, float]] = {}
@@ -214,25 +220,36 @@ class Reporters:
             self.round(time.monotonic())
 
     def round(self, now: float) -> int:
-        """Evaluate every reporter whose monitor changed (or whose SAFETY is up); how many."""
+        """Evaluate every reporter whose monitor changed (or whose SAFETY is up), but for
+        those whose engine is busy; returns how many."""
         with self._lock:
             items = list(self._reporters.items())
-        done = 0
+        due = []
         for key, (reporter, seen, at) in items:
-            if self._stop.is_set():
-                break
             version = reporter.monitor.wait_changed(-1, 0)  # the current one, no wait
-            if version == seen and now - at < SAFETY:
-                continue
+            if (version != seen or now - at >= SAFETY) and not reporter.engine.lock.locked():
+                due.append((key, reporter, version))
+
+        def evaluate(item: tuple[Any, HealthReporter, int]) -> None:
+            key, reporter, version = item
+            if self._stop.is_set():
+                return
             try:
                 reporter.evaluate()
             except Exception:  # one instance's failure must not starve the others
                 log.exception("health reporter of %s failed", key)
-            done += 1
             with self._lock:
                 if key in self._reporters:
                     self._reporters[key] = (reporter, version, now)
-        return done
+
+        if len(due) > 1 and self.workers > 1:
+            with ThreadPoolExecutor(max_workers=self.workers,
+                                    thread_name_prefix="health-reporter") as pool:
+                list(pool.map(evaluate, due))
+        else:
+            for item in due:
+                evaluate(item)
+        return len(due)
 
 
 __all__ = ["HealthReporter", "Reporters"]

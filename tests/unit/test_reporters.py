@@ -4,6 +4,7 @@ failing reporter does not starve the others (no cluster)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from controller.runtime.reporting import SAFETY, Reporters
@@ -17,9 +18,15 @@ class Monitor:
         return self.version
 
 
+class Engine:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held while a pass or operation of it runs
+
+
 class Reporter:
     def __init__(self, fail: bool = False) -> None:
         self.monitor = Monitor()
+        self.engine = Engine()
         self.evaluated = 0
         self.fail = fail
 
@@ -33,7 +40,7 @@ class Reporter:
 
 
 def test_a_reporter_is_evaluated_when_its_monitor_changed_or_safety_is_up() -> None:
-    pool = Reporters()
+    pool = Reporters(workers=2)
     a, b, broken = Reporter(), Reporter(), Reporter(fail=True)
     reporters: dict[str, Any] = {"a": a, "b": b, "broken": broken}
     for key, reporter in reporters.items():
@@ -48,3 +55,15 @@ def test_a_reporter_is_evaluated_when_its_monitor_changed_or_safety_is_up() -> N
     pool.remove("a")
     assert pool.round(t + SAFETY + 5) == 2  # the safety look, at every one still there
     assert a.evaluated == 2 and broken.evaluated == 2  # failed at t, looked at again
+
+
+def test_an_instance_whose_pass_runs_is_left_for_a_later_round() -> None:
+    """Its evaluation would wait for the engine's lock (the whole pass) and hold up the
+    others; the pass writes its conditions itself and pokes when it ends."""
+    pool = Reporters()
+    busy, idle = Reporter(), Reporter()
+    pool.add("busy", busy)  # type: ignore[arg-type]
+    pool.add("idle", idle)  # type: ignore[arg-type]
+    with busy.engine.lock:
+        assert pool.round(1000.0) == 1 and (busy.evaluated, idle.evaluated) == (0, 1)
+    assert pool.round(1001.0) == 1 and busy.evaluated == 1
