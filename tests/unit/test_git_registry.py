@@ -141,7 +141,7 @@ def _registry(tmp_path: Path, remotes: dict[str, tuple[Path, Path]], clock: Cloc
             made.append(s)
         return GitSource(s, env)
 
-    return Registry(settings, {}, factory=factory, clock=clock)
+    return Registry(settings, {}, factory=factory, clock=clock, allow_local=True)
 
 
 def _source(registry: Registry, key: tuple[str, str], tmp_path: Path) -> InstanceSource:
@@ -271,3 +271,15 @@ def test_the_poll_asks_each_repository_once_and_wakes_only_moved_instances(
     assert set(registry.poll(lambda key: key != ("ns1", "one"))) == {("ns2", "two")}
     registry.unfollow(("ns1", "one"))
     assert ("ns1", "one") not in registry.following()[repository_id(str(bare_a))]["main"]
+
+
+def test_an_object_may_name_only_network_repositories(tmp_path: Path) -> None:
+    registry = Registry(GitSettings(url="file:///srv/own.git", cache_dir=tmp_path), {})
+    assert registry.repository("/srv/own.git") is registry.repository()  # the admin's
+    for local in ("file:///etc", "/var/run/secrets", "ext::sh -c id", "../x.git"):
+        with pytest.raises(ValidationError) as caught:
+            registry.repository(local)
+        assert caught.value.details["field"] == "spec.source.url"
+    for remote in ("https://h/o/r.git", "ssh://git@h/o/r", "git@h:o/r.git",
+                   "git://127.0.0.1:9418/r.git"):
+        registry.repository(remote)

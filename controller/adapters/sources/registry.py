@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.config import GitSettings
+from controller.errors import ValidationError
 from controller.model.instance import ref_name, repository_id
 
 if TYPE_CHECKING:  # gitpython is imported only when a repository is used
@@ -134,6 +135,15 @@ class Repository:
             return root
 
 
+def _remote(url: str) -> bool:
+    """A network URL (https, http, ssh, git, or scp-like `user@host:path`)."""
+    scheme, sep, _rest = url.partition("://")
+    if sep:
+        return scheme.lower() in ("https", "http", "ssh", "git")
+    host, colon, _path = url.partition(":")
+    return bool(colon) and "/" not in host and "@" in host
+
+
 @dataclass(frozen=True)
 class Follow:
     """What one instance follows: a repository's ref, and the commit it read last."""
@@ -148,8 +158,12 @@ class Registry:
 
     def __init__(self, settings: GitSettings, env: Mapping[str, str],
                  factory: Callable[[GitSettings, Mapping[str, str]], GitSource] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 allow_local: bool = False) -> None:
         self.settings = settings  # the controller's repository, and the cache for all
+        # Whether an object may name a local path or file:// URL (tests only): otherwise
+        # anyone who may edit an object could make the controller read its own disk.
+        self.allow_local = allow_local
         self._env = env
         self._factory = factory
         self._clock = clock
@@ -162,6 +176,11 @@ class Registry:
         """The one Repository of `url` ("" or the controller's URL: the controller's
         repository, with its credentials; any other: anonymous)."""
         own = not url or repository_id(url) == repository_id(self.settings.url)
+        if not own and not self.allow_local and not _remote(url):
+            raise ValidationError(
+                f"spec.source.url {url!r}: only https, http, ssh and git URLs (or "
+                "user@host:path) may be named by an object",
+                {"field": "spec.source.url", "url": url})
         key = repository_id(self.settings.url if own else url)
         with self._lock:
             found = self._repos.get(key)
