@@ -8,6 +8,8 @@ service). `?instance=` answers for another DeploymentParameters object in the na
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 
 from controller.api.common import instance_param
@@ -17,16 +19,6 @@ from controller.runtime.service import Service
 class _Base:
     def __init__(self, service: Service) -> None:
         self.service = service
-
-
-class ServiceList(_Base):
-    """GET /api/services: every service, its namespace, whether deployed, its status."""
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"services": [
-            {"name": h["name"], "namespace": h["namespace"], "deployed": h["status"] != "down",
-             "status": h["status"], "lastChecked": h["lastChecked"]}
-            for h in self.service.services(instance_param(req))]}
 
 
 class ServicesHealth(_Base):
@@ -40,11 +32,23 @@ class ServicesHealth(_Base):
         services = self.service.services_now(instance_param(req))
         if services is None:
             return False
-        resp.media = {"services": services}
+        resp.media = self.shape(services)
         return True
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"services": self.service.services(instance_param(req))}
+        resp.media = self.shape(self.service.services(instance_param(req)))
+
+    def shape(self, services: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"services": services}
+
+
+class ServiceList(ServicesHealth):
+    """GET /api/services: every service, its namespace, whether deployed, its status."""
+
+    def shape(self, services: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"services": [
+            {"name": h["name"], "namespace": h["namespace"], "deployed": h["status"] != "down",
+             "status": h["status"], "lastChecked": h["lastChecked"]} for h in services]}
 
 
 class ServiceDetail(_Base):

@@ -71,22 +71,24 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     return thread, out
 
 
+@pytest.mark.parametrize("path", ["/api/services/health", "/api/services"])
 def test_health_answers_on_the_loop_from_the_published_view(
-        fake_api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+        fake_api: FakeApi, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     now = threads_of(monkeypatch, fake_api.service, "services_now")
     pooled = threads_of(monkeypatch, fake_api.service, "services")
-    body = fake_api.get("/api/services/health").json
+    body = fake_api.get(path).json
     assert on_loop(now)
     assert pooled == [] or on_loop(pooled)  # the fake's services_now calls services
     assert [s["name"] for s in body["services"]] == ["frontend", "postgres", "redis"]
 
 
+@pytest.mark.parametrize("path", ["/api/services/health", "/api/services"])
 def test_health_not_yet_published_is_computed_on_the_pool_with_the_same_answer(
-        fake_api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
-    published = fake_api.get("/api/services/health").json
+        fake_api: FakeApi, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    published = fake_api.get(path).json
     fake_api.service.health_published = False
     pooled = threads_of(monkeypatch, fake_api.service, "services")
-    assert fake_api.get("/api/services/health").json == published
+    assert fake_api.get(path).json == published
     assert on_pool(pooled)
 
 
