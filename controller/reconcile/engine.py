@@ -581,11 +581,12 @@ class Engine:
         Written only when they change (one GET, and a PATCH only then), never over a failed
         pass's Stalled (the next pass decides), and at the generation the last pass
         observed. Returns the conditions (type -> status), or None when there is no object
-        or no health view. Raises NotLeaderError on a follower (Kube.write_guard).
+        or no health view. Raises NotLeaderError on a replica that does not own the
+        instance (its writes are the instance's, as a pass's: kube.acting_for).
         """
         if self.health is None:
             return None
-        with self.lock:
+        with self.lock, acting_for((self.cfg.namespace, self.cfg.instance)):
             obj = self.resource.get()
             if obj is None:
                 return None

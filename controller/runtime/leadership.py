@@ -194,16 +194,18 @@ class LeaseLock:
 
     def release(self) -> None:
         """Hand the lease back at once (holder cleared, renew time the epoch), if still
-        ours: another replica takes it at its next round instead of waiting it out."""
+        ours: another replica takes it at its next round instead of waiting it out. Two
+        bounded, unretried requests (a handover must not hold up the round that renews
+        the other Leases); if they fail, the Lease simply expires."""
         self.step_down()
         try:
-            lease = self.kube.get(API_VERSION, "Lease", self.name, self.namespace)
+            lease = self._request("GET")
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 spec = dict(lease["spec"])
                 spec["renewTime"] = rfc3339_micro(EPOCH)
                 spec["holderIdentity"] = ""
                 lease["spec"] = spec
-                self.kube.replace(lease, elect=True)
+                self._request("PUT", lease)  # at the version read: never over a new holder
         except KubeError as e:
             log.info("could not release lease %s: %s", self.name, e.message)
 
