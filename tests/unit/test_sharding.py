@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from kubernetes import client as k8s
 
-from controller.adapters.kube import Body, KubeError, Resource
-from controller.config import Config, ConfigError, validate
+from controller.adapters.kube import (
+    Body,
+    Kube,
+    KubeError,
+    NotLeaderError,
+    Resource,
+    acting_for,
+    carry_context,
+    current_instance,
+)
+from controller.config import ApplySettings, Config, ConfigError, validate
 from controller.runtime.leadership import API_VERSION
 from controller.runtime.sharding import ShardSet, ShardView, decide, fair_share, shard_of
 
@@ -280,3 +291,37 @@ def test_the_shards_setting_is_read_checked_and_off_by_default() -> None:
         validate(Config.from_env({"CONDUCTOR_LEADER_SHARDS": "5000"}))
     with pytest.raises(ConfigError, match="CONDUCTOR_LEADER_ENABLED=true"):
         validate(replace(cfg, leader=replace(cfg.leader, enabled=False)))
+
+
+# -- the write fence ------------------------------------------------------------------------------
+
+
+def test_writes_inside_acting_for_are_fenced_by_the_instance_owner() -> None:
+    kube = Kube(k8s.ApiClient(), ApplySettings(attempts=1))
+    sent: list[tuple[str, str]] = []
+    kube._once = lambda method, path, *a: sent.append((method, path)) or {}  # type: ignore[method-assign]
+    mine = ("ns", "mine")
+    kube.write_guard = lambda: False  # not the leader
+    kube.instance_guard = lambda key: key == mine  # type: ignore[assignment]
+
+    with pytest.raises(NotLeaderError, match="not the leader"):
+        kube.request("PATCH", "/api/v1/namespaces/ns/configmaps/x", body={})
+    with acting_for(("ns", "theirs")):
+        with pytest.raises(NotLeaderError, match="does not own instance ns/theirs"):
+            kube.request("PATCH", "/api/v1/namespaces/ns/configmaps/x", body={})
+        with pytest.raises(NotLeaderError):
+            kube.check_may_write("up")
+        kube.request("PATCH", "/p", body={}, query={"dryRun": "All"})  # plans are reads
+        kube.request("GET", "/api/v1/namespaces/ns/configmaps/x")
+    assert sent == [("PATCH", "/p"), ("GET", "/api/v1/namespaces/ns/configmaps/x")]
+    sent.clear()
+    with acting_for(mine):
+        kube.check_may_write("up")
+        kube.request("PATCH", "/mine", body={})  # its owner writes, leader or not
+        # A pass's worker pool carries the instance: its writes stay fenced as the pass's.
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(carry_context(lambda _: current_instance()), range(8))) \
+                == [mine] * 8
+            assert list(pool.map(lambda _: current_instance(), range(2))) == [None] * 2
+    assert current_instance() is None
+    assert sent == [("PATCH", "/mine")]
