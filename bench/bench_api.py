@@ -47,6 +47,7 @@ from bench.common import (
     post,
     wrk_options,
 )
+from controller.config import ApiSettings
 from tests.support.waiting import wait_for
 
 TARGET_RPS = 1000.0
@@ -104,6 +105,14 @@ def parse_wrk(path: str, out: str) -> Load:
     return Load(path, requests, _ms(total.group(2) + total.group(3)) / 1000,
                 float(rps.group(1)), ms(percent.get("50")), ms(percent.get("99")),
                 ms(latency.group(1) if latency else None), errors)
+
+
+def access_log(env: dict[str, str]) -> str:
+    """Which access log the controller writes (a line costs a share of a short read's
+    CPU: the figures depend on it)."""
+    mode = env.get("CONDUCTOR_API_ACCESS_LOG")
+    return f"access log {mode}" if mode else \
+        f"access log {ApiSettings().access_log} (the default)"
 
 
 def cpu_seconds(group: int) -> float:
@@ -278,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     with example_controller("bench-api", args.events, extra) as (proc, port):
         stored = get_json(port, "/api/events?limit=1")["events"][0]["id"]
         print(f"controller on 127.0.0.1:{port}, services healthy, newest event id "
-              f"{stored}; wrk: {args.connections} connections, {args.duration}s each")
+              f"{stored}; wrk: {args.connections} connections, {args.duration}s each; "
+              f"{access_log(extra)}")
         loads = []
         for path in ENDPOINTS:
             wrk(port, path, 1, args.connections, args.wrk_threads)  # warm-up

@@ -26,7 +26,7 @@ import sys
 import threading
 from pathlib import Path
 
-from bench.bench_api import Load, subscribers, wrk
+from bench.bench_api import Load, access_log, subscribers, wrk
 from bench.common import (
     controller_env,
     event_ids_after,
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     with example_controller("bench-sse", args.events, extra) as (proc, port):
         group = proc.pid
         print(f"controller on 127.0.0.1:{port}; wrk {args.connections} connections, "
-              f"{args.duration}s per round on {PATH}")
+              f"{args.duration}s per round on {PATH}; {access_log(extra)}")
         wrk(port, PATH, 2, args.connections, args.wrk_threads)  # warm-up
         rss_idle = rss_mib(group)
         print(f"A (no subscribers): start {loadavg()}", flush=True)
