@@ -243,13 +243,14 @@ class GitSource:
                 raise self._error(f"manifests path {path!r} is not a folder at {sha[:12]}",
                                   "read", "not a folder in the repository", path=path, sha=sha)
             data = self._git_bytes(["archive", "--format=tar", sha, "--", rel or "."], "read")
-        partial = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            tar.extractall(partial, filter="data")  # no links out, no devices
-        shutil.rmtree(dest, ignore_errors=True)
-        partial.rename(dest)  # whole or absent: a reader never sees half a tree
+            # Under the cache's lock too: processes sharing the cache export one at a time.
+            partial = dest.with_name(dest.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                tar.extractall(partial, filter="data")  # no links out, no devices
+            shutil.rmtree(dest, ignore_errors=True)
+            partial.rename(dest)  # whole or absent: a reader never sees half a tree
         return dest / rel if rel else dest
 
     def write_params(self, params: Mapping[str, Any], message: str,

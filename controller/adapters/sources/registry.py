@@ -122,7 +122,7 @@ class Repository:
         key = (sha, path)
         with self._tree_lock:
             found = self._trees.get(key)
-            if found is not None:
+            if found is not None and found[1].is_dir():  # (another process may prune it)
                 self._trees.move_to_end(key)
                 return found[1]
             digest = hashlib.sha256(f"{sha}\0{path}".encode()).hexdigest()[:16]
