@@ -181,8 +181,8 @@ class GitParameters:
         self.applied: str | None = None
         self.error: dict[str, Any] | None = None  # the last failure to reach Git, if any
         self._warned: set[tuple[str, str]] = set()
-
         self._requested: str | None = None  # the last wake-up seen on the object
+
     # -- what was seen when --------------------------------------------------------------
 
     def announced(self, at: float | None = None) -> None:
@@ -798,7 +798,8 @@ class Controller:
                 self._request_pass(key, at)
                 asked.append(key)
             except KubeError as e:
-                failed["/".join(key)] = e.message
+                if e.status != 404:  # a deleted instance has nothing left to wake
+                    failed["/".join(key)] = e.message
         if failed:
             raise KubernetesError(
                 "the push could not be passed on to the replica that owns "

@@ -910,7 +910,8 @@ class ControllerService:
                     "triggered": False}
         return {"message": "reconciliation triggered", "triggered": True, "ref": ref,
                 "instances": [{"namespace": k[0], "name": k[1],
-                               "via": "owner" if k in done["woken"] else "annotation"}
+                               "via": "owner" if k in done["woken"] else "annotation",
+                               "owner": self.c.owner_identity(k)}
                               for k in woken]}
 
 
