@@ -12,7 +12,8 @@ The hop is not free. Measured with py-spy on the 2-core machine (issue 10), hand
 health read to a pool thread and back cost more than the read itself: besides the
 future's bookkeeping, the pool thread and the loop's thread take turns on the GIL, and a
 thread that wants it back may wait for the other's switch interval (5 ms): the tail of
-every pooled request (p99 of 40-100 ms for a 0.3 ms read at 2,000 req/s). So a resource
+every pooled request (p99 43-113 ms at load 1-4, for 0.5-1.5 ms of CPU per request;
+on the loop, health and a kept event answer take half that CPU). So a resource
 may also define `on_<method>_now(req, resp, **params) -> bool`, tried first, on the loop:
 True means it answered; False means it could not without waiting, and the pool runs
 `on_<method>` as before. What may answer there, and why it cannot stall the loop:
@@ -22,7 +23,9 @@ True means it answered; False means it could not without waiting, and the pool r
   query's kept answer (api/eventing.PageCache: a dict behind a lock held only for a lookup);
 - an event query on a local SQLite store (`EventSource.local`) whose page is small
   (eventing.LOOP_ROWS): WAL readers never wait for the writer, the query is one index
-  range that stops after offset + limit rows (about 0.3 ms for 50 rows, less than the hop);
+  range that stops after offset + limit rows (0.1-0.2 ms of CPU for 50 rows, less than
+  the hop); what could make a SQLite reader wait (recovery of a crashed writer's WAL) is
+  a start-up matter, not a steady-state one;
 - never anything that may wait on the network (the API server, PostgreSQL, Git), on a
   lock another thread holds for long (a pass, the monitor's computation), or on time.
 

@@ -361,6 +361,7 @@ class Controller:
             elector = self.elector
             self.kube.write_guard = lambda: elector.is_leader
             self.loop.identity = elector.identity
+        self._leading = threading.Lock()  # held by the leader's set-up (_lead)
         # The other instances spread over shard Leases across the replicas (sharding.py).
         self.shards: ShardSet | None = None
         if self.elector is not None and cfg.leader.shards > 0:
@@ -522,14 +523,23 @@ class Controller:
 
     def _on_leader(self, leading: bool) -> None:
         if leading:
+            # Not on the election thread: the set-up's requests (retried, up to the request
+            # timeout each) would keep it from renewing, and a slow API server would then
+            # depose every new leader in turn before it renews once.
+            threading.Thread(target=self._lead, name="leader-setup", daemon=True).start()
+
+    def _lead(self) -> None:
+        with self._leading:  # one set-up at a time, however often leadership flaps
+            if not self.is_leader():
+                return
             try:
                 self._prepare()
             except KubeError as e:
                 log.warning("leader set-up failed: %s", e.message)
-            if self.shards is None:
-                self.loop.wake_all("leader")
-            else:  # the leader's own instance only; the others follow their shards
-                self.loop.wake("leader")
+        if self.shards is None:
+            self.loop.wake_all("leader")
+        else:  # the leader's own instance only; the others follow their shards
+            self.loop.wake("leader")
 
     def _on_shard(self, shard: int) -> None:
         """This replica took a shard: its instances' passes run now, not at an interval."""
