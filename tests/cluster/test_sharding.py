@@ -303,8 +303,10 @@ def test_thirty_instances_on_three_replicas_one_owner_each_and_a_killed_one_move
         after = wait(lambda: balanced(shard_holders(kube, namespace), 2), timeout=30,
                      message="the shards balanced 3/3 over the survivors")
         assert victim.identity not in after.values()
-        # Nothing was written again: the takeover passes found everything applied.
-        assert [r.applies() for r in survivors] == [Counter(), Counter()]
+        # Nothing was written again: the takeover passes found everything applied (the
+        # own instance is the leader's, not sharded: its first pass may come only now).
+        assert [Counter({p: n for p, n in r.applies().items() if "/default-web" not in p})
+                for r in survivors] == [Counter(), Counter()]
         check_owners(replicas, namespace, names)
 
         # Lease traffic: per retry period one renew per held Lease (6 shards, 2 member
