@@ -47,6 +47,7 @@ KINDS = ["Deployment", "Service", "ConfigMap", "Pod"]
 TYPES = ["info", "success", "warning", "error"]
 TYPE_WEIGHTS = [55, 30, 10, 5]
 CHUNK = 50_000
+NAMESPACES = ("default", "prod", "staging")
 
 
 def resources() -> list[tuple[str, str]]:
@@ -69,14 +70,18 @@ def generate(n: int, start_ms: int, span_ms: int,
     for i in range(n):
         ts = format_ms(start_ms + i * span_ms // n)
         t = rng.choices(TYPES, TYPE_WEIGHTS)[0]
+        # Instances: app0..app9 in each namespace (same names in several: issue 13).
+        instance, namespace = f"app{rng.randrange(10)}", rng.choice(NAMESPACES)
         if rng.random() < 0.05:  # a pass started/finished: no resource
             batch.append({"type": "info" if t == "warning" else t, "timestamp": ts,
                           "message": "reconcile finished in 0.42s", "reason": "PassFinished",
                           "details": {"counts": {"applied": 1, "unchanged": 199, "failed": 0},
-                                      "revision": "a1b2c3d"}})
+                                      "revision": "a1b2c3d"},
+                          "instance": instance, "namespace": namespace})
         else:
             key, service = keys[rng.randrange(len(keys))]
-            batch.append(_object_event(t, key, service, ts, rng))
+            batch.append({**_object_event(t, key, service, ts, rng), "instance": instance,
+                          "namespace": key.split("/")[0]})
         if len(batch) == CHUNK:
             yield batch
             batch = []
@@ -107,6 +112,10 @@ def _object_event(t: str, key: str, service: str, ts: str, rng: random.Random) -
             "reason": "Updated" if t == "success" else "Scheduled",
             "message": f"{kind} {name} {'updated' if t == 'success' else 'scheduled'}",
             "details": {"action": "update", "planReason": "spec changed"}}
+
+
+def _instance(rng: random.Random) -> dict[str, Any]:
+    return {"instance": f"app{rng.randrange(10)}", "namespace": rng.choice(NAMESPACES)}
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -238,6 +247,11 @@ def run(db: Database, args: argparse.Namespace) -> dict[str, float]:
         ("offset 10,000+type", lambda: {"offset": MAX_OFFSET, "type": t()}),
         ("offset 10,000+type list", lambda: {"offset": MAX_OFFSET,
                                              "type": "error,warning"}),
+        # A namespace-limited token's query: instance and namespace (issue 13).
+        ("instance+namespace", lambda: _instance(rng)),
+        ("instance+namespace+type", lambda: {**_instance(rng), "type": t()}),
+        ("instance+namespace+service", lambda: {**_instance(rng),
+                                                "service": rng.choice(SERVICES)}),
         ("after_id", lambda: {"after_id": rng.randrange(last)}),
         ("after_id oldest first (SSE)", lambda: {"after_id": rng.randrange(last),
                                                  "oldest_first": True}),

@@ -818,24 +818,28 @@ def _ids_statement(f: Filters, lo: int, hi: int, dialect: str = "sqlite",
     picks it from the same (column, id) shape.
 
     The instance has its own index for a query by instance alone, and with its namespace
-    (instance, namespace, id); with a resource or a service it is checked on that range's
-    rows (two instances of one app share service names, so that costs at most a factor of
-    the instances that share them).
+    (instance, namespace, id). One instance (name and namespace, what a limited token
+    always asks) with a service walks the instance's range and checks the service on its
+    rows: every instance of an app has the same services, so the service's range would
+    cost a factor of the instances (1,000 of them: 1,000), the instance's at most a factor
+    of its services. By name alone with a service, and with a resource (an object is one
+    instance's), the instance is checked on that range's rows.
     """
     selects: list[str] = []
     params: list[Any] = []
     for t in f.types or (None,):
         where: list[str] = []
+        one = f.instance is not None and f.namespace is not None  # one instance
         if f.resource is not None:
             index = "events_resource_type" if t else "events_resource"
             where.append("resource = ?")
             params.append(f.resource)
-        elif f.service is not None:
-            index = "events_service_type" if t else "events_service"
-        elif f.instance is not None and f.namespace is not None:
+        elif one:
             index = "events_instance_ns_type" if t else "events_instance_ns"
             where += ["instance = ?", "namespace = ?"]
             params += [f.instance, f.namespace]
+        elif f.service is not None:
+            index = "events_service_type" if t else "events_service"
         elif f.instance is not None:
             index = "events_instance_type" if t else "events_instance"
             where.append("instance = ?")
@@ -848,7 +852,8 @@ def _ids_statement(f: Filters, lo: int, hi: int, dialect: str = "sqlite",
         if f.service is not None:
             where.append("service = ?")  # with resource too: checked on that range's rows
             params.append(f.service)
-        if f.instance is not None and (f.resource is not None or f.service is not None):
+        if f.instance is not None and (f.resource is not None or
+                                       (f.service is not None and not one)):
             where.append("instance = ?")
             params.append(f.instance)
             if f.namespace is not None:
