@@ -137,8 +137,9 @@ def test_default_crd_path_is_the_shipped_file() -> None:
 
 def test_load_schema_returns_the_spec_schema(schema: dict[str, Any]) -> None:
     assert schema["type"] == "object"
-    # Values (global, services) and the controls beside them (suspend, ignore rules).
-    assert set(schema["properties"]) == {"global", "services", "suspend", "ignore"}
+    # Values (global, services) and the controls beside them (suspend, ignore rules, and
+    # where the parameters come from: spec.source).
+    assert set(schema["properties"]) == {"global", "services", "suspend", "ignore", "source"}
 
 
 def test_load_schema_reports_an_unreadable_file(tmp_path: Path) -> None:
