@@ -303,8 +303,9 @@ def test_a_webhook_on_the_follower_wakes_exactly_the_instances_of_that_repositor
             "repository": {"clone_url": f"http://127.0.0.1:{remotes.port}/b.git",
                            "git_url": remotes.url("b")}})
         assert status == 202 and answer["triggered"] is True, answer
-        assert answer["instances"] == [
-            {"namespace": ns_d, "name": "delta", "via": "annotation"}], answer
+        leader = f"replica-{roles.index(True)}"
+        assert answer["instances"] == [{"namespace": ns_d, "name": "delta",
+                                        "via": "annotation", "owner": leader}], answer
         wait_for(lambda: _revision(kube, keys["delta"]) == pushed_b, timeout=60,
                  message="delta applied B's commit through its owner")
         assert _redis(kube, ns_d) == 2
