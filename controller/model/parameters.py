@@ -117,21 +117,19 @@ def effective(params: Parameters, service: str) -> dict[str, Any]:
 def load_schema(path: Path = DEFAULT_CRD) -> dict[str, Any]:
     """Read the CRD file and return the OpenAPI v3 schema of `spec` (stored version).
 
-    Every engine (one per instance) asks for it: the file is parsed once per version of it
-    (path, size, mtime), and each caller gets its own copy. Parsing it per engine was a
-    third of the controller's CPU while 100 instances started (bench_scale)."""
+    Every engine (one per instance) asks for it: the text is parsed once per content, and
+    each caller gets its own copy. Parsing it per engine was a third of the controller's
+    CPU while 100 instances started (bench_scale)."""
     try:
-        stat = path.stat()
-        docs = _parsed_crd(str(path), stat.st_size, stat.st_mtime_ns)
+        docs = _parsed_crd(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
         raise SourceError(f"cannot read the CRD {path}: {e}", {"path": str(path)}) from e
     return copy.deepcopy(_spec_schema(path, docs))
 
 
 @functools.lru_cache(maxsize=8)
-def _parsed_crd(path: str, size: int, mtime_ns: int) -> list[Any]:
-    """The documents of a CRD file at one version (size and mtime are the cache key)."""
-    return [d for d in yaml.safe_load_all(Path(path).read_text(encoding="utf-8")) if d]
+def _parsed_crd(text: str) -> list[Any]:
+    return [d for d in yaml.safe_load_all(text) if d]
 
 
 def _spec_schema(path: Path, docs: list[Any]) -> dict[str, Any]:
