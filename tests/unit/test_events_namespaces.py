@@ -124,8 +124,9 @@ def test_the_namespaced_filter_is_an_index_range(store: EventStore) -> None:
         assert all(line.startswith("SEARCH ") or line in ("MERGE (UNION ALL)", "LEFT",
                                                           "RIGHT") for line in plan), plan
         assert not [line for line in plan if "TEMP B-TREE" in line], (kwargs, plan)
-        if resource is None:  # a service is checked on the instance's rows
-            index = "events_instance_ns_type" if type_ else "events_instance_ns "
+        if resource is None:  # one instance's range, of its service when one is asked
+            index = "events_instance_ns" + ("_service" if service else "") + \
+                ("_type" if type_ else " ")
             assert any(index in line for line in plan), (kwargs, plan)
 
 
@@ -175,7 +176,7 @@ def test_events_from_before_the_namespace_are_given_one_where_it_can_be_told(
         assert json.loads(s.page(instance="other", namespace="team-b"))["events"][0][
             "namespace"] == "team-b"
         assert s.add("info", "new", instance="x", namespace="y").id == 6
-    assert database.version("events") == 2
+    assert database.version("events") == 3
 
 
 def test_history_of_same_named_instances_is_kept_apart(database: Database) -> None:

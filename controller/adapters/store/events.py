@@ -162,13 +162,22 @@ ALTER TABLE events ADD COLUMN namespace TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS events_instance_ns ON events (instance, namespace, id);
 CREATE INDEX IF NOT EXISTS events_instance_ns_type ON events (instance, namespace, type, id)
 """
+# Migration 3: one instance's service, what a limited token's ?service= asks (every
+# instance of an app has the same services: the service's own range is all of theirs).
+_INSTANCE_SERVICE = """
+CREATE INDEX IF NOT EXISTS events_instance_ns_service
+    ON events (instance, namespace, service, id);
+CREATE INDEX IF NOT EXISTS events_instance_ns_service_type
+    ON events (instance, namespace, service, type, id)
+"""
 Home = tuple[str, str]  # the controller's own instance: (namespace, name)
 
 
 def migrations(home: Home | None = None) -> tuple[Migration, ...]:
     """The schema steps; `home` names the namespace of the own instance's old rows."""
     return (Migration(1, _TABLE.format(name="events") + _INDEXES, _PG_TABLE + _INDEXES),
-            Migration(2, _NAMESPACE, _NAMESPACE, after=lambda tx: _fill_namespaces(tx, home)))
+            Migration(2, _NAMESPACE, _NAMESPACE, after=lambda tx: _fill_namespaces(tx, home)),
+            Migration.same(3, _INSTANCE_SERVICE))
 
 
 MIGRATIONS = migrations()
@@ -818,12 +827,11 @@ def _ids_statement(f: Filters, lo: int, hi: int, dialect: str = "sqlite",
     picks it from the same (column, id) shape.
 
     The instance has its own index for a query by instance alone, and with its namespace
-    (instance, namespace, id). One instance (name and namespace, what a limited token
-    always asks) with a service walks the instance's range and checks the service on its
-    rows: every instance of an app has the same services, so the service's range would
-    cost a factor of the instances (1,000 of them: 1,000), the instance's at most a factor
-    of its services. By name alone with a service, and with a resource (an object is one
-    instance's), the instance is checked on that range's rows.
+    (instance, namespace, id), and one instance's service (instance, namespace, service,
+    id): what a limited token always asks, and every instance of an app has the same
+    services, so the service's own range would cost a factor of the instances. By name
+    alone with a service, and with a resource (an object is one instance's), the instance
+    is checked on that range's rows.
     """
     selects: list[str] = []
     params: list[Any] = []
@@ -835,7 +843,8 @@ def _ids_statement(f: Filters, lo: int, hi: int, dialect: str = "sqlite",
             where.append("resource = ?")
             params.append(f.resource)
         elif one:
-            index = "events_instance_ns_type" if t else "events_instance_ns"
+            index = "events_instance_ns" + ("_service" if f.service is not None else "") + \
+                ("_type" if t else "")
             where += ["instance = ?", "namespace = ?"]
             params += [f.instance, f.namespace]
         elif f.service is not None:
@@ -850,7 +859,7 @@ def _ids_statement(f: Filters, lo: int, hi: int, dialect: str = "sqlite",
             where.append("type = ?")
             params.append(t)
         if f.service is not None:
-            where.append("service = ?")  # with resource too: checked on that range's rows
+            where.append("service = ?")  # with resource: checked on that range's rows
             params.append(f.service)
         if f.instance is not None and (f.resource is not None or
                                        (f.service is not None and not one)):
