@@ -41,11 +41,22 @@ ANNOTATION_PARAMETER_SOURCE = "conductor.io/parameter-source"
 # that received a webhook for an instance it does not own writes the time here; the owner's
 # watch of the object sees the change and runs a pass that fetches Git anew.
 ANNOTATION_REQUESTED = "conductor.io/requested-reconcile-at"
+# up/update/down a replica accepted for the instance's owner to run (runtime/requests.py):
+# work for the owner, not a change of the instance, so it wakes no pass (`wakes_mark`).
+ANNOTATION_REQUESTS = "conductor.io/requests"
 # Where an instance following the controller's repository finds its parameters file.
 INSTANCE_PARAMS = "instances/{namespace}/{name}.yaml"
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ssh": "22", "git": "9418"}
 
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled")
+
+
+def wakes_mark(meta: Mapping[str, Any]) -> str:
+    """The object's annotations that wake a pass when they change, as one string to
+    compare (the requests annotation is left out: its owner handles it, not a pass)."""
+    shown = {k: v for k, v in (meta.get("annotations") or {}).items()
+             if k != ANNOTATION_REQUESTS}
+    return json.dumps(shown, sort_keys=True)
 # Conditions as (status, reason, message) by type, in kstatus order.
 Verdict = dict[str, tuple[str, str, str]]
 # Service states that ask nothing more of anyone: down and suspended on purpose.

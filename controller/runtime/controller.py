@@ -22,7 +22,6 @@ the API (it sits above this module).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -581,8 +580,7 @@ class Controller:
             self.loop.wake("deleted", key)
             return
         mark = (meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"),
-                json.dumps(meta.get("annotations") or {}, sort_keys=True),
-                tuple(meta.get("finalizers") or ()))
+                instance_model.wakes_mark(meta), tuple(meta.get("finalizers") or ()))
         with self._instances_lock:
             changed = self._marks.get(key) != mark
             self._marks[key] = mark

@@ -702,7 +702,9 @@ class ControllerService:
             return _Current(snap, self._git_version(snap.revision))
         obj = engine.resource.read()
         snap = engine.source.snapshot(obj)
-        return _Current(snap, _resource_version(obj), obj)
+        # Another instance following Git: its file's blob id (sources/instances.py).
+        version = str(snap.details.get("version") or "") if snap.source == "git" else ""
+        return _Current(snap, version or _resource_version(obj), obj)
 
     def _git_version(self, commit: str) -> str:
         """The blob SHA of the parameters file at `commit` (kept per commit)."""

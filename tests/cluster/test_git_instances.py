@@ -187,6 +187,9 @@ def test_a_push_updates_only_the_instance_whose_file_changed(
         # Its object's spec is not its parameters: an API write there is refused (409),
         # nothing written, rather than accepted and silently ignored.
         service = ControllerService(controller)
+        # Its version (the ETag) is its file's blob id at the applied commit.
+        read = service.parameters(f"{ns_b}/beta", Caller(may_see_secrets=True))
+        assert read.version == remotes.a.git("rev-parse", f"{pushed}:instances/{ns_b}/beta.yaml")
         generation = (kube.get(API_VERSION, KIND, "beta", ns_b) or {})["metadata"]["generation"]
         with pytest.raises(ConflictError) as refused:
             service.patch_parameters(f"{ns_b}/beta", {"global": {"replicas": 5}},

@@ -178,6 +178,9 @@ def test_one_fetch_serves_every_instance_until_a_change_is_announced(
     assert snap1.spec == {"global": {"replicas": 1}} and snap2.spec["global"]["replicas"] == 2
     assert snap1.revision == snap2.revision and len(snap1.revision) == 40
     assert snap1.source == "git" and snap1.details["path"] == "instances/ns1/one.yaml"
+    # The file's blob id is its version (the API's ETag), as `git hash-object` says.
+    assert snap1.details["version"] == run_git(
+        remotes["a"][1], "rev-parse", f"{snap1.revision}:instances/ns1/one.yaml")
     assert (snap1.manifest_root / "web" / "deployment.yaml.j2").is_file()
     assert snap1.manifest_root == snap2.manifest_root  # one export per revision
 
@@ -191,6 +194,11 @@ def test_one_fetch_serves_every_instance_until_a_change_is_announced(
         {"global": {"replicas": 5}}
     assert two.snapshot(_obj("two", "ns2", annotations=marked)).revision == pushed
     assert repo.fetches == 2
+    # An unchanged commit is read from memory, and a pass cannot change what the next reads.
+    again = two.snapshot(_obj("two", "ns2", annotations=marked))
+    again.spec["global"]["replicas"] = 99
+    assert two.snapshot(_obj("two", "ns2", annotations=marked)).spec["global"] == \
+        {"replicas": 2}
     clock.now += 61  # older than the poll interval: fetched again
     two.snapshot(_obj("two", "ns2", annotations=marked))
     assert repo.fetches == 3

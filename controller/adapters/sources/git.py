@@ -222,11 +222,17 @@ class GitSource:
         with self._locked("fetch"):
             return self._resolve("checkout", ref).sha
 
-    def read_params_at(self, sha: str, path: str) -> dict[str, Any]:
+    def read_params_at(self, sha: str, path: str) -> tuple[dict[str, Any], str]:
         """The parameters file at `path` in commit `sha` (read from the object store: no
-        checkout, so readers of different commits do not disturb each other)."""
+        checkout, so readers of different commits do not disturb each other), and its
+        blob id (`git hash-object`: the parameters' version, as the API's ETag)."""
         with self._locked("read"):
-            return self._read_params(sha, _repo_path(path))
+            rel = _repo_path(path)
+            data = self._blob(sha, rel, "read")
+            params = self._parse_params(data, sha, rel)
+        blob = hashlib.sha1(b"blob %d\0" % len(data or b"") + (data or b""),
+                            usedforsecurity=False).hexdigest()
+        return params, blob
 
     def committed_at(self, sha: str) -> datetime:
         with self._locked("read"):
@@ -358,7 +364,9 @@ class GitSource:
         return self._git_bytes(["cat-file", "blob", f"{sha}:{path}"], step)
 
     def _read_params(self, sha: str, path: str) -> dict[str, Any]:
-        data = self._blob(sha, path, "read")
+        return self._parse_params(self._blob(sha, path, "read"), sha, path)
+
+    def _parse_params(self, data: bytes | None, sha: str, path: str) -> dict[str, Any]:
         if data is None:
             raise self._error(f"{path}: no such file at {sha[:12]}", "read", "file not found",
                               path=path, sha=sha)

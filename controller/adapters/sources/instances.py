@@ -70,10 +70,12 @@ class InstanceSource:
         # Followed before the file is read: a broken file is fixed by a push, which the
         # poller must see to wake this instance.
         self.registry.follow(self.key, url, ref, sha)
-        params = repo.read_params(sha, spec.path)
+        params, version = repo.read_params(sha, spec.path)
+        # `version`: the file's blob id, the parameters' ETag (as the own Git instance's).
         return Snapshot(spec=params, revision=sha, manifest_root=self._manifests(url, sha),
                         source="git", committed_at=repo.committed_at(sha),
-                        details={"url": repo.url, "ref": ref, "path": spec.path})
+                        details={"url": repo.url, "ref": ref, "path": spec.path,
+                                 "version": version})
 
     def _manifests(self, url: str, sha: str) -> Path:
         if not self.manifests_from_git:

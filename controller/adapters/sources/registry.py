@@ -23,6 +23,7 @@ wakes exactly the instances whose ref moved.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import shutil
@@ -64,6 +65,7 @@ class Repository:
         # (per commit), not once per instance reading it (each answer is a git process).
         self._refs: dict[str, str] = {}
         self._times: dict[str, datetime] = {}
+        self._files: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
         # (sha, path) -> (the exported folder, the manifests root inside it)
         self._trees: OrderedDict[tuple[str, str], tuple[Path, Path]] = OrderedDict()
         self._tree_lock = threading.Lock()
@@ -113,8 +115,18 @@ class Repository:
             found = self._times[sha] = self.source.committed_at(sha)
         return found
 
-    def read_params(self, sha: str, path: str) -> dict[str, Any]:
-        return self.source.read_params_at(sha, path)
+    def read_params(self, sha: str, path: str) -> tuple[dict[str, Any], str]:
+        """The parameters file at `path` in `sha` and its blob id; read once per commit
+        (an interval pass at an unchanged commit starts no git process), a copy each time
+        (a pass may not change what the next one reads)."""
+        key = (sha, path)
+        found = self._files.get(key)
+        if found is None:
+            if len(self._files) > 4096:  # commits long passed
+                self._files = {}
+            found = self._files[key] = self.source.read_params_at(sha, path)
+        params, version = found
+        return copy.deepcopy(params), version
 
     def tree(self, sha: str, path: str) -> Path:
         """The folder `path` of commit `sha`, exported once and kept for the last few

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import copy
 import functools
-import json
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -136,8 +135,7 @@ class ParametersResource:
             if kind not in ("ADDED", "MODIFIED"):
                 return
             meta = obj.get("metadata", {})
-            mark = (meta.get("uid"), meta.get("generation"),
-                    json.dumps(meta.get("annotations") or {}, sort_keys=True))
+            mark = (meta.get("uid"), meta.get("generation"), instance.wakes_mark(meta))
             if seen.get("mark") != mark:
                 first = "mark" not in seen
                 seen["mark"] = mark
