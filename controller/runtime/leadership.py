@@ -183,6 +183,12 @@ class LeaseLock:
         self._renewed(sent)
 
     def _renewed(self, sent: float) -> None:
+        if self._leading and self.clock() - self._last_renew >= self.renew_deadline:
+            # The answer came after the previous hold ran out: writes were refused for a
+            # moment, so this is a loss and a gain (what the gap refused is woken again).
+            log.warning("%s: lease %s lapsed before its renewal was answered", self.identity,
+                        self.name)
+            self._set(False)
         self._last_renew = sent
         self.holder = self.identity
         self._set(True)

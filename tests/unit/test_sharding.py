@@ -25,7 +25,7 @@ from controller.adapters.kube import (
     current_instance,
 )
 from controller.config import ApplySettings, Config, ConfigError, validate
-from controller.runtime.leadership import API_VERSION
+from controller.runtime.leadership import API_VERSION, LeaseLock
 from controller.runtime.sharding import ShardSet, ShardView, decide, fair_share, shard_of
 
 SHARDS = 12
@@ -325,3 +325,29 @@ def test_writes_inside_acting_for_are_fenced_by_the_instance_owner() -> None:
             assert list(pool.map(lambda _: current_instance(), range(2))) == [None] * 2
     assert current_instance() is None
     assert sent == [("PATCH", "/mine")]
+
+
+def test_a_renewal_answered_after_the_hold_ran_out_is_a_gain_again() -> None:
+    # Writes were refused between the deadline and the answer: what they refused must be
+    # woken again, as after any loss, though the Lease never left this replica.
+    store, clock = LeaseStore(), Clock()
+    changes: list[bool] = []
+    lock = LeaseLock(store, NAMESPACE, "one", "r-a", LEASE_DURATION,  # type: ignore[arg-type]
+                     RENEW_DEADLINE, RETRY_PERIOD, changes.append, clock=clock,
+                     now=clock.now)
+    lock.attempt()
+    assert changes == [True] and lock.held
+    sent = clock.t
+    answer = store.request
+
+    def late(method: str, path: str, **kw: Any) -> Body:
+        result = answer(method, path, **kw)
+        if method == "PUT":
+            clock.t = sent + RENEW_DEADLINE + 0.5  # answered after the hold ran out
+        return result
+
+    store.request = late  # type: ignore[method-assign]
+    clock.t = sent + RENEW_DEADLINE - 0.5  # sent in time
+    lock.attempt()
+    assert lock.held
+    assert changes == [True, False, True]
