@@ -625,6 +625,9 @@ class Controller:
             self._marks.pop(key, None)
         self.loop.remove(key)
         self.reporters.remove(key)
+        self.repositories.unfollow(key)
+        self.kube_events.forget(key)
+        self.metrics.forget(key[1], key[0])  # its series go with it
         if instance is not None:
             instance.health.stop()
             log.info("instance %s/%s forgotten", *key)
@@ -682,9 +685,6 @@ class Controller:
         """An instance's DeploymentParameters object, from the live cache (a GET when the
         cache is not fresh)."""
         namespace, name = key
-        self.repositories.unfollow(key)
-        self.kube_events.forget(key)
-        self.metrics.forget(key[1], key[0])  # its series go with it
         fresh, obj = self.live.get(self._selector_of(key), name, namespace, timeout=1.0)
         if not fresh:
             return self.kube.get(API_VERSION, KIND, name, namespace)
