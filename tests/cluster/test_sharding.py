@@ -20,7 +20,7 @@ import signal
 import subprocess
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -97,11 +97,13 @@ class Replica:
             out[shard].append((start, time.time() + 1))
         return out
 
-    def problems(self) -> list[str]:
-        """Its warnings and errors (the tail), for a failure's message."""
+    def problems(self, names: Iterable[str] = ()) -> list[str]:
+        """Its warnings, errors and shard moves (the tail), and every line about the
+        named instances, for a failure's message."""
+        marks = tuple(f"/{n} " for n in names) + tuple(f" {n}:" for n in names)
         lines = self.log.read_text(errors="replace").splitlines()
         return [line[:300] for line in lines if " WARNING " in line or " ERROR " in line
-                or "shard" in line][-25:]
+                or "shard" in line or any(m in line for m in marks)][-40:]
 
     def lease_writes(self) -> int:
         with self.proxy.stats.lock:
@@ -188,17 +190,22 @@ def balanced(holders: dict[int, str], replicas: int) -> dict[int, str] | None:
     return holders
 
 
+LAGGING: list[str] = []  # the instances the last last_pass_ok found not done
+
+
 def last_pass_ok(kube: Kube, namespace: str, names: list[str]) -> bool:
     """Every named instance's status says its generation was applied without failure."""
     objects = {o["metadata"]["name"]: o for o in kube.list(API_VERSION, KIND, namespace)[0]}
+    lagging = []
     for name in names:
         obj = objects.get(name) or {"metadata": {}}
         status = obj.get("status") or {}
         conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
         if conditions.get("Stalled") != "False" or "lastAppliedRevision" not in status or \
                 status.get("observedGeneration") != obj["metadata"].get("generation"):
-            return False
-    return True
+            lagging.append(name)
+    LAGGING[:] = lagging
+    return not lagging
 
 
 def waiting(replicas: list[Replica]) -> Callable[..., Any]:
@@ -207,9 +214,9 @@ def waiting(replicas: list[Replica]) -> Callable[..., Any]:
         try:
             return wait_for(condition, **kw)
         except AssertionError as e:
-            logs = "\n".join(f"--- {r.identity}\n" + "\n".join(r.problems())
+            logs = "\n".join(f"--- {r.identity}\n" + "\n".join(r.problems(LAGGING[:3]))
                              for r in replicas)
-            raise AssertionError(f"{e}\n{logs}") from None
+            raise AssertionError(f"{e} (not done: {LAGGING})\n{logs}") from None
     return wait
 
 
