@@ -220,13 +220,13 @@ class GitParameters:
         if self.applied is None:  # after a restart: what the last controller applied
             self.applied = str((resource.get("status") or {}).get("lastAppliedRevision")
                                or "")
-        started, fetch_started = time.monotonic(), time.time()
         requested = instance_model.requested_at(resource)
         if self._requested is not None and requested != self._requested:
             # A webhook another replica received: push-to-applied starts when it arrived.
             at = parse_rfc3339(requested)
             self.announced(at.timestamp() if at is not None else None)
         self._requested = requested
+        started, fetch_started = time.monotonic(), time.time()
         try:
             snap = self.git.fetch(since=self.applied)
         except (InvalidYAMLError, ValidationError):
@@ -910,6 +910,21 @@ class Controller:
                              report.results.counts(), report.revision,
                              [r.service for r in report.results.items
                               if r.outcome == "applied" and r.reason == "drift"])
+        if snap is not None and report.ok and report.operation != "plan" and \
+                not report.suspended:
+            self._other_applied(key, snap, metrics)
+
+    def _other_applied(self, key: Key, snap: Snapshot, metrics: Metrics) -> None:
+        """Another instance applied `snap`: with Git, once per new commit, its latency from
+        when the commit was first seen (webhook, poll or fetch) and from its commit time."""
+        try:
+            source = self.instance(key).engine.source
+        except NotFoundError:
+            return  # forgotten meanwhile
+        seen = source.newly_applied(snap) if isinstance(source, InstanceSource) else None
+        if seen is not None:
+            metrics.observe_applied(seen, snap.committed_at.timestamp()
+                                    if snap.committed_at else None)
 
     def _applied(self, snap: Snapshot) -> None:
         """A pass applied `snap`: with Git, once per new revision, its latency from when

@@ -171,12 +171,21 @@ def test_a_push_updates_only_the_instance_whose_file_changed(
 
         # A push changing beta's file: beta updated with the new commit in its status; the
         # others' objects not written.
+        def latencies() -> float:
+            return controller.registry.get_sample_value(
+                "conductor_push_to_applied_seconds_count",
+                {"kind": KIND, "name": "beta", "namespace": ns_b}) or 0.0
+
+        measured = wait_for(latencies, timeout=10, message="beta's first commit measured")
         before = {n: _written(kube, k) for n, k in keys.items() if n != "beta"}
         pushed = remotes.a.commit_and_push(
             {f"instances/{ns_b}/beta.yaml": example_params(ns_b, 2)}, "scale beta's redis")
         wait_for(lambda: _revision(kube, keys["beta"]) == pushed, timeout=60,
                  message="beta applied the pushed commit")
         assert _redis(kube, ns_b) == 2
+        # Its push-to-applied latency is measured under its own name, once per commit.
+        wait_for(lambda: latencies() == measured + 1, timeout=10,
+                 message="beta's pushed commit measured")
         # The same repository's other instances re-render at that commit (nothing of
         # theirs changed in it, so nothing is written); B's instance is not even woken.
         for name in ("own", "gamma"):

@@ -9,6 +9,8 @@ clock is the test's, so "within the poll interval" needs no sleeping.
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +274,8 @@ def test_the_poll_asks_each_repository_once_and_wakes_only_moved_instances(
     bare, work = remotes["b"]
     pushed = _commit(work, {"params/three.yaml": {"global": {"replicas": 6}}}, bare)
     assert registry.poll(lambda _key: True) == {("ns3", "three"): pushed}
+    seen = registry.repository(f"file://{remotes['b'][0]}").first_seen(pushed)
+    assert seen is not None and abs(seen - time.time()) < 60  # push-to-applied starts
     assert registry.poll(lambda _key: True) == {}  # woken once per commit
     # Not owned here: not woken here (its owner's poller does it).
     bare_a, work_a = remotes["a"]
@@ -291,3 +295,21 @@ def test_an_object_may_name_only_network_repositories(tmp_path: Path) -> None:
     for remote in ("https://h/o/r.git", "ssh://git@h/o/r", "git@h:o/r.git",
                    "git://127.0.0.1:9418/r.git"):
         registry.repository(remote)
+
+
+def test_a_commit_is_seen_when_its_webhook_arrived_and_counted_once_applied(
+        tmp_path: Path, remotes: dict[str, tuple[Path, Path]], clock: Clock) -> None:
+    registry = _registry(tmp_path, remotes, clock)
+    one = _source(registry, ("ns1", "one"), tmp_path)
+    marked = {ANNOTATION_PARAMETER_SOURCE: "git"}
+    first = one.snapshot(_obj("one", "ns1", annotations=marked))
+    assert one.newly_applied(first) is not None
+    assert one.newly_applied(first) is None  # once per commit
+    bare, work = remotes["a"]
+    pushed = _commit(work, {"instances/ns1/one.yaml": {"global": {"replicas": 8}}}, bare)
+    clock.now += 0.001
+    asked = {**marked, ANNOTATION_REQUESTED: "2026-01-01T00:00:00.000001Z"}
+    snap = one.snapshot(_obj("one", "ns1", annotations=asked))
+    assert snap.revision == pushed
+    # Seen when the webhook (on whichever replica) recorded it, not when fetched.
+    assert one.newly_applied(snap) == datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=UTC).timestamp()

@@ -30,6 +30,7 @@ from controller.adapters.sources.resource import ResourceSource
 from controller.config import Config
 from controller.errors import SourceError
 from controller.model import instance
+from controller.model.times import parse_rfc3339
 
 
 class InstanceSource:
@@ -46,6 +47,7 @@ class InstanceSource:
         self._resource = ResourceSource(cfg)
         self._requested: str | None = None  # the last wake-up seen on the object
         self.follows: instance.SourceSpec | None = None  # as of the last pass
+        self.applied: str | None = None  # the commit applied last (None: not known yet)
 
     def snapshot(self, resource: dict[str, Any]) -> Snapshot:
         spec = instance.source_spec(resource)
@@ -53,6 +55,9 @@ class InstanceSource:
         if spec is None:
             self.registry.unfollow(self.key)
             return self._resource.snapshot(resource)
+        if self.applied is None:  # after a restart: what the last controller applied
+            self.applied = str((resource.get("status") or {}).get("lastAppliedRevision")
+                               or "")
         url = spec.url or self.cfg.git.url
         if not url:
             raise SourceError(
@@ -63,7 +68,10 @@ class InstanceSource:
         repo = self.registry.repository(url)
         requested = instance.requested_at(resource)
         if self._requested is not None and requested != self._requested:
-            repo.want()  # a webhook (maybe received by another replica) asked: fetch anew
+            # A webhook (maybe received by another replica) asked: fetch anew; the push
+            # was seen when the webhook arrived.
+            at = parse_rfc3339(requested)
+            repo.want(at.timestamp() if at is not None else None)
         self._requested = requested
         repo.refresh()
         sha = repo.resolve(ref)
@@ -76,6 +84,15 @@ class InstanceSource:
                         source="git", committed_at=repo.committed_at(sha),
                         details={"url": repo.url, "ref": ref, "path": spec.path,
                                  "version": version})
+
+    def newly_applied(self, snap: Snapshot) -> float | None:
+        """A pass applied `snap`: when its commit was first seen, once per new commit
+        (None for the object's spec, or a commit applied before)."""
+        if snap.source != "git" or snap.revision == self.applied or self.follows is None:
+            return None
+        self.applied = snap.revision
+        return self.registry.repository(self.follows.url or self.cfg.git.url) \
+            .first_seen(snap.revision)
 
     def _manifests(self, url: str, sha: str) -> Path:
         if not self.manifests_from_git:

@@ -66,6 +66,10 @@ class Repository:
         self._refs: dict[str, str] = {}
         self._times: dict[str, datetime] = {}
         self._files: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+        # When each commit was first seen (Unix time: a webhook's arrival, the poll or the
+        # fetch that found it), for push-to-applied latency.
+        self._seen: dict[str, float] = {}
+        self._announced: float | None = None
         # (sha, path) -> (the exported folder, the manifests root inside it)
         self._trees: OrderedDict[tuple[str, str], tuple[Path, Path]] = OrderedDict()
         self._tree_lock = threading.Lock()
@@ -74,9 +78,21 @@ class Repository:
     def url(self) -> str:
         return self.source.url  # credentials scrubbed
 
-    def want(self) -> None:
-        """A change was announced: the next refresh fetches, whatever its age."""
+    def want(self, at: float | None = None) -> None:
+        """A change was announced (at Unix time `at`, default now): the next refresh
+        fetches, whatever its age."""
         self._wanted = self._clock()
+        if self._announced is None:
+            self._announced = time.time() if at is None else at
+
+    def saw(self, sha: str, at: float | None = None) -> None:
+        """`sha` was seen (a poll): the start of its push-to-applied latency."""
+        if len(self._seen) > 1000:  # revisions long applied
+            self._seen = {}
+        self._seen.setdefault(sha, time.time() if at is None else at)
+
+    def first_seen(self, sha: str) -> float | None:
+        return self._seen.get(sha)
 
     def refresh(self) -> None:
         """Fetch unless a fetch that started after the last announcement, and less than
@@ -105,6 +121,8 @@ class Repository:
         found = refs.get(ref)
         if found is None:
             found = refs[ref] = self.source.resolve(ref)
+            announced, self._announced = self._announced, None
+            self.saw(found, min(t for t in (announced, time.time()) if t is not None))
         return found
 
     def committed_at(self, sha: str) -> datetime:
@@ -264,6 +282,7 @@ class Registry:
                              if read != sha and self._woken.get(k) != sha}
                     self._woken.update(stale)
                 if stale:
+                    repo.saw(sha)
                     repo.want()
                     moved.update(stale)
         return moved
