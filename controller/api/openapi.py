@@ -76,6 +76,11 @@ EVENT_FILTERS: list[dict[str, Any]] = [
      "description": "RFC 3339 time, or a duration back from now (500ms, 30s, 15m, 2h, 7d)"},
     {**INSTANCE, "description": "only events about this DeploymentParameters object "
                                 "(default: every object's)"},
+    {"name": "namespace", "in": "query", "required": False,
+     "description": "with instance: that namespace's object only (an instance is its "
+                    "namespace and name)",
+     "schema": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                "minLength": 1, "maxLength": 63}},
 ]
 SERVICES_BODY = {"required": False, "content": {JSON: {"schema": _ref("ServiceSelection")}}}
 DEPLOY_PARAMS: list[dict[str, Any]] = [INSTANCE,
@@ -338,7 +343,7 @@ SCHEMAS: dict[str, Any] = {
                              "type": {"type": "string", "enum": ["error", "warning", "info",
                                                                  "success"]},
                              "resource": STR, "service": STR, "message": STR, "reason": STR,
-                             "details": OBJ}},
+                             "details": OBJ, "instance": STR, "namespace": STR}},
     # One Server-Sent Events message (the schema applies to each, as tools read streams).
     "StreamMessage": {"type": "object", "required": ["id", "event", "data"], "properties": {
         "id": {"type": "string", "pattern": "^[0-9]+$"},
@@ -365,10 +370,13 @@ SCHEMAS: dict[str, Any] = {
     "ParametersWritten": {"type": "object", "required": ["message", "parameters"],
                           "properties": {"message": STR, "parameters": OBJ,
                                          "revision": STR}},
-    "Status": {"type": "object", "required": ["instance", "leader", "source"],
-               "properties": {"instance": STR, "namespace": STR, "leader": OBJ,
-                              "source": OBJ, "lastPass": OBJ, "services": OBJ,
-                              "recentErrors": {"type": "array", "items": OBJ}}},
+    # A token limited to other instances than the controller's own gets app, time,
+    # leader and `instances` only (its own instances reconciled here).
+    "Status": {"type": "object", "required": ["leader"],
+               "properties": {"instance": STR, "namespace": STR, "app": STR, "time": STR,
+                              "leader": OBJ, "source": OBJ, "lastPass": OBJ, "services": OBJ,
+                              "recentErrors": {"type": "array", "items": OBJ},
+                              "instances": {"type": "array", "items": OBJ}}},
 }
 
 
