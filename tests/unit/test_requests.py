@@ -11,7 +11,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -59,7 +59,8 @@ class FakeObjects:
 
     def cached(self, key: tuple[str, str]) -> Body | None:
         with self.lock:
-            return json.loads(json.dumps(self.obj)) if key == KEY else None
+            copied: Body = json.loads(json.dumps(self.obj))
+            return copied if key == KEY else None
 
     fresh = cached
 
@@ -76,7 +77,8 @@ class FakeObjects:
             self.obj["metadata"]["resourceVersion"] = \
                 str(int(self.obj["metadata"]["resourceVersion"]) + 1)
             self.writes += 1
-            return json.loads(json.dumps(self.obj))
+            copied: Body = json.loads(json.dumps(self.obj))
+            return copied
 
 
 class FakeEngine:
@@ -88,7 +90,7 @@ class FakeEngine:
         self.gate = threading.Event()
         self.gate.set()
 
-    def _run(self, op: str, services: list[str]) -> Report:
+    def _run(self, op: Literal["up", "update", "down"], services: list[str]) -> Report:
         self.calls.append((op, services))
         self.gate.wait(30)
         results = Results([ObjectResult(DEPLOY, "redis", "failed" if self.fail else "applied",
@@ -272,6 +274,14 @@ def test_concurrent_submissions_lose_no_request() -> None:
     for t in threads:
         t.join()
     assert sorted(r.id for r in requests.pending(objects.obj)) == [f"r{i}" for i in range(6)]
+
+
+def test_unavailable_is_a_documented_retryable_503() -> None:
+    from controller.agents.client import HINTS, RETRYABLE
+    from controller.api.errors import STATUS
+
+    code = UnavailableError.code
+    assert STATUS[code] == 503 and code in RETRYABLE and "retry" in HINTS[code]
 
 
 def _missing(key: tuple[str, str]) -> Any:
