@@ -39,10 +39,11 @@ _RECOVERED = frozenset({HEALTHY, SUSPENDED, DOWN})
 
 
 class Poster(Protocol):
-    """KubeEvents.post: a Kubernetes Event on the DeploymentParameters object `instance`."""
+    """KubeEvents.post: a Kubernetes Event on the DeploymentParameters object
+    `namespace/instance`."""
 
     def __call__(self, type_: str, reason: str, message: str, details: Mapping[str, Any], *,
-                 instance: str | None = None) -> None: ...
+                 instance: str | None = None, namespace: str | None = None) -> None: ...
 
 
 class HealthReporter:
@@ -119,6 +120,7 @@ class HealthReporter:
 
     def _record(self, services: list[ServiceHealth]) -> None:
         instance = self.engine.cfg.instance
+        namespace = self.engine.cfg.namespace  # an instance is (namespace, name)
         events: list[EventInput] = []
         for h in services:
             if h.status == UNKNOWN:
@@ -136,6 +138,7 @@ class HealthReporter:
                         "type": "error", "reason": o.reason or "Unhealthy",
                         "message": f"service {h.name} unhealthy: {message}",
                         "resource": key, "service": h.name, "instance": instance,
+                        "namespace": namespace,
                         "details": {"object": key, "service": h.name, "instance": instance,
                                     "namespace": h.namespace, "status": o.status,
                                     "hint": o.hint, **({"cause": o.details} if o.details
@@ -147,6 +150,7 @@ class HealthReporter:
                         "type": "success", "reason": "Recovered",
                         "message": f"service {h.name} is {h.status} again: {key} recovered",
                         "resource": key, "service": h.name, "instance": instance,
+                        "namespace": namespace,
                         "details": {"object": key, "service": h.name, "instance": instance,
                                     "status": h.status,
                                     "was": sorted(m for m in spell.values()
@@ -161,7 +165,8 @@ class HealthReporter:
             for event in events:
                 if event["type"] == "error":
                     self.post("error", str(event.get("reason", "")), event["message"],
-                              event.get("details") or {}, instance=instance)
+                              event.get("details") or {}, instance=instance,
+                              namespace=namespace)
 
 
 class Reporters:

@@ -228,3 +228,31 @@ def test_operation_records_name_their_namespace(database: Database) -> None:
     assert record is not None and (record.instance, record.namespace) == ("web", "team-b")
     assert [r.id for r in store.recent("web", namespace="team-a")] == ["op-a"]
     assert [r.id for r in store.recent("web")] == ["op-b", "op-a", "op-old"]
+
+
+def test_health_events_name_their_instances_namespace(store: EventStore) -> None:
+    """The health reporter's events (unhealthy, recovered) are stored under the instance's
+    namespace and name, and posted on that namespace's object."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from controller.model.health import ObjectHealth, ServiceHealth
+    from controller.runtime.reporting import HealthReporter
+
+    posted: list[tuple[str | None, str | None]] = []
+
+    def post(type_: str, reason: str, message: str, details: Any, *,
+             instance: str | None = None, namespace: str | None = None) -> None:
+        posted.append((namespace, instance))
+
+    engine = SimpleNamespace(cfg=SimpleNamespace(instance="web", namespace="team-b"))
+    reporter = HealthReporter(SimpleNamespace(), engine, store,  # type: ignore[arg-type]
+                              is_leader=lambda: True, post=post)
+    pod = ObjectHealth("unhealthy", "ImagePullBackOff", "no such tag")
+    reporter._record([ServiceHealth("redis", "team-b", "unhealthy", "2030-01-01T00:00:00Z",
+                                    failing=(("team-b/Pod/redis-0", pod),))])
+    reporter._record([ServiceHealth("redis", "team-b", "healthy", "2030-01-01T00:00:00Z")])
+    got = store.query(instance="web", namespace="team-b")
+    assert [e.reason for e in got] == ["Recovered", "ImagePullBackOff"]
+    assert store.query(instance="web", namespace="team-a") == []
+    assert posted == [("team-b", "web")]
