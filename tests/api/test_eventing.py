@@ -67,3 +67,21 @@ def test_the_stream_sends_the_stored_json_and_filters_by_instance(fake_api: Fake
     only = fake_api.stream("/api/events/stream", {"duration": "0", "instance": "other"})
     assert [json.loads(d)["message"] for d in re.findall(r"^data: (.*)$", only.text, re.M)] \
         == ["other failed"]
+
+
+def test_a_caught_up_stream_filters_new_events_by_instance_and_namespace() -> None:
+    """A stream past its backlog takes new events from the shared window (`matcher`):
+    `web` of team-a is not `web` of team-b there either (issue 13)."""
+    from controller.adapters.store.events import Event
+    from controller.api.eventing import matcher
+
+    def event(namespace: str, type_: str = "info") -> Event:
+        return Event(1, "2030-01-01T00:00:00.000Z", type_, "", "redis", "m", "R", {},
+                     "web", namespace)
+
+    match = matcher({"instance": "web", "namespace": "team-a", "type": "info,error"})
+    assert match is not None
+    assert match(event("team-a")) and match(event("team-a", "error"))
+    assert not match(event("team-b")) and not match(event("team-a", "success"))
+    by_name = matcher({"instance": "web"})
+    assert by_name is not None and by_name(event("team-a")) and by_name(event("team-b"))
