@@ -127,7 +127,10 @@ async function start() {
     return;
   }
   state.defaultInstance = status.instance;
-  state.instance = state.instance || status.instance;
+  // A token limited to other instances gets no `instance` (the controller's own) in the
+  // status, only its own instances: start on the first of them.
+  const own = (status.instances || [])[0];
+  state.instance = state.instance || status.instance || (own ? own.name : undefined);
   $("app-name").textContent = `${status.app || ""} · ${status.namespace || ""}`;
   state.canWrite = await probeWrite();
   $("who").textContent = state.canWrite ? "read and write" : "read-only";
