@@ -53,6 +53,9 @@ class LoopSettings:
     jitter: float = 0.1  # fraction of the interval added at random, so replicas don't align
     retry_backoff: float = 5.0  # first delay before retrying a failed pass (doubles, capped)
     retry_backoff_max: float = 300.0
+    # An interval pass that finds nothing changed (engine.py's fingerprint) skips rendering
+    # and planning; a full pass still runs at least this often (seconds; 0: always full).
+    full_pass_every: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -312,6 +315,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "CONDUCTOR_LOOP_INTERVAL": (0.1, 86400), "CONDUCTOR_LOOP_JITTER": (0, 1),
     "CONDUCTOR_LOOP_RETRY_BACKOFF": (0.01, 86400),
     "CONDUCTOR_LOOP_RETRY_BACKOFF_MAX": (0.01, 86400),
+    "CONDUCTOR_LOOP_FULL_PASS_EVERY": (0, 86400),
     "CONDUCTOR_INSTANCES_CONCURRENCY": (1, 256), "CONDUCTOR_INSTANCES_MIN_GAP": (0, 3600),
     "CONDUCTOR_APPLY_CONCURRENCY": (1, 256), "CONDUCTOR_APPLY_ATTEMPTS": (1, 100),
     "CONDUCTOR_APPLY_BACKOFF_INITIAL": (0, 3600), "CONDUCTOR_APPLY_BACKOFF_MAX": (0, 3600),

@@ -45,10 +45,17 @@ subscriber gets ADDED when an object comes to match it and DELETED when it stops
 (its labels edited), as from a server-side label selector. The set's copy is indexed by
 the instance label and by key, so a pass's read of its own objects, or of its
 DeploymentParameters object, does not scan every instance's.
+
+**What changed since (`changes`).** Every change to a cached object (added, modified by
+anyone, our writes' answers included, deleted, leaving a set, or found changed by a
+relist) stamps its instance label with a new number: an engine that reads the same stamp
+before and after knows none of its objects changed in the cache meanwhile (its no-change
+pass; a change missed while a watch was disconnected is stamped when it resumes).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -83,11 +90,13 @@ class _Items(dict[ObjectKey, Body]):
         super().__init__()
         self.by_instance: dict[str, dict[ObjectKey, Body]] = {}
         self.replaced: Body | None = None
+        self.changed: Callable[[str], None] = lambda _instance: None  # the cache's stamp
 
     def __setitem__(self, key: ObjectKey, obj: Body) -> None:
         self._unindex(key)
         super().__setitem__(key, obj)
         self.by_instance.setdefault(_instance_of(obj), {})[key] = obj
+        self.changed(_instance_of(obj))
 
     def __delitem__(self, key: ObjectKey) -> None:
         self._unindex(key)
@@ -101,6 +110,7 @@ class _Items(dict[ObjectKey, Body]):
     def _unindex(self, key: ObjectKey) -> None:
         old = self.replaced = self.get(key)
         if old is not None:
+            self.changed(_instance_of(old))
             index = self.by_instance.get(_instance_of(old))
             if index is not None:
                 index.pop(key, None)
@@ -310,6 +320,9 @@ class LiveCache:
         self._watches: dict[Selector, Watch] = {}
         self._lock = threading.Lock()
         self._stopped = False
+        # Instance label -> the stamp of the last change to one of its objects (`changes`).
+        self._stamps = itertools.count(1)
+        self._changed: dict[str, int] = {}
         kube.on_written = self.written
 
     def watch(self, selector: Selector) -> Watch:
@@ -323,10 +336,19 @@ class LiveCache:
                 found = self._watches.get(replace(base, namespace=""))
             if found is None:
                 found = Watch(self.kube, base, self.watch_timeout)
+                found.items.changed = self._stamp
                 self._watches[base] = found
                 if not self._stopped:
                     found.start()
             return found
+
+    def changes(self, instance: str) -> int:
+        """A stamp that moves whenever an object labelled with `instance` changes in any
+        set (module doc): equal stamps, nothing of it changed in between."""
+        return self._changed.get(instance, 0)
+
+    def _stamp(self, instance: str) -> None:
+        self._changed[instance] = next(self._stamps)  # under its set's lock; GIL-atomic
 
     def sets(self) -> list[Watch]:
         """Every set watched so far."""

@@ -10,11 +10,26 @@ sequential. Operations on named services plan only those services (plus the shar
 objects), so they never touch another service's objects. A suspended instance
 (`spec.suspend: true`) still plans every pass, so drift is reported, but applies and prunes
 nothing; up/update refuse it unless forced.
+
+**A no-change pass (steady state).** After a successful full pass the engine keeps what it
+saw: its object's uid, generation, spec, labels and annotations, the source's revision,
+the manifests tree (each file's path, size and mtime: templates and default parameters),
+and the live cache's stamp of the instance's objects (cache.py `changes`: any object of
+the instance added, modified, deleted or relisted moves it). An *interval* pass that finds
+all of it unchanged skips render, normalise, plan and apply: it writes nothing and records
+no per-object events; its report repeats the last plan with every object unchanged. Every
+other trigger (start, operations, wake-ups by a change, webhooks, retries), a failed or
+suspended last pass, parameters with Secret references (a Secret is not watched), an engine
+without a live cache, and a last full pass older than `loop.full_pass_every` run in full.
+Health between passes is the reporters' (refresh_health), and a workload's health change
+moves its object's status, hence the stamp.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,6 +62,7 @@ from controller.model.health import ServiceHealth
 from controller.model.instance import API_VERSION, KIND, Inventory, Outcome, is_suspended
 from controller.model.objects import SHARED_SERVICE, Manifest
 from controller.model.parameters import (
+    SECRET_REF,
     Parameters,
     deep_merge,
     effective,
@@ -117,6 +133,8 @@ class Report:
     snapshot: Snapshot | None = field(default=None, repr=False)
     # The instance was suspended: the plan was computed, nothing applied or pruned.
     suspended: bool = False
+    # An interval pass that found nothing changed since the last full one (module doc).
+    skipped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -165,6 +183,16 @@ class Report:
                 if c.action in ("create", "update") or c.deletes]
 
 
+@dataclass(frozen=True)
+class _Steady:
+    """The last successful full pass: what it saw, when, and what a skipped pass repeats."""
+
+    fingerprint: tuple[Any, ...]
+    at: float  # time.monotonic()
+    plan: planning.Plan | None
+    results: tuple[ObjectResult, ...]
+
+
 class Engine:
     """Reconciles one app instance: the DeploymentParameters object `cfg.instance`."""
 
@@ -179,6 +207,10 @@ class Engine:
         self.resource = ParametersResource(kube, cfg)
         # Live state from the process's watch cache (cache.py's rule), else LISTs.
         self.applier = Applier(kube, cfg, self._object_done, live)
+        self.live = live
+        self._steady: _Steady | None = None  # the last successful full pass (module doc)
+        self._fingerprint: tuple[Any, ...] | None = None  # the pass in progress's
+        self._secret_refs = False  # whether the pass in progress rendered Secret references
         # This engine's own sink of typed pass events (recording.py: the event store and
         # the Kubernetes Events on this instance's object); see passes.py.
         self.sink = sink
@@ -262,6 +294,8 @@ class Engine:
                 log.exception("%s failed", op)
                 report.error = ReconciliationError(f"{op} failed: {e}",
                                                    {"exception": type(e).__name__})
+            if op != "plan" and not report.skipped:
+                self._steady = self._steady_after(report)
             report.duration = time.monotonic() - started
             # A refusal (not leader, suspended) changed nothing: no failure to record.
             if report.error is not None and op != "plan" and \
@@ -285,6 +319,9 @@ class Engine:
 
     def _pass(self, report: Report, services: list[str] | None, force: bool = False) -> None:
         op = report.operation
+        # Read first: a change of the instance's objects from here on moves it (module doc).
+        stamp = self.live.changes(self.cfg.instance) if self.live is not None else None
+        self._fingerprint, self._secret_refs = None, False
         # The loop's passes read the object from the live cache (woken by its watch, they
         # see what woke them); operations GET it: a caller's write just before is seen.
         obj = self._parameters_object(cached=op == "reconcile")
@@ -301,6 +338,11 @@ class Engine:
         report.revision = snap.revision
         report.snapshot = snap
         self._emit(PassStarted(self._current(), snap.revision))
+        if op == "reconcile" and stamp is not None:
+            self._fingerprint = _fingerprint(obj, snap, stamp)
+            if report.trigger == "interval" and self._unchanged(self._fingerprint):
+                self._repeat(report)
+                return
         tree = rendering.load_tree(snap.manifest_root)
         known = set(tree.names)
         unknown = sorted(set(services or []) - known)
@@ -324,6 +366,7 @@ class Engine:
         whole = op == "reconcile" or (op == "plan" and not services)
         deployed = sorted((known if whole else named) - down)
         params = self.parameters(snap)
+        self._secret_refs = _has_secret_refs(snap)
         ignore = planning.parse_ignore_rules(snap.spec.get("ignore"))
         # Secret references are read only here, to render: never stored, never shown.
         desired = rendering.render(tree, resolve_secret_refs(params, self.resource.read_secret,
@@ -372,6 +415,34 @@ class Engine:
         if dry_run:
             return
         self._finish(report, plan, obj, snap, known)
+
+    # -- the no-change pass (module doc) ------------------------------------------------------
+
+    def _unchanged(self, fingerprint: tuple[Any, ...]) -> bool:
+        steady, every = self._steady, self.cfg.loop.full_pass_every
+        return steady is not None and steady.fingerprint == fingerprint and \
+            time.monotonic() - steady.at < every
+
+    def _repeat(self, report: Report) -> None:
+        """A skipped pass's report: the last full pass's plan, every object unchanged."""
+        assert self._steady is not None
+        report.skipped = True
+        report.plan = self._steady.plan
+        for result in self._steady.results:
+            report.results.add(result)
+
+    def _steady_after(self, report: Report) -> _Steady | None:
+        """What the next interval pass compares with: only a successful full reconcile of
+        an unsuspended instance without Secret references counts; anything else (an
+        operation, a failure) makes the next interval pass a full one."""
+        if report.operation != "reconcile" or not report.ok or report.suspended or \
+                self._fingerprint is None or self._secret_refs:
+            return None
+        # Objects applied or kept are, as of now, what the next pass would find unchanged.
+        results = tuple(replace(r, outcome="unchanged", action="unchanged", reason="",
+                                body=None) if r.outcome == "applied" else r
+                        for r in report.results.items if r.outcome != "deleted")
+        return _Steady(self._fingerprint, time.monotonic(), report.plan, results)
 
     def _parameters_object(self, cached: bool = False) -> Body:
         """The DeploymentParameters object; created from the shipped defaults only when
@@ -642,6 +713,42 @@ class Engine:
         this = self._pass_of
         if this is not None:
             self._emit(ObjectDone(this, result))
+
+
+def _fingerprint(obj: Body, snap: Snapshot, stamp: int) -> tuple[Any, ...]:
+    """What a pass reads, but the live objects' contents (the cache's `stamp` stands for
+    them): equal fingerprints render and plan the same (module doc). resourceVersion is
+    left out on purpose: every status write moves it."""
+    meta = obj.get("metadata") or {}
+    mine = json.dumps([obj.get("spec"), meta.get("labels"), meta.get("annotations")],
+                      sort_keys=True, default=str)
+    return (meta.get("uid"), meta.get("generation"), mine, snap.source, snap.revision,
+            str(snap.manifest_root), _tree_stamp(snap.manifest_root),
+            json.dumps(snap.details, sort_keys=True, default=str), stamp)
+
+
+def _tree_stamp(root: Any) -> tuple[tuple[str, int, int], ...]:
+    """Every file under the manifests root by path, size and mtime: a template or the
+    default parameters edited in place (a mounted ConfigMap) is a change."""
+    found: list[tuple[str, int, int]] = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # gone meanwhile: the next walk says so
+            found.append((path, st.st_size, st.st_mtime_ns))
+    return tuple(found)
+
+
+def _has_secret_refs(snap: Snapshot) -> bool:
+    """Whether the spec or the default parameters reference a Secret (not watched: a
+    pass that uses one always renders)."""
+    needle = f'"{SECRET_REF}"'
+    return needle in json.dumps(snap.spec, default=str) or \
+        needle in json.dumps(load_seed(snap.manifest_root), default=str)
 
 
 def _refused_error(refused: list[ObjectResult]) -> ConductorError:
