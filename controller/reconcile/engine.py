@@ -17,7 +17,7 @@ the manifests tree (each file's path, size and mtime: templates and default para
 and the live cache's stamp of the instance's objects (cache.py `changes`: any object of
 the instance added, modified, deleted or relisted moves it). An *interval* pass that finds
 all of it unchanged skips render, normalise, plan and apply: it writes nothing and records
-no per-object events; its report repeats the last plan with every object unchanged. Every
+no events (the loop logs it); its report repeats the last plan, every object unchanged. Every
 other trigger (start, operations, wake-ups by a change, webhooks, retries), a failed or
 suspended last pass, parameters with Secret references (a Secret is not watched), an engine
 without a live cache, and a last full pass older than `loop.full_pass_every` run in full.
@@ -304,8 +304,9 @@ class Engine:
             self._passes += 1
             number = self._passes
             this, self._pass_of = self._pass_of, None
-        self._emit(PassFinished(this, report.revision, report.duration,
-                                report.results.counts(), report.error))
+        if not report.skipped:  # nothing happened: no events (1,000 instances: 2,000 a minute)
+            self._emit(PassFinished(this, report.revision, report.duration,
+                                    report.results.counts(), report.error))
         if self.on_report is not None:
             try:
                 self.on_report(report)
@@ -337,12 +338,12 @@ class Engine:
         snap = self.source.snapshot(obj)
         report.revision = snap.revision
         report.snapshot = snap
-        self._emit(PassStarted(self._current(), snap.revision))
         if op == "reconcile" and stamp is not None:
             self._fingerprint = _fingerprint(obj, snap, stamp)
             if report.trigger == "interval" and self._unchanged(self._fingerprint):
                 self._repeat(report)
                 return
+        self._emit(PassStarted(self._current(), snap.revision))
         tree = rendering.load_tree(snap.manifest_root)
         known = set(tree.names)
         unknown = sorted(set(services or []) - known)

@@ -30,6 +30,7 @@ from controller.model.instance import API_VERSION, KIND
 from controller.model.objects import LABEL_APP, LABEL_INSTANCE, LABEL_INSTANCE_NAMESPACE
 from controller.reconcile.applying import selector
 from controller.reconcile.engine import Engine, Report
+from controller.reconcile.passes import PassEvent, PassFinished, PassStarted
 from tests.support.waiting import wait_for
 
 NS = "ns"
@@ -158,8 +159,9 @@ class Rig:
         # The set a pass that applied the ConfigMap would have started (applier.observe).
         self.configmaps = Selector("v1", "ConfigMap", NS, selector(self.cfg))
         assert self.live.objects(self.configmaps)
+        self.events: list[PassEvent] = []
         self.engine = Engine(self.cfg, self.kube, ResourceSource(self.cfg),  # type: ignore[arg-type]
-                             live=self.live)
+                             sink=self.events.append, live=self.live)
 
     def stamp(self) -> int:
         return self.live.changes("default")
@@ -211,6 +213,15 @@ def test_an_unchanged_interval_pass_skips_and_writes_nothing(rig: Rig) -> None:
         assert report.snapshot is not None and report.plan is not None
     assert rig.kube.writes == writes  # no status write, nothing applied
     assert rig.engine.last is not None and rig.engine.last.skipped
+
+
+def test_a_skipped_pass_records_no_events(rig: Rig) -> None:
+    rig.steady()
+    rig.events.clear()
+    assert rig.interval().skipped
+    assert rig.events == []
+    assert not rig.engine.reconcile("webhook").skipped
+    assert [type(e) for e in rig.events] == [PassStarted, PassFinished]
 
 
 def test_a_spec_change_runs_a_full_pass(rig: Rig) -> None:
