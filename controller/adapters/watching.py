@@ -137,6 +137,9 @@ class Reflector:
                 if e.status == 410:
                     version = ""  # too old: relist
                     continue
+                # `backoff` is read at each failure (not only at start): a caller that
+                # raises it (a test holding a set stale) is obeyed at the next retry.
+                delay = max(delay, self.backoff)
                 log.warning("watch %s failed: %s; retrying in %.1fs", sel.kind, e.message, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)
