@@ -730,10 +730,11 @@ def _fingerprint(obj: Body, snap: Snapshot, stamp: int) -> tuple[Any, ...]:
 
 def _tree_stamp(root: Any) -> tuple[tuple[str, int, int], ...]:
     """Every file under the manifests root by path, size and mtime: a template or the
-    default parameters edited in place (a mounted ConfigMap) is a change."""
+    default parameters edited in place (a mounted ConfigMap) is a change. Hidden folders
+    are not read by rendering either (a checkout's .git would be thousands of files)."""
     found: list[tuple[str, int, int]] = []
     for folder, dirs, files in os.walk(root):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             path = os.path.join(folder, name)
             try:

@@ -360,3 +360,12 @@ def test_secret_references_are_always_rendered(rig: Rig) -> None:
     rig.send("MODIFIED", ref)
     assert rig.engine.reconcile("start").ok
     assert not rig.interval().skipped
+
+
+def test_a_hidden_folder_is_not_part_of_the_manifests(rig: Rig) -> None:
+    """Rendering skips hidden folders (a checkout's .git): so does the fingerprint."""
+    rig.steady()
+    hidden = rig.cfg.manifest_root / ".git" / "objects"
+    hidden.mkdir(parents=True)
+    (hidden / "ab12").write_text("a fetched object")
+    assert rig.interval().skipped
