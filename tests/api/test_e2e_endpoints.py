@@ -424,10 +424,14 @@ def test_parameter_views_instances_schema_values_and_one_service(api: Api) -> No
     instances = api.get("/api/parameters/instances").json["instances"]
     assert [(i["name"], i["namespace"], i["default"]) for i in instances] \
         == [("default", api.namespace, True)]
-    # Ready means applied and healthy: the pods have to run first.
-    kubelet.settle(api.app.kube, api.namespace)
-    wait_for(lambda: api.get("/api/parameters/instances").json["instances"][0]["ready"]
-             == "True", timeout=60, message="the instance Ready")
+    # Ready means applied and healthy: the pods have to run first (settled on every poll,
+    # as the other tests do: under load the ReplicaSets create them after a first look).
+    def ready() -> bool:
+        kubelet.settle(api.app.kube, api.namespace)
+        return bool(api.get("/api/parameters/instances").json["instances"][0]["ready"]
+                    == "True")
+
+    wait_for(ready, timeout=60, message="the instance Ready")
     assert instances[0]["lastAppliedRevision"] == "generation/1"
 
     schema = api.get("/api/parameters/schema").json
