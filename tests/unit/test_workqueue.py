@@ -176,6 +176,12 @@ def test_each_instance_has_its_own_loop_state_and_the_owns_hook_decides() -> Non
     try:
         wait_for(lambda: mine.triggers == ["start"] and failing.triggers == ["start"],
                  message="both first passes")
+
+        def ended(key: str) -> bool:  # a pass's outcome is recorded after reconcile returns
+            state = loop.state(key)
+            return state is not None and state.last is not None
+
+        wait_for(lambda: ended("a") and ended("b"), message="both first passes recorded")
         state_a, state_b = loop.state("a"), loop.state("b")
         assert state_a is not None and state_b is not None
         assert (state_a.failures, state_b.failures) == (0, 1)
