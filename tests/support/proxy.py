@@ -39,6 +39,28 @@ import yaml
 Fault = Callable[[str, str, int], str | float | None]
 
 
+def relay(handler: BaseHTTPRequestHandler, resp: http.client.HTTPResponse,
+          streaming: bool) -> None:
+    """Pass an upstream answer on to the handler's client: a stream chunk by chunk as it
+    comes (a watch, an event stream), anything else whole with its length."""
+    handler.send_response(resp.status)
+    for k, v in resp.getheaders():
+        if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+            handler.send_header(k, v)
+    if streaming:
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        while chunk := resp.read1(65536):
+            handler.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            handler.wfile.flush()
+        handler.wfile.write(b"0\r\n\r\n")
+    else:
+        data = resp.read()
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+
 @dataclass
 class ProxyStats:
     requests: Counter[str] = field(default_factory=Counter)  # by method
@@ -137,23 +159,7 @@ class ApiProxy:
                            if k.lower() not in ("host", "connection", "accept-encoding")}
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
-                streaming = "watch=true" in self.path
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                if streaming:
-                    self.send_header("Transfer-Encoding", "chunked")
-                    self.end_headers()
-                    while chunk := resp.read1(65536):
-                        self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-                        self.wfile.flush()
-                    self.wfile.write(b"0\r\n\r\n")
-                else:
-                    data = resp.read()
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                relay(self, resp, streaming="watch=true" in self.path)
                 with proxy.stats.lock:
                     proxy.stats.log.append((self.command, self.path, resp.status))
                 conn.close()
@@ -239,24 +245,8 @@ class RoundRobin:
                 try:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     resp = conn.getresponse()
-                    streaming = resp.getheader("Content-Length") is None
-                    self.send_response(resp.status)
-                    for k, v in resp.getheaders():
-                        if k.lower() not in ("transfer-encoding", "connection",
-                                             "content-length"):
-                            self.send_header(k, v)
-                    if streaming:  # an event stream: passed on as it comes
-                        self.send_header("Transfer-Encoding", "chunked")
-                        self.end_headers()
-                        while chunk := resp.read1(65536):
-                            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-                            self.wfile.flush()
-                        self.wfile.write(b"0\r\n\r\n")
-                    else:
-                        data = resp.read()
-                        self.send_header("Content-Length", str(len(data)))
-                        self.end_headers()
-                        self.wfile.write(data)
+                    # No length: an event stream, passed on as it comes.
+                    relay(self, resp, streaming=resp.getheader("Content-Length") is None)
                     with lb.lock:
                         lb.log.append((self.command, self.path, port, resp.status))
                 except (TimeoutError, OSError, http.client.HTTPException) as e:
