@@ -63,19 +63,26 @@ def spaces(kube: Kube, namespace: str) -> Iterator[list[str]]:
         kube.delete("v1", "Namespace", name)
 
 
+def _tenant_api(make_api: Callable[..., Api], tmp_path: Path, spaces: list[str],
+                tenant_ns: str, interval: float) -> Api:
+    """A controller reconciling `spaces`, with an admin token and a write token limited to
+    the namespace `tenant_ns`."""
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(yaml.safe_dump({"tokens": [
+        {"name": "admin", "token": ADMIN, "scopes": ["write"]},
+        {"name": "tenant-b", "token": TENANT, "scopes": ["write"],
+         "instances": {"namespaces": [tenant_ns]}}]}))
+    return make_api(api=ApiSettings(auth=True, tokens_file=str(tokens), rate_limit=0),
+                    instances=InstanceSettings(namespaces=tuple(spaces)),
+                    loop=LoopSettings(interval=interval, jitter=0))
+
+
 def test_three_instances_in_three_namespaces(app: App, kube: Kube, spaces: list[str],
                                             make_api: Callable[..., Api],
                                             tmp_path: Path) -> None:
     own, ns_b, ns_c = spaces
     kube.create(_instance("beta", ns_b))
-    tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(yaml.safe_dump({"tokens": [
-        {"name": "admin", "token": ADMIN, "scopes": ["write"]},
-        {"name": "tenant-b", "token": TENANT, "scopes": ["write"],
-         "instances": {"namespaces": [ns_b]}}]}))
-    api = make_api(api=ApiSettings(auth=True, tokens_file=str(tokens), rate_limit=0),
-                   instances=InstanceSettings(namespaces=tuple(spaces)),
-                   loop=LoopSettings(interval=5, jitter=0))
+    api = _tenant_api(make_api, tmp_path, spaces, ns_b, interval=5)
     controller = api.controller
     admin = {"Authorization": f"Bearer {ADMIN}"}
     tenant = {"Authorization": f"Bearer {TENANT}"}
@@ -169,14 +176,7 @@ def test_same_named_instances_in_two_namespaces_are_two(app: App, kube: Kube,
     _own, ns_b, ns_c = spaces
     for ns in (ns_b, ns_c):
         kube.create(_instance("twin", ns))
-    tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(yaml.safe_dump({"tokens": [
-        {"name": "admin", "token": ADMIN, "scopes": ["write"]},
-        {"name": "tenant-b", "token": TENANT, "scopes": ["write"],
-         "instances": {"namespaces": [ns_b]}}]}))
-    api = make_api(api=ApiSettings(auth=True, tokens_file=str(tokens), rate_limit=0),
-                   instances=InstanceSettings(namespaces=tuple(spaces)),
-                   loop=LoopSettings(interval=30, jitter=0))
+    api = _tenant_api(make_api, tmp_path, spaces, ns_b, interval=30)
     admin = {"Authorization": f"Bearer {ADMIN}"}
     tenant = {"Authorization": f"Bearer {TENANT}"}
     for ns in (ns_b, ns_c):
