@@ -229,12 +229,21 @@ def _replicas_of(kube: Kube, app: App, kind: str, name: str) -> int | None:
     return None if found is None else int(found["spec"].get("replicas") or 0)
 
 
-def _same_from_every_replica(client: Client, path: str, rounds: int = 3) -> Any:
-    """GET `path` `rounds` times through the balancer (so from each replica): one answer."""
-    bodies = [client.call("GET", path) for _ in range(rounds)]
-    assert all(b.status == 200 for b in bodies), [(b.status, b.body) for b in bodies]
-    assert all(b.body == bodies[0].body for b in bodies), [b.body for b in bodies]
-    return bodies[0].body
+def _same_from_every_replica(client: Client, path: str, rounds: int = 3,
+                             timeout: float = 30.0) -> Any:
+    """GET `path` `rounds` times through the balancer (so from each replica): one answer.
+
+    Events still being recorded (a Pod turning ready, a health change) may change the
+    answer between two calls, so the rounds are repeated until they agree; a replica
+    that keeps answering differently fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        bodies = [client.call("GET", path) for _ in range(rounds)]
+        assert all(b.status == 200 for b in bodies), [(b.status, b.body) for b in bodies]
+        if all(b.body == bodies[0].body for b in bodies):
+            return bodies[0].body
+        assert time.monotonic() < deadline, [b.body for b in bodies]
+        time.sleep(0.5)
 
 
 def test_every_workflow_call_answers_from_any_replica(trio: Trio, kube: Kube,

@@ -50,10 +50,13 @@ def relay(handler: BaseHTTPRequestHandler, resp: http.client.HTTPResponse,
     if streaming:
         handler.send_header("Transfer-Encoding", "chunked")
         handler.end_headers()
-        while chunk := resp.read1(65536):
-            handler.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-            handler.wfile.flush()
-        handler.wfile.write(b"0\r\n\r\n")
+        try:
+            while chunk := resp.read1(65536):
+                handler.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                handler.wfile.flush()
+            handler.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client went away mid-stream (a killed replica): not an error
+            handler.close_connection = True
     else:
         data = resp.read()
         handler.send_header("Content-Length", str(len(data)))
