@@ -156,13 +156,17 @@ class ApiProxy:
                     self.wfile.write(payload)
                     return
                 ctx = ssl.create_default_context(cafile=str(proxy.upstream_ca))
+                # A watch may go quiet for its whole timeoutSeconds (300 s in conductor):
+                # cutting it at 60 s would make every idle watch re-open each minute.
+                streaming = "watch=true" in self.path
                 conn = http.client.HTTPSConnection(proxy.upstream.hostname or "127.0.0.1",
-                                                   proxy.upstream.port, context=ctx, timeout=60)
+                                                   proxy.upstream.port, context=ctx,
+                                                   timeout=400 if streaming else 60)
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in ("host", "connection", "accept-encoding")}
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
-                relay(self, resp, streaming="watch=true" in self.path)
+                relay(self, resp, streaming=streaming)
                 with proxy.stats.lock:
                     proxy.stats.log.append((self.command, self.path, resp.status))
                 conn.close()
