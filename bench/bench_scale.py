@@ -8,10 +8,14 @@ plane. Each size runs in fresh namespaces, one after the other, and prints:
 - the floor: the same objects created by a minimal parallel server-side-apply client
   (bench_apply's: 8 threads of raw HTTPS PATCHes, no dry run, no ordering), untimed
   namespaces made first: what the API server needs to take them;
+- the floor with a dry run: the same client, into other namespaces, sending first a
+  server-side dry run of every object, then the applies (as bench_apply's floor+dry, and
+  as Flux's ApplyAll): the least any client takes that changes nothing when one object is
+  refused, which conductor does (the project's rule: bad input changes nothing);
 - cold: the real `conductor run` (gunicorn, the controller in its worker) started on the
   DeploymentParameters objects, created beforehand: seconds from the process start until
   every instance's Ready condition is True (applied and healthy), its CPU seconds meanwhile
-  and its peak RSS (VmHWM of its processes), against the floor (target: <= 2x);
+  and its peak RSS (VmHWM of its processes), against both floors (target: <= 2x);
 - change -> applied: while all are managed, N changes (50) of one instance's parameter
   (a merge patch of spec.global.message), one at a time, each to another instance; the
   latency until the ConfigMap that carries it holds the new value, seen by a watch in this
@@ -49,6 +53,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -152,13 +157,15 @@ def conductor(kubeconfig: str, namespaces: Sequence[str], own: tuple[str, str], 
 
 def profile(group: int, where: Path | None, name: str) -> subprocess.Popen[bytes] | None:
     """py-spy sampling the controller (its gunicorn master and worker) without pausing it,
-    into WHERE/NAME.txt (collapsed stacks), until `stop_profile`."""
+    into WHERE/NAME.txt (collapsed stacks), until `stop_profile`: only the thread holding
+    the GIL, so the stacks are where its Python CPU goes (threads waiting on a socket
+    would otherwise fill them)."""
     if where is None:
         return None
     where.mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
     return subprocess.Popen([str(spy), "record", "--subprocesses", "--nonblocking",
-                             "--format", "raw", "--rate", "20", "--pid", str(group),
+                             "--gil", "--format", "raw", "--rate", "50", "--pid", str(group),
                              "--output", str(where / f"{name}.txt")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -256,6 +263,7 @@ class Figures:
     instances: int
     namespaces: int
     floor: float = 0.0
+    floor_dry: float = 0.0  # dry run of every object, then the applies
     cold: float = 0.0
     cold_cpu: float = 0.0
     cold_rss: float = 0.0  # peak, MiB
@@ -271,6 +279,7 @@ class Figures:
     steady_writes: int = 0  # lease renewals left out
     steady_lease_writes: int = 0
     steady_log: list[tuple[str, str, int]] = field(default_factory=list)
+    steady_reads: list[tuple[str, int]] = field(default_factory=list)  # top read shapes
     steady_rss: float = 0.0
     steady_load: str = ""
 
@@ -294,6 +303,27 @@ def kube_requests(port: int) -> dict[str, tuple[int, float]]:
     return {v: (int(n), sums.get(v, 0.0) / n if n else 0.0) for v, n in sorted(counts.items())}
 
 
+def shape(path: str) -> str:
+    """A request path with its namespace and object names starred, whether it watches."""
+    route, _, query = path.partition("?")
+    parts = route.split("/")
+    if "namespaces" in parts[:-1]:
+        at = parts.index("namespaces")
+        parts[at + 1] = "*"
+        if len(parts) > at + 3:
+            parts[at + 3] = "*"
+    watch = " (watch)" if "watch=true" in query or "watch=1" in query else ""
+    return "/".join(parts) + watch
+
+
+def observed(kube: Kube, namespaces: set[str]) -> bool:
+    """Whether every Deployment in `namespaces` has its generation observed."""
+    items, _ = kube.list("apps/v1", "Deployment")
+    return all(int((d.get("status") or {}).get("observedGeneration") or 0) >=
+               int(d["metadata"].get("generation") or 0)
+               for d in items if d["metadata"].get("namespace") in namespaces)
+
+
 def pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
@@ -306,6 +336,7 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
     instances = names(size, args.per_namespace, run, "c")
     spaces = sorted({ns for ns, _ in instances})
     floor_instances = names(size, args.per_namespace, run, "f")
+    dry_instances = names(size, args.per_namespace, run, "d")
     figures = Figures(size, len(spaces))
     try:
         # -- the floor -------------------------------------------------------------------
@@ -318,6 +349,20 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
               f"{len({ns for ns, _ in floor_instances})} namespaces; {loadavg()}", flush=True)
         figures.floor = Floor(kubeconfig, work).apply(objects, plurals)
         print(f"[{size}] floor took {figures.floor:.1f}s", flush=True)
+        # Untimed: the controller manager's work on the floor's Deployments (a ReplicaSet
+        # and an observed status each) would otherwise run during what comes next.
+        floor_spaces = {ns for ns, _ in floor_instances}
+        wait_for(lambda: observed(kube, floor_spaces), timeout=args.timeout, interval=1.0,
+                 message="the floor's Deployments observed by the controller manager")
+        dry_objects = rendered(dry_instances)
+        make_namespaces(kube, [ns for ns, _ in dry_instances])
+        floor = Floor(kubeconfig, work)
+        figures.floor_dry = floor.apply(dry_objects, plurals, dry_run=True) + \
+            floor.apply(dry_objects, plurals)
+        print(f"[{size}] floor with a dry run took {figures.floor_dry:.1f}s", flush=True)
+        dry_spaces = {ns for ns, _ in dry_instances}
+        wait_for(lambda: observed(kube, dry_spaces), timeout=args.timeout, interval=1.0,
+                 message="the dry-run floor's Deployments observed")
 
         # -- cold start -------------------------------------------------------------------
         make_namespaces(kube, spaces)
@@ -364,7 +409,8 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
             steady(kubeconfig, spaces, instances, run, work, args, figures)
     finally:
         try:
-            release(kube, [ns for ns, _ in instances + floor_instances], run)
+            release(kube, [ns for ns, _ in instances + floor_instances + dry_instances],
+                    run)
         finally:
             kube.close()
     return figures
@@ -458,10 +504,12 @@ def steady(kubeconfig: str, spaces: Sequence[str], instances: Sequence[tuple[str
         with proxy.stats.lock:
             figures.steady_requests = sum(proxy.stats.requests.values())
             writes = [e for e in proxy.stats.log if e[0] != "GET"]
+            shapes = Counter(shape(e[1]) for e in proxy.stats.log if e[0] == "GET")
         # The leader's lease renewals are leadership, not reconciling: counted apart.
         figures.steady_lease_writes = sum(1 for e in writes if LEASES in e[1])
         figures.steady_writes = len(writes) - figures.steady_lease_writes
         figures.steady_log = [e for e in writes if LEASES not in e[1]][:10]
+        figures.steady_reads = shapes.most_common(5)
         figures.steady_rss = memory_mib(group, "VmRSS")
         figures.steady_load = loadavg()
 
@@ -470,12 +518,15 @@ def report(all_figures: Sequence[Figures]) -> None:
     print("\n" + "=" * 100)
     for f in all_figures:
         ratio = f.cold / f.floor if f.floor else float("nan")
+        ratio_dry = f.cold / f.floor_dry if f.floor_dry else float("nan")
         share = f.steady_cpu / f.steady_seconds if f.steady_seconds else float("nan")
         print(f"{f.instances} instances ({f.instances * OBJECTS_PER_INSTANCE} objects, "
               f"{f.namespaces} namespaces)")
         cold_ok = "met" if ratio <= TARGET_COLD_RATIO else "NOT met"
+        dry_ok = "met" if ratio_dry <= TARGET_COLD_RATIO else "NOT met"
         print(f"  cold to all Ready  {f.cold:8.1f}s  floor {f.floor:.1f}s  ratio {ratio:.2f}x "
-              f"(target <= {TARGET_COLD_RATIO:.0f}x: {cold_ok})"
+              f"(target <= {TARGET_COLD_RATIO:.0f}x: {cold_ok}); floor with a dry run "
+              f"{f.floor_dry:.1f}s, ratio {ratio_dry:.2f}x ({dry_ok})"
               f"; controller CPU {f.cold_cpu:.1f}s, peak RSS {f.cold_rss:.0f} MiB "
               f"(target < {TARGET_RSS_MIB:.0f}: "
               f"{'met' if f.cold_rss < TARGET_RSS_MIB else 'NOT met'}); {f.cold_load}")
@@ -499,12 +550,14 @@ def report(all_figures: Sequence[Figures]) -> None:
                   f"{f.steady_requests} requests, {f.steady_writes} writes (target 0: "
                   f"{'met' if not f.steady_writes else 'NOT met'}) and "
                   f"{f.steady_lease_writes} lease renewals"
-                  + (f" e.g. {f.steady_log}" if f.steady_log else "")
+                  + (f" e.g. {f.steady_log}" if f.steady_log else ""))
+            print("  steady reads by shape: " + ", ".join(f"{n} {p}" for p, n in f.steady_reads)
                   + f"; RSS {f.steady_rss:.0f} MiB; restart to all passed {f.restart:.1f}s; "
                   f"{f.steady_load}")
         if f.changes:
             print("  changes (s): " + " ".join(f"{c:.2f}" for c in f.changes))
-    print(json.dumps([{k: v for k, v in f.__dict__.items() if k not in ("changes", "steady_log")}
+    hidden = ("changes", "steady_log", "steady_reads")
+    print(json.dumps([{k: v for k, v in f.__dict__.items() if k not in hidden}
                       for f in all_figures], default=str))
 
 
