@@ -11,7 +11,10 @@ reasons it was asked for; `concurrency` workers take due keys one at a time:
   meanwhile, it runs again once the first pass ends;
 - per-key rate limit: a key starts at most once per `min_gap` seconds, however often it
   is woken (failure backoff is the caller's: `process` returns the next delay);
-- a bound: never more than `concurrency` keys in process, whatever arrives at once.
+- a bound: never more than `concurrency` keys in process, whatever arrives at once;
+- asked before timed: among due keys, those added with a reason (a change, a webhook, an
+  API call, a start) go before those due by their timer only, so a change made while
+  1,000 interval passes are due waits for a worker, not for the 1,000.
 
 `process(key, reasons)` runs on a worker and returns the delay before the key's next
 timed run (None: no timed run; it runs again only when added). The same semantics as
@@ -45,7 +48,9 @@ class WorkQueue(Generic[K]):
         self._cond = threading.Condition()
         self._due: dict[K, float] = {}  # queued keys and when they are due
         self._reasons: dict[K, list[str]] = {}
-        self._heap: list[tuple[float, int, K]] = []  # (due, seq, key); stale entries skipped
+        # (due, seq, key), stale entries skipped; keys added with a reason, then the timed
+        self._asked: list[tuple[float, int, K]] = []
+        self._timed: list[tuple[float, int, K]] = []
         self._seq = itertools.count()
         self._running: set[K] = set()
         self._started: dict[K, float] = {}  # key -> when its last run started
@@ -62,15 +67,15 @@ class WorkQueue(Generic[K]):
                 reasons = self._reasons.setdefault(key, [])
                 if reason not in reasons:
                     reasons.append(reason)
-            self._schedule(key, self.clock() + max(0.0, delay))
+            self._schedule(key, self.clock() + max(0.0, delay), asked=bool(reason))
             self._cond.notify()
 
-    def _schedule(self, key: K, due: float) -> None:
+    def _schedule(self, key: K, due: float, asked: bool = False) -> None:
         current = self._due.get(key)
         if current is not None and current <= due:
             return
         self._due[key] = due
-        heapq.heappush(self._heap, (due, next(self._seq), key))
+        heapq.heappush(self._asked if asked else self._timed, (due, next(self._seq), key))
 
     def forget(self, key: K) -> None:
         """Drop what is queued for `key` and its rate-limit memory (a run in progress
@@ -121,31 +126,11 @@ class WorkQueue(Generic[K]):
         with self._cond:
             while not self._stopping:
                 now = self.clock()
-                busy: list[tuple[float, int, K]] = []
-                found: K | None = None
-                wait: float | None = None
-                while self._heap:
-                    due, seq, key = self._heap[0]
-                    if self._due.get(key) != due:
-                        heapq.heappop(self._heap)  # superseded by an earlier entry, or forgotten
-                        continue
-                    if key in self._running:
-                        busy.append(heapq.heappop(self._heap))  # its run ends first
-                        continue
-                    earliest = self._started.get(key, float("-inf")) + self.min_gap
-                    if earliest > due:  # rate limit: push the key back to its earliest start
-                        heapq.heappop(self._heap)
-                        self._due[key] = earliest
-                        heapq.heappush(self._heap, (earliest, seq, key))
-                        continue
-                    if due > now:
-                        wait = due - now
-                        break
-                    heapq.heappop(self._heap)
-                    found = key
-                    break
-                for entry in busy:
-                    heapq.heappush(self._heap, entry)
+                found, wait = self._due_in(self._asked, now)
+                if found is None:
+                    found, later = self._due_in(self._timed, now)
+                    wait = later if wait is None else wait if later is None else \
+                        min(wait, later)
                 if found is not None:
                     del self._due[found]
                     self._running.add(found)
@@ -153,6 +138,37 @@ class WorkQueue(Generic[K]):
                     return found, self._reasons.pop(found, [])
                 self._cond.wait(wait)
             return None
+
+    def _due_in(self, heap: list[tuple[float, int, K]],
+                now: float) -> tuple[K | None, float | None]:
+        """Pop the first due key of `heap` not in process (under the lock); else None and
+        the seconds until its next one is due (None: nothing queued there)."""
+        busy: list[tuple[float, int, K]] = []
+        found: K | None = None
+        wait: float | None = None
+        while heap:
+            due, seq, key = heap[0]
+            if self._due.get(key) != due:
+                heapq.heappop(heap)  # superseded by an earlier entry, or forgotten
+                continue
+            if key in self._running:
+                busy.append(heapq.heappop(heap))  # its run ends first
+                continue
+            earliest = self._started.get(key, float("-inf")) + self.min_gap
+            if earliest > due:  # rate limit: push the key back to its earliest start
+                heapq.heappop(heap)
+                self._due[key] = earliest
+                heapq.heappush(heap, (earliest, seq, key))
+                continue
+            if due > now:
+                wait = due - now
+                break
+            heapq.heappop(heap)
+            found = key
+            break
+        for entry in busy:
+            heapq.heappush(heap, entry)
+        return found, wait
 
     def _work(self) -> None:
         while True:

@@ -1,5 +1,6 @@
 """The work queue's rules without a cluster: de-duplication, no overlap per key, the
-concurrency bound, the per-key rate limit, timed re-runs and forgetting."""
+concurrency bound, the per-key rate limit, timed re-runs, asked before timed and
+forgetting."""
 
 from __future__ import annotations
 
@@ -131,6 +132,27 @@ def test_the_returned_delay_schedules_the_next_run_and_a_wake_comes_sooner(
     q.add("a", "woken")
     wait_for(lambda: len(rec.runs) == 2, message="the woken run, long before the timer")
     assert rec.runs[1][1] == ["woken"]
+
+
+def test_a_key_asked_for_goes_before_keys_due_by_their_timer(
+        queues: list[WorkQueue[str]]) -> None:
+    """A change made while many interval passes are due waits for a worker, not for them."""
+    rec = Recorder(delay=0.0)  # each run is due again at once, by its timer
+    q = WorkQueue(rec, concurrency=1)
+    queues.append(q)
+    keys = [f"k{i}" for i in range(10)]
+    q.start()
+    for key in keys:
+        q.add(key, "start")
+    wait_for(lambda: all(rec.of(k) for k in keys), message="every key's first run")
+    rec.gate.clear()  # the next run holds the worker; the other keys are due meanwhile
+    wait_for(lambda: rec.now == 1, message="a run holding the only worker")
+    q.add("changed", "resource")
+    done = len(rec.runs)
+    rec.gate.set()
+    wait_for(lambda: len(rec.runs) >= done + 2, message="two more runs")
+    assert rec.runs[done + 1][0] == "changed", [r[0] for r in rec.runs[done:done + 5]]
+    q.stop(5)
 
 
 def test_a_forgotten_key_does_not_run_again(queues: list[WorkQueue[str]]) -> None:
