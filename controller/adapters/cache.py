@@ -55,6 +55,7 @@ pass; a change missed while a watch was disconnected is stamped when it resumes)
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -414,15 +415,19 @@ def _later(obj: Body, old: Body) -> bool:
     return new_v != old_v
 
 
-def _terms(label_selector: str) -> list[str] | None:
+# The selector helpers below are pure and called per cache lookup (every instance's
+# request scan each second, every pass): cached, as the selectors in use are few.
+@functools.lru_cache(maxsize=4096)
+def _terms(label_selector: str) -> tuple[str, ...] | None:
     """The equality terms of a label selector; None when it has another form (!=, in,
     exists), which only the API server evaluates."""
     terms = [t.strip() for t in label_selector.split(",") if t.strip()]
     if any("=" not in t or "!" in t or " " in t for t in terms):
         return None
-    return [t.replace("==", "=") for t in terms]
+    return tuple(t.replace("==", "=") for t in terms)
 
 
+@functools.lru_cache(maxsize=4096)
 def _base(selector: Selector) -> Selector:
     """The set that serves `selector`: the same kind and namespace with only the app's
     label term (a selector of another form is watched as it is)."""
@@ -446,6 +451,7 @@ def _instance_of(obj: Body) -> str:
     return str(((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_INSTANCE, ""))
 
 
+@functools.lru_cache(maxsize=4096)
 def _view_matcher(base: Selector, view: Selector) -> Callable[[Body], bool] | None:
     """What a view of `base` must check on each object (None: nothing, it is the set)."""
     if _terms(base.label_selector) == _terms(view.label_selector) and \

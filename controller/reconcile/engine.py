@@ -650,7 +650,8 @@ class Engine:
     def refresh_health(self) -> dict[str, str] | None:
         """Between passes: rewrite the conditions for the services' health as watched now.
 
-        Written only when they change (one GET, and a PATCH only then), never over a failed
+        Written only when they change (the object read from the live cache, which holds
+        our own status writes, else one GET; a PATCH only on a change), never over a failed
         pass's Stalled (the next pass decides), and at the generation the last pass
         observed. Returns the conditions (type -> status), or None when there is no object
         or no health view. Raises NotLeaderError on a replica that does not own the
@@ -659,7 +660,8 @@ class Engine:
         if self.health is None:
             return None
         with self.lock, acting_for((self.cfg.namespace, self.cfg.instance)):
-            obj = self.resource.get()
+            obj = self.applier.read_object(API_VERSION, KIND, self.resource.name,
+                                           self.resource.namespace)
             if obj is None:
                 return None
             old = obj.get("status") or {}

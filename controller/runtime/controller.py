@@ -566,8 +566,10 @@ class Controller:
 
     def _on_instance(self, kind: str, obj: Body) -> None:
         """A watched DeploymentParameters object changed: start, wake or forget its
-        instance. Only spec, annotations, finalizers and deletion wake it (not the status
-        its own passes write)."""
+        instance. Only spec, annotations and deletion wake it (not the status its own
+        passes write, nor the finalizer its first pass adds: that would be a second pass
+        per new instance; a removed one is put back by the next pass); once deleting,
+        any change of its finalizers too."""
         meta = obj.get("metadata") or {}
         if kind not in ("ADDED", "MODIFIED", "DELETED") or not meta.get("name"):
             return
@@ -579,8 +581,10 @@ class Controller:
             # under the watch's lock, where stopping its monitor could deadlock.
             self.loop.wake("deleted", key)
             return
-        mark = (meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"),
-                instance_model.wakes_mark(meta), tuple(meta.get("finalizers") or ()))
+        deleting = meta.get("deletionTimestamp")
+        mark = (meta.get("uid"), meta.get("generation"), deleting,
+                instance_model.wakes_mark(meta),
+                tuple(meta.get("finalizers") or ()) if deleting else ())
         with self._instances_lock:
             changed = self._marks.get(key) != mark
             self._marks[key] = mark
@@ -847,6 +851,10 @@ class Controller:
             self._on_other_report(report, key)
             return
         self.reports = [*self.reports[-49:], report]
+        if report.skipped:  # the last full pass's plan and snapshot: all known already
+            self.metrics.observe_pass(report.operation, report.duration, report.ok,
+                                      report.results.counts(), report.revision, [])
+            return
         self.kube_events.track((r.key, r.service) for r in report.results.items)
         # Health: watch what this pass planned; its 403s become RBAC problems.
         self.health.after_pass(report.plan.items if report.plan else (),
@@ -882,6 +890,13 @@ class Controller:
     def _on_other_report(self, report: Report, key: Key) -> None:
         """Another instance's pass: its health follows what it planned, its history and
         metrics (labelled with its name and namespace) are kept."""
+        if report.skipped:
+            # The last full pass's plan and snapshot again: its health tracking, Events
+            # attribution and history are as that pass left them. Only the pass counts.
+            self.metrics.of(key[1], key[0]).observe_pass(
+                report.operation, report.duration, report.ok, report.results.counts(),
+                report.revision, [])
+            return
         try:
             monitor = self.instance(key).health
         except NotFoundError:
