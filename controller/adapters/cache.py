@@ -50,7 +50,11 @@ DeploymentParameters object, does not scan every instance's.
 anyone, our writes' answers included, deleted, leaving a set, or found changed by a
 relist) stamps its instance label with a new number: an engine that reads the same stamp
 before and after knows none of its objects changed in the cache meanwhile (its no-change
-pass; a change missed while a watch was disconnected is stamped when it resumes).
+pass; a change missed while a watch was disconnected is stamped when it resumes). Only
+sets someone has read (`objects`, `get`: what a pass plans from) stamp, from their first
+read on: the Pods and ReplicaSets only health subscribes to change all the time and say
+nothing about a plan (after a restart their first lists made 1,000 instances' next
+interval pass a full one).
 """
 
 from __future__ import annotations
@@ -337,7 +341,6 @@ class LiveCache:
                 found = self._watches.get(replace(base, namespace=""))
             if found is None:
                 found = Watch(self.kube, base, self.watch_timeout)
-                found.items.changed = self._stamp
                 self._watches[base] = found
                 if not self._stopped:
                     found.start()
@@ -365,7 +368,7 @@ class LiveCache:
     def objects(self, selector: Selector, timeout: float | None = None) -> list[Body] | None:
         """The set's objects once it is fresh; None when it did not catch up within
         `timeout` (or its list is refused): the caller must list directly."""
-        watch = self.watch(selector)
+        watch = self._read(selector)
         if not watch.wait_fresh(self.sync_timeout if timeout is None else timeout):
             return None
         return watch.snapshot(selector)
@@ -374,10 +377,17 @@ class LiveCache:
             timeout: float | None = None) -> tuple[bool, Body | None]:
         """(True, the object or None when absent) from a fresh set; (False, None) when the
         set is not fresh in time: the caller must GET directly."""
-        watch = self.watch(selector)
+        watch = self._read(selector)
         if not watch.wait_fresh(self.sync_timeout if timeout is None else timeout):
             return False, None
         return True, watch.find(selector, name, namespace)
+
+    def _read(self, selector: Selector) -> Watch:
+        """The set serving `selector`, stamping its changes from now on (before the read:
+        a change landing after it moves the stamp)."""
+        watch = self.watch(selector)
+        watch.items.changed = self._stamp
+        return watch
 
     def written(self, obj: Body) -> None:
         """A write's answer (from `Kube`): into every set that holds or selects it."""

@@ -297,6 +297,29 @@ def test_another_instances_object_changing_does_not_force_a_full_pass(rig: Rig) 
     assert rig.interval().skipped
 
 
+def test_a_set_only_health_subscribes_to_does_not_force_a_full_pass(rig: Rig) -> None:
+    """Pods (and ReplicaSets) are watched for health, never read by a pass: their changes
+    say nothing about a plan. After a restart their first lists once made every instance's
+    next interval pass a full one."""
+    rig.steady()
+    seen = threading.Event()
+    pods = rig.live.subscribe(
+        Selector("v1", "Pod", NS),
+        lambda kind, obj: seen.set() if kind == "ADDED" else None)
+    assert pods.wait_fresh(10)  # listed (empty): the Pod below comes as a watch event
+    pod = owned_configmap()
+    pod.update(kind="Pod", data=None)
+    pod["metadata"]["name"] = "web-1"
+    rig.kube.send("ADDED", pod)
+    wait_for(seen.is_set, timeout=10, message="the health subscriber to see the Pod")
+    assert rig.interval().skipped
+    # A set a pass reads stamps from its first read on (the cache docstring).
+    cm = owned_configmap()
+    cm["data"] = {"message": "edited by hand"}
+    rig.send("MODIFIED", cm)
+    assert not rig.interval().skipped
+
+
 def test_a_full_pass_is_forced_after_full_pass_every(tmp_path: Path) -> None:
     rig = Rig(tmp_path, full_pass_every=0.3)
     try:
