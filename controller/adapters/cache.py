@@ -323,6 +323,9 @@ class LiveCache:
         self.watch_timeout = watch_timeout
         self.sync_timeout = sync_timeout
         self._watches: dict[Selector, Watch] = {}
+        # (apiVersion, kind) -> namespace -> its sets: a write's answer finds its sets
+        # without scanning all of them (1,000 instances: 800 sets, 20,000 writes a start).
+        self._by_kind: dict[tuple[str, str], dict[str, list[Watch]]] = {}
         self._lock = threading.Lock()
         self._stopped = False
         # Instance label -> the stamp of the last change to one of its objects (`changes`).
@@ -342,6 +345,8 @@ class LiveCache:
             if found is None:
                 found = Watch(self.kube, base, self.watch_timeout)
                 self._watches[base] = found
+                self._by_kind.setdefault((base.api_version, base.kind), {}).setdefault(
+                    base.namespace, []).append(found)
                 if not self._stopped:
                     found.start()
             return found
@@ -393,10 +398,10 @@ class LiveCache:
         """A write's answer (from `Kube`): into every set that holds or selects it."""
         if not isinstance(obj.get("metadata"), dict) or not obj.get("kind"):
             return
+        namespace = obj["metadata"].get("namespace") or ""
         with self._lock:
-            watches = [w for s, w in self._watches.items()
-                       if s.api_version == obj.get("apiVersion") and s.kind == obj["kind"]
-                       and s.namespace in ("", obj["metadata"].get("namespace") or "")]
+            spaces = self._by_kind.get((str(obj.get("apiVersion")), str(obj["kind"])), {})
+            watches = [*spaces.get("", ()), *(spaces.get(namespace, ()) if namespace else ())]
         for watch in watches:
             watch.take(obj)
 
