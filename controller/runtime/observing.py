@@ -418,6 +418,11 @@ class HealthMonitor:
                 service = _service_label(obj) if watch.ours else self._owner_service(obj)
                 if service is not None:
                     self._touch({service})
+                elif not watch.ours:
+                    # Another instance's Pod or ReplicaSet (the namespace's sets are shared):
+                    # kept, should it turn out ours, but no news for this instance's health.
+                    # With 10 instances a namespace, every Pod change recomputed 10 views.
+                    return
             self._notify()
 
     def _on_list(self, watch: _Watch, error: KubeError | None) -> None:
