@@ -7,6 +7,7 @@ a request runs once, and a request whose owner died is reported, not run again.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -211,6 +212,31 @@ def test_a_request_accepted_anywhere_runs_once_on_the_owner(
     assert len(objects.obj["status"]["handledRequests"]) == 1
     for handler in (owner, other_owner, bystander):
         handler.operations.shutdown()
+
+
+def test_between_full_scans_only_objects_seen_carrying_requests_are_looked_at(
+        database: Callable[[], Database]) -> None:
+    objects, engine = FakeObjects(), FakeEngine()
+    owner = replica(objects, engine, database(), owns=True)
+    RequestBoard(objects, poll=0.01).submit(KEY, request())
+    owner.scan(full=False)  # the watch has not shown it yet: not looked at
+    assert engine.calls == []
+    owner.on_watch("MODIFIED", objects.obj)  # now it has
+    wait_for(lambda: owner.scan(full=False) or requests.outcome_of(objects.obj, "abc-1"),
+             timeout=10, message="the outcome recorded from the flagged object")
+    assert engine.calls == [("update", ["redis"])]
+    # Without its annotation (or deleted) it is no longer flagged; a full scan still
+    # looks at every instance (a request the watch never showed is not lost).
+    plain = copy.deepcopy(objects.obj)
+    plain["metadata"]["annotations"].pop(ANNOTATION)
+    owner.on_watch("MODIFIED", plain)
+    RequestBoard(objects, poll=0.01).submit(KEY, request(rid="abc-2"))
+    owner.scan(full=False)
+    assert len(engine.calls) == 1
+    wait_for(lambda: owner.scan() or requests.outcome_of(objects.obj, "abc-2"),
+             timeout=10, message="the outcome of the request found by a full scan")
+    assert len(engine.calls) == 2
+    owner.operations.shutdown()
 
 
 def test_an_operation_whose_owner_died_is_reported_to_retry_not_run_again(
