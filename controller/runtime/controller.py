@@ -1079,6 +1079,10 @@ class Controller:
             "loop": {"interval": self.cfg.loop.interval, "passes": self.loop.passes,
                      "consecutiveFailures": self.loop.failures},
         }
+        if self.shards is not None:  # which shard Leases this replica holds, and for whom
+            out["shards"] = {"count": self.cfg.leader.shards, "held": self.shards.held(),
+                             "instances": sum(1 for k in self.instance_keys()
+                                              if k != self.own_key and self.shards.owns(k))}
         if last is not None:
             out["lastPass"] = {"operation": last.operation, "trigger": last.trigger,
                                "time": last.started, "duration": round(last.duration, 4),

@@ -14,11 +14,13 @@ logs no instance ever has two passes overlapping.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
 import subprocess
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -75,6 +77,14 @@ class Replica:
     proxy: ApiProxy
     proc: subprocess.Popen[bytes]
     log: Path
+    port: int
+
+    def shards(self) -> dict[str, Any]:
+        """What its /api/status says it holds."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/status",
+                                    timeout=10) as resp:
+            shown: dict[str, Any] = json.loads(resp.read())["shards"]
+        return shown
 
     def passes(self) -> list[tuple[str, str, float, float, str]]:
         """(instance, identity, start, end, outcome) of every pass this replica logged."""
@@ -125,15 +135,16 @@ def replica(cluster: LocalCluster, root: Path, namespace: str, workdir: Path,
     workdir.mkdir()
     with ApiProxy(cluster.kubeconfig, workdir) as proxy:
         log = workdir / "controller.log"  # its event store is workdir/ev.db: its own
+        port = free_port()
         with controller_process(
-                LocalCluster(str(proxy.kubeconfig), None), root, namespace, free_port(), log,
+                LocalCluster(str(proxy.kubeconfig), None), root, namespace, port, log,
                 CONDUCTOR_LEADER_SHARDS=str(SHARDS),
                 CONDUCTOR_LEADER_LEASE_DURATION=str(LEASE_DURATION),
                 CONDUCTOR_LEADER_RENEW_DEADLINE=str(RENEW_DEADLINE),
                 CONDUCTOR_LEADER_RETRY_PERIOD=str(RETRY_PERIOD),
                 CONDUCTOR_LEADER_IDENTITY=identity,
                 CONDUCTOR_INSTANCES_CONCURRENCY="8") as proc:
-            yield Replica(identity, proxy, proc, log)
+            yield Replica(identity, proxy, proc, log, port)
 
 
 def check_owners(replicas: list[Replica], namespace: str, names: list[str]) -> None:
@@ -256,6 +267,17 @@ def test_thirty_instances_on_three_replicas_one_owner_each_and_a_killed_one_move
         wait(lambda: last_pass_ok(kube, namespace, names), timeout=120, interval=0.5,
              message="every instance's first pass")
         check_owners(replicas, namespace, names)
+        # /api/status shows each replica's shards and how many instances they bring it.
+        def status_balanced() -> list[dict[str, Any]] | None:
+            shown = [r.shards() for r in replicas]
+            held = sorted(i for s in shown for i in s["held"])
+            return shown if held == list(range(SHARDS)) and \
+                all(len(s["held"]) == 2 for s in shown) else None
+
+        shown = wait(status_balanced, timeout=30,
+                     message="every shard held once, two a replica, as /api/status says")
+        assert all(s["count"] == SHARDS for s in shown), shown
+        assert sum(s["instances"] for s in shown) == INSTANCES, shown
         # Each object written once (its creation), by the replica that owned it then.
         created = sum((r.applies() for r in replicas), Counter[str]())
         mine = [p for p in created if "/default-web" not in p]  # not the own instance's
