@@ -320,6 +320,27 @@ def test_a_set_only_health_subscribes_to_does_not_force_a_full_pass(rig: Rig) ->
     assert not rig.interval().skipped
 
 
+def test_a_sets_first_list_stamps_nothing_its_changes_after_do(tmp_path: Path) -> None:
+    """A restart's passes overlap their namespaces' first lists: what a first list brings
+    in is no change (no one read the set before), or every instance sharing the set would
+    run a second full pass."""
+    kube = MemoryKube()
+    kube.send("ADDED", owned_configmap())
+    live = LiveCache(kube, sync_timeout=5.0)  # type: ignore[arg-type]
+    try:
+        before = live.changes("default")
+        assert live.objects(Selector("v1", "ConfigMap", NS))  # created, listed, read
+        assert live.changes("default") == before
+        edited = owned_configmap()
+        edited["data"] = {"message": "edited by hand"}
+        kube.send("MODIFIED", edited)
+        wait_for(lambda: live.changes("default") != before, timeout=10,
+                 message="a change after the first read moves the stamp")
+    finally:
+        live.stop()
+        kube.end()
+
+
 def test_a_full_pass_is_forced_after_full_pass_every(tmp_path: Path) -> None:
     rig = Rig(tmp_path, full_pass_every=0.3)
     try:
