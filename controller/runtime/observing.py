@@ -418,10 +418,11 @@ class HealthMonitor:
                 service = _service_label(obj) if watch.ours else self._owner_service(obj)
                 if service is not None:
                     self._touch({service})
-                elif not watch.ours:
+                elif not watch.ours and kind != "DELETED":
                     # Another instance's Pod or ReplicaSet (the namespace's sets are shared):
                     # kept, should it turn out ours, but no news for this instance's health.
                     # With 10 instances a namespace, every Pod change recomputed 10 views.
+                    # (A deletion still wakes: its owner may have gone first.)
                     return
             self._notify()
 

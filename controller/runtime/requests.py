@@ -16,10 +16,10 @@ as Flux's `reconcile.fluxcd.io/requestedAt` does:
   its instances (and rescans every `RESCAN` seconds, which is how a new owner finds what
   the old one left after a failover: the objects the watch last saw carrying requests,
   and every instance each `FULL_RESCAN` seconds; 1,000 instances looked up each second
-  were a seventh of an idle controller's CPU). It runs the request through the same code path as
-  a call made to it (`runner` + `Operations`), under the request's id as the operation id:
-  the operation store's unique id is the claim, so a request is carried out once, however
-  many replicas see it or how often ownership moves.
+  were a seventh of an idle controller's CPU). It runs the request through the same code
+  path as a call made to it (`runner` + `Operations`), under the request's id as the
+  operation id: the operation store's unique id is the claim, so a request is carried out
+  once, however many replicas see it or how often ownership moves.
 - **The outcome** goes to `status.handledRequests` (the newest `KEEP_HANDLED`): {"id",
   "op", "operation", "result": succeeded | failed | interrupted | refused, "revision",
   "counts", "services", "error"?, "at"}. An operation whose process died shows in the
