@@ -650,8 +650,7 @@ class Engine:
     def refresh_health(self) -> dict[str, str] | None:
         """Between passes: rewrite the conditions for the services' health as watched now.
 
-        Written only when they change (the object read from the live cache, which holds
-        our own status writes, else one GET; a PATCH only on a change), never over a failed
+        Written only when they change (one GET, and a PATCH only then), never over a failed
         pass's Stalled (the next pass decides), and at the generation the last pass
         observed. Returns the conditions (type -> status), or None when there is no object
         or no health view. Raises NotLeaderError on a replica that does not own the
@@ -660,8 +659,11 @@ class Engine:
         if self.health is None:
             return None
         with self.lock, acting_for((self.cfg.namespace, self.cfg.instance)):
-            obj = self.applier.read_object(API_VERSION, KIND, self.resource.name,
-                                           self.resource.namespace)
+            # A GET, not the live cache: the conditions are compared with what the server
+            # holds, so a copy lagging behind a writer cannot hide a needed write (a cached
+            # read is the suspect of one CI run where Ready stayed False; one read per
+            # health change is cheap).
+            obj = self.resource.get()
             if obj is None:
                 return None
             old = obj.get("status") or {}
