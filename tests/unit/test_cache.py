@@ -1,12 +1,10 @@
-"""The live cache against a fake API server of watch events (no cluster): what a reader
-may trust and when, shared subscriptions, our own writes read back, and the Applier's rule
-(plan from a fresh set, else LIST)."""
+"""The live cache against an in-memory API server (tests/support/memkube.py, no cluster):
+what a reader may trust and when, shared subscriptions, our own writes read back, and the
+Applier's rule (plan from a fresh set, else LIST)."""
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,13 +15,13 @@ from controller.adapters.watching import Selector
 from controller.config import Config
 from controller.model.objects import LABEL_APP, LABEL_INSTANCE, LABEL_INSTANCE_NAMESPACE
 from controller.reconcile.applying import Applier, selector
+from tests.support.memkube import MemoryKube, live_cache
 from tests.support.waiting import wait_for
 
 CFG = Config(namespace="ns", default_namespace="ns")
 OURS = {LABEL_APP: CFG.app_name, LABEL_INSTANCE: CFG.instance,
         LABEL_INSTANCE_NAMESPACE: CFG.namespace}
 SEL = Selector("v1", "ConfigMap", "ns", selector(CFG))
-_END = object()
 
 
 def cm(name: str, version: int, labels: dict[str, str] | None = None, **data: str) -> Body:
@@ -33,86 +31,15 @@ def cm(name: str, version: int, labels: dict[str, str] | None = None, **data: st
             "data": data}
 
 
-class FakeKube:
-    """Lists from `objects`; each watch streams what the test `send`s, until `end()`;
-    `fail_list` / `fail_watch` make the next ones raise."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, Body] = {}
-        self.version = 100
-        self.lists = 0
-        self.watches: queue.Queue[queue.Queue[Any]] = queue.Queue()
-        self.fail_list: KubeError | None = None
-        self.fail_watch: KubeError | None = None
-        self.on_written: Callable[[Body], None] | None = None
-        self._open: list[queue.Queue[Any]] = []
-        self._lock = threading.Lock()
-
-    def list(self, api_version: str, kind: str, namespace: str = "",
-             label_selector: str = "", field_selector: str = "") -> tuple[list[Body], str]:
-        self.lists += 1
-        if self.fail_list is not None:
-            raise self.fail_list
-        return list(self.objects.values()), str(self.version)
-
-    def watch(self, api_version: str, kind: str, namespace: str = "",
-              resource_version: str = "", label_selector: str = "",
-              timeout_seconds: int = 300, field_selector: str = "",
-              on_open: Callable[[Any], None] | None = None) -> Iterator[tuple[str, Body]]:
-        if self.fail_watch is not None:
-            error, self.fail_watch = self.fail_watch, None
-            raise error
-        stream: queue.Queue[Any] = queue.Queue()
-        with self._lock:
-            self._open.append(stream)
-        if on_open is not None:
-            on_open(None)
-        while True:
-            item = stream.get()
-            if item is _END:
-                return
-            if isinstance(item, KubeError):
-                raise item
-            yield item
-
-    def send(self, kind: str, obj: Body) -> None:
-        """The server changes an object: stored for lists, streamed to open watches."""
-        name = obj["metadata"]["name"]
-        if kind == "DELETED":
-            self.objects.pop(name, None)
-        else:
-            self.objects[name] = obj
-        self.version = int(obj["metadata"]["resourceVersion"])
-        with self._lock:
-            for stream in self._open:
-                stream.put((kind, obj))
-
-    def end(self, error: KubeError | None = None) -> None:
-        """Every open watch ends (its timeout), or fails with `error` (410, dropped)."""
-        with self._lock:
-            streams, self._open = self._open, []
-        for stream in streams:
-            stream.put(error if error is not None else _END)
-
-    def open_watches(self) -> int:
-        with self._lock:
-            return len(self._open)
-
-    def get(self, api_version: str, kind: str, name: str, namespace: str = "") -> Body | None:
-        return self.objects.get(name)
+@pytest.fixture
+def kube() -> MemoryKube:
+    return MemoryKube()
 
 
 @pytest.fixture
-def kube() -> FakeKube:
-    return FakeKube()
-
-
-@pytest.fixture
-def live(kube: FakeKube) -> Iterator[LiveCache]:
-    cache = LiveCache(kube, sync_timeout=5.0)  # type: ignore[arg-type]
-    yield cache
-    cache.stop()
-    kube.end()
+def live(kube: MemoryKube) -> Iterator[LiveCache]:
+    with live_cache(kube) as cache:
+        yield cache
 
 
 def names(items: list[Body] | None) -> dict[str, str]:
@@ -120,26 +47,25 @@ def names(items: list[Body] | None) -> dict[str, str]:
     return {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in items}
 
 
-def test_a_set_is_listed_once_then_follows_the_watch(kube: FakeKube, live: LiveCache) -> None:
-    kube.objects["a"] = cm("a", 10)
+def test_a_set_is_listed_once_then_follows_the_watch(kube: MemoryKube, live: LiveCache) -> None:
+    kube.put(cm("a", 10))
     assert names(live.objects(SEL)) == {"a": "10"}
     kube.send("MODIFIED", cm("a", 11, x="1"))
     kube.send("ADDED", cm("b", 12))
     wait_for(lambda: names(live.objects(SEL)) == {"a": "11", "b": "12"})
     kube.send("DELETED", cm("a", 13))
     wait_for(lambda: names(live.objects(SEL)) == {"b": "12"})
-    assert kube.lists == 1  # every read after the first came from memory
+    assert len(kube.lists) == 1  # every read after the first came from memory
 
 
-def test_a_set_that_is_not_fresh_is_not_trusted(kube: FakeKube) -> None:
+def test_a_set_that_is_not_fresh_is_not_trusted(kube: MemoryKube) -> None:
     """Starting, relisting after 410, or disconnected: `objects` waits, then says None
     (the caller lists directly); it answers again once the set follows the server."""
     kube.fail_list = KubeError("connection refused", status=0, reason="ConnectionError")
-    live = LiveCache(kube, sync_timeout=0.3)  # type: ignore[arg-type]
-    try:
+    with live_cache(kube, sync_timeout=0.3) as live:
         assert live.objects(SEL) is None  # never listed: not trusted
         kube.fail_list = None
-        kube.objects["a"] = cm("a", 10)
+        kube.put(cm("a", 10))
         wait_for(lambda: live.objects(SEL) is not None, timeout=10)
         watch = live.watch(SEL)
         wait_for(lambda: kube.open_watches() == 1)
@@ -149,42 +75,36 @@ def test_a_set_that_is_not_fresh_is_not_trusted(kube: FakeKube) -> None:
         kube.end(KubeError("dropped", status=0, reason="ConnectionError"))
         wait_for(lambda: not watch.fresh.is_set())
         assert live.objects(SEL, timeout=0.1) is None
-        kube.objects["a"] = cm("a", 20)  # changed while we were away
+        kube.put(cm("a", 20))  # changed while we were away
         kube.fail_list = None
         assert names(live.objects(SEL, timeout=10)) == {"a": "20"}
-    finally:
-        live.stop()
-        kube.end()
 
 
-def test_410_relists_and_the_list_replaces_the_copy(kube: FakeKube, live: LiveCache) -> None:
-    kube.objects["a"] = cm("a", 10)
-    kube.objects["b"] = cm("b", 11)
+def test_410_relists_and_the_list_replaces_the_copy(kube: MemoryKube, live: LiveCache) -> None:
+    kube.put(cm("a", 10))
+    kube.put(cm("b", 11))
     assert names(live.objects(SEL)) == {"a": "10", "b": "11"}
     wait_for(lambda: kube.open_watches() == 1)
     # Behind the watch's back (events compacted away): a deleted, b changed.
-    del kube.objects["a"]
-    kube.objects["b"] = cm("b", 30)
+    kube.remove(cm("a", 10))
+    kube.put(cm("b", 30))
     kube.version = 30
     kube.end(KubeError("too old resource version", status=410, reason="Expired"))
-    wait_for(lambda: kube.lists == 2)
+    wait_for(lambda: len(kube.lists) == 2)
     assert names(live.objects(SEL)) == {"b": "30"}
 
 
-def test_a_permanent_refusal_is_not_waited_for(kube: FakeKube) -> None:
+def test_a_permanent_refusal_is_not_waited_for(kube: MemoryKube) -> None:
     kube.fail_list = KubeError("forbidden", status=403, reason="Forbidden")
-    live = LiveCache(kube, sync_timeout=30.0)  # type: ignore[arg-type]
-    try:
+    with live_cache(kube, sync_timeout=30.0) as live:
         watch = live.watch(SEL)
         wait_for(lambda: watch.error is not None)
         assert live.objects(SEL) is None  # at once, not after 30 s
-    finally:
-        live.stop()
 
 
 def test_subscribers_share_one_watch_and_get_the_current_objects_first(
-        kube: FakeKube, live: LiveCache) -> None:
-    kube.objects["a"] = cm("a", 10)
+        kube: MemoryKube, live: LiveCache) -> None:
+    kube.put(cm("a", 10))
     first: list[tuple[str, str]] = []
     second: list[tuple[str, str]] = []
     live.subscribe(SEL, lambda kind, obj: first.append(
@@ -195,12 +115,12 @@ def test_subscribers_share_one_watch_and_get_the_current_objects_first(
     assert second == [("ADDED", "a"), ("SYNCED", "")]
     kube.send("ADDED", cm("b", 11))
     wait_for(lambda: ("ADDED", "b") in first and ("ADDED", "b") in second)
-    assert kube.lists == 1
+    assert len(kube.lists) == 1
 
 
 def test_our_writes_are_read_back_and_older_events_are_not_news(
-        kube: FakeKube, live: LiveCache) -> None:
-    kube.objects["a"] = cm("a", 10)
+        kube: MemoryKube, live: LiveCache) -> None:
+    kube.put(cm("a", 10))
     assert kube.on_written == live.written
     assert names(live.objects(SEL)) == {"a": "10"}
     live.written(cm("a", 15, x="applied"))  # the answer of our apply
@@ -215,12 +135,12 @@ def test_our_writes_are_read_back_and_older_events_are_not_news(
 
 
 def test_a_write_answer_that_loses_the_race_with_its_deleted_does_not_bring_it_back(
-        kube: FakeKube, live: LiveCache) -> None:
+        kube: MemoryKube, live: LiveCache) -> None:
     """Removing the last finalizer deletes the object; the watch may say DELETED before
     our client has read the write's answer. That answer must not put the object back
     (it did, 13 of 30 times on the local control plane: the instance was never forgotten).
     A later version (the object recreated, or our labels put back) is news again."""
-    kube.objects["a"] = cm("a", 10)
+    kube.put(cm("a", 10))
     events: list[tuple[str, str]] = []
     live.subscribe(SEL, lambda kind, obj: events.append(
         (kind, obj.get("metadata", {}).get("resourceVersion", ""))))
@@ -241,31 +161,27 @@ def test_a_write_answer_that_loses_the_race_with_its_deleted_does_not_bring_it_b
     assert names(live.objects(SEL)) == {"a": "22"}
 
 
-def test_the_applier_plans_from_a_fresh_set_and_lists_a_stale_one(kube: FakeKube) -> None:
+def test_the_applier_plans_from_a_fresh_set_and_lists_a_stale_one(kube: MemoryKube) -> None:
     from controller.model.objects import Manifest
 
-    kube.objects["a"] = cm("a", 10)
-    live = LiveCache(kube, sync_timeout=0.3)  # type: ignore[arg-type]
-    applier = Applier(kube, CFG, live=live)  # type: ignore[arg-type]
+    kube.put(cm("a", 10))
     desired = [Manifest("svc", cm("a", 0))]
-    try:
+    with live_cache(kube, sync_timeout=0.3) as live:
+        applier = Applier(kube, CFG, live=live)  # type: ignore[arg-type]
         assert names(list(applier.observe(desired, []).values())) == {"a": "10"}
-        lists = kube.lists
+        lists = len(kube.lists)
         assert names(list(applier.observe(desired, []).values())) == {"a": "10"}
-        assert kube.lists == lists  # from the cache
+        assert len(kube.lists) == lists  # from the cache
         # Disconnected and not resumed: the plan lists directly and sees the change.
         watch = live.watch(SEL)
         kube.fail_watch = KubeError("dropped", status=0, reason="ConnectionError")
         kube.end(KubeError("dropped", status=0, reason="ConnectionError"))
         wait_for(lambda: not watch.fresh.is_set())
         kube.fail_list = KubeError("down", status=0, reason="ConnectionError")
-        kube.objects["a"] = cm("a", 40)
+        kube.put(cm("a", 40))
 
         def direct(*args: Any, **kwargs: Any) -> tuple[list[Body], str]:
             return [cm("a", 40)], "40"
 
         applier.kube = type("K", (), {"list": staticmethod(direct)})()
         assert names(list(applier.observe(desired, []).values())) == {"a": "40"}
-    finally:
-        live.stop()
-        kube.end()

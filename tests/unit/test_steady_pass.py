@@ -3,20 +3,18 @@ since the last full pass skips rendering and planning and writes nothing; every 
 must not miss, the safety-net age and any other trigger run a full pass.
 
 The real Engine, ResourceSource and LiveCache, over an in-memory API server of lists and
-watch streams (no cluster). The app is a small tree whose one service is marked down, so
-a full pass renders nothing and sends only its status write: what is tested here is which
-passes run in full, not applying (the cluster tests cover that).
+watch streams (tests/support/memkube.py, no cluster). The app is a small tree whose one
+service is marked down, so a full pass renders nothing and sends only its status write:
+what is tested here is which passes run in full, not applying (the cluster tests cover
+that).
 """
 
 from __future__ import annotations
 
-import copy
 import os
-import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,97 +29,10 @@ from controller.model.objects import LABEL_APP, LABEL_INSTANCE, LABEL_INSTANCE_N
 from controller.reconcile.applying import selector
 from controller.reconcile.engine import Engine, Report
 from controller.reconcile.passes import PassEvent, PassFinished, PassStarted
+from tests.support.memkube import MemoryKube, live_cache
 from tests.support.waiting import wait_for
 
 NS = "ns"
-_END = object()
-Key = tuple[str, str, str]  # (kind, namespace, name)
-
-
-class MemoryKube:
-    """Lists and watches (per kind, label equality terms), merge-patches status and
-    metadata, counts writes; what the Engine and the LiveCache ask of `Kube` here."""
-
-    def __init__(self) -> None:
-        self.objects: dict[Key, Body] = {}
-        self.version = 100
-        self.writes = 0
-        self.on_written: Callable[[Body], None] | None = None
-        self._streams: list[tuple[str, str, queue.Queue[Any]]] = []
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _selected(obj: Body, kind: str, label_selector: str) -> bool:
-        labels = obj["metadata"].get("labels") or {}
-        terms = [t.split("=", 1) for t in label_selector.split(",") if "=" in t]
-        return obj["kind"] == kind and all(labels.get(k) == v for k, v in terms)
-
-    def list(self, api_version: str, kind: str, namespace: str = "",
-             label_selector: str = "", field_selector: str = "") -> tuple[list[Body], str]:
-        with self._lock:
-            return ([copy.deepcopy(o) for o in self.objects.values()
-                     if self._selected(o, kind, label_selector)], str(self.version))
-
-    def watch(self, api_version: str, kind: str, namespace: str = "",
-              resource_version: str = "", label_selector: str = "",
-              timeout_seconds: int = 300, field_selector: str = "",
-              on_open: Callable[[Any], None] | None = None) -> Iterator[tuple[str, Body]]:
-        stream: queue.Queue[Any] = queue.Queue()
-        with self._lock:
-            self._streams.append((kind, label_selector, stream))
-        if on_open is not None:
-            on_open(None)
-        while True:
-            item = stream.get()
-            if item is _END:
-                return
-            yield item
-
-    def send(self, event: str, obj: Body) -> Body:
-        """A change on the server: stored, then streamed to the watches selecting it."""
-        obj = copy.deepcopy(obj)
-        with self._lock:
-            self.version += 1
-            obj["metadata"]["resourceVersion"] = str(self.version)
-            key = (obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-            if event == "DELETED":
-                self.objects.pop(key, None)
-            else:
-                self.objects[key] = obj
-            streams = [s for k, sel, s in self._streams if self._selected(obj, k, sel)]
-        for stream in streams:
-            stream.put((event, copy.deepcopy(obj)))
-        return obj
-
-    def end(self) -> None:
-        with self._lock:
-            streams, self._streams = self._streams, []
-        for _, _, stream in streams:
-            stream.put(_END)
-
-    def get(self, api_version: str, kind: str, name: str, namespace: str = "") -> Body | None:
-        with self._lock:
-            found = self.objects.get((kind, namespace, name))
-        return copy.deepcopy(found) if found is not None else None
-
-    def patch(self, api_version: str, kind: str, name: str, patch: Body,
-              namespace: str = "", **_: Any) -> Body:
-        self.writes += 1
-        obj = self.get(api_version, kind, name, namespace)
-        assert obj is not None, (kind, name)
-        for part in ("status", "metadata"):
-            if part in patch:
-                obj.setdefault(part, {}).update(patch[part])
-        answer = self.send("MODIFIED", obj)
-        if self.on_written is not None:
-            self.on_written(answer)
-        return answer
-
-    def check_may_write(self, what: str) -> None:
-        pass
-
-    def forget(self, api_version: str) -> None:
-        pass
 
 
 def parameters(generation: int, message: str = "hello") -> Body:
@@ -152,7 +63,7 @@ class Rig:
         self.template = root / "web" / "configmap.yaml"
         self.cfg = Config(namespace=NS, default_namespace=NS, manifest_root=root,
                           loop=LoopSettings(full_pass_every=full_pass_every))
-        self.kube = MemoryKube()
+        self.kube = MemoryKube(stamp_versions=True)
         self.kube.send("ADDED", parameters(1))
         self.kube.send("ADDED", owned_configmap())
         self.live = LiveCache(self.kube, sync_timeout=5.0)  # type: ignore[arg-type]
@@ -324,10 +235,9 @@ def test_a_sets_first_list_stamps_nothing_its_changes_after_do(tmp_path: Path) -
     """A restart's passes overlap their namespaces' first lists: what a first list brings
     in is no change (no one read the set before), or every instance sharing the set would
     run a second full pass."""
-    kube = MemoryKube()
+    kube = MemoryKube(stamp_versions=True)
     kube.send("ADDED", owned_configmap())
-    live = LiveCache(kube, sync_timeout=5.0)  # type: ignore[arg-type]
-    try:
+    with live_cache(kube) as live:
         before = live.changes("default")
         assert live.objects(Selector("v1", "ConfigMap", NS))  # created, listed, read
         assert live.changes("default") == before
@@ -336,9 +246,6 @@ def test_a_sets_first_list_stamps_nothing_its_changes_after_do(tmp_path: Path) -
         kube.send("MODIFIED", edited)
         wait_for(lambda: live.changes("default") != before, timeout=10,
                  message="a change after the first read moves the stamp")
-    finally:
-        live.stop()
-        kube.end()
 
 
 def test_a_full_pass_is_forced_after_full_pass_every(tmp_path: Path) -> None:
