@@ -113,6 +113,54 @@ def cpu_seconds(group: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller")  # /proc comm (15 chars)
+
+
+def control_plane_cpu() -> float:
+    """User + system CPU seconds of the control plane's processes (API server, etcd,
+    controller manager) so far: what each phase cost the server side, which shares the
+    2 cores with the client measured (a phase's wall time alone hides who was busy)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, _, rest = stat.read_text().rpartition(")")
+        except OSError:
+            continue
+        if head.partition("(")[2] not in CONTROL_PLANE:
+            continue
+        fields = rest.split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_counts(kube: Kube) -> Counter[str]:
+    """The API server's own counters (its /metrics) of requests by verb and resource
+    (dry runs apart) and of watch events sent, by kind: diffed around a phase, what the
+    control plane did for it, whoever asked (the controller manager's work included)."""
+    resp = kube._send("GET", "/metrics", None, None, "text/plain", 30)
+    text = resp.data.decode()
+    resp.release_conn()
+    out: Counter[str] = Counter()
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name not in ("apiserver_request_total", "apiserver_watch_events_total"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', rest.rpartition("}")[0]))
+        value = int(float(rest.rpartition("} ")[2]))
+        if name == "apiserver_watch_events_total":
+            out[f"watch events {labels.get('kind')}"] += value
+        elif labels.get("verb") != "WATCH":
+            sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+            dry = " (dry run)" if labels.get("dry_run") else ""
+            out[f"{labels.get('verb')} {labels.get('resource')}{sub}{dry}"] += value
+    return out
+
+
+def server_summary(before: Counter[str], after: Counter[str], top: int = 14) -> str:
+    diff = after - before
+    return ", ".join(f"{n} {what}" for what, n in diff.most_common(top))
+
+
 def memory_mib(group: int, field_name: str) -> float:
     """The largest VmRSS or VmHWM (peak) of the group's processes (the worker's: the
     controller lives there), in MiB."""
@@ -236,7 +284,7 @@ def count_ready(objects: Reflector) -> int:
 
 def release(kube: Kube, spaces: Sequence[str], run: str) -> None:
     """Drop conductor's finalizer from the run's objects (the controller is stopped), then
-    delete the namespaces; not waited for."""
+    delete the namespaces; not waited for here (the next run waits: earlier_runs_gone)."""
     def unfinalise(obj: Body) -> None:
         meta = obj["metadata"]
         if meta.get("finalizers"):
@@ -264,6 +312,14 @@ class Figures:
     namespaces: int
     floor: float = 0.0
     floor_dry: float = 0.0  # dry run of every object, then the applies
+    # the control plane's CPU seconds during the floor, the dry-run floor, the cold start
+    floor_server_cpu: float = 0.0
+    floor_dry_server_cpu: float = 0.0
+    cold_server_cpu: float = 0.0
+    # the API server's requests and watch events during each (server_counts), summed up
+    floor_server: str = ""
+    floor_dry_server: str = ""
+    cold_server: str = ""
     cold: float = 0.0
     cold_cpu: float = 0.0
     cold_rss: float = 0.0  # peak, MiB
@@ -329,9 +385,25 @@ def pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
+def earlier_runs_gone(kube: Kube, timeout: float) -> None:
+    """Wait (untimed) until no namespace of an earlier run is left: their deletion (the
+    namespace controller removing 10,000 objects) would otherwise run during this run's
+    floors and cold start, and load the 2 cores unevenly between them."""
+    def left() -> int:
+        return sum(1 for ns in kube.list("v1", "Namespace")[0]
+                   if ns["metadata"]["name"].startswith("bs-"))
+    if left():
+        started = time.monotonic()
+        print(f"waiting for {left()} namespaces of earlier runs to be deleted", flush=True)
+        wait_for(lambda: not left(), timeout=timeout, interval=2.0,
+                 message="earlier runs' namespaces deleted")
+        print(f"  deleted after {time.monotonic() - started:.0f}s; {loadavg()}", flush=True)
+
+
 def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) -> Figures:
     kube = Kube.connect(Config(kubeconfig=kubeconfig))
     ensure_crd(kube)
+    earlier_runs_gone(kube, args.timeout)
     run = secrets.token_hex(3)
     instances = names(size, args.per_namespace, run, "c")
     spaces = sorted({ns for ns, _ in instances})
@@ -347,8 +419,12 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
         make_namespaces(kube, [ns for ns, _ in floor_instances])
         print(f"[{size}] floor: {len(objects)} objects in "
               f"{len({ns for ns, _ in floor_instances})} namespaces; {loadavg()}", flush=True)
+        server, counts = control_plane_cpu(), server_counts(kube)
         figures.floor = Floor(kubeconfig, work).apply(objects, plurals)
-        print(f"[{size}] floor took {figures.floor:.1f}s", flush=True)
+        figures.floor_server_cpu = control_plane_cpu() - server
+        figures.floor_server = server_summary(counts, server_counts(kube))
+        print(f"[{size}] floor took {figures.floor:.1f}s (control plane CPU "
+              f"{figures.floor_server_cpu:.1f}s)", flush=True)
         # Untimed: the controller manager's work on the floor's Deployments (a ReplicaSet
         # and an observed status each) would otherwise run during what comes next.
         floor_spaces = {ns for ns, _ in floor_instances}
@@ -357,9 +433,13 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
         dry_objects = rendered(dry_instances)
         make_namespaces(kube, [ns for ns, _ in dry_instances])
         floor = Floor(kubeconfig, work)
+        server, counts = control_plane_cpu(), server_counts(kube)
         figures.floor_dry = floor.apply(dry_objects, plurals, dry_run=True) + \
             floor.apply(dry_objects, plurals)
-        print(f"[{size}] floor with a dry run took {figures.floor_dry:.1f}s", flush=True)
+        figures.floor_dry_server_cpu = control_plane_cpu() - server
+        figures.floor_dry_server = server_summary(counts, server_counts(kube))
+        print(f"[{size}] floor with a dry run took {figures.floor_dry:.1f}s (control plane "
+              f"CPU {figures.floor_dry_server_cpu:.1f}s)", flush=True)
         dry_spaces = {ns for ns, _ in dry_instances}
         wait_for(lambda: observed(kube, dry_spaces), timeout=args.timeout, interval=1.0,
                  message="the dry-run floor's Deployments observed")
@@ -370,6 +450,7 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
         watched = Reflector(kube, Selector(API_VERSION, KIND, "", f"bench={run}")).start()
         wait_for(watched.fresh.is_set, timeout=60, message="the instances' watch")
         print(f"[{size}] conductor cold start on {size} instances; {loadavg()}", flush=True)
+        server, counts = control_plane_cpu(), server_counts(kube)
         with conductor(kubeconfig, spaces, instances[0], run, work, args.env_map,
                        "cold") as (proc, port, started):
             group = proc.pid
@@ -390,6 +471,8 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
                 last = n
                 time.sleep(0.5)
             figures.cold = time.monotonic() - started
+            figures.cold_server_cpu = control_plane_cpu() - server
+            figures.cold_server = server_summary(counts, server_counts(kube))
             watched.stop()
             figures.cold_cpu = cpu_seconds(group)
             figures.cold_rss = memory_mib(group, "VmHWM")
@@ -397,7 +480,8 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
             stop_profile(spy)
             figures.cold_requests = kube_requests(port)
             print(f"[{size}] all Ready after {figures.cold:.1f}s ({figures.cold_cpu:.1f} CPU s, "
-                  f"peak RSS {figures.cold_rss:.0f} MiB); {figures.cold_load}", flush=True)
+                  f"peak RSS {figures.cold_rss:.0f} MiB; control plane CPU "
+                  f"{figures.cold_server_cpu:.1f}s); {figures.cold_load}", flush=True)
             figures.changes = changes(kube, instances, args.changes, args.change_timeout)
             figures.changes_load = loadavg()
             print(f"[{size}] {len(figures.changes)} changes: p50 "
@@ -526,7 +610,9 @@ def report(all_figures: Sequence[Figures]) -> None:
         dry_ok = "met" if ratio_dry <= TARGET_COLD_RATIO else "NOT met"
         print(f"  cold to all Ready  {f.cold:8.1f}s  floor {f.floor:.1f}s  ratio {ratio:.2f}x "
               f"(target <= {TARGET_COLD_RATIO:.0f}x: {cold_ok}); floor with a dry run "
-              f"{f.floor_dry:.1f}s, ratio {ratio_dry:.2f}x ({dry_ok})"
+              f"{f.floor_dry:.1f}s, ratio {ratio_dry:.2f}x ({dry_ok}); control plane CPU "
+              f"{f.cold_server_cpu:.1f}s (floor {f.floor_server_cpu:.1f}s, with a dry run "
+              f"{f.floor_dry_server_cpu:.1f}s)"
               f"; controller CPU {f.cold_cpu:.1f}s, peak RSS {f.cold_rss:.0f} MiB "
               f"(target < {TARGET_RSS_MIB:.0f}: "
               f"{'met' if f.cold_rss < TARGET_RSS_MIB else 'NOT met'}); {f.cold_load}")
@@ -534,6 +620,9 @@ def report(all_figures: Sequence[Figures]) -> None:
               f"{f.instances * OBJECTS_PER_INSTANCE} PATCH): " + ", ".join(
                   f"{verb} {n} (mean {mean * 1000:.0f} ms)"
                   for verb, (n, mean) in f.cold_requests.items()))
+        print(f"  the API server during the floor: {f.floor_server}")
+        print(f"  during the floor with a dry run: {f.floor_dry_server}")
+        print(f"  during the cold start: {f.cold_server}")
         if f.changes:
             p50, p99 = statistics.median(f.changes), pct(f.changes, 0.99)
             lost = sum(1 for c in f.changes if c == float("inf"))
