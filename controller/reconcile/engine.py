@@ -21,8 +21,8 @@ no events (the loop logs it); its report repeats the last plan, every object unc
 other trigger (start, operations, wake-ups by a change, webhooks, retries), a failed or
 suspended last pass, parameters with Secret references (a Secret is not watched), an engine
 without a live cache, and a last full pass older than `loop.full_pass_every` run in full.
-Health between passes is the reporters' (refresh_health), and a workload's health change
-moves its object's status, hence the stamp.
+Health between passes is the reporters' (refresh_health): a change of an object's status
+alone (a workload rolling out) does not move the stamp.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -199,14 +200,15 @@ class Engine:
     def __init__(self, cfg: Config, kube: Kube, source: ParameterSource,
                  sink: PassSink | None = None,
                  on_report: Callable[[Report], None] | None = None,
-                 health: HealthView | None = None, live: LiveCache | None = None) -> None:
+                 health: HealthView | None = None, live: LiveCache | None = None,
+                 pool: Executor | None = None) -> None:
         self.cfg = cfg
         self.health = health
         self.kube = kube
         self.source = source
         self.resource = ParametersResource(kube, cfg)
         # Live state from the process's watch cache (cache.py's rule), else LISTs.
-        self.applier = Applier(kube, cfg, self._object_done, live)
+        self.applier = Applier(kube, cfg, self._object_done, live, pool)
         self.live = live
         self._steady: _Steady | None = None  # the last successful full pass (module doc)
         self._fingerprint: tuple[Any, ...] | None = None  # the pass in progress's

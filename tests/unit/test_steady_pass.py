@@ -11,6 +11,7 @@ that).
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Iterator
@@ -194,6 +195,40 @@ def test_an_owned_object_changed_in_the_cache_runs_a_full_pass(rig: Rig, event: 
     rig.send(event, drifted)
     assert not rig.interval().skipped
     assert rig.interval().skipped
+
+
+def test_a_status_write_on_an_owned_object_does_not_force_a_full_pass(rig: Rig) -> None:
+    """A controller writing a workload's status (the controller manager rolling out a
+    Deployment) is no drift; another manager taking a field of ours is news."""
+    rig.steady()
+    before = rig.stamp()
+    written = owned_configmap()
+    written["status"] = {"observedGeneration": 2}
+    written["metadata"]["managedFields"] = [
+        {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+         "time": "2026-11-27T00:00:00Z", "fieldsV1": {"f:status": {"f:observedGeneration": {}}}}]
+    sent = rig.kube.send("MODIFIED", written)
+
+    def taken() -> bool:
+        copies = rig.live.objects(rig.configmaps) or []
+        return any(c["metadata"].get("resourceVersion") == sent["metadata"]["resourceVersion"]
+                   for c in copies)
+
+    wait_for(taken, timeout=10, message="the cache to take the status write")
+    assert rig.stamp() == before
+    assert rig.interval().skipped
+    again = copy.deepcopy(written)  # the next status write, at another time
+    again["status"] = {"observedGeneration": 3}
+    again["metadata"]["managedFields"][0]["time"] = "2026-11-27T00:00:05Z"
+    sent = rig.kube.send("MODIFIED", again)
+    wait_for(taken, timeout=10, message="the cache to take the second status write")
+    assert rig.stamp() == before
+    shared = copy.deepcopy(again)
+    shared["metadata"]["managedFields"].append(
+        {"manager": "kubectl", "operation": "Apply", "apiVersion": "v1",
+         "time": "2026-11-27T00:00:09Z", "fieldsV1": {"f:data": {"f:message": {}}}})
+    rig.send("MODIFIED", shared)  # waits for the stamp to move
+    assert not rig.interval().skipped
 
 
 def test_another_instances_object_changing_does_not_force_a_full_pass(rig: Rig) -> None:
