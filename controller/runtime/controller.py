@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -327,6 +328,11 @@ class Controller:
                                        self.instance_keys, self.owns, self.operations,
                                        self.engine_for)
         self.own_key: Key = (cfg.namespace, cfg.instance)
+        # The apply phases' request threads of every engine (passes run `concurrency` at a
+        # time, each phase `apply.concurrency` requests at most; room for one operation).
+        self.apply_pool = ThreadPoolExecutor(
+            max_workers=(cfg.instances.concurrency + 1) * cfg.apply.concurrency,
+            thread_name_prefix="apply")
         # Health from watched state (observing.py), on every replica: the API serves it.
         self.health = HealthMonitor(self.kube, cfg, live=self.live)
         self.engine = self._new_engine(cfg, self.source, self.own_key)
@@ -458,6 +464,7 @@ class Controller:
         self.notifier.stop()
         self.events.close()
         self.operations.shutdown()
+        self.apply_pool.shutdown(wait=False)  # the passes are over (loop.stop)
         if self.shards is not None:  # the passes are over: hand the shards back at once
             self.shards.stop(release=True)
         if self.elector:
@@ -562,7 +569,8 @@ class Controller:
                       sink=PassRecorder(self.recorder, self.kube_events,
                                         lambda: self.owns(key)),
                       on_report=lambda report: self._on_report(report, key),
-                      health=lambda: self.health_for(key).services(), live=self.live)
+                      health=lambda: self.health_for(key).services(), live=self.live,
+                      pool=self.apply_pool)
 
     def _on_instance(self, kind: str, obj: Body) -> None:
         """A watched DeploymentParameters object changed: start, wake or forget its

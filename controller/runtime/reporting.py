@@ -193,6 +193,8 @@ class Reporters:
         self._reporters: dict[Any, tuple[HealthReporter, int, float]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Kept across rounds: one started every second would start `workers` threads each.
+        self._pool: ThreadPoolExecutor | None = None
 
     def add(self, key: Any, reporter: HealthReporter) -> None:
         with self._lock:
@@ -219,6 +221,8 @@ class Reporters:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     def _run(self) -> None:
         while not self._stop.wait(self.delay):
@@ -248,9 +252,10 @@ class Reporters:
                     self._reporters[key] = (reporter, version, now)
 
         if len(due) > 1 and self.workers > 1:
-            with ThreadPoolExecutor(max_workers=self.workers,
-                                    thread_name_prefix="health-reporter") as pool:
-                list(pool.map(evaluate, due))
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.workers,
+                                                thread_name_prefix="health-reporter")
+            list(self._pool.map(evaluate, due))
         else:
             for item in due:
                 evaluate(item)
