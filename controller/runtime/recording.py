@@ -23,14 +23,16 @@ previous one (per instance) is skipped, so a quiet pass still writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from controller.adapters.cache import LiveCache
-from controller.adapters.kube import Body, Kube, KubeError
+from controller.adapters.kube import Body, Kube, KubeError, acting_for
 from controller.adapters.store.events import STORE_ERRORS, Event, EventStore, resource_key
 from controller.adapters.watching import Selector
 from controller.errors import ConductorError
@@ -48,6 +50,9 @@ from controller.reconcile.passes import (
 
 log = logging.getLogger(__name__)
 
+# Events waiting to be posted at most; past it the newest are dropped (logged): Events are
+# for `kubectl describe`, the event store keeps the record.
+OUTBOX = 1000
 WORKLOADS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet",
                        "CronJob"})
 # (namespace, kind, name, uid) -> our object and its service, or None (HealthMonitor's).
@@ -265,6 +270,10 @@ class KubeEvents:
         self._lock = threading.Lock()
         # (namespace, instance) -> the last (reason, message) posted on that object
         self._last_posted: dict[tuple[str, str], tuple[str, str]] = {}
+        # Posted by one thread of their own (started with the first): a pass does not wait
+        # for its Event's round trip (1,000 instances' first passes: 1,000 of them).
+        self._outbox: queue.Queue[tuple[tuple[str, str], Body] | None] = queue.Queue(OUTBOX)
+        self._poster: threading.Thread | None = None
         self.owner_of: OwnerLookup | None = None  # set by the controller (HealthMonitor)
         # Events a namespace's first list finds are news when seen after this (a first
         # deploy's Pod failures happen before its namespace's watch starts); older ones
@@ -365,7 +374,14 @@ class KubeEvents:
         except ConductorError:  # unreadable: not news
             return False
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop following Events; post those still waiting (up to `timeout`)."""
+        with self._lock:
+            poster, self._poster = self._poster, None
+        if poster is not None:
+            with contextlib.suppress(queue.Full):  # stuck: the thread is a daemon
+                self._outbox.put(None, timeout=timeout)
+            poster.join(timeout)
         with self._lock:
             watches = dict(self._watches)
         for ns, handler in watches.items():
@@ -395,11 +411,32 @@ class KubeEvents:
                "reason": reason, "message": message[:1024],
                "source": {"component": "conductor"}, "firstTimestamp": now,
                "lastTimestamp": now, "count": 1}
+        self._last_posted[(ns, name)] = (reason, message)
+        with self._lock:
+            if self._poster is None:
+                self._poster = threading.Thread(target=self._post_all, name="kube-events",
+                                                daemon=True)
+                self._poster.start()
         try:
-            self.kube.create(obj)
-            self._last_posted[(ns, name)] = (reason, message)
-        except KubeError as e:
-            log.info("cannot post Event %s: %s", reason, e.message)
+            self._outbox.put_nowait(((ns, name), obj))
+        except queue.Full:
+            self._last_posted.pop((ns, name), None)
+            log.warning("cannot post Event %s on %s/%s: %d Events are waiting already",
+                        reason, ns, name, OUTBOX)
+
+    def _post_all(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            key, obj = item
+            # The instance's write, fenced as its passes' are: only its owner posts it.
+            try:
+                with acting_for(key):
+                    self.kube.create(obj)
+            except KubeError as e:
+                if self._last_posted.get(key) == (obj["reason"], obj["message"]):
+                    self._last_posted.pop(key, None)  # the next one like it may try again
+                log.info("cannot post Event %s: %s", obj["reason"], e.message)
+            except Exception:  # never end the thread: the next Event tries again
+                log.exception("cannot post Event %s", obj["reason"])
 
 
 __all__ = ["Described", "EngineRecorder", "KubeEvents", "PassRecorder", "describe"]
