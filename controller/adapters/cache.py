@@ -47,15 +47,15 @@ the instance label and by key, so a pass's read of its own objects, or of its
 DeploymentParameters object, does not scan every instance's.
 
 **What changed since (`changes`).** Every change to a cached object (added, modified by
-anyone, our writes' answers included, deleted, leaving a set, or found changed by a
-relist) but a change of its status alone (`_planned`) stamps its instance label with a
-new number: an engine that reads the same stamp before and after knows none of its objects
-changed in the cache meanwhile (its no-change pass; a change missed while a watch was
-disconnected is stamped when it resumes). Only
-sets someone has read (`objects`, `get`: what a pass plans from) stamp, from their first
-read on (after their first list): the Pods and ReplicaSets only health subscribes to
-change all the time and say nothing about a plan (after a restart their first lists made
-1,000 instances' next interval pass a full one).
+anyone else, deleted, leaving a set, or found changed by a relist) stamps its instance
+label with a new number, but our own writes' answers (what a pass planned) and a change
+of its status or of the controllers' bookkeeping alone (`_planned`): an engine that reads
+the same stamp before and after knows none of its objects changed in the cache meanwhile
+(its no-change pass; a change missed while a watch was disconnected is stamped when it
+resumes). Only sets someone has read (`objects`, `get`: what a pass plans from) stamp,
+from their first read on (after their first list): the Pods and ReplicaSets only health
+subscribes to change all the time and say nothing about a plan (after a restart their
+first lists made 1,000 instances' next interval pass a full one).
 """
 
 from __future__ import annotations
@@ -97,12 +97,15 @@ class _Items(dict[ObjectKey, Body]):
         self.by_instance: dict[str, dict[ObjectKey, Body]] = {}
         self.replaced: Body | None = None
         self.changed: Callable[[str], None] = lambda _instance: None  # the cache's stamp
+        self.quiet = False  # set while our own write's answer is stored: no stamp
 
     def __setitem__(self, key: ObjectKey, obj: Body) -> None:
         old = self.get(key)
         self._unindex(key, stamp=False)
         super().__setitem__(key, obj)
         self.by_instance.setdefault(_instance_of(obj), {})[key] = obj
+        if self.quiet:
+            return
         if old is None or _instance_of(old) != _instance_of(obj):
             if old is not None:
                 self.changed(_instance_of(old))
@@ -303,7 +306,14 @@ class Watch(Reflector):
             if last is not None and not _later(obj, last):
                 return  # not news; or an answer that lost the race with its DELETED
             self._gone.pop(key, None)
-            self.items[key] = obj
+            # What a pass wrote is what it planned: no reason for another full pass (the
+            # watch's event of this version is no news after it). Another writer's change
+            # still comes as a later version, and stamps.
+            self.items.quiet = True
+            try:
+                self.items[key] = obj
+            finally:
+                self.items.quiet = False
             self._emit("ADDED" if old is None else "MODIFIED", obj)
 
     def _stored(self, kind: str, obj: Body) -> bool:
@@ -473,24 +483,40 @@ def _instance_term(selector: Selector) -> str | None:
     return None
 
 
+# Annotations Kubernetes' own controllers write on the objects they run (the Deployment
+# controller's revision): no manifest sets them, and they change as a rollout goes.
+_BOOKKEEPING = ("deployment.kubernetes.io/",)
+_BOOKKEEPING_FIELDS = tuple(f"f:{prefix}" for prefix in _BOOKKEEPING)
+
+
 def _planned(obj: Body) -> tuple[Any, ...]:
-    """What of an object a pass can plan from: all of it but its status and the server's
-    bookkeeping (its resourceVersion; managedFields without their times and status
-    fields). A controller writing a workload's status (the controller manager: three
-    writes per new Deployment) is no drift, and health follows it on its own (the
-    reporters): it must not make the next interval pass a full one (1,000 new instances
-    ran 700 full interval passes during their cold start for that alone)."""
+    """What of an object a pass can plan from: all of it but its status and the
+    bookkeeping of the server (its resourceVersion; managedFields without their times and
+    status fields) and of Kubernetes' controllers (`_BOOKKEEPING` annotations). The
+    controller manager rolling out a new Deployment (its status three times, its revision
+    annotation) is no drift, and health follows it on its own (the reporters): it must
+    not make the next interval pass a full one (1,000 new instances ran 700 full interval
+    passes during their cold start for that)."""
     meta = obj.get("metadata") or {}
     managers = []
     for m in meta.get("managedFields") or ():
         # Before Kubernetes 1.22 one entry holds a manager's status and other fields.
         fields = {k: v for k, v in (m.get("fieldsV1") or {}).items() if k != "f:status"}
+        written = (fields.get("f:metadata") or {}).get("f:annotations") or {}
+        if any(k.startswith(_BOOKKEEPING_FIELDS) for k in written):
+            kept = {k: v for k, v in written.items() if not k.startswith(_BOOKKEEPING_FIELDS)}
+            fields = {**fields, "f:metadata": {**fields["f:metadata"], "f:annotations": kept}}
+            if fields["f:metadata"] == {"f:annotations": {}}:
+                del fields["f:metadata"]
         if fields:
             managers.append((m.get("manager"), m.get("operation"), m.get("apiVersion"),
                              fields))
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if not k.startswith(_BOOKKEEPING)}
     return ({k: v for k, v in obj.items() if k not in ("status", "metadata")},
-            {k: v for k, v in meta.items() if k not in ("resourceVersion", "managedFields")},
-            managers)
+            {k: v for k, v in meta.items()
+             if k not in ("resourceVersion", "managedFields", "annotations")},
+            annotations, managers)
 
 
 def _instance_of(obj: Body) -> str:

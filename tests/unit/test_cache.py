@@ -134,6 +134,28 @@ def test_our_writes_are_read_back_and_older_events_are_not_news(
     assert "a" not in names(live.objects(SEL))
 
 
+def test_our_writes_do_not_stamp_their_instance_and_another_writer_does(
+        kube: MemoryKube, live: LiveCache) -> None:
+    """What a pass wrote is what it planned: its answer (and the watch's event of the same
+    version after it) is no reason for another full pass; a later version by someone
+    else is, and so is an answer that takes the object out of our set."""
+    kube.put(cm("a", 10))
+    assert names(live.objects(SEL)) == {"a": "10"}
+    before = live.changes(CFG.instance)
+    live.written(cm("a", 15, x="applied"))  # the answer of our apply
+    kube.send("MODIFIED", cm("a", 15, x="applied"))  # its watch event
+    other = live.changes("other")
+    kube.send("ADDED", cm("z", 16, labels={**OURS, LABEL_INSTANCE: "other"}))  # a barrier
+    wait_for(lambda: live.changes("other") != other, timeout=10, message="the barrier")
+    assert live.changes(CFG.instance) == before
+    kube.send("MODIFIED", cm("a", 17, x="edited by hand"))
+    wait_for(lambda: live.changes(CFG.instance) != before, timeout=10,
+             message="another writer's change stamped")
+    stamped = live.changes(CFG.instance)
+    live.written(cm("a", 18, labels={}))  # orphaned by us: it leaves the set
+    assert live.changes(CFG.instance) != stamped
+
+
 def test_a_write_answer_that_loses_the_race_with_its_deleted_does_not_bring_it_back(
         kube: MemoryKube, live: LiveCache) -> None:
     """Removing the last finalizer deletes the object; the watch may say DELETED before

@@ -198,8 +198,9 @@ def test_an_owned_object_changed_in_the_cache_runs_a_full_pass(rig: Rig, event: 
 
 
 def test_a_status_write_on_an_owned_object_does_not_force_a_full_pass(rig: Rig) -> None:
-    """A controller writing a workload's status (the controller manager rolling out a
-    Deployment) is no drift; another manager taking a field of ours is news."""
+    """A controller writing a workload's status and its revision annotation (the
+    controller manager rolling out a Deployment) is no drift; another manager taking a
+    field of ours is news."""
     rig.steady()
     before = rig.stamp()
     written = owned_configmap()
@@ -217,9 +218,13 @@ def test_a_status_write_on_an_owned_object_does_not_force_a_full_pass(rig: Rig) 
     wait_for(taken, timeout=10, message="the cache to take the status write")
     assert rig.stamp() == before
     assert rig.interval().skipped
-    again = copy.deepcopy(written)  # the next status write, at another time
-    again["status"] = {"observedGeneration": 3}
-    again["metadata"]["managedFields"][0]["time"] = "2026-11-27T00:00:05Z"
+    again = copy.deepcopy(written)  # the next status write, at another time, and the
+    again["status"] = {"observedGeneration": 3}  # Deployment controller's revision
+    again["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "1"}
+    again["metadata"]["managedFields"][0].update(
+        time="2026-11-27T00:00:05Z",
+        fieldsV1={"f:status": {"f:observedGeneration": {}}, "f:metadata": {
+            "f:annotations": {"f:deployment.kubernetes.io/revision": {}}}})
     sent = rig.kube.send("MODIFIED", again)
     wait_for(taken, timeout=10, message="the cache to take the second status write")
     assert rig.stamp() == before
