@@ -48,8 +48,9 @@ DeploymentParameters object, does not scan every instance's.
 
 **What changed since (`changes`).** Every change to a cached object (added, modified by
 anyone else, deleted, leaving a set, or found changed by a relist) stamps its instance
-label with a new number, but our own writes' answers (what a pass planned) and a change
-of its status or of the controllers' bookkeeping alone (`_planned`): an engine that reads
+label with a new number, but our own writes (what a pass planned: their answers, and
+their watch events when the answer follows within `OURS_GRACE`) and a change of its
+status or of the controllers' bookkeeping alone (`_planned`): an engine that reads
 the same stamp before and after knows none of its objects changed in the cache meanwhile
 (its no-change pass; a change missed while a watch was disconnected is stamped when it
 resumes). Only sets someone has read (`objects`, `get`: what a pass plans from) stamp,
@@ -83,6 +84,10 @@ ListHandler = Callable[[KubeError | None], None]
 SYNC_TIMEOUT = 10.0
 # Statuses that will not change by waiting: a reader lists directly (and gets the error).
 _PERMANENT = frozenset({400, 401, 403, 404, 405})
+# Seconds a watched change waits for the answer of a write of ours with its version (our
+# write's event often comes first): until then the instance's stamp is unknown (`changes`
+# answers a number never seen), after it the change is someone else's and stamps.
+OURS_GRACE = 5.0
 # Objects a set remembers having left it (their last version), for write answers that
 # arrive after the DELETED: far more than can be deleted while one write is in flight.
 GONE_KEPT = 1024
@@ -97,6 +102,10 @@ class _Items(dict[ObjectKey, Body]):
         self.by_instance: dict[str, dict[ObjectKey, Body]] = {}
         self.replaced: Body | None = None
         self.changed: Callable[[str], None] = lambda _instance: None  # the cache's stamp
+        # A change that may be our own write's event, come before its answer (the cache's
+        # `_maybe`), and that answer (`_ours`): (instance, key, resourceVersion).
+        self.maybe: Callable[[str, ObjectKey, str], None] = lambda *_: None
+        self.ours: Callable[[str, ObjectKey, str], None] = lambda *_: None
         self.quiet = False  # set while our own write's answer is stored: no stamp
 
     def __setitem__(self, key: ObjectKey, obj: Body) -> None:
@@ -106,12 +115,11 @@ class _Items(dict[ObjectKey, Body]):
         self.by_instance.setdefault(_instance_of(obj), {})[key] = obj
         if self.quiet:
             return
-        if old is None or _instance_of(old) != _instance_of(obj):
-            if old is not None:
-                self.changed(_instance_of(old))
-            self.changed(_instance_of(obj))
-        elif _planned(old) != _planned(obj):
-            self.changed(_instance_of(obj))
+        if old is not None and _instance_of(old) != _instance_of(obj):
+            self.changed(_instance_of(old))
+        if old is None or _instance_of(old) != _instance_of(obj) or \
+                _planned(old) != _planned(obj):
+            self.maybe(_instance_of(obj), key, _version(obj))
 
     def __delitem__(self, key: ObjectKey) -> None:
         self._unindex(key)
@@ -304,6 +312,8 @@ class Watch(Reflector):
                 return
             last = old if old is not None else self._gone.get(key)
             if last is not None and not _later(obj, last):
+                if old is not None:  # our write's own event came first
+                    self.items.ours(_instance_of(obj), key, _version(obj))
                 return  # not news; or an answer that lost the race with its DELETED
             self._gone.pop(key, None)
             # What a pass wrote is what it planned: no reason for another full pass (the
@@ -331,8 +341,9 @@ class LiveCache:
     """Every watched set of one process, by selector; `stop()` at the end."""
 
     def __init__(self, kube: Kube, *, watch_timeout: int = 300,
-                 sync_timeout: float = SYNC_TIMEOUT) -> None:
+                 sync_timeout: float = SYNC_TIMEOUT, ours_grace: float = OURS_GRACE) -> None:
         self.kube = kube
+        self.ours_grace = ours_grace
         # Each set re-watches when its watch times out: with many namespaces that is many
         # sets (1,000 instances, 10 a namespace: 800), and a re-watch per set and minute was
         # a request and, past the client's connection pool, a TLS handshake each, in a
@@ -349,6 +360,10 @@ class LiveCache:
         # Instance label -> the stamp of the last change to one of its objects (`changes`).
         self._stamps = itertools.count(1)
         self._changed: dict[str, int] = {}
+        self._stamp_lock = threading.Lock()
+        # instance -> {(key, resourceVersion): when seen} of changes that may be our writes'
+        self._pending: dict[str, dict[tuple[ObjectKey, str], float]] = {}
+        self._unknown = itertools.count(-1, -1)
         kube.on_written = self.written
 
     def watch(self, selector: Selector) -> Watch:
@@ -371,11 +386,37 @@ class LiveCache:
 
     def changes(self, instance: str) -> int:
         """A stamp that moves whenever an object labelled with `instance` changes in any
-        set (module doc): equal stamps, nothing of it changed in between."""
-        return self._changed.get(instance, 0)
+        set (module doc): equal stamps, nothing of it changed in between. While a change
+        may still be one of our writes (`OURS_GRACE`), a number never answered before."""
+        with self._stamp_lock:
+            pending = self._pending.get(instance)
+            if pending:
+                now = time.monotonic()
+                due = [change for change, at in pending.items()
+                       if now - at >= self.ours_grace]
+                for change in due:
+                    del pending[change]
+                if due:
+                    self._changed[instance] = next(self._stamps)
+                if pending:
+                    return next(self._unknown)
+                del self._pending[instance]
+            return self._changed.get(instance, 0)
 
     def _stamp(self, instance: str) -> None:
-        self._changed[instance] = next(self._stamps)  # under its set's lock; GIL-atomic
+        with self._stamp_lock:  # sets of several kinds stamp one instance
+            self._changed[instance] = next(self._stamps)
+
+    def _maybe(self, instance: str, key: ObjectKey, version: str) -> None:
+        with self._stamp_lock:
+            self._pending.setdefault(instance, {})[(key, version)] = time.monotonic()
+
+    def _ours(self, instance: str, key: ObjectKey, version: str) -> None:
+        """Our write's answer: the change its watch event brought first was ours."""
+        with self._stamp_lock:
+            pending = self._pending.get(instance)
+            if pending is not None:
+                pending.pop((key, version), None)
 
     def sets(self) -> list[Watch]:
         """Every set watched so far."""
@@ -414,6 +455,8 @@ class LiveCache:
         restart's passes overlapped their namespaces' first lists, 200 of 1,000 instances
         ran a second full pass."""
         watch.items.changed = self._stamp
+        watch.items.maybe = self._maybe
+        watch.items.ours = self._ours
 
     def written(self, obj: Body) -> None:
         """A write's answer (from `Kube`): into every set that holds or selects it."""
@@ -441,11 +484,14 @@ def _call(handler: Handler, kind: str, obj: Body, selector: Selector) -> None:
         log.exception("watch handler failed for %s", selector.kind)
 
 
+def _version(obj: Body) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
 def _later(obj: Body, old: Body) -> bool:
     """Whether `obj` is a later version than `old`. resourceVersions are etcd revisions:
     compared as numbers when both are; anything else is taken as news."""
-    new_v = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-    old_v = str((old.get("metadata") or {}).get("resourceVersion") or "")
+    new_v, old_v = _version(obj), _version(old)
     if new_v.isdigit() and old_v.isdigit():
         return int(new_v) > int(old_v)
     return new_v != old_v

@@ -5,6 +5,7 @@ sends no request at all."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from controller.adapters.cache import LiveCache
+from controller.adapters.cache import OURS_GRACE, LiveCache
 from controller.adapters.kube import Kube
 from controller.adapters.sources.resource import ResourceSource
 from controller.adapters.watching import Selector
@@ -100,6 +101,37 @@ def test_changes_behind_the_controllers_back_are_corrected(app: App, cached: Cac
     again = cached.engine.reconcile()
     assert again.results.counts()["applied"] == 0, again.to_dict()
     assert cached.proxy.stats.log == []
+
+
+def test_an_interval_pass_skips_after_our_writes_and_runs_after_kubectl_scale(
+        app: App, cached: Cached) -> None:
+    """Our own applies (their watch events too, before or after their answers) and the
+    controller manager rolling out are no reason for a full interval pass; `kubectl
+    scale` is (the scale subresource moves no managedFields entry before Kubernetes 1.22:
+    only the version tells whose change it is)."""
+    assert cached.engine.up().ok
+    assert not cached.engine.reconcile("start").skipped
+    assert cached.engine.reconcile("interval").skipped
+    replicas = live(app, "apps/v1", "Deployment", "frontend")["spec"]["replicas"]
+    steady = cached.live.changes(app.cfg.instance)
+    subprocess.run(["kubectl", "--kubeconfig", app.cluster.kubeconfig, "-n", app.namespace,
+                    "scale", "deployment/frontend", f"--replicas={replicas + 2}"],
+                   check=True, capture_output=True)
+    wait_for(lambda: cached.shows("apps/v1", "Deployment", "frontend",
+                                  lambda o: o and o["spec"]["replicas"] == replicas + 2))
+    # No answer of ours follows the scale's event: after OURS_GRACE it is someone else's.
+    # (An interval pass before that runs in full too, and so does the one after it.)
+    wait_for(lambda: cached.live.changes(app.cfg.instance) != steady and
+             cached.live.changes(app.cfg.instance) >= 0, timeout=OURS_GRACE + 10,
+             message="the scale stamped")
+    report = cached.engine.reconcile("interval")
+    assert not report.skipped and report.ok, report.to_dict()
+    assert f"{app.namespace}/Deployment/frontend" in corrections(report)
+    assert live(app, "apps/v1", "Deployment", "frontend")["spec"]["replicas"] == replicas
+    # The correction's own watch event, and the rollout that follows it, change nothing.
+    wait_for(lambda: cached.shows("apps/v1", "Deployment", "frontend",
+                                  lambda o: o and o["spec"]["replicas"] == replicas))
+    assert cached.engine.reconcile("interval").skipped
 
 
 def test_a_no_op_pass_sends_no_request(app: App, cached: Cached) -> None:

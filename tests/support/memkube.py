@@ -226,10 +226,13 @@ def _key(obj: Body) -> Key:
 
 
 @contextmanager
-def live_cache(kube: MemoryKube, *, sync_timeout: float = 5.0) -> Iterator[LiveCache]:
+def live_cache(kube: MemoryKube, *, sync_timeout: float = 5.0,
+               ours_grace: float = 0.05) -> Iterator[LiveCache]:
     """A LiveCache over `kube`, stopped at the end and then every watch ended: the fake's
-    watches wait on their queues, so stopping the cache alone leaves its threads there."""
-    cache = LiveCache(kube, sync_timeout=sync_timeout)  # type: ignore[arg-type]
+    watches wait on their queues, so stopping the cache alone leaves its threads there.
+    A change waits `ours_grace` for our write's answer (cache.OURS_GRACE), short here."""
+    cache = LiveCache(kube, sync_timeout=sync_timeout,  # type: ignore[arg-type]
+                      ours_grace=ours_grace)
     try:
         yield cache
     finally:

@@ -156,6 +156,34 @@ def test_our_writes_do_not_stamp_their_instance_and_another_writer_does(
     assert live.changes(CFG.instance) != stamped
 
 
+def test_our_writes_event_before_its_answer_is_ours(kube: MemoryKube) -> None:
+    """Our write's watch event often comes before its answer: until the answer (with its
+    version) follows, the stamp is unknown (a number never answered before, so a pass
+    reading it runs in full); with the answer, the change was ours and the stamp is as it
+    was; without one (someone else's change) it moves, after `ours_grace`."""
+    with live_cache(kube, ours_grace=1.0) as live:
+        _event_before_answer(kube, live)
+
+
+def _event_before_answer(kube: MemoryKube, live: LiveCache) -> None:
+    kube.put(cm("a", 10))
+    assert names(live.objects(SEL)) == {"a": "10"}
+    before = live.changes(CFG.instance)
+    kube.send("MODIFIED", cm("a", 12, x="applied"))  # our apply's event, first
+    wait_for(lambda: names(live.objects(SEL))["a"] == "12", timeout=10, message="the event")
+    unknown = live.changes(CFG.instance)
+    assert unknown < 0 and live.changes(CFG.instance) not in (unknown, before)
+    live.written(cm("a", 12, x="applied"))  # then its answer
+    assert live.changes(CFG.instance) == before
+    # Someone else's change: no answer of ours follows.
+    kube.send("MODIFIED", cm("a", 13, x="scaled"))
+    stamped = wait_for(lambda: live.changes(CFG.instance) >= 0 and
+                       live.changes(CFG.instance) != before and live.changes(CFG.instance),
+                       timeout=10, message="someone else's change stamped")
+    live.written(cm("a", 12, x="applied"))  # an older answer changes nothing
+    assert live.changes(CFG.instance) == stamped
+
+
 def test_a_write_answer_that_loses_the_race_with_its_deleted_does_not_bring_it_back(
         kube: MemoryKube, live: LiveCache) -> None:
     """Removing the last finalizer deletes the object; the watch may say DELETED before

@@ -67,7 +67,9 @@ class Rig:
         self.kube = MemoryKube(stamp_versions=True)
         self.kube.send("ADDED", parameters(1))
         self.kube.send("ADDED", owned_configmap())
-        self.live = LiveCache(self.kube, sync_timeout=5.0)  # type: ignore[arg-type]
+        # A change waits 0.05 s (not cache.OURS_GRACE) for the answer of a write of ours.
+        self.live = LiveCache(self.kube, sync_timeout=5.0,  # type: ignore[arg-type]
+                              ours_grace=0.05)
         # The set a pass that applied the ConfigMap would have started (applier.observe).
         self.configmaps = Selector("v1", "ConfigMap", NS, selector(self.cfg))
         assert self.live.objects(self.configmaps)
@@ -79,8 +81,9 @@ class Rig:
         return self.live.changes("default")
 
     def settle(self, before: int) -> None:
-        """Wait until the cache has taken a change sent after `before` was read."""
-        wait_for(lambda: self.stamp() != before, timeout=10,
+        """Wait until the cache has taken a change sent after `before` was read, and no
+        longer waits for an answer of ours to it (the stamp is known again)."""
+        wait_for(lambda: self.stamp() != before and self.stamp() >= 0, timeout=10,
                  message="the cache to take the change")
 
     def send(self, event: str, obj: Body) -> None:
