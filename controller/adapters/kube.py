@@ -4,7 +4,7 @@ Objects stay plain dicts, with our own discovery (one request per group-version,
 so custom resources and cluster-scoped kinds work like any other and nothing is decoded
 into typed models. Requests go straight to the client's urllib3 pool (its TLS, client
 certificates, proxy and connection reuse) with the client's headers and bearer token, the
-body serialized once with `json.dumps` and the answer read raw: the generated client's
+body serialized once (orjson) and the answer read raw: the generated client's
 per-request machinery (`sanitize_for_serialization` walking every body, query and header,
 the kubeconfig's token hook re-run on every request) cost about 1 ms of CPU per request,
 as much as the rest of the request on a loaded 2-core machine, where the API server needs
@@ -16,7 +16,7 @@ dropped connections) are retried with exponential backoff and jitter; permanent 
 answer timed out is not re-sent (`WriteTimeout`): the server has it, and may be busy with it.
 
 Writes are fenced. `write_guard` answers for writes tied to no instance (the leader's:
-the CRD, Events, the parameters object the API writes); a pass or operation of one
+the CRD, the parameters object the API writes); a pass or operation of one
 instance runs inside `acting_for(key)`, and its writes ask `instance_guard(key)` instead
 (sharding: only the replica holding the instance's shard Lease writes for it). The key
 travels in a context variable, so it follows the pass through its calls without every
@@ -25,7 +25,6 @@ signature naming it; worker pools started inside a pass carry it with `carry_con
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import orjson
 import tenacity
 import urllib3
 from kubernetes import client as k8s
@@ -283,7 +283,7 @@ class Kube:
                 self.observer(method, status, time.monotonic() - started)
         if not 200 <= status < 300:
             raise _api_error(status, raw, resp.headers, method, path)
-        return json.loads(raw) if raw else {}
+        return orjson.loads(raw) if raw else {}
 
     def _send(self, method: str, path: str, query: Mapping[str, Any] | None, body: Any,
               content_type: str, timeout: float | tuple[float, float]) -> Any:
@@ -303,8 +303,10 @@ class Kube:
         else:
             limit = self._timeout if timeout == self.settings.request_timeout else \
                 urllib3.Timeout(total=timeout)
+        # orjson: the same JSON in a fraction of json's time (a cold start of 1,000
+        # instances encodes 20,000 bodies and decodes as many answers and its watch events).
         data = body if body is None or isinstance(body, bytes) else \
-            json.dumps(body, separators=(",", ":")).encode()
+            orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
         return self.api.rest_client.pool_manager.request(
             method, url, body=data, headers=headers, timeout=limit, preload_content=False,
             retries=False)
@@ -466,7 +468,7 @@ class Kube:
         try:
             for line in _lines(resp):
                 try:
-                    event = json.loads(line)
+                    event = orjson.loads(line)
                 except ValueError as e:  # a last line cut short: the stream ended mid-event
                     raise KubeError(f"watch {path} dropped mid-event: {e}",
                                     reason="ConnectionError") from e
@@ -500,7 +502,7 @@ def _api_error(status: int, raw: bytes | None, headers: Any, method: str,
     reason, message = "", ""
     details: dict[str, Any] = {}
     try:
-        doc = json.loads(raw or b"{}")
+        doc = orjson.loads(raw or b"{}")
         reason = str(doc.get("reason") or "")
         message = str(doc.get("message") or "")
         details = doc.get("details") or {}
