@@ -4,7 +4,7 @@ Objects stay plain dicts, with our own discovery (one request per group-version,
 so custom resources and cluster-scoped kinds work like any other and nothing is decoded
 into typed models. Requests go straight to the client's urllib3 pool (its TLS, client
 certificates, proxy and connection reuse) with the client's headers and bearer token, the
-body serialized once (orjson) and the answer read raw: the generated client's
+body serialized once (json) and the answer read raw (orjson): the generated client's
 per-request machinery (`sanitize_for_serialization` walking every body, query and header,
 the kubeconfig's token hook re-run on every request) cost about 1 ms of CPU per request,
 as much as the rest of the request on a loaded 2-core machine, where the API server needs
@@ -25,6 +25,7 @@ signature naming it; worker pools started inside a pass carry it with `carry_con
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -303,10 +304,11 @@ class Kube:
         else:
             limit = self._timeout if timeout == self.settings.request_timeout else \
                 urllib3.Timeout(total=timeout)
-        # orjson: the same JSON in a fraction of json's time (a cold start of 1,000
-        # instances encodes 20,000 bodies and decodes as many answers and its watch events).
+        # json, not orjson (which decodes the answers): a body carries the caller's values,
+        # which orjson refuses (integers past 64 bits, lone surrogates: a TypeError where
+        # the API server gives a clear 4xx) or changes (NaN becomes null).
         data = body if body is None or isinstance(body, bytes) else \
-            orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+            json.dumps(body, separators=(",", ":")).encode()
         return self.api.rest_client.pool_manager.request(
             method, url, body=data, headers=headers, timeout=limit, preload_content=False,
             retries=False)

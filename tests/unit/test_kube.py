@@ -235,6 +235,18 @@ def test_not_found_is_none_for_get_false_for_delete_and_unknown_kind_for_discove
     assert (raw.value.status, raw.value.transient) == (404, False)
 
 
+def test_a_body_any_json_can_carry_reaches_the_server(kube: Kube,
+                                                       server: FakeAPIServer) -> None:
+    """A caller's values that some encoders refuse (an integer past 64 bits, a lone
+    surrogate) are sent: the API server's answer (here a refusal) is the caller's error,
+    not a TypeError of ours (the fuzzed API got a 500 that way)."""
+    server.script("PATCH", CM_PATH, Answer(422, status_body(422, "Invalid", "bad value")))
+    with pytest.raises(KubeError) as caught:
+        kube.patch("v1", "ConfigMap", "web", {"data": {"a": 2**70, "b": "\ud800"}}, "ns")
+    assert caught.value.status == 422
+    assert server.calls("PATCH", CM_PATH) == 1
+
+
 def test_a_body_that_is_not_a_status_still_makes_a_clear_error(
         kube: Kube, server: FakeAPIServer) -> None:
     server.script("GET", CM_PATH, Answer(403, ["not", "a", "status"]))
