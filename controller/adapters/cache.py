@@ -391,25 +391,38 @@ class LiveCache:
         with self._stamp_lock:
             pending = self._pending.get(instance)
             if pending:
-                now = time.monotonic()
-                due = [change for change, at in pending.items()
-                       if now - at >= self.ours_grace]
-                for change in due:
-                    del pending[change]
-                if due:
-                    self._changed[instance] = next(self._stamps)
+                self._promote(instance, pending, time.monotonic())
                 if pending:
                     return next(self._unknown)
                 del self._pending[instance]
             return self._changed.get(instance, 0)
+
+    def _promote(self, instance: str, pending: dict[tuple[ObjectKey, str], float],
+                 now: float) -> None:
+        """Changes no answer of ours claimed within the grace are someone else's: they
+        stamp (under `_stamp_lock`)."""
+        due = []
+        for change, at in pending.items():  # in the order seen: the due ones come first
+            if now - at < self.ours_grace:
+                break
+            due.append(change)
+        for change in due:
+            del pending[change]
+        if due:
+            self._changed[instance] = next(self._stamps)
 
     def _stamp(self, instance: str) -> None:
         with self._stamp_lock:  # sets of several kinds stamp one instance
             self._changed[instance] = next(self._stamps)
 
     def _maybe(self, instance: str, key: ObjectKey, version: str) -> None:
+        now = time.monotonic()
         with self._stamp_lock:
-            self._pending.setdefault(instance, {})[(key, version)] = time.monotonic()
+            pending = self._pending.setdefault(instance, {})
+            # Here too, not only when read: the objects of an instance no pass here reads
+            # (another replica's shard, unlabelled kinds) would pile up otherwise.
+            self._promote(instance, pending, now)
+            pending[(key, version)] = now
 
     def _ours(self, instance: str, key: ObjectKey, version: str) -> None:
         """Our write's answer: the change its watch event brought first was ours."""

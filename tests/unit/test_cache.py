@@ -182,6 +182,24 @@ def _event_before_answer(kube: MemoryKube, live: LiveCache) -> None:
                        timeout=10, message="someone else's change stamped")
     live.written(cm("a", 12, x="applied"))  # an older answer changes nothing
     assert live.changes(CFG.instance) == stamped
+    # Changes of an instance no one reads here (another replica's) do not pile up: past
+    # the grace, the next one finds them someone else's.
+    other = {**OURS, LABEL_INSTANCE: "elsewhere"}
+    versions = iter(range(20, 100_000))
+
+    def change() -> int:
+        version = next(versions)
+        kube.send("MODIFIED", cm("e", version, labels=other, x=str(version)))
+        every = Selector("v1", "ConfigMap", "ns", f"{LABEL_APP}={CFG.app_name}")
+        wait_for(lambda: names(live.objects(every)).get("e") == str(version), timeout=10,
+                 message="the other instance's change")
+        return len(live._pending.get("elsewhere", {}))  # what is waiting for an answer
+
+    first = [change() for _ in range(10)]
+    assert first[-1] == 10
+    # Changing on, the ones past the grace go as each new one comes: it never piles up.
+    wait_for(lambda: change() < 10, timeout=10, interval=0.05,
+             message="changes past the grace promoted")
 
 
 def test_a_write_answer_that_loses_the_race_with_its_deleted_does_not_bring_it_back(
