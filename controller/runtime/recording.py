@@ -272,7 +272,8 @@ class KubeEvents:
         self._last_posted: dict[tuple[str, str], tuple[str, str]] = {}
         # Posted by one thread of their own (started with the first): a pass does not wait
         # for its Event's round trip (1,000 instances' first passes: 1,000 of them).
-        self._outbox: queue.Queue[tuple[tuple[str, str], Body] | None] = queue.Queue(OUTBOX)
+        self._outbox: queue.Queue[tuple[tuple[str, str], tuple[str, str], Body] | None] = \
+            queue.Queue(OUTBOX)
         self._poster: threading.Thread | None = None
         self.owner_of: OwnerLookup | None = None  # set by the controller (HealthMonitor)
         # Events a namespace's first list finds are news when seen after this (a first
@@ -418,7 +419,7 @@ class KubeEvents:
                                                 daemon=True)
                 self._poster.start()
         try:
-            self._outbox.put_nowait(((ns, name), obj))
+            self._outbox.put_nowait(((ns, name), (reason, message), obj))
         except queue.Full:
             self._last_posted.pop((ns, name), None)
             log.warning("cannot post Event %s on %s/%s: %d Events are waiting already",
@@ -426,13 +427,13 @@ class KubeEvents:
 
     def _post_all(self) -> None:
         while (item := self._outbox.get()) is not None:
-            key, obj = item
+            key, posted, obj = item
             # The instance's write, fenced as its passes' are: only its owner posts it.
             try:
                 with acting_for(key):
                     self.kube.create(obj)
             except KubeError as e:
-                if self._last_posted.get(key) == (obj["reason"], obj["message"]):
+                if self._last_posted.get(key) == posted:
                     self._last_posted.pop(key, None)  # the next one like it may try again
                 log.info("cannot post Event %s: %s", obj["reason"], e.message)
             except Exception:  # never end the thread: the next Event tries again

@@ -1102,3 +1102,52 @@ def test_history_marks_what_applied(tmp_path: Path) -> None:
     upgraded = History(old)
     assert upgraded.list("default")[0]["applied"] is None
     upgraded.close()
+
+
+# -- Kubernetes Events out (KubeEvents.post) ---------------------------------------------
+
+
+class _Posting:
+    """The Kube calls KubeEvents makes: `create` fails while `failing`, else records
+    the Event with the instance it was fenced for."""
+
+    def __init__(self) -> None:
+        self.failing = True
+        self.created: list[tuple[object, dict[str, Any]]] = []
+        self.on_written: Any = None
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        from controller.adapters.kube import KubeError, current_instance
+
+        if self.failing:
+            raise KubeError("refused", status=500)
+        self.created.append((current_instance(), body))
+        return body
+
+
+def test_kube_events_are_posted_off_the_caller_fenced_and_a_failed_one_is_tried_again(
+        tmp_path: Path) -> None:
+    """A pass does not wait for its Event; the create runs as the instance's write (its
+    owner's fence); one that failed is not taken for posted: the same Event next time is
+    sent again (also past the message's 1,024 characters kept in the Event)."""
+    from controller.runtime.recording import KubeEvents
+
+    kube = _Posting()
+    store = EventStore(tmp_path / "e.db")
+    events = KubeEvents(kube, EngineRecorder(store), "ns", "own")  # type: ignore[arg-type]
+    message = "m" * 2000
+    try:
+        events.post("error", "ReconcileFailed", message, {}, instance="i1", namespace="t1")
+        wait_for(lambda: ("t1", "i1") not in events._last_posted,
+                 message="the failed post tried and forgotten")
+        kube.failing = False
+        events.post("error", "ReconcileFailed", message, {}, instance="i1", namespace="t1")
+        wait_for(lambda: kube.created, message="the Event posted")
+        events.post("error", "ReconcileFailed", message, {}, instance="i1", namespace="t1")
+    finally:
+        events.stop()
+        store.close()
+    assert len(kube.created) == 1  # the repeat of a posted one is not sent
+    fenced, body = kube.created[0]
+    assert fenced == ("t1", "i1")
+    assert body["involvedObject"]["name"] == "i1" and len(body["message"]) == 1024
