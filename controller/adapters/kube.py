@@ -203,8 +203,11 @@ class Kube:
             raise KubeError(f"cannot load Kubernetes credentials: {e}") from e
         # One retry policy (ours): urllib3 must not retry underneath it.
         conf.retries = False
-        # Apply workers, watches and API threads share the pool.
-        conf.connection_pool_maxsize = max(16, cfg.apply.concurrency * 4)
+        # Apply workers, watches and API threads share the pool: room for every apply
+        # thread (Controller.apply_pool) and a few more, or past it each request's
+        # connection is dropped after use and the next one pays a TLS handshake.
+        conf.connection_pool_maxsize = max(
+            16, (cfg.instances.concurrency + 1) * cfg.apply.concurrency + 8)
         return cls(k8s.ApiClient(conf), cfg.apply, retry=default_retry(cfg.apply, on_retry),
                    observer=observer)
 
