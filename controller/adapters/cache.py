@@ -107,13 +107,15 @@ class _Items(dict[ObjectKey, Body]):
         self.maybe: Callable[[str, ObjectKey, str], None] = lambda *_: None
         self.ours: Callable[[str, ObjectKey, str], None] = lambda *_: None
         self.quiet = False  # set while our own write's answer is stored: no stamp
+        self.stamping = False  # set once read (`LiveCache._stamping`): before, nothing to do
 
     def __setitem__(self, key: ObjectKey, obj: Body) -> None:
         old = self.get(key)
         self._unindex(key, stamp=False)
         super().__setitem__(key, obj)
         self.by_instance.setdefault(_instance_of(obj), {})[key] = obj
-        if self.quiet:
+        # A set only health reads (Pods, ReplicaSets: most of the events) compares nothing.
+        if self.quiet or not self.stamping:
             return
         if old is not None and _instance_of(old) != _instance_of(obj):
             self.changed(_instance_of(old))
@@ -422,7 +424,8 @@ class LiveCache:
             # Here too, not only when read: the objects of an instance no pass here reads
             # (another replica's shard, unlabelled kinds) would pile up otherwise.
             self._promote(instance, pending, now)
-            pending[(key, version)] = now
+            # The first sighting (a version in two sets comes twice): `_promote`'s order.
+            pending.setdefault((key, version), now)
 
     def _ours(self, instance: str, key: ObjectKey, version: str) -> None:
         """Our write's answer: the change its watch event brought first was ours."""
@@ -470,6 +473,7 @@ class LiveCache:
         watch.items.changed = self._stamp
         watch.items.maybe = self._maybe
         watch.items.ours = self._ours
+        watch.items.stamping = True  # last: a change from here on finds every hook set
 
     def written(self, obj: Body) -> None:
         """A write's answer (from `Kube`): into every set that holds or selects it."""
