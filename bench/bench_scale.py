@@ -61,6 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench.bench_apply import Floor
 from bench.common import control_plane, get_json, stop_group
 from controller.adapters.crds import ensure_crd
@@ -92,25 +94,28 @@ def loadavg() -> str:
 # -- the controller process ------------------------------------------------------------
 
 
-def _procs(group: int) -> Iterator[Path]:
+def _stats() -> Iterator[tuple[Path, str, list[str]]]:
+    """Every process: its /proc directory, command name and the stat fields after it."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rpartition(")")[2].split()[2]) == group:
-                yield stat.parent
-        except (OSError, ValueError):  # ended meanwhile
+            head, _, rest = stat.read_text().rpartition(")")
+        except OSError:  # ended meanwhile
             continue
+        yield stat.parent, head.partition("(")[2], rest.split()
+
+
+def _cpu(fields: list[str]) -> float:
+    """User + system CPU seconds from a process's stat fields."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _procs(group: int) -> Iterator[Path]:
+    return (proc for proc, _, fields in _stats() if int(fields[2]) == group)
 
 
 def cpu_seconds(group: int) -> float:
     """User + system CPU of every process in the group (gunicorn's master and worker)."""
-    ticks = 0
-    for proc in _procs(group):
-        try:
-            fields = (proc / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(_cpu(fields) for _, _, fields in _stats() if int(fields[2]) == group)
 
 
 CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller")  # /proc comm (15 chars)
@@ -120,39 +125,27 @@ def control_plane_cpu() -> float:
     """User + system CPU seconds of the control plane's processes (API server, etcd,
     controller manager) so far: what each phase cost the server side, which shares the
     2 cores with the client measured (a phase's wall time alone hides who was busy)."""
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            head, _, rest = stat.read_text().rpartition(")")
-        except OSError:
-            continue
-        if head.partition("(")[2] not in CONTROL_PLANE:
-            continue
-        fields = rest.split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(_cpu(fields) for _, name, fields in _stats() if name in CONTROL_PLANE)
 
 
 def server_counts(kube: Kube) -> Counter[str]:
     """The API server's own counters (its /metrics) of requests by verb and resource
     (dry runs apart) and of watch events sent, by kind: diffed around a phase, what the
     control plane did for it, whoever asked (the controller manager's work included)."""
-    resp = kube._send("GET", "/metrics", None, None, "text/plain", 30)
+    resp = kube._send("GET", "/metrics", None, None, "text/plain", 30)  # text, not JSON
     text = resp.data.decode()
     resp.release_conn()
     out: Counter[str] = Counter()
-    for line in text.splitlines():
-        name, _, rest = line.partition("{")
-        if name not in ("apiserver_request_total", "apiserver_watch_events_total"):
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', rest.rpartition("}")[0]))
-        value = int(float(rest.rpartition("} ")[2]))
-        if name == "apiserver_watch_events_total":
-            out[f"watch events {labels.get('kind')}"] += value
-        elif labels.get("verb") != "WATCH":
-            sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
-            dry = " (dry run)" if labels.get("dry_run") else ""
-            out[f"{labels.get('verb')} {labels.get('resource')}{sub}{dry}"] += value
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "apiserver_watch_events_total":
+                out[f"watch events {labels.get('kind')}"] += int(sample.value)
+            elif sample.name == "apiserver_request_total" and labels.get("verb") != "WATCH":
+                sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+                dry = " (dry run)" if labels.get("dry_run") else ""
+                out[f"{labels.get('verb')} {labels.get('resource')}{sub}{dry}"] += \
+                    int(sample.value)
     return out
 
 
