@@ -199,6 +199,13 @@ class Config:
     leader: LeaderSettings = field(default_factory=LeaderSettings)
     notify: NotificationSettings = field(default_factory=NotificationSettings)
 
+    @property
+    def apply_threads(self) -> int:
+        """Requests applying at once at most, all instances together: passes run
+        `instances.concurrency` at a time, each phase `apply.concurrency` requests, and
+        room for one operation (the controller's apply pool, the client's connections)."""
+        return (self.instances.concurrency + 1) * self.apply.concurrency
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Config:
         """Build from CONDUCTOR_* variables (e.g. CONDUCTOR_LOOP_INTERVAL), then overrides."""

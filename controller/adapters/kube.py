@@ -206,8 +206,7 @@ class Kube:
         # Apply workers, watches and API threads share the pool: room for every apply
         # thread (Controller.apply_pool) and a few more, or past it each request's
         # connection is dropped after use and the next one pays a TLS handshake.
-        conf.connection_pool_maxsize = max(
-            16, (cfg.instances.concurrency + 1) * cfg.apply.concurrency + 8)
+        conf.connection_pool_maxsize = max(16, cfg.apply_threads + 8)
         return cls(k8s.ApiClient(conf), cfg.apply, retry=default_retry(cfg.apply, on_retry),
                    observer=observer)
 

@@ -328,11 +328,9 @@ class Controller:
                                        self.instance_keys, self.owns, self.operations,
                                        self.engine_for)
         self.own_key: Key = (cfg.namespace, cfg.instance)
-        # The apply phases' request threads of every engine (passes run `concurrency` at a
-        # time, each phase `apply.concurrency` requests at most; room for one operation).
-        self.apply_pool = ThreadPoolExecutor(
-            max_workers=(cfg.instances.concurrency + 1) * cfg.apply.concurrency,
-            thread_name_prefix="apply")
+        # The apply phases' request threads of every engine.
+        self.apply_pool = ThreadPoolExecutor(max_workers=cfg.apply_threads,
+                                             thread_name_prefix="apply")
         # Health from watched state (observing.py), on every replica: the API serves it.
         self.health = HealthMonitor(self.kube, cfg, live=self.live)
         self.engine = self._new_engine(cfg, self.source, self.own_key)
