@@ -267,12 +267,15 @@ def ready(obj: Body) -> bool:
     return False
 
 
-def count_ready(objects: Reflector) -> int:
-    """Ready instances in a watched copy of the run's objects: a LIST of 1,000 objects
-    with their status every half second would load the API server and this process's
-    share of the 2 cores, beside the controller it measures."""
+def count_ready(objects: Reflector) -> tuple[int, int]:
+    """(applied, Ready) instances in a watched copy of the run's objects (applied: a pass
+    recorded `lastAppliedRevision`): a LIST of 1,000 objects with their status every half
+    second would load the API server and this process's share of the 2 cores, beside the
+    controller it measures."""
     with objects.lock:
-        return sum(ready(o) for o in objects.items.values())
+        items = list(objects.items.values())
+    return (sum("lastAppliedRevision" in (o.get("status") or {}) for o in items),
+            sum(ready(o) for o in items))
 
 
 def release(kube: Kube, spaces: Sequence[str], run: str) -> None:
@@ -317,6 +320,7 @@ class Figures:
     cold_cpu: float = 0.0
     cold_rss: float = 0.0  # peak, MiB
     cold_load: str = ""
+    cold_marks: str = ""  # when 10/50/90/100% of the instances were applied, and Ready
     # verb -> (requests, mean seconds) to the API server, from the controller's metrics
     cold_requests: dict[str, tuple[int, float]] = field(default_factory=dict)
     changes: list[float] = field(default_factory=list)
@@ -450,8 +454,14 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
             spy = profile(group, args.profile, f"cold-{size}")
             deadline = started + args.timeout
             last = -1
+            marks: dict[str, float] = {}  # "applied 50%" -> seconds since the start
             while True:  # bounded by the deadline
-                n = count_ready(watched)
+                applied, n = count_ready(watched)
+                at = time.monotonic() - started
+                for what, count in (("applied", applied), ("Ready", n)):
+                    for share in (0.1, 0.5, 0.9, 1.0):
+                        if count >= share * size:
+                            marks.setdefault(f"{what} {share:.0%}", at)
                 if n == size:
                     break
                 if proc.poll() is not None:
@@ -460,7 +470,7 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
                     raise TimeoutError(f"{n} of {size} instances Ready after "
                                        f"{args.timeout:.0f}s")
                 if n != last and args.verbose:
-                    print(f"    {n} Ready at {time.monotonic() - started:.0f}s", flush=True)
+                    print(f"    {applied} applied, {n} Ready at {at:.0f}s", flush=True)
                 last = n
                 time.sleep(0.5)
             figures.cold = time.monotonic() - started
@@ -472,9 +482,11 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
             figures.cold_load = loadavg()
             stop_profile(spy)
             figures.cold_requests = kube_requests(port)
+            figures.cold_marks = ", ".join(f"{k} {v:.0f}s" for k, v in marks.items())
             print(f"[{size}] all Ready after {figures.cold:.1f}s ({figures.cold_cpu:.1f} CPU s, "
                   f"peak RSS {figures.cold_rss:.0f} MiB; control plane CPU "
                   f"{figures.cold_server_cpu:.1f}s); {figures.cold_load}", flush=True)
+            print(f"[{size}] timeline: {figures.cold_marks}", flush=True)
             figures.changes = changes(kube, instances, args.changes, args.change_timeout)
             figures.changes_load = loadavg()
             print(f"[{size}] {len(figures.changes)} changes: p50 "
@@ -613,6 +625,7 @@ def report(all_figures: Sequence[Figures]) -> None:
               f"{f.instances * OBJECTS_PER_INSTANCE} PATCH): " + ", ".join(
                   f"{verb} {n} (mean {mean * 1000:.0f} ms)"
                   for verb, (n, mean) in f.cold_requests.items()))
+        print(f"  cold timeline: {f.cold_marks}")
         print(f"  the API server during the floor: {f.floor_server}")
         print(f"  during the floor with a dry run: {f.floor_dry_server}")
         print(f"  during the cold start: {f.cold_server}")
