@@ -26,7 +26,8 @@ loop finds it current and answers from it without a lock or a thread (`services_
 at most one view per `PUBLISH_GAP` is computed that way, so a burst of watch events (the
 first apply of hundreds of objects) costs a few computations, not one per event, and a
 change the burst left unpublished is computed by the next reader that needs it
-(`services`, on the API's pool).
+(`services`, on the API's pool). Only a monitor an event loop has read publishes: the
+others' views are computed when read (their health reporter's round).
 """
 
 from __future__ import annotations
@@ -150,6 +151,11 @@ class HealthMonitor:
         self._view: _View | None = None  # the health at a version, for readers (lock-free)
         self._publish_gap = publish_gap
         self._published = -publish_gap  # time.monotonic() of the last `_publish`
+        # Whether an event loop reads this monitor (`services_now`): only then is a view
+        # published on each change; the API's loop reads only the controller's own
+        # instance, and computing 1,000 instances' views on every watch event was CPU
+        # taken from their cold start (bench_scale).
+        self._served = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -248,6 +254,7 @@ class HealthMonitor:
         what an event loop may call. None when the published view is not the current one
         (a change since that no one computed yet, or time made it stale) or the instance
         has not been listed yet: then ask `services()`, which may compute or wait."""
+        self._served = True  # from now on, changes publish (the first answer may be None)
         view = self._view
         if view is None or not view.synced or view.version != self._version or \
                 self._clock() >= view.until:
@@ -532,9 +539,10 @@ class HealthMonitor:
 
     def _publish(self) -> None:
         """Under the lock: compute the current view now, for readers that must not wait
-        (`services_now`); at most once per PUBLISH_GAP (the module docstring says why)."""
+        (`services_now`, once one has asked); at most once per PUBLISH_GAP (the module
+        docstring says why)."""
         now = time.monotonic()
-        if self._stopped or now - self._published < self._publish_gap:
+        if self._stopped or not self._served or now - self._published < self._publish_gap:
             return
         self._published = now
         self._current()

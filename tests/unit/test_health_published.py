@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from controller.adapters.kube import Body
 from controller.adapters.watching import Selector
 from controller.config import Config
+from controller.runtime import observing
 from controller.runtime.observing import HealthMonitor
 
 Handler = Callable[[str, Body], None]
@@ -64,6 +67,7 @@ def test_nothing_is_published_before_the_instance_is_listed() -> None:
 
 def test_each_change_is_published_by_the_thread_that_made_it() -> None:
     m, send, cfg = monitor(publish_gap=0)
+    assert m.services_now() is None  # an event loop reads this monitor from now on
     send("SYNCED", {})
     send("ADDED", instance(cfg, ["redis"]))
     assert names(m.services_now() or ()) == ["redis"]  # no reader computed it
@@ -73,8 +77,28 @@ def test_each_change_is_published_by_the_thread_that_made_it() -> None:
     assert list(published) == m.services()
 
 
+def test_a_monitor_no_event_loop_reads_computes_only_when_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    computed: list[str] = []
+    real = observing.aggregate
+
+    def counting(name: str, *args: Any, **kwargs: Any) -> Any:
+        computed.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(observing, "aggregate", counting)
+    m, send, cfg = monitor(publish_gap=0)
+    send("SYNCED", {})
+    for services in (["redis"], ["postgres", "redis"], ["frontend", "postgres", "redis"]):
+        send("MODIFIED", instance(cfg, services))
+    assert computed == []  # three changes, no reader: nothing computed
+    assert names(m.services()) == ["frontend", "postgres", "redis"]
+    assert sorted(computed) == ["_shared", "frontend", "postgres", "redis"]
+
+
 def test_a_burst_is_never_served_stale_only_unpublished_until_a_reader_computes_it() -> None:
     m, send, cfg = monitor(publish_gap=3600)  # only the first change publishes itself
+    assert m.services_now() is None
     send("SYNCED", {})
     send("ADDED", instance(cfg, ["redis"]))
     assert m.services_now() is None  # a change since the published view: not served
@@ -88,6 +112,7 @@ def test_a_burst_is_never_served_stale_only_unpublished_until_a_reader_computes_
 
 def test_a_stopped_monitor_publishes_nothing_more() -> None:
     m, send, cfg = monitor(publish_gap=0)
+    assert m.services_now() is None
     send("SYNCED", {})
     send("ADDED", instance(cfg, ["redis"]))
     m.stop()
