@@ -121,11 +121,23 @@ def cpu_seconds(group: int) -> float:
 CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller")  # /proc comm (15 chars)
 
 
-def control_plane_cpu() -> float:
+def control_plane_cpu() -> Counter[str]:
     """User + system CPU seconds of the control plane's processes (API server, etcd,
-    controller manager) so far: what each phase cost the server side, which shares the
-    2 cores with the client measured (a phase's wall time alone hides who was busy)."""
-    return sum(_cpu(fields) for _, name, fields in _stats() if name in CONTROL_PLANE)
+    controller manager) so far, by process: what each phase cost the server side, which
+    shares the 2 cores with the client measured (a phase's wall time alone hides who was
+    busy), and how much of it was the controller manager's rollout work."""
+    out: Counter[str] = Counter()
+    for _, name, fields in _stats():
+        if name in CONTROL_PLANE:
+            out[name] += _cpu(fields)
+    return out
+
+
+def cpu_spent(before: Counter[str]) -> tuple[float, str]:
+    """The control plane's CPU seconds since `before`: in all, and by process."""
+    after = control_plane_cpu()
+    spent = {name: after[name] - before[name] for name in CONTROL_PLANE}
+    return sum(spent.values()), ", ".join(f"{name} {spent[name]:.1f}s" for name in spent)
 
 
 def server_counts(kube: Kube) -> Counter[str]:
@@ -312,6 +324,9 @@ class Figures:
     floor_server_cpu: float = 0.0
     floor_dry_server_cpu: float = 0.0
     cold_server_cpu: float = 0.0
+    floor_split: str = ""  # the same by process (cpu_spent)
+    floor_dry_split: str = ""
+    cold_split: str = ""
     # the API server's requests and watch events during each (server_counts), summed up
     floor_server: str = ""
     floor_dry_server: str = ""
@@ -418,7 +433,7 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
               f"{len({ns for ns, _ in floor_instances})} namespaces; {loadavg()}", flush=True)
         server, counts = control_plane_cpu(), server_counts(kube)
         figures.floor = Floor(kubeconfig, work).apply(objects, plurals)
-        figures.floor_server_cpu = control_plane_cpu() - server
+        figures.floor_server_cpu, figures.floor_split = cpu_spent(server)
         figures.floor_server = server_summary(counts, server_counts(kube))
         print(f"[{size}] floor took {figures.floor:.1f}s (control plane CPU "
               f"{figures.floor_server_cpu:.1f}s)", flush=True)
@@ -433,7 +448,7 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
         server, counts = control_plane_cpu(), server_counts(kube)
         figures.floor_dry = floor.apply(dry_objects, plurals, dry_run=True) + \
             floor.apply(dry_objects, plurals)
-        figures.floor_dry_server_cpu = control_plane_cpu() - server
+        figures.floor_dry_server_cpu, figures.floor_dry_split = cpu_spent(server)
         figures.floor_dry_server = server_summary(counts, server_counts(kube))
         print(f"[{size}] floor with a dry run took {figures.floor_dry:.1f}s (control plane "
               f"CPU {figures.floor_dry_server_cpu:.1f}s)", flush=True)
@@ -474,7 +489,7 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
                 last = n
                 time.sleep(0.5)
             figures.cold = time.monotonic() - started
-            figures.cold_server_cpu = control_plane_cpu() - server
+            figures.cold_server_cpu, figures.cold_split = cpu_spent(server)
             figures.cold_server = server_summary(counts, server_counts(kube))
             watched.stop()
             figures.cold_cpu = cpu_seconds(group)
@@ -626,6 +641,8 @@ def report(all_figures: Sequence[Figures]) -> None:
                   f"{verb} {n} (mean {mean * 1000:.0f} ms)"
                   for verb, (n, mean) in f.cold_requests.items()))
         print(f"  cold timeline: {f.cold_marks}")
+        print(f"  control plane CPU by process: floor {f.floor_split}; with a dry run "
+              f"{f.floor_dry_split}; cold {f.cold_split}")
         print(f"  the API server during the floor: {f.floor_server}")
         print(f"  during the floor with a dry run: {f.floor_dry_server}")
         print(f"  during the cold start: {f.cold_server}")
