@@ -64,6 +64,10 @@ class HealthReporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._written: Any = None  # the health signature the conditions were written for
+        # Moves on every poke: an evaluation that saw it move (a pass wrote status while
+        # it waited for the engine's lock) has not written for what it read.
+        self._pokes = 0
+        self._pokes_lock = threading.Lock()
         # service -> {(resource, reason): message} recorded during its unhealthy spell
         self._failing: dict[str, dict[tuple[str, str], str]] = {}
 
@@ -81,7 +85,9 @@ class HealthReporter:
 
     def poke(self) -> None:
         """A pass wrote status: look again (its conditions may assume a rollout)."""
-        self._written = None
+        with self._pokes_lock:
+            self._pokes += 1
+            self._written = None
         self.monitor.nudge()
 
     def _run(self) -> None:
@@ -101,6 +107,7 @@ class HealthReporter:
         """Record transitions and, on the leader, rewrite changed conditions."""
         if not self.monitor.synced:
             return
+        pokes = self._pokes
         services = self.monitor.services()
         self._record(services)
         signature = tuple((h.name, h.status, h.reason, tuple(
@@ -114,7 +121,12 @@ class HealthReporter:
         except KubeError as e:  # retried at the next change (or the safety wake-up)
             log.warning("cannot write health conditions: %s", e.message)
             return
-        self._written = signature
+        with self._pokes_lock:
+            # A pass that ended while refresh_health waited for its lock wrote conditions
+            # for a later health than `services`: remembering `signature` would skip the
+            # write when the health comes back to it (Ready left False after a rollout).
+            if self._pokes == pokes:
+                self._written = signature
         if conditions and self.on_conditions is not None:
             self.on_conditions(conditions)
 
