@@ -140,6 +140,22 @@ def cpu_spent(before: Counter[str]) -> tuple[float, str]:
     return sum(spent.values()), ", ".join(f"{name} {spent[name]:.1f}s" for name in spent)
 
 
+def machine_cpu() -> list[int]:
+    """The machine's CPU time so far, in ticks: user, nice, system, idle, iowait, ..."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()
+    return [int(v) for v in first[1:]]
+
+
+def machine_split(before: list[int]) -> str:
+    """How the machine's cores spent the time since `before`: busy, idle, waiting on the
+    disk (a phase that leaves cores idle is held up by something else than CPU)."""
+    spent = [b - a for a, b in zip(before, machine_cpu(), strict=True)]
+    total = sum(spent) or 1
+    idle, iowait = spent[3], spent[4]
+    return (f"busy {100 * (total - idle - iowait) / total:.0f}%, idle "
+            f"{100 * idle / total:.0f}%, iowait {100 * iowait / total:.0f}%")
+
+
 def server_counts(kube: Kube) -> Counter[str]:
     """The API server's own counters (its /metrics) of requests by verb and resource
     (dry runs apart) and of watch events sent, by kind: diffed around a phase, what the
@@ -327,6 +343,9 @@ class Figures:
     floor_split: str = ""  # the same by process (cpu_spent)
     floor_dry_split: str = ""
     cold_split: str = ""
+    floor_machine: str = ""  # the machine's cores during each (machine_split)
+    floor_dry_machine: str = ""
+    cold_machine: str = ""
     # the API server's requests and watch events during each (server_counts), summed up
     floor_server: str = ""
     floor_dry_server: str = ""
@@ -431,9 +450,10 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
         make_namespaces(kube, [ns for ns, _ in floor_instances])
         print(f"[{size}] floor: {len(objects)} objects in "
               f"{len({ns for ns, _ in floor_instances})} namespaces; {loadavg()}", flush=True)
-        server, counts = control_plane_cpu(), server_counts(kube)
+        server, counts, machine = control_plane_cpu(), server_counts(kube), machine_cpu()
         figures.floor = Floor(kubeconfig, work).apply(objects, plurals)
         figures.floor_server_cpu, figures.floor_split = cpu_spent(server)
+        figures.floor_machine = machine_split(machine)
         figures.floor_server = server_summary(counts, server_counts(kube))
         print(f"[{size}] floor took {figures.floor:.1f}s (control plane CPU "
               f"{figures.floor_server_cpu:.1f}s)", flush=True)
@@ -445,10 +465,11 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
         dry_objects = rendered(dry_instances)
         make_namespaces(kube, [ns for ns, _ in dry_instances])
         floor = Floor(kubeconfig, work)
-        server, counts = control_plane_cpu(), server_counts(kube)
+        server, counts, machine = control_plane_cpu(), server_counts(kube), machine_cpu()
         figures.floor_dry = floor.apply(dry_objects, plurals, dry_run=True) + \
             floor.apply(dry_objects, plurals)
         figures.floor_dry_server_cpu, figures.floor_dry_split = cpu_spent(server)
+        figures.floor_dry_machine = machine_split(machine)
         figures.floor_dry_server = server_summary(counts, server_counts(kube))
         print(f"[{size}] floor with a dry run took {figures.floor_dry:.1f}s (control plane "
               f"CPU {figures.floor_dry_server_cpu:.1f}s)", flush=True)
@@ -462,7 +483,7 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
         watched = Reflector(kube, Selector(API_VERSION, KIND, "", f"bench={run}")).start()
         wait_for(watched.fresh.is_set, timeout=60, message="the instances' watch")
         print(f"[{size}] conductor cold start on {size} instances; {loadavg()}", flush=True)
-        server, counts = control_plane_cpu(), server_counts(kube)
+        server, counts, machine = control_plane_cpu(), server_counts(kube), machine_cpu()
         with conductor(kubeconfig, spaces, instances[0], run, work, args.env_map,
                        "cold") as (proc, port, started):
             group = proc.pid
@@ -490,6 +511,7 @@ def measure(kubeconfig: str, size: int, args: argparse.Namespace, work: Path) ->
                 time.sleep(0.5)
             figures.cold = time.monotonic() - started
             figures.cold_server_cpu, figures.cold_split = cpu_spent(server)
+            figures.cold_machine = machine_split(machine)
             figures.cold_server = server_summary(counts, server_counts(kube))
             watched.stop()
             figures.cold_cpu = cpu_seconds(group)
@@ -641,6 +663,8 @@ def report(all_figures: Sequence[Figures]) -> None:
                   f"{verb} {n} (mean {mean * 1000:.0f} ms)"
                   for verb, (n, mean) in f.cold_requests.items()))
         print(f"  cold timeline: {f.cold_marks}")
+        print(f"  the machine's cores: floor {f.floor_machine}; with a dry run "
+              f"{f.floor_dry_machine}; cold {f.cold_machine}")
         print(f"  control plane CPU by process: floor {f.floor_split}; with a dry run "
               f"{f.floor_dry_split}; cold {f.cold_split}")
         print(f"  the API server during the floor: {f.floor_server}")
