@@ -284,7 +284,7 @@ def test_a_server_that_is_gone_is_a_connection_error_retried(
         kube: Kube, server: FakeAPIServer, observed: list[tuple[str, int, float]]) -> None:
     kube.resource("v1", "ConfigMap")  # discovered while it was up
     server.close()
-    kube.api.rest_client.pool_manager.clear()  # kept-alive connections go with the server
+    kube.close()  # kept-alive connections go with the server
     kube.retry = default_retry(replace(kube.settings, attempts=2))
     observed.clear()
     with pytest.raises(KubeError) as err:
