@@ -22,7 +22,6 @@ import contextlib
 import http.client
 import json
 import ssl
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -33,6 +32,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
+
+from tests.support.tls import https_server, self_signed
 
 # fault(method, path, n) -> None (forward) | "503" | "429" | "drop" | seconds to wait
 # before forwarding; n counts from 1.
@@ -93,15 +94,8 @@ class ApiProxy:
         self.token = conf["users"][0]["user"]["token"]
         self.fault = fault
         self.stats = ProxyStats()
-        cert, key = workdir / "proxy.crt", workdir / "proxy.key"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(cert), str(key))
-        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        cert, _ = self_signed(workdir, "proxy")
+        self.server = https_server(self._handler(), cert, workdir / "proxy.key")
         self.port = self.server.server_address[1]
         self.kubeconfig = workdir / "proxy-kubeconfig"
         conf["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{self.port}"

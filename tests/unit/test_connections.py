@@ -8,11 +8,10 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from kubernetes import client as k8s
 
 from controller.adapters.connections import Connections, ReadTimeout
+from tests.support.tls import https_server, self_signed
 from tests.support.waiting import wait_for
 
 
@@ -29,6 +29,7 @@ class Server:
 
     def __init__(self, cert: Path, key: Path) -> None:
         self.peers: list[int] = []  # the client port of each request: one per connection
+        self.closed: list[int] = []  # the client port of each connection the client closed
         self.release = threading.Event()
         server = self
 
@@ -37,6 +38,10 @@ class Server:
 
             def log_message(self, *_: Any) -> None:
                 pass
+
+            def finish(self) -> None:
+                super().finish()
+                server.closed.append(self.client_address[1])
 
             def do_GET(self) -> None:
                 server.peers.append(self.client_address[1])
@@ -60,11 +65,7 @@ class Server:
                 if self.path == "/close":
                     self.close_connection = True  # closed without saying so beforehand
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.httpd = https_server(Handler, cert, key)
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -77,18 +78,9 @@ class Server:
         self.httpd.server_close()
 
 
-def certificate(where: Path, san: str) -> tuple[Path, Path]:
-    cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=conductor-test", "-addext", f"subjectAltName={san}",
-                    "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return certificate(tmp_path_factory.mktemp("tls"), "IP:127.0.0.1")
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
@@ -142,6 +134,8 @@ def test_an_answer_left_unread_closes_its_connection(pool: Connections,
     resp = pool.request("GET", "/ok", None, {}, 5.0)
     assert resp.status == 200
     resp.release_conn()  # body not read: the connection cannot carry another answer
+    first = server.peers[-1]
+    wait_for(lambda: first in server.closed, timeout=10, message="the unread one closed")
     assert get(pool, "/ok") == b'{"ok": true}'
     assert server.connections() == 2
 
@@ -185,7 +179,7 @@ def test_no_answer_in_time_is_a_read_timeout_a_refused_connection_is_not(
 
 def test_tls_is_verified_and_tls_server_name_names_the_certificate(
         tmp_path: Path) -> None:
-    cert, key = certificate(tmp_path, "DNS:kubernetes")  # not valid for 127.0.0.1
+    cert, key = self_signed(tmp_path, san="DNS:kubernetes")  # not valid for 127.0.0.1
     named = Server(cert, key)
     try:
         plain = Connections.for_configuration(configuration(named.port, cert), maxsize=1)
