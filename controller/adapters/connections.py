@@ -144,27 +144,16 @@ class Connections:
         in time."""
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         conn = self._take()
-        fresh = conn is None
+        if conn is not None:
+            try:
+                self._send(conn, method, target, body, headers, read)
+            except (OSError, http.client.HTTPException):
+                # The server closed it as we took it: nothing was answered, so sending
+                # again on a new one is what urllib3 does too.
+                conn = None
         if conn is None:
             conn = self._connect(connect)
-        try:
-            assert conn.sock is not None
-            conn.sock.settimeout(read)
-            conn.request(method, self.prefix + target, body=body, headers=dict(headers))
-        except BaseException:
-            conn.close()
-            if fresh:
-                raise
-            # A kept-alive connection the server closed as we took it: nothing was
-            # answered, so sending again on a new one is what urllib3 does too.
-            conn = self._connect(connect)
-            try:
-                assert conn.sock is not None
-                conn.sock.settimeout(read)
-                conn.request(method, self.prefix + target, body=body, headers=dict(headers))
-            except BaseException:
-                conn.close()
-                raise
+            self._send(conn, method, target, body, headers, read)
         try:
             raw = conn.getresponse()
         except TimeoutError as e:
@@ -174,6 +163,17 @@ class Connections:
             conn.close()
             raise
         return Response(self, conn, raw)
+
+    def _send(self, conn: http.client.HTTPConnection, method: str, target: str,
+              body: bytes | None, headers: Mapping[str, str], read: float) -> None:
+        """The request on `conn`, closed if it fails."""
+        try:
+            assert conn.sock is not None
+            conn.sock.settimeout(read)
+            conn.request(method, self.prefix + target, body=body, headers=headers)
+        except BaseException:
+            conn.close()
+            raise
 
     def clear(self) -> None:
         """Close the idle connections (those in use close when released)."""
